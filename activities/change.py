@@ -1,0 +1,103 @@
+"""Change activities: validate, apply, revert and describe through the registered change kinds.
+
+Thin entry points over ``activities/kinds``. Every mutation carries the idempotency key the workflow
+derived from (change id, step, target), so retries and late attempts never apply an effect twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import structlog
+from pydantic import ValidationError
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from activities.kinds.base import ChangeKind, default_registry
+from guardrails.plugins import PluginRegistry, params_errors
+from workflows import errors
+from workflows.models import (
+    ApplyInput,
+    ApplyResult,
+    DescribeInput,
+    TargetState,
+    ValidateChangeInput,
+    ValidateChangeResult,
+)
+
+log = structlog.get_logger(__name__)
+
+
+class ChangeActivities:
+    """Activities that mutate targets, bound to a change-kind registry.
+
+    Args:
+        kinds: the registry change kinds are looked up in (default: every entry point).
+    """
+
+    def __init__(self, kinds: PluginRegistry[ChangeKind[Any]] | None = None) -> None:
+        self.kinds = kinds if kinds is not None else default_registry()
+
+    def _kind(self, name: str) -> ChangeKind[Any]:
+        try:
+            return self.kinds.get(name)
+        except KeyError as exc:
+            raise ApplicationError(
+                str(exc.args[0]), type=errors.UNKNOWN_CHANGE_KIND, non_retryable=True
+            ) from exc
+
+    def _params(self, kind: ChangeKind[Any], raw: dict[str, Any]) -> Any:
+        try:
+            return kind.parse_params(raw)
+        except ValidationError as exc:
+            raise ApplicationError(
+                f"params of change kind {kind.name} are invalid: {exc}",
+                type=errors.INVALID_INPUT,
+                non_retryable=True,
+            ) from exc
+
+    @activity.defn(name="validate_change")
+    async def validate_change(self, inp: ValidateChangeInput) -> ValidateChangeResult:
+        """List every problem with the change kind and its params (empty when valid)."""
+        if inp.kind not in self.kinds:
+            known = ", ".join(self.kinds.names()) or "none"
+            return ValidateChangeResult(
+                problems=[f"kind: no change kind named {inp.kind!r} (known: {known})"]
+            )
+        kind = self.kinds.get(inp.kind)
+        return ValidateChangeResult(
+            problems=params_errors(kind, inp.params), reversible=kind.reversible
+        )
+
+    @activity.defn(name="apply_change")
+    async def apply_change(self, inp: ApplyInput) -> ApplyResult:
+        """Apply the change to one target, idempotently."""
+        kind = self._kind(inp.kind)
+        result = await kind.apply(
+            self._params(kind, inp.params), inp.target, idempotency_key=inp.idempotency_key
+        )
+        log.info("applied", target=inp.target.id, applied=result.applied, detail=result.detail)
+        return result
+
+    @activity.defn(name="revert_change")
+    async def revert_change(self, inp: ApplyInput) -> ApplyResult:
+        """Undo one target's step if it took effect (``revert_if_applied``), idempotently."""
+        kind = self._kind(inp.kind)
+        if inp.applied_key is None:
+            raise ApplicationError(
+                "revert_change needs applied_key", type=errors.INVALID_INPUT, non_retryable=True
+            )
+        result = await kind.revert_if_applied(
+            self._params(kind, inp.params),
+            inp.target,
+            applied_key=inp.applied_key,
+            idempotency_key=inp.idempotency_key,
+        )
+        log.info("reverted", target=inp.target.id, applied=result.applied, detail=result.detail)
+        return result
+
+    @activity.defn(name="describe_target")
+    async def describe_target(self, inp: DescribeInput) -> TargetState:
+        """Report one target's current state."""
+        kind = self._kind(inp.kind)
+        return await kind.describe(self._params(kind, inp.params), inp.target)

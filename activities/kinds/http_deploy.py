@@ -1,0 +1,201 @@
+"""The ``http-deploy`` change kind: set a host's version through a fleet API (see ``demo.fleet``).
+
+Idempotency: every deploy carries the step's idempotency key in an ``Idempotency-Key`` header. The
+fleet applies a key at most once and answers a replay with the first result and an
+``Idempotent-Replayed: true`` header, so a retried activity (after a timeout, a worker crash, a lost
+response) never deploys twice; the kind reports a replay as ``applied=False``.
+
+Revert: the fleet's ledger (``GET /deploys?key=``) records what each key did. ``revert_if_applied``
+looks up the forward step's key there: no entry means the step never took effect and there is
+nothing to undo; otherwise it deploys the entry's ``from_version`` under the compensation's own key,
+so the revert itself is applied at most once too.
+
+Errors: a 4xx answer (other than 429, and 409 unless the key was reused for another request) is
+``TargetRejected`` and not retried; 5xx, 429, 409 "in progress", timeouts and connection failures
+are ``TargetUnavailable`` and retried by the activity's retry policy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar
+
+import httpx
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from temporalio.exceptions import ApplicationError
+
+from activities.kinds.base import ChangeKind
+from workflows.errors import TARGET_REJECTED, TARGET_UNAVAILABLE
+from workflows.models import ApplyResult, Target, TargetState
+
+REPLAYED_HEADER = "Idempotent-Replayed"
+KEY_REUSED_CODE = "idempotency_key_reused"
+"""The error code a fleet gives a 409 when a key was already used for another request."""
+
+
+class HttpDeployParams(BaseModel):
+    """Parameters of an ``http-deploy`` change."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    base_url: str = Field(description="the fleet API, e.g. http://127.0.0.1:8800")
+    version: str = Field(min_length=1, description="the version to deploy")
+    timeout: float = Field(default=10.0, gt=0, le=300, description="seconds per HTTP request")
+
+    @field_validator("base_url")
+    @classmethod
+    def _http_url(cls, v: str) -> str:
+        try:
+            url = httpx.URL(v)
+        except httpx.InvalidURL as e:
+            raise ValueError(f"base_url {v!r} is not a URL: {e}") from e
+        if url.scheme not in ("http", "https") or not url.host:
+            raise ValueError(f"base_url {v!r} must be an http:// or https:// URL with a host")
+        return v.rstrip("/")
+
+    @field_validator("version")
+    @classmethod
+    def _version_shape(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("version must not be blank")
+        return v.strip()
+
+
+class HttpDeploy(ChangeKind[HttpDeployParams]):
+    """Deploy a version to one host of a fleet API, idempotently and reversibly."""
+
+    name: ClassVar[str] = "http-deploy"
+    params_model: ClassVar[type[BaseModel]] = HttpDeployParams
+    reversible: ClassVar[bool] = True
+    description: ClassVar[str] = "POST /hosts/{id}/deploy on a fleet API with an Idempotency-Key"
+
+    async def apply(
+        self, params: HttpDeployParams, target: Target, *, idempotency_key: str
+    ) -> ApplyResult:
+        """Deploy ``params.version`` to the target; a replayed key reports ``applied=False``."""
+        async with _client(params) as client:
+            # Read first so an unknown host is rejected before anything is sent to mutate it;
+            # before/after come from the deploy's answer, which the fleet computes atomically.
+            await _call(client, "GET", f"/hosts/{target.id}", target)
+            return await _deploy(client, target, params.version, idempotency_key)
+
+    async def revert_if_applied(
+        self,
+        params: HttpDeployParams,
+        target: Target,
+        *,
+        applied_key: str,
+        idempotency_key: str,
+    ) -> ApplyResult:
+        """Redeploy the version ``applied_key`` replaced, if the ledger shows it took effect."""
+        async with _client(params) as client:
+            response = await _call(
+                client, "GET", "/deploys", target, params={"key": applied_key, "host": target.id}
+            )
+            entries = _json(response, target)
+            if not entries:
+                return ApplyResult(
+                    target_id=target.id,
+                    applied=False,
+                    detail=f"nothing to revert: {applied_key} never applied",
+                )
+            return await _deploy(client, target, entries[0]["from_version"], idempotency_key)
+
+    async def describe(self, params: HttpDeployParams, target: Target) -> TargetState:
+        """Report the host's version and health; an unreachable host is not an error here."""
+        try:
+            async with _client(params) as client:
+                host = _json(await _call(client, "GET", f"/hosts/{target.id}", target), target)
+        except ApplicationError as e:
+            return TargetState(
+                target_id=target.id,
+                reachable=False,
+                healthy=False,
+                detail={"error": e.message, "error_type": e.type},
+            )
+        return TargetState(
+            target_id=target.id,
+            reachable=True,
+            healthy=bool(host.get("healthy", False)),
+            version=host.get("version"),
+            detail={k: v for k, v in host.items() if k not in ("id", "healthy", "version")},
+        )
+
+
+def _client(params: HttpDeployParams) -> httpx.AsyncClient:
+    return httpx.AsyncClient(base_url=params.base_url, timeout=params.timeout)
+
+
+async def _deploy(
+    client: httpx.AsyncClient, target: Target, version: str, idempotency_key: str
+) -> ApplyResult:
+    response = await _call(
+        client,
+        "POST",
+        f"/hosts/{target.id}/deploy",
+        target,
+        json={"version": version},
+        headers={"Idempotency-Key": idempotency_key},
+    )
+    result = _json(response, target)
+    replayed = response.headers.get(REPLAYED_HEADER, "").lower() == "true"
+    before, after = result.get("from_version"), result.get("to_version")
+    if replayed:
+        detail = (
+            f"replayed: {idempotency_key} already deployed {before} -> {after}; nothing applied"
+        )
+    else:
+        detail = f"deployed {before} -> {after} on {target.id}"
+    return ApplyResult(
+        target_id=target.id,
+        applied=not replayed,
+        detail=detail,
+        before={"version": before},
+        after={"version": after},
+    )
+
+
+async def _call(
+    client: httpx.AsyncClient, method: str, path: str, target: Target, **kwargs: Any
+) -> httpx.Response:
+    """Send one request; map failures onto ``TargetRejected`` / ``TargetUnavailable``."""
+    url = f"{client.base_url}{path.lstrip('/')}"
+    try:
+        response = await client.request(method, path, **kwargs)
+    except httpx.TimeoutException as e:
+        raise _unavailable(f"{method} {url} timed out ({type(e).__name__})") from e
+    except httpx.TransportError as e:
+        raise _unavailable(f"{method} {url} failed: {type(e).__name__}: {e}") from e
+    if response.is_success:
+        return response
+    status = response.status_code
+    message, code = _server_error(response)
+    text = f"{method} {url} for {target.id} answered {status}: {message}"
+    retryable = status >= 500 or status == 429 or (status == 409 and code != KEY_REUSED_CODE)
+    if retryable:
+        raise _unavailable(text, status)
+    raise ApplicationError(text, {"status": status}, type=TARGET_REJECTED, non_retryable=True)
+
+
+def _unavailable(message: str, status: int | None = None) -> ApplicationError:
+    return ApplicationError(message, {"status": status}, type=TARGET_UNAVAILABLE)
+
+
+def _server_error(response: httpx.Response) -> tuple[str, str]:
+    """Extract the server's error message and code from a JSON body, else the text."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:300] or response.reason_phrase, ""
+    if isinstance(body, dict):
+        return str(body.get("error") or body), str(body.get("code") or "")
+    return str(body)[:300], ""
+
+
+def _json(response: httpx.Response, target: Target) -> Any:
+    try:
+        return response.json()
+    except ValueError as e:
+        raise _unavailable(
+            f"{response.request.method} {response.request.url} for {target.id} answered "
+            f"{response.status_code} with a body that is not JSON: {response.text[:200]!r}"
+        ) from e

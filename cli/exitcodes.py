@@ -1,0 +1,39 @@
+"""The CLI's exit codes: part of the public contract (DESIGN.md)."""
+
+from __future__ import annotations
+
+from workflows.models import Decision, Outcome, Phase
+
+OK = 0
+"""Completed, or the gate proceeds, or the change is still running fine."""
+UNDONE = 1
+"""Rolled back, aborted, or failed."""
+INVALID = 2
+"""Invalid input: nothing was started."""
+BLOCKED = 3
+"""Blocked, awaiting approval, waiting for a window, or rejected by the gate."""
+UNREACHABLE = 4
+"""Temporal could not be reached."""
+
+
+def for_outcome(outcome: Outcome) -> int:
+    """Exit code of a finished change."""
+    if outcome is Outcome.COMPLETED:
+        return OK
+    if outcome is Outcome.REJECTED:
+        return BLOCKED
+    return UNDONE
+
+
+def for_phase(phase: Phase) -> int:
+    """Exit code for a change seen in ``phase`` (running phases are OK)."""
+    if phase in (Phase.BLOCKED, Phase.AWAITING_APPROVAL, Phase.REJECTED):
+        return BLOCKED
+    if phase in (Phase.ROLLED_BACK, Phase.ABORTED, Phase.FAILED):
+        return UNDONE
+    return OK
+
+
+def for_decision(decision: Decision) -> int:
+    """Exit code of ``changeguard checks``: 0 only when the gate would proceed now."""
+    return OK if decision is Decision.PROCEED else BLOCKED

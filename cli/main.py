@@ -1,0 +1,258 @@
+"""The ``changeguard`` command. Exit codes are contract: see :mod:`cli.exitcodes`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+from rich.markup import escape
+from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.service import RPCError, RPCStatusCode
+
+from cli import exitcodes
+from cli.changefile import ChangeFileError, load_change
+from cli.render import console, err, print_json, report_table, status_table
+from worker.client import TemporalUnreachable, connect
+from worker.settings import Settings
+from workflows.models import (
+    TERMINAL_PHASES,
+    ChangeContext,
+    ChangeResult,
+    ChangeStatus,
+    GateInput,
+    GuardrailReport,
+    Phase,
+    RecheckInput,
+)
+
+POLL_INTERVAL = 0.5
+
+
+# ------------------------------------------------------------------------------------------ start
+
+
+async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
+    """Validate a change file, start the change, optionally follow it to its end."""
+    request = load_change(Path(args.file))
+    client = await connect(settings)
+    handle = await client.start_workflow(
+        "GuardedChange",
+        request,
+        id=request.change_id,
+        task_queue=settings.task_queue,
+        result_type=ChangeResult,
+    )
+    url = settings.workflow_url(request.change_id)
+    if not args.json:
+        console.print(
+            f"Started change [bold]{request.change_id}[/] ({request.kind}, "
+            f"{len(request.targets)} targets)\n  {url}"
+        )
+    if not args.wait:
+        if args.json:
+            print_json({"change_id": request.change_id, "run_id": handle.result_run_id, "url": url})
+        return exitcodes.OK
+    return await follow(client, request.change_id, settings, as_json=args.json)
+
+
+async def follow(client: Client, change_id: str, settings: Settings, *, as_json: bool) -> int:
+    """Print phase changes until the change ends or stops to wait for a person."""
+    handle = client.get_workflow_handle(change_id, result_type=ChangeResult)
+    seen: tuple[Phase, str] | None = None
+    while True:
+        status = await handle.query("status", result_type=ChangeStatus)
+        now = (status.phase, status.message)
+        if now != seen and not as_json:
+            console.print(f"  [bold]{status.phase.value:<17}[/] {escape(status.message)}")
+            seen = now
+        if status.phase in TERMINAL_PHASES:
+            break
+        if status.phase in (Phase.BLOCKED, Phase.AWAITING_APPROVAL):
+            return _show_status(status, settings, as_json=as_json)
+        await asyncio.sleep(POLL_INTERVAL)
+    try:
+        result = await handle.result()
+    except WorkflowFailureError as exc:
+        err.print(f"[red]change {change_id} failed: {exc.cause}[/]")
+        return exitcodes.UNDONE
+    if as_json:
+        print_json(result)
+    else:
+        if result.report is not None:
+            console.print(report_table(result.report))
+        final = await handle.query("status", result_type=ChangeStatus)
+        console.print(status_table(final, settings.workflow_url(change_id)))
+    return exitcodes.for_outcome(result.outcome)
+
+
+def _show_status(status: ChangeStatus, settings: Settings, *, as_json: bool) -> int:
+    if as_json:
+        print_json(status)
+    else:
+        if status.report is not None:
+            console.print(report_table(status.report))
+        console.print(status_table(status, settings.workflow_url(status.change_id)))
+    return exitcodes.for_phase(status.phase)
+
+
+# ------------------------------------------------------------------------------------------ checks
+
+
+async def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the gate alone (no mutation) and print its report."""
+    request = load_change(Path(args.file))
+    client = await connect(settings)
+    deadline = request.deadline or datetime.now(UTC) + timedelta(hours=24)
+    ctx = ChangeContext.of(request).model_copy(update={"deadline": deadline})
+    report = await client.execute_workflow(
+        "GuardrailGate",
+        GateInput(change=ctx, policy=request.policy),
+        id=f"{request.change_id}/checks-{uuid.uuid4().hex[:8]}",
+        task_queue=settings.task_queue,
+        result_type=GuardrailReport,
+    )
+    if args.json:
+        print_json(report)
+    else:
+        console.print(report_table(report))
+    return exitcodes.for_decision(report.decision)
+
+
+# ------------------------------------------------------------------------------------------ status
+
+
+async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
+    """Show a change's status (works on finished changes too)."""
+    client = await connect(settings)
+    handle = client.get_workflow_handle(args.id)
+    try:
+        status = await handle.query("status", result_type=ChangeStatus)
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            err.print(f"[red]no change with id {args.id!r}[/]")
+            return exitcodes.INVALID
+        raise
+    desc = await handle.describe()
+    if desc.status is WorkflowExecutionStatus.CANCELED and status.phase not in TERMINAL_PHASES:
+        status.phase = Phase.ABORTED
+    return _show_status(status, settings, as_json=args.json)
+
+
+async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
+    """Ask a blocked or waiting change to run its gate again now."""
+    client = await connect(settings)
+    await client.get_workflow_handle(args.id).signal(
+        "recheck", RecheckInput(requested_by=args.by, reason=args.reason)
+    )
+    console.print(f"Recheck requested for {args.id}")
+    return exitcodes.OK
+
+
+# ------------------------------------------------------------------------------------------ servers
+
+
+async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
+    """Run a worker until interrupted."""
+    from worker.main import serve
+
+    await serve(settings)
+    return exitcodes.OK
+
+
+async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the embedded dev server, the demo fleet and a worker until Ctrl-C."""
+    from demo.stack import DevStack
+
+    async with DevStack(
+        port=args.port, ui_port=args.ui_port, db=Path(args.db), fleet_port=args.fleet_port
+    ) as stack:
+        console.print(stack.banner())
+        await stack.wait_for_interrupt()
+    return exitcodes.OK
+
+
+async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
+    """Run the demo scenario on a fresh embedded stack."""
+    from demo.scenario import run_demo
+
+    return await run_demo(keep_running=args.keep_running)
+
+
+# ------------------------------------------------------------------------------------------ main
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser (also documents every command)."""
+    p = argparse.ArgumentParser(
+        prog="changeguard",
+        description="Run risky changes as durable Temporal workflows behind safety guardrails.",
+        epilog="Exit codes: 0 completed/proceeds, 1 rolled back/aborted/failed, 2 invalid input, "
+        "3 blocked/awaiting approval, 4 Temporal unreachable.",
+    )
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("start", help="validate a change file and start the change")
+    s.add_argument("file")
+    s.add_argument("--wait", action="store_true", help="follow the change until it ends or blocks")
+    s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.set_defaults(run=cmd_start)
+
+    s = sub.add_parser("checks", help="run the guardrail gate only (no mutation)")
+    s.add_argument("file")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(run=cmd_checks)
+
+    s = sub.add_parser("status", help="show a change's status")
+    s.add_argument("id")
+    s.add_argument("--json", action="store_true")
+    s.set_defaults(run=cmd_status)
+
+    s = sub.add_parser("recheck", help="run a blocked change's gate again")
+    s.add_argument("id")
+    s.add_argument("--by", default="", help="who asks (recorded in the workflow log)")
+    s.add_argument("--reason", default="")
+    s.set_defaults(run=cmd_recheck)
+
+    s = sub.add_parser("worker", help="run a worker")
+    s.set_defaults(run=cmd_worker)
+
+    s = sub.add_parser("dev", help="embedded dev server + Web UI + worker + demo fleet")
+    s.add_argument("--port", type=int, default=7233)
+    s.add_argument("--ui-port", type=int, default=8233)
+    s.add_argument("--db", default=".changeguard/temporal.db")
+    s.add_argument("--fleet-port", type=int, default=8800)
+    s.set_defaults(run=cmd_dev)
+
+    s = sub.add_parser("demo", help="run the demo scenario on a fresh embedded stack")
+    s.add_argument("--keep-running", action="store_true")
+    s.set_defaults(run=cmd_demo)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``changeguard`` command."""
+    args = parser().parse_args(argv)
+    settings = Settings.from_env()
+    from worker.logging import configure
+
+    configure(settings.log_format)
+    runner: Callable[[argparse.Namespace, Settings], Awaitable[int]] = args.run
+    try:
+        return asyncio.run(runner(args, settings))
+    except ChangeFileError as exc:
+        err.print(f"[bold red]invalid change file[/] {escape(str(exc))}")
+        return exitcodes.INVALID
+    except TemporalUnreachable as exc:
+        err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")
+        return exitcodes.UNREACHABLE
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,92 @@
+"""Human output: rich tables for reports and status, one JSON document for ``--json``."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+from rich.text import Text
+
+from workflows.models import ChangeStatus, CheckStatus, Decision, GuardrailReport, Mode, Outcome
+
+console = Console()
+err = Console(stderr=True)
+
+_STATUS_STYLE = {
+    CheckStatus.PASS: "green",
+    CheckStatus.FAIL: "bold red",
+    CheckStatus.WAIT: "yellow",
+    CheckStatus.ERROR: "bold magenta",
+}
+_DECISION_STYLE = {
+    Decision.PROCEED: "bold green",
+    Decision.WAIT: "bold yellow",
+    Decision.BLOCK: "bold red",
+}
+
+
+def print_json(model: BaseModel | dict[str, object]) -> None:
+    """Print one JSON document on stdout."""
+    data = model.model_dump(mode="json") if isinstance(model, BaseModel) else model
+    sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+
+
+def report_table(report: GuardrailReport) -> Table:
+    """The report as a table: one row per check, failures explained."""
+    title = Text.assemble(
+        "Guardrail report: ", (report.decision.value, _DECISION_STYLE[report.decision])
+    )
+    table = Table(
+        title=title,
+        caption=f"report {report.report_hash} · policy {report.policy_hash}",
+        show_lines=True,
+        expand=True,
+    )
+    table.add_column("guardrail", no_wrap=True)
+    table.add_column("status", no_wrap=True)
+    table.add_column("reason", ratio=3)
+    table.add_column("remedy", ratio=3)
+    table.add_column("owner", no_wrap=True)
+    table.add_column("opt-out")
+    for c in report.checks:
+        status = Text(c.status.value, style=_STATUS_STYLE[c.status])
+        if c.mode is Mode.SHADOW:
+            status.append(" (shadow)", style="dim")
+        opt = (
+            ""
+            if c.passing
+            else c.opt_out.value + (f" ({', '.join(c.approvers)})" if c.approvers else "")
+        )
+        table.add_row(c.guardrail, status, c.reason, c.remedy, c.owner, opt)
+    if not report.checks:
+        table.add_row("—", "", "no guardrail applies to this change", "", "", "")
+    return table
+
+
+def status_table(status: ChangeStatus, url: str) -> Table:
+    """The status query as a key/value table."""
+    table = Table(show_header=False, title=f"Change {status.change_id}")
+    table.add_column(style="bold")
+    table.add_column()
+    outcome = status.outcome.value if status.outcome else "—"
+    style = "green" if status.outcome is Outcome.COMPLETED else ("red" if status.outcome else "")
+    table.add_row("phase", status.phase.value)
+    table.add_row("outcome", Text(outcome, style=style))
+    table.add_row("message", status.message)
+    if status.awaiting_from:
+        table.add_row("awaiting approval from", ", ".join(status.awaiting_from))
+    for w in status.waves:
+        table.add_row(
+            f"wave {w.index + 1}",
+            f"{w.state}: {len(w.applied)}/{len(w.targets)} applied ({', '.join(w.targets)})",
+        )
+    if status.reverted:
+        table.add_row("reverted", ", ".join(status.reverted))
+    for f in status.compensation_failures:
+        table.add_row(Text("compensation failed", style="red"), f"{f.step}: {f.error}")
+    table.add_row("gate runs", str(status.gate_runs))
+    table.add_row("web UI", url)
+    return table

@@ -1,0 +1,83 @@
+"""Temporal environments for the suite; nothing here downloads anything.
+
+``--workflow-environment`` picks the server, as in temporalio/samples-python:
+``time-skipping`` (default for unit tests), ``local`` (dev server), or ``host:port`` of a running
+server. Unit tests use the ``env`` fixture (time-skipping unless told otherwise); integration tests
+use ``dev_env`` (the dev server, or the given ``host:port``).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+from temporalio.client import Client
+from temporalio.contrib.pydantic import pydantic_data_converter
+from temporalio.testing import WorkflowEnvironment
+
+from worker.client import ensure_search_attributes
+from worker.devserver import temporal_binary
+from workflows import search_attributes as sa
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--workflow-environment",
+        default="time-skipping",
+        help="time-skipping (default), local (dev server) or host:port of a running server",
+    )
+
+
+async def _external(target: str) -> WorkflowEnvironment:
+    client = await Client.connect(target, data_converter=pydantic_data_converter)
+    return WorkflowEnvironment.from_client(client)
+
+
+async def _local() -> WorkflowEnvironment:
+    return await WorkflowEnvironment.start_local(
+        data_converter=pydantic_data_converter,
+        dev_server_existing_path=temporal_binary("temporal"),
+        search_attributes=list(sa.ALL),
+        dev_server_log_level="error",
+        ui=False,
+    )
+
+
+@pytest.fixture(scope="session")
+async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    """The environment unit tests run in (time-skipping by default)."""
+    choice = request.config.getoption("--workflow-environment")
+    if choice == "time-skipping":
+        environment = await WorkflowEnvironment.start_time_skipping(
+            data_converter=pydantic_data_converter,
+            test_server_existing_path=temporal_binary("temporal-test-server"),
+        )
+        await ensure_search_attributes(environment.client, "default", check=False)
+    elif choice == "local":
+        environment = await _local()
+    else:
+        environment = await _external(choice)
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture(scope="session")
+async def dev_env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironment]:
+    """A real dev server (or the ``host:port`` given) for integration tests."""
+    choice = request.config.getoption("--workflow-environment")
+    environment = await (_local() if choice in ("time-skipping", "local") else _external(choice))
+    yield environment
+    await environment.shutdown()
+
+
+@pytest.fixture
+def task_queue() -> str:
+    """A task queue of the test's own, so workers of different tests never share work."""
+    return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def repo_root() -> Iterator[Path]:
+    yield Path(__file__).resolve().parent.parent

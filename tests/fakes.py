@@ -1,0 +1,142 @@
+"""Fakes of plug-ins for unit tests, registered in test registries under real activity names.
+
+The activities under test are the real ones (``run_check``, ``apply_change`` …); only the plug-ins
+behind them are fakes, so tests exercise the real workflow → activity → plug-in path.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+from temporalio.exceptions import ApplicationError
+
+from activities.kinds.base import ChangeKind
+from activities.kinds.base import new_registry as new_kind_registry
+from guardrails.base import CheckContext, EmptyParams, Guardrail
+from guardrails.base import new_registry as new_guardrail_registry
+from guardrails.plugins import PluginRegistry
+from workflows import errors
+from workflows.models import ApplyResult, Category, CheckResult, Target, TargetState
+
+
+class FakeParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    outcome: str = "pass"  # pass | fail | wait | raise | hang
+    reason: str = "fake reason"
+
+
+def guardrail(name: str, category: Category, owner: str) -> type[Guardrail[Any]]:
+    """A guardrail class that does what its params say."""
+
+    class _Fake(Guardrail[FakeParams]):
+        params_model = FakeParams
+        default_timeout = timedelta(seconds=5)
+
+        async def check(self, params: FakeParams, ctx: CheckContext) -> CheckResult:
+            if params.outcome == "raise":
+                raise RuntimeError(f"{self.name} exploded")
+            if params.outcome == "hang":
+                await asyncio.sleep(3600)
+            if params.outcome == "fail":
+                return ctx.failed(params.reason, remedy=f"fix {self.name}")
+            if params.outcome == "wait":
+                return ctx.wait(
+                    params.reason, remedy="wait", retry_after=ctx.now + timedelta(minutes=30)
+                )
+            return ctx.passed("all good")
+
+    _Fake.name = name
+    _Fake.category = category
+    _Fake.default_owner = owner
+    _Fake.__qualname__ = f"Fake[{name}]"
+    return _Fake
+
+
+def guardrails() -> PluginRegistry[Guardrail[Any]]:
+    """A registry of five fake guardrails, one per category."""
+    registry = new_guardrail_registry()
+    for name, category, owner in [
+        ("fake-timing", Category.TIMING, "release-eng"),
+        ("fake-lock", Category.CONCURRENCY, "platform"),
+        ("fake-health", Category.HEALTH, "service-owners"),
+        ("fake-state", Category.TARGET_STATE, "infra"),
+        ("fake-inflight", Category.IN_FLIGHT, "sre"),
+    ]:
+        registry.register(guardrail(name, category, owner))
+    registry.register(AlwaysPass)
+    return registry
+
+
+class AlwaysPass(Guardrail[EmptyParams]):
+    name = "always-pass"
+    category = Category.HEALTH
+    default_owner = "nobody"
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        return ctx.passed("fine")
+
+
+@dataclass
+class Ledger:
+    """What the recording change kind did, in order."""
+
+    applied: list[str] = field(default_factory=list)
+    revert_calls: list[str] = field(default_factory=list)
+    reverted: list[str] = field(default_factory=list)
+    keys: list[str] = field(default_factory=list)
+
+
+class RecordingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    fail_apply: list[str] = []
+    fail_revert: list[str] = []
+    delay: float = 0.0
+
+
+class RecordingKind(ChangeKind[RecordingParams]):
+    """A change kind that records every call; fails where its params say (non-retryably)."""
+
+    name = "recording"
+    params_model = RecordingParams
+    ledger: ClassVar[Ledger] = Ledger()
+
+    async def apply(
+        self, params: RecordingParams, target: Target, *, idempotency_key: str
+    ) -> ApplyResult:
+        if params.delay:
+            await asyncio.sleep(params.delay)
+        if target.id in params.fail_apply:
+            raise ApplicationError(
+                f"{target.id} refused", type=errors.TARGET_REJECTED, non_retryable=True
+            )
+        if idempotency_key not in self.ledger.keys:
+            self.ledger.keys.append(idempotency_key)
+            self.ledger.applied.append(target.id)
+        return ApplyResult(target_id=target.id, applied=True)
+
+    async def revert_if_applied(
+        self, params: RecordingParams, target: Target, *, applied_key: str, idempotency_key: str
+    ) -> ApplyResult:
+        self.ledger.revert_calls.append(target.id)
+        if target.id in params.fail_revert:
+            raise ApplicationError(
+                f"{target.id} revert refused", type=errors.TARGET_REJECTED, non_retryable=True
+            )
+        if applied_key in self.ledger.keys and target.id not in self.ledger.reverted:
+            self.ledger.reverted.append(target.id)
+            return ApplyResult(target_id=target.id, applied=True)
+        return ApplyResult(target_id=target.id, applied=False, detail="never applied")
+
+    async def describe(self, params: RecordingParams, target: Target) -> TargetState:
+        return TargetState(target_id=target.id, reachable=True, healthy=True)
+
+
+def kinds() -> PluginRegistry[ChangeKind[Any]]:
+    """A registry holding the recording change kind."""
+    registry = new_kind_registry()
+    registry.register(RecordingKind)
+    return registry

@@ -1,0 +1,129 @@
+"""The GuardrailGate workflow: parallel checks, every result kept, one decision."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+from temporalio.testing import WorkflowEnvironment
+
+from tests import fakes
+from worker.main import build_worker
+from workflows.models import (
+    ChangeContext,
+    CheckStatus,
+    Decision,
+    GateInput,
+    GuardrailReport,
+    Target,
+)
+
+
+def _change() -> ChangeContext:
+    return ChangeContext(
+        change_id=f"chg-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="test",
+        requester="alice",
+        team="payments",
+        environment="prod",
+        targets=[Target(id="web-01")],
+        deadline=datetime.now(UTC) + timedelta(hours=24),
+    )
+
+
+def _policy(**outcomes: str) -> dict[str, Any]:
+    return {
+        "guardrails": [
+            {"use": name, "params": {"outcome": outcome, "reason": f"{name} says no"}}
+            for name, outcome in outcomes.items()
+        ]
+    }
+
+
+async def _gate(
+    env: WorkflowEnvironment, task_queue: str, policy: dict[str, Any]
+) -> GuardrailReport:
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        return await env.client.execute_workflow(
+            "GuardrailGate",
+            GateInput(change=_change(), policy=policy),
+            id=f"gate-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+            result_type=GuardrailReport,
+        )
+
+
+async def test_five_checks_three_fail_one_raises(env: WorkflowEnvironment, task_queue: str) -> None:
+    """Three failures and one raising check give one blocking report with all four explained."""
+    policy = _policy(
+        **{
+            "fake-timing": "fail",
+            "fake-lock": "pass",
+            "fake-health": "fail",
+            "fake-state": "raise",
+            "fake-inflight": "fail",
+        }
+    )
+    report = await _gate(env, task_queue, policy)
+
+    assert report.decision is Decision.BLOCK
+    assert [(c.guardrail, c.status) for c in report.checks] == [
+        ("fake-timing", CheckStatus.FAIL),
+        ("fake-lock", CheckStatus.PASS),
+        ("fake-health", CheckStatus.FAIL),
+        ("fake-state", CheckStatus.ERROR),
+        ("fake-inflight", CheckStatus.FAIL),
+    ]
+    failing = [c for c in report.checks if not c.passing]
+    assert len(failing) == 4
+    assert all(c.reason and c.remedy and c.owner for c in failing)
+    assert [c.owner for c in failing] == ["release-eng", "service-owners", "infra", "sre"]
+    state = report.checks[3]
+    assert "fake-state exploded" in state.reason
+    assert state.remedy.startswith("fix the cause reported by fake-state")
+
+
+async def test_hanging_check_becomes_error_with_owner(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A check that outlives its timeout is an error result (fail-closed) that names its owner."""
+    policy = _policy(**{"fake-timing": "pass", "fake-health": "hang"})
+    policy["guardrails"][1]["timeout"] = "2s"
+    report = await _gate(env, task_queue, policy)
+
+    assert report.decision is Decision.BLOCK
+    health = report.checks[1]
+    assert (health.status, health.owner) == (CheckStatus.ERROR, "service-owners")
+    assert health.reason == "the check did not answer within 2s"
+
+
+async def test_wait_decision_uses_earliest_retry_after(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Only waits and passes: decision wait, retry_after the earliest among the waits."""
+    report = await _gate(env, task_queue, _policy(**{"fake-timing": "wait", "fake-lock": "pass"}))
+    assert report.decision is Decision.WAIT
+    assert report.retry_after == report.checks[0].retry_after
+    assert report.retry_after is not None and report.retry_after > report.evaluated_at
+
+
+async def test_shadow_failure_never_blocks(env: WorkflowEnvironment, task_queue: str) -> None:
+    """A failing shadow check is reported but the decision is still proceed."""
+    policy = _policy(**{"fake-timing": "pass", "fake-health": "fail"})
+    policy["guardrails"][1]["mode"] = "shadow"
+    report = await _gate(env, task_queue, policy)
+    assert report.decision is Decision.PROCEED
+    assert report.checks[1].status is CheckStatus.FAIL
+
+
+async def test_same_failures_same_hash(env: WorkflowEnvironment, task_queue: str) -> None:
+    """Re-evaluating the same failures yields the same report hash; different ones do not."""
+    a = await _gate(env, task_queue, _policy(**{"fake-timing": "fail"}))
+    b = await _gate(env, task_queue, _policy(**{"fake-timing": "fail"}))
+    c = await _gate(env, task_queue, _policy(**{"fake-timing": "fail", "fake-lock": "fail"}))
+    assert a.report_hash == b.report_hash
+    assert a.report_hash != c.report_hash

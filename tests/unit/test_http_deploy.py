@@ -1,0 +1,244 @@
+"""The ``http-deploy`` change kind against a real demo fleet."""
+
+from __future__ import annotations
+
+import socket
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from pydantic import ValidationError
+from temporalio.exceptions import ApplicationError
+
+from activities.kinds.base import new_registry
+from activities.kinds.http_deploy import HttpDeploy, HttpDeployParams
+from demo.fleet import FleetServer
+from workflows.errors import TARGET_REJECTED, TARGET_UNAVAILABLE
+from workflows.models import ApplyResult, Target, TargetState, idempotency_key
+
+WEB1 = Target(id="web-01")
+APPLY_KEY = idempotency_key("chg-1", "apply", "web-01")
+REVERT_KEY = idempotency_key("chg-1", "revert", "web-01")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetServer]:
+    with FleetServer(tmp_path / "fleet.db") as server:
+        yield server
+
+
+@pytest.fixture
+async def client(fleet: FleetServer) -> AsyncIterator[httpx.AsyncClient]:
+    async with httpx.AsyncClient(base_url=fleet.url, trust_env=False, timeout=10) as c:
+        yield c
+
+
+@pytest.fixture
+def params(fleet: FleetServer) -> HttpDeployParams:
+    return HttpDeployParams(base_url=fleet.url, version="2.0.0", timeout=5)
+
+
+kind = HttpDeploy()
+
+
+async def ledger(client: httpx.AsyncClient) -> list[tuple[str, str, str, str]]:
+    rows: list[dict[str, Any]] = (await client.get("/deploys")).json()
+    return [(r["idempotency_key"], r["host"], r["from_version"], r["to_version"]) for r in rows]
+
+
+def closed_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def test_kind_meets_the_contract() -> None:
+    """HttpDeploy registers cleanly and validates its params strictly."""
+    registry = new_registry()
+    registry.register(HttpDeploy)
+    assert registry.names() == ["http-deploy"]
+    parsed = kind.parse_params({"base_url": "http://127.0.0.1:8800/", "version": "2.0.0"})
+    assert parsed == HttpDeployParams(base_url="http://127.0.0.1:8800", version="2.0.0")
+    for bad in (
+        {"base_url": "ftp://fleet", "version": "2.0.0"},
+        {"base_url": "http://fleet", "version": " "},
+        {"base_url": "http://fleet", "version": "2.0.0", "force": True},
+    ):
+        with pytest.raises(ValidationError):
+            kind.parse_params(bad)
+
+
+async def test_apply_then_revert_restores_previous_version(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """Apply deploys the version; revert redeploys the one it replaced; the ledger shows both."""
+    applied = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+    reverted = await kind.revert_if_applied(
+        params, WEB1, applied_key=APPLY_KEY, idempotency_key=REVERT_KEY
+    )
+
+    assert applied == ApplyResult(
+        target_id="web-01",
+        applied=True,
+        detail="deployed 1.0.0 -> 2.0.0 on web-01",
+        before={"version": "1.0.0"},
+        after={"version": "2.0.0"},
+    )
+    assert reverted == ApplyResult(
+        target_id="web-01",
+        applied=True,
+        detail="deployed 2.0.0 -> 1.0.0 on web-01",
+        before={"version": "2.0.0"},
+        after={"version": "1.0.0"},
+    )
+    assert (await kind.describe(params, WEB1)).version == "1.0.0"
+    assert await ledger(client) == [
+        (APPLY_KEY, "web-01", "1.0.0", "2.0.0"),
+        (REVERT_KEY, "web-01", "2.0.0", "1.0.0"),
+    ]
+
+
+async def test_revert_twice_applies_once(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A retried compensation with the same key is a replay and changes nothing more."""
+    await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+    await kind.revert_if_applied(params, WEB1, applied_key=APPLY_KEY, idempotency_key=REVERT_KEY)
+
+    again = await kind.revert_if_applied(
+        params, WEB1, applied_key=APPLY_KEY, idempotency_key=REVERT_KEY
+    )
+
+    assert (again.applied, again.after) == (False, {"version": "1.0.0"})
+    assert len(await ledger(client)) == 2
+
+
+async def test_revert_of_never_applied_key_applies_nothing(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """Reverting a step that never took effect applies nothing and says so."""
+    result = await kind.revert_if_applied(
+        params, WEB1, applied_key=APPLY_KEY, idempotency_key=REVERT_KEY
+    )
+
+    assert result == ApplyResult(
+        target_id="web-01", applied=False, detail=f"nothing to revert: {APPLY_KEY} never applied"
+    )
+    assert await ledger(client) == []
+
+
+async def test_apply_with_replayed_key_applies_nothing(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """Applying the same key twice reports applied=False the second time; one ledger entry."""
+    await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    again = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    assert again == ApplyResult(
+        target_id="web-01",
+        applied=False,
+        detail=f"replayed: {APPLY_KEY} already deployed 1.0.0 -> 2.0.0; nothing applied",
+        before={"version": "1.0.0"},
+        after={"version": "2.0.0"},
+    )
+    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+
+
+async def test_describe_reports_version_and_health(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """Describe reports the host's version and health, which follows bad-version marks."""
+    healthy = await kind.describe(params, WEB1)
+    await client.post("/versions/1.0.0", json={"bad": True})
+    sick = await kind.describe(params, WEB1)
+
+    assert healthy == TargetState(
+        target_id="web-01",
+        reachable=True,
+        healthy=True,
+        version="1.0.0",
+        detail={"environment": "prod", "labels": {"role": "web", "zone": "a"}, "error_rate": 0.001},
+    )
+    assert (sick.reachable, sick.healthy, sick.detail["error_rate"]) == (True, False, 0.2)
+
+
+async def test_describe_unreachable_target() -> None:
+    """Describe against a closed port reports unreachable and unhealthy instead of raising."""
+    params = HttpDeployParams(base_url=f"http://127.0.0.1:{closed_port()}", version="2.0.0")
+
+    state = await kind.describe(params, WEB1)
+
+    assert (state.reachable, state.healthy, state.version) == (False, False, None)
+    assert state.detail["error_type"] == TARGET_UNAVAILABLE
+
+
+async def test_unknown_host_is_rejected(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """Applying to a host the fleet does not know is a non-retryable TargetRejected."""
+    with pytest.raises(ApplicationError) as caught:
+        await kind.apply(params, Target(id="web-99"), idempotency_key=APPLY_KEY)
+
+    assert (caught.value.type, caught.value.non_retryable) == (TARGET_REJECTED, True)
+    assert "web-99" in caught.value.message and "404" in caught.value.message
+    assert await ledger(client) == []
+
+
+async def test_key_reused_for_another_version_is_rejected(params: HttpDeployParams) -> None:
+    """Reusing a key for a different version is a non-retryable TargetRejected (409 reuse)."""
+    await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    with pytest.raises(ApplicationError) as caught:
+        await kind.apply(
+            params.model_copy(update={"version": "3.0.0"}), WEB1, idempotency_key=APPLY_KEY
+        )
+
+    assert (caught.value.type, caught.value.non_retryable) == (TARGET_REJECTED, True)
+
+
+async def test_server_fault_is_retryable_unavailable(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A 503 is a retryable TargetUnavailable that applied nothing; the retry then applies."""
+    await client.post("/admin/faults", json={"fail_next": 1})
+
+    with pytest.raises(ApplicationError) as caught:
+        await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+    assert await ledger(client) == []
+    retried = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    assert (caught.value.type, caught.value.non_retryable) == (TARGET_UNAVAILABLE, False)
+    assert "503" in caught.value.message
+    assert retried.applied is True
+
+
+async def test_timeout_then_retry_reports_replay(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A timed-out deploy is retryable; its retry with the same key never deploys twice."""
+    await client.post("/admin/faults", json={"deploy_delay_ms": 800})
+    hasty = params.model_copy(update={"timeout": 0.3})  # the GET fits, the POST does not
+
+    with pytest.raises(ApplicationError) as caught:
+        await kind.apply(hasty, WEB1, idempotency_key=APPLY_KEY)
+    retried = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    assert (caught.value.type, caught.value.non_retryable) == (TARGET_UNAVAILABLE, False)
+    assert "timed out" in caught.value.message
+    assert retried.applied is False  # the timed-out attempt had already deployed
+    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+
+
+async def test_connection_refused_is_retryable_unavailable() -> None:
+    """A fleet that is not listening is a retryable TargetUnavailable naming the URL."""
+    url = f"http://127.0.0.1:{closed_port()}"
+    params = HttpDeployParams(base_url=url, version="2.0.0")
+
+    with pytest.raises(ApplicationError) as caught:
+        await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    assert (caught.value.type, caught.value.non_retryable) == (TARGET_UNAVAILABLE, False)
+    assert url in caught.value.message

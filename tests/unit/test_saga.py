@@ -1,0 +1,121 @@
+"""GuardedChange as a saga: reverse-order compensation on failure, cancel, and failing reverts."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError
+from temporalio.testing import WorkflowEnvironment
+
+from tests import fakes
+from tests.fakes import Ledger, RecordingKind
+from worker.main import build_worker
+from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
+
+TARGETS = ["t1", "t2", "t3", "t4", "t5"]
+
+
+@pytest.fixture(autouse=True)
+def fresh_ledger() -> Ledger:
+    RecordingKind.ledger = Ledger()
+    return RecordingKind.ledger
+
+
+def _request(
+    params: dict[str, Any], *, waves: list[str] | None = None, bake: str = "0s"
+) -> ChangeRequest:
+    return ChangeRequest(
+        change_id=f"chg-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="saga test",
+        requester="alice",
+        team="payments",
+        environment="prod",
+        targets=[{"id": t} for t in TARGETS],  # type: ignore[misc]
+        params=params,
+        rollout={"waves": waves or ["100%"], "max_parallel": 1, "bake": bake},  # type: ignore[arg-type]
+        policy={"guardrails": [{"use": "always-pass"}]},
+    )
+
+
+def _worker(env: WorkflowEnvironment, task_queue: str):  # type: ignore[no-untyped-def]
+    return build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    )
+
+
+async def _start(
+    env: WorkflowEnvironment, task_queue: str, req: ChangeRequest
+) -> WorkflowHandle[Any, ChangeResult]:
+    return await env.client.start_workflow(
+        "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+    )
+
+
+async def test_completes_and_applies_each_target_once(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """A clean change applies every target once, in wave order, and completes."""
+    async with _worker(env, task_queue):
+        result = await (
+            await _start(env, task_queue, _request({}, waves=["1", "40%", "100%"]))
+        ).result()
+    assert result.outcome is Outcome.COMPLETED
+    assert fresh_ledger.applied == TARGETS
+    assert result.applied == TARGETS
+    assert fresh_ledger.revert_calls == []
+
+
+async def test_failure_at_k_reverts_in_reverse(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """A failure at target 4 compensates 4 (a no-op), 3, 2, 1, in that order."""
+    async with _worker(env, task_queue):
+        result = await (await _start(env, task_queue, _request({"fail_apply": ["t4"]}))).result()
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert fresh_ledger.applied == ["t1", "t2", "t3"]
+    assert fresh_ledger.revert_calls == ["t4", "t3", "t2", "t1"]
+    assert fresh_ledger.reverted == ["t3", "t2", "t1"]
+    assert result.compensation_failures == []
+    assert "t4 refused" in result.message
+
+
+async def test_failing_revert_does_not_stop_the_others(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """A revert that fails is reported, outcome failed, and the remaining reverts still run."""
+    async with _worker(env, task_queue):
+        req = _request({"fail_apply": ["t4"], "fail_revert": ["t2"]})
+        result = await (await _start(env, task_queue, req)).result()
+    assert result.outcome is Outcome.FAILED
+    assert fresh_ledger.revert_calls == ["t4", "t3", "t2", "t1"]
+    assert fresh_ledger.reverted == ["t3", "t1"]
+    assert [(f.step, f.error_type) for f in result.compensation_failures] == [
+        ("t2", "TargetRejected")
+    ]
+
+
+async def test_cancel_while_baking_reverts(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """Cancelling during the bake after wave 1 reverts what was applied, then ends cancelled."""
+    async with _worker(env, task_queue):
+        handle = await _start(env, task_queue, _request({}, waves=["2", "100%"], bake="1h"))
+        for _ in range(200):
+            status = await handle.query("status", result_type=ChangeStatus)
+            if status.phase is Phase.BAKING:
+                break
+            await asyncio.sleep(0.05)
+        assert status.phase is Phase.BAKING
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result()
+        final = await handle.query("status", result_type=ChangeStatus)
+    assert isinstance(info.value.cause, CancelledError)
+    assert fresh_ledger.applied == ["t1", "t2"]
+    assert fresh_ledger.reverted == ["t2", "t1"]
+    assert (final.phase, final.outcome) == (Phase.ABORTED, Outcome.ABORTED)

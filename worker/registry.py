@@ -1,0 +1,47 @@
+"""The one list of workflows and activities: the worker, the replayer and the tests all use it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from temporalio.worker import Interceptor
+
+from activities.change import ChangeActivities
+from activities.kinds.base import ChangeKind
+from guardrails.base import Guardrail
+from guardrails.plugins import PluginRegistry
+from worker.logging import LoggingInterceptor
+from workflows.gate import GuardrailGateWorkflow
+from workflows.guarded_change import GuardedChangeWorkflow
+
+WORKFLOWS: Sequence[type] = (GuardedChangeWorkflow, GuardrailGateWorkflow)
+"""Every workflow class the worker runs and the replayer checks."""
+
+
+def interceptors() -> list[Interceptor]:
+    """Worker interceptors (tracing comes with the client's plug-in)."""
+    return [LoggingInterceptor()]
+
+
+def activities(
+    *,
+    guardrails: PluginRegistry[Guardrail[Any]] | None = None,
+    kinds: PluginRegistry[ChangeKind[Any]] | None = None,
+    services: dict[str, Any] | None = None,
+    policy_dir: Path | None = None,
+) -> list[Callable[..., Any]]:
+    """Every activity, bound to the given registries (default: the entry-point plug-ins)."""
+    from activities.checks import CheckActivities
+
+    checks = CheckActivities(guardrails, services=services, policy_dir=policy_dir)
+    change = ChangeActivities(kinds)
+    return [
+        checks.resolve_policy,
+        checks.run_check,
+        change.validate_change,
+        change.apply_change,
+        change.revert_change,
+        change.describe_target,
+    ]

@@ -1,0 +1,43 @@
+"""Error type names: the ``type`` of every ``ApplicationError`` changeguard raises.
+
+A leaf module (standard library only) so workflows, activities and retry policies share one list.
+Tests assert on these constants, never on message text.
+
+The tree::
+
+    ApplicationError(type=...)
+    ├── business failures — non-retryable: retrying cannot help
+    │   ├── InvalidInput            a payload or parameter failed validation
+    │   ├── PolicyInvalid           the policy file is malformed or names unknown guardrails
+    │   ├── UnknownChangeKind       no change kind is registered under that name
+    │   ├── UnknownGuardrail        no guardrail is registered under that name
+    │   ├── TargetRejected          the target API refused the mutation (4xx)
+    │   └── ContractViolation       a plug-in returned something its contract forbids
+    └── transient failures — retried with jittered backoff
+        ├── TargetUnavailable       the target API is unreachable or answered 5xx
+        ├── CircuitOpen             the worker's breaker for that API is open; retry after a delay
+        └── CheckFailed             a guardrail raised (the gate turns it into an ``error`` result)
+"""
+
+from __future__ import annotations
+
+INVALID_INPUT = "InvalidInput"
+POLICY_INVALID = "PolicyInvalid"
+UNKNOWN_CHANGE_KIND = "UnknownChangeKind"
+UNKNOWN_GUARDRAIL = "UnknownGuardrail"
+TARGET_REJECTED = "TargetRejected"
+CONTRACT_VIOLATION = "ContractViolation"
+
+TARGET_UNAVAILABLE = "TargetUnavailable"
+CIRCUIT_OPEN = "CircuitOpen"
+CHECK_FAILED = "CheckFailed"
+
+NON_RETRYABLE: tuple[str, ...] = (
+    INVALID_INPUT,
+    POLICY_INVALID,
+    UNKNOWN_CHANGE_KIND,
+    UNKNOWN_GUARDRAIL,
+    TARGET_REJECTED,
+    CONTRACT_VIOLATION,
+)
+"""Error types no retry policy retries; used as ``non_retryable_error_types``."""

@@ -1,0 +1,119 @@
+"""The ``GuardrailGate`` workflow: every applicable check, in parallel, rolled into one report.
+
+The policy is resolved in an activity (it may read files); each check then runs as its own activity
+with its own timeout. Nothing fails fast: a check that raises or times out becomes an ``error`` result
+carrying its owner (fail-closed), and every result lands in the report in policy order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, TimeoutError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.checks import CheckActivities
+    from workflows.errors import NON_RETRYABLE
+    from workflows.models import (
+        ChangeContext,
+        CheckResult,
+        CheckSpec,
+        CheckStatus,
+        GateInput,
+        GuardrailReport,
+        OptOut,
+        ResolvePolicyInput,
+        RunCheckInput,
+    )
+    from workflows.report import aggregate, report_markdown
+    from workflows.saga import failure_of
+
+RESOLVE_TIMEOUT = timedelta(seconds=30)
+CHECK_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_attempts=2,
+    non_retryable_error_types=list(NON_RETRYABLE),
+)
+
+
+def error_result(spec: CheckSpec, exc: BaseException) -> CheckResult:
+    """The fail-closed result of a check that raised or timed out."""
+    cause = exc.cause if isinstance(exc, ActivityError) else None
+    if isinstance(cause, TimeoutError):
+        reason = f"the check did not answer within {spec.timeout.total_seconds():g}s"
+        remedy = (
+            f"make what {spec.guardrail} queries respond in time (or raise its timeout in the "
+            "policy), then recheck"
+        )
+    else:
+        message, kind = failure_of(exc)
+        reason = f"the check raised {kind}: {message}"
+        remedy = f"fix the cause reported by {spec.guardrail} (see the worker log), then recheck"
+    return CheckResult(
+        guardrail=spec.guardrail,
+        category=spec.category,
+        status=CheckStatus.ERROR,
+        reason=reason,
+        remedy=remedy,
+        owner=spec.owner,
+        opt_out=spec.opt_out,
+        approvers=(
+            list(spec.opt_out_rule.approvers)
+            if spec.opt_out_rule and spec.opt_out is OptOut.APPROVABLE
+            else []
+        ),
+        mode=spec.mode,
+    )
+
+
+@workflow.defn(name="GuardrailGate", failure_exception_types=[ValidationError])
+class GuardrailGateWorkflow:
+    """Run every applicable guardrail for a change and return one :class:`GuardrailReport`."""
+
+    def __init__(self) -> None:
+        self._report: GuardrailReport | None = None
+
+    @workflow.run
+    async def run(self, inp: GateInput) -> GuardrailReport:
+        """Resolve the policy, fan out the checks, aggregate."""
+        workflow.set_current_details("Resolving the policy…")
+        resolved = await workflow.execute_activity_method(
+            CheckActivities.resolve_policy,
+            ResolvePolicyInput(change=inp.change, policy=inp.policy, categories=inp.categories),
+            start_to_close_timeout=RESOLVE_TIMEOUT,
+            retry_policy=CHECK_RETRY,
+        )
+        now = workflow.now()
+        workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
+        results = await asyncio.gather(
+            *(self._check(spec, inp.change, now) for spec in resolved.checks)
+        )
+        self._report = aggregate(list(results), policy_hash=resolved.policy_hash, now=now)
+        workflow.set_current_details(report_markdown(self._report))
+        return self._report
+
+    @workflow.query(name="report")
+    def report(self) -> GuardrailReport | None:
+        """The report, once every check has answered."""
+        return self._report
+
+    async def _check(self, spec: CheckSpec, change: ChangeContext, now: datetime) -> CheckResult:
+        started = workflow.now()
+        try:
+            result = await workflow.execute_activity_method(
+                CheckActivities.run_check,
+                RunCheckInput(spec=spec, change=change, now=now),
+                activity_id=f"check-{spec.guardrail}",
+                start_to_close_timeout=spec.timeout,
+                schedule_to_close_timeout=spec.timeout * 2,
+                retry_policy=CHECK_RETRY,
+            )
+        except ActivityError as exc:
+            result = error_result(spec, exc)
+            elapsed = workflow.now() - started
+            result.duration_ms = int(elapsed.total_seconds() * 1000)
+        return result

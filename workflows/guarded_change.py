@@ -1,0 +1,356 @@
+"""The ``GuardedChange`` workflow: gate, then apply in waves as a saga, then one terminal outcome.
+
+Life of a change (DESIGN.md): validate → gate (child workflow) → wait for the window, or stay blocked
+until an operator rechecks, until the deadline → apply wave by wave with bounded parallelism, each
+mutation's compensation registered before it runs → bake → ``completed``. A failed mutation or a
+cancellation unwinds every applied step in reverse (``rolled_back``, or ``failed`` when a
+compensation itself failed).
+
+Only failures Temporal reports (activity, child, cancellation, our ``ApplicationError``) unwind the
+saga. A bug in this code fails the workflow *task* instead, which Temporal retries until a fixed
+worker is deployed: nothing is compensated on the strength of a bug.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.change import ChangeActivities
+    from workflows import errors
+    from workflows import search_attributes as sa
+    from workflows.gate import GuardrailGateWorkflow
+    from workflows.models import (
+        ApplyInput,
+        Category,
+        ChangeContext,
+        ChangeRequest,
+        ChangeResult,
+        ChangeStatus,
+        Decision,
+        GateInput,
+        GuardrailReport,
+        Outcome,
+        Phase,
+        RecheckInput,
+        Target,
+        ValidateChangeInput,
+        WaveProgress,
+        idempotency_key,
+        plan_waves,
+    )
+    from workflows.report import approver_groups, report_markdown
+    from workflows.saga import Saga, failure_of
+
+DEFAULT_DEADLINE = timedelta(hours=24)
+MUTATION_TIMEOUT = timedelta(minutes=5)
+MUTATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=list(errors.NON_RETRYABLE),
+)
+COMPENSATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=list(errors.NON_RETRYABLE),
+)
+REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
+"""Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
+
+_OUTCOME_PHASE = {
+    Outcome.COMPLETED: Phase.COMPLETED,
+    Outcome.ROLLED_BACK: Phase.ROLLED_BACK,
+    Outcome.ABORTED: Phase.ABORTED,
+    Outcome.REJECTED: Phase.REJECTED,
+    Outcome.FAILED: Phase.FAILED,
+}
+
+
+class _Unwind(Exception):
+    """Internal: stop the rollout and compensate (carries the outcome and why)."""
+
+    def __init__(self, outcome: Outcome, message: str) -> None:
+        super().__init__(message)
+        self.outcome = outcome
+        self.message = message
+
+
+def _compensable(exc: BaseException) -> bool:
+    """Failures that mean "the world said no", as opposed to a bug in workflow code."""
+    return isinstance(
+        exc,
+        asyncio.CancelledError | ActivityError | ChildWorkflowError | ApplicationError | _Unwind,
+    )
+
+
+@workflow.defn(name="GuardedChange", failure_exception_types=[ValidationError])
+class GuardedChangeWorkflow:
+    """Run one change behind the guardrail gate, as a compensating saga in waves."""
+
+    @workflow.init
+    def __init__(self, request: ChangeRequest) -> None:
+        self._request = request
+        self._status = ChangeStatus(change_id=request.change_id, kind=request.kind)
+        self._recheck = False
+        self._saga = Saga()
+
+    # ---------------------------------------------------------------- handlers
+
+    @workflow.query(name="status")
+    def status(self) -> ChangeStatus:
+        """Where the change is, what it is waiting for, and what it has done."""
+        return self._status
+
+    @workflow.signal(name="recheck")
+    def recheck(self, inp: RecheckInput) -> None:
+        """Run the gate again now (after an operator fixed a cause)."""
+        workflow.logger.info("recheck requested", extra={"by": inp.requested_by})
+        self._recheck = True
+
+    # ---------------------------------------------------------------- main line
+
+    @workflow.run
+    async def run(self, request: ChangeRequest) -> ChangeResult:
+        """Gate, execute in waves, bake, and finish with one outcome."""
+        deadline = request.deadline or workflow.now() + DEFAULT_DEADLINE
+        ctx = ChangeContext.of(request).model_copy(update={"deadline": deadline})
+        workflow.upsert_search_attributes(
+            [
+                sa.CHANGE_ID.value_set(request.change_id),
+                sa.CHANGE_KIND.value_set(request.kind),
+                sa.CHANGE_ENVIRONMENT.value_set(request.environment),
+                sa.CHANGE_TEAM.value_set(request.team),
+                sa.CHANGE_TARGETS.value_set([t.id for t in request.targets]),
+            ]
+        )
+        problems = await self._validate(request)
+        if problems:
+            return await self._finish(Outcome.REJECTED, "invalid change: " + "; ".join(problems))
+
+        try:
+            report = await self._gate_until_proceed(ctx, deadline, categories=None)
+            if report is None:
+                return await self._finish(Outcome.REJECTED, self._status.message)
+            await self._execute(request, ctx, deadline)
+        except BaseException as exc:
+            if not _compensable(exc):
+                raise
+            return await self._unwind(exc)
+        applied = len(self._status.applied)
+        return await self._finish(Outcome.COMPLETED, f"applied to {applied} target(s)")
+
+    async def _validate(self, request: ChangeRequest) -> list[str]:
+        result = await workflow.execute_activity_method(
+            ChangeActivities.validate_change,
+            ValidateChangeInput(kind=request.kind, params=request.params),
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+        return result.problems
+
+    # ---------------------------------------------------------------- gate
+
+    async def _gate_until_proceed(
+        self, ctx: ChangeContext, deadline: datetime, *, categories: list[Category] | None
+    ) -> GuardrailReport | None:
+        """Gate until it says proceed; ``None`` when the deadline passes first."""
+        while True:
+            self._set_phase(Phase.GATING, "running the guardrail gate")
+            report = await self._run_gate(ctx, categories)
+            if report.decision is Decision.PROCEED:
+                return report
+            now = workflow.now()
+            if report.decision is Decision.WAIT and report.retry_after is not None:
+                if report.retry_after >= deadline:
+                    self._status.message = (
+                        f"the gate asks to wait until {report.retry_after.isoformat()}, "
+                        f"after the deadline {deadline.isoformat()}"
+                    )
+                    return None
+                self._set_phase(
+                    Phase.WAITING, f"waiting until {report.retry_after.isoformat()} to gate again"
+                )
+                until = report.retry_after
+            else:
+                groups = approver_groups(report)
+                phase = Phase.AWAITING_APPROVAL if groups else Phase.BLOCKED
+                names = ", ".join(c.guardrail for c in report.failures)
+                self._set_phase(phase, f"blocked by {names}; fix and recheck", awaiting=groups)
+                until = deadline
+            if until <= now:
+                self._status.message = f"the deadline {deadline.isoformat()} passed"
+                return None
+            try:
+                await workflow.wait_condition(lambda: self._recheck, timeout=until - now)
+            except TimeoutError:
+                if until >= deadline:
+                    self._status.message = (
+                        f"the gate did not pass before the deadline {deadline.isoformat()}"
+                    )
+                    return None
+            self._recheck = False
+
+    async def _run_gate(
+        self, ctx: ChangeContext, categories: list[Category] | None
+    ) -> GuardrailReport:
+        self._status.gate_runs += 1
+        report = await workflow.execute_child_workflow(
+            GuardrailGateWorkflow.run,
+            GateInput(change=ctx, policy=self._request.policy, categories=categories),
+            id=f"{self._request.change_id}/gate-{self._status.gate_runs}",
+        )
+        self._status.report = report
+        workflow.set_current_details(self._details())
+        return report
+
+    # ---------------------------------------------------------------- execute
+
+    async def _execute(
+        self, request: ChangeRequest, ctx: ChangeContext, deadline: datetime
+    ) -> None:
+        by_id = {t.id: t for t in request.targets}
+        plan = plan_waves([t.id for t in request.targets], request.rollout.waves)
+        self._status.waves = [WaveProgress(index=i, targets=ids) for i, ids in enumerate(plan)]
+        for wave in self._status.waves:
+            if wave.index > 0:
+                report = await self._gate_until_proceed(ctx, deadline, categories=REGATE_CATEGORIES)
+                if report is None:
+                    raise _Unwind(Outcome.ROLLED_BACK, self._status.message)
+            wave.state = "applying"
+            self._set_phase(
+                Phase.EXECUTING, f"wave {wave.index + 1}/{len(plan)}: {len(wave.targets)} target(s)"
+            )
+            await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
+            if request.rollout.bake > timedelta(0):
+                wave.state = "baking"
+                self._set_phase(
+                    Phase.BAKING, f"baking wave {wave.index + 1} for {request.rollout.bake}"
+                )
+                await workflow.sleep(request.rollout.bake)
+            wave.state = "done"
+
+    async def _apply_wave(
+        self, request: ChangeRequest, targets: list[Target], wave: WaveProgress
+    ) -> None:
+        """Apply one wave, at most ``max_parallel`` at a time; after a failure start no more."""
+        limit = asyncio.Semaphore(request.rollout.max_parallel)
+        failed: list[BaseException] = []
+
+        async def one(target: Target) -> None:
+            async with limit:
+                if failed:
+                    return
+                key = idempotency_key(request.change_id, "apply", target.id)
+                apply = ApplyInput(
+                    change_id=request.change_id,
+                    kind=request.kind,
+                    step="apply",
+                    target=target,
+                    params=request.params,
+                    idempotency_key=key,
+                )
+                revert = apply.model_copy(
+                    update={
+                        "step": "revert",
+                        "idempotency_key": idempotency_key(request.change_id, "revert", target.id),
+                        "applied_key": key,
+                    }
+                )
+                try:
+                    await self._saga.run(
+                        target.id,
+                        lambda: workflow.execute_activity_method(
+                            ChangeActivities.apply_change,
+                            apply,
+                            start_to_close_timeout=MUTATION_TIMEOUT,
+                            retry_policy=MUTATION_RETRY,
+                        ),
+                        lambda: self._revert(revert),
+                    )
+                except BaseException as exc:
+                    failed.append(exc)
+                    raise
+                wave.applied.append(target.id)
+                self._status.applied.append(target.id)
+
+        await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+        if failed:
+            raise failed[0]
+
+    async def _revert(self, inp: ApplyInput) -> None:
+        await workflow.execute_activity_method(
+            ChangeActivities.revert_change,
+            inp,
+            start_to_close_timeout=MUTATION_TIMEOUT,
+            retry_policy=COMPENSATION_RETRY,
+        )
+        self._status.reverted.append(inp.target.id)
+
+    async def _unwind(self, exc: BaseException) -> ChangeResult:
+        """Compensate every applied step; re-raise a cancellation once done."""
+        cancelled = isinstance(exc, asyncio.CancelledError)
+        if isinstance(exc, _Unwind):
+            outcome, why = exc.outcome, exc.message
+        elif cancelled:
+            outcome, why = Outcome.ABORTED, "the workflow was cancelled"
+        else:
+            message, kind = failure_of(exc)
+            outcome, why = Outcome.ROLLED_BACK, f"{kind}: {message}"
+        self._set_phase(Phase.ROLLING_BACK, f"rolling back: {why}")
+        _, failures = await self._saga.unwind()
+        self._status.compensation_failures = failures
+        if failures:
+            outcome = Outcome.FAILED
+            why += f"; {len(failures)} compensation(s) failed: " + ", ".join(
+                f.step for f in failures
+            )
+        result = await self._finish(outcome, why)
+        if cancelled:
+            raise exc
+        return result
+
+    # ---------------------------------------------------------------- bookkeeping
+
+    def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
+        self._status.phase = phase
+        self._status.message = message
+        self._status.awaiting_from = awaiting or []
+        self._status.updated_at = workflow.now()
+        workflow.upsert_search_attributes(
+            [
+                sa.CHANGE_PHASE.value_set(phase.value),
+                sa.AWAITING_APPROVAL_FROM.value_set(self._status.awaiting_from)
+                if self._status.awaiting_from
+                else sa.AWAITING_APPROVAL_FROM.value_unset(),
+            ]
+        )
+        workflow.set_current_details(self._details())
+
+    def _details(self) -> str:
+        head = f"## {self._request.change_id}: {self._status.phase.value}\n\n{self._status.message}"
+        report = self._status.report
+        return head if report is None else head + "\n\n" + report_markdown(report)
+
+    async def _finish(self, outcome: Outcome, message: str) -> ChangeResult:
+        self._set_phase(_OUTCOME_PHASE[outcome], message)
+        self._status.outcome = outcome
+        await workflow.wait_condition(workflow.all_handlers_finished)
+        return ChangeResult(
+            change_id=self._request.change_id,
+            outcome=outcome,
+            message=message,
+            report=self._status.report,
+            applied=self._status.applied,
+            reverted=self._status.reverted,
+            compensation_failures=self._status.compensation_failures,
+        )

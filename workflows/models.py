@@ -1,0 +1,568 @@
+"""Wire models: every payload that crosses a workflow, activity, signal, update or query boundary.
+
+This is a leaf module: it imports only pydantic and the standard library, so workflow code, activities,
+guardrails, the CLI and tests can all share it. New fields always get defaults, so histories recorded
+by older workers still decode.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+import uuid
+from datetime import datetime, timedelta
+from enum import StrEnum
+from typing import Annotated, Any
+
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    PlainSerializer,
+    field_validator,
+    model_validator,
+)
+
+# --------------------------------------------------------------------------------------------------
+# Durations: "90s", "30m", "4h", "1h30m", "2d", or a number of seconds.
+# --------------------------------------------------------------------------------------------------
+
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(value: Any) -> timedelta:
+    """Parse a human duration (``"4h"``, ``"1h30m"``, ``"90s"``) or a number of seconds.
+
+    Raises:
+        ValueError: the value is not a duration; the message shows the accepted forms.
+    """
+    if isinstance(value, timedelta):
+        return value
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30s', '10m', '4h' or '1h30m'")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return timedelta(seconds=value)
+    if isinstance(value, str):
+        text = value.strip().lower().replace(" ", "")
+        if text.startswith("p"):  # ISO 8601, as pydantic serialises timedelta
+            from pydantic import TypeAdapter
+
+            return TypeAdapter(timedelta).validate_python(value)
+        parts = _DURATION_PART.findall(text)
+        if parts and "".join(n + u for n, u in parts) == text:
+            return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    raise ValueError(
+        f"{value!r} is not a duration; use forms such as '30s', '10m', '4h' or '1h30m'"
+    )
+
+
+def format_duration(value: timedelta) -> str:
+    """Render a duration the way a person writes it (``1h30m``, ``45s``)."""
+    seconds = int(value.total_seconds())
+    if seconds == 0:
+        return "0s"
+    out = []
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
+        if seconds >= size:
+            out.append(f"{seconds // size}{unit}")
+            seconds %= size
+    return "".join(out)
+
+
+Duration = Annotated[
+    timedelta,
+    BeforeValidator(parse_duration),
+    PlainSerializer(format_duration, return_type=str, when_used="json"),
+]
+
+
+class Strict(BaseModel):
+    """Base for models people write by hand: unknown fields are errors, not silently dropped."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------
+# Enumerations
+# --------------------------------------------------------------------------------------------------
+
+
+class Category(StrEnum):
+    """What question a guardrail answers."""
+
+    TIMING = "timing"
+    CONCURRENCY = "concurrency"
+    HEALTH = "health"
+    TARGET_STATE = "target_state"
+    IN_FLIGHT = "in_flight"
+
+
+class CheckStatus(StrEnum):
+    """Outcome of one guardrail check; ``error`` means the check itself failed (fail-closed)."""
+
+    PASS = "pass"
+    FAIL = "fail"
+    WAIT = "wait"
+    ERROR = "error"
+
+
+class OptOut(StrEnum):
+    """Whether a failing check may be bypassed by an audited approval."""
+
+    APPROVABLE = "approvable"
+    FORBIDDEN = "forbidden"
+
+
+class Mode(StrEnum):
+    """``enforce`` checks decide; ``shadow`` checks are reported as "would have blocked" only."""
+
+    ENFORCE = "enforce"
+    SHADOW = "shadow"
+
+
+class Decision(StrEnum):
+    """The gate's single verdict."""
+
+    PROCEED = "proceed"
+    WAIT = "wait"
+    BLOCK = "block"
+
+
+class Phase(StrEnum):
+    """Where a change is; mirrored into the ``ChangePhase`` search attribute."""
+
+    PENDING = "Pending"
+    GATING = "Gating"
+    WAITING = "Waiting"
+    AWAITING_APPROVAL = "AwaitingApproval"
+    BLOCKED = "Blocked"
+    EXECUTING = "Executing"
+    BAKING = "Baking"
+    ROLLING_BACK = "RollingBack"
+    COMPLETED = "Completed"
+    ROLLED_BACK = "RolledBack"
+    ABORTED = "Aborted"
+    REJECTED = "Rejected"
+    FAILED = "Failed"
+
+
+class Outcome(StrEnum):
+    """The one terminal outcome of a change."""
+
+    COMPLETED = "completed"
+    ROLLED_BACK = "rolled_back"
+    ABORTED = "aborted"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
+TERMINAL_PHASES = frozenset(
+    {Phase.COMPLETED, Phase.ROLLED_BACK, Phase.ABORTED, Phase.REJECTED, Phase.FAILED}
+)
+
+# --------------------------------------------------------------------------------------------------
+# The change request (validated at the edge)
+# --------------------------------------------------------------------------------------------------
+
+_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
+_WAVE = re.compile(r"^(\d+)(%?)$")
+
+
+class Target(Strict):
+    """One thing a change mutates (a host, a service, a database)."""
+
+    id: str
+    environment: str | None = Field(
+        default=None, description="defaults to the change's environment"
+    )
+    labels: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("id")
+    @classmethod
+    def _id_shape(cls, v: str) -> str:
+        if not _ID.match(v):
+            raise ValueError(
+                "target id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+            )
+        return v
+
+
+class Rollout(Strict):
+    """How a change is applied: cumulative waves, parallelism within a wave, bake after each."""
+
+    waves: list[str] = Field(
+        default_factory=lambda: ["1", "25%", "100%"],
+        description="cumulative sizes: a target count ('1') or a share of all targets ('25%')",
+    )
+    max_parallel: int = Field(default=5, ge=1, le=100)
+    bake: Duration = timedelta(seconds=0)
+
+    @field_validator("waves", mode="before")
+    @classmethod
+    def _stringify(cls, v: Any) -> Any:
+        return [str(w) for w in v] if isinstance(v, list) else v
+
+    @field_validator("waves")
+    @classmethod
+    def _wave_shape(cls, v: list[str]) -> list[str]:
+        if not v:
+            raise ValueError("at least one wave is needed, e.g. ['1', '25%', '100%']")
+        for w in v:
+            m = _WAVE.match(w.strip())
+            if not m or int(m.group(1)) == 0 or (m.group(2) and int(m.group(1)) > 100):
+                raise ValueError(
+                    f"wave {w!r} must be a positive target count ('3') or a share 1-100% ('25%')"
+                )
+        if v[-1].strip() != "100%":
+            raise ValueError("the last wave must be '100%' so that every target is covered")
+        return [w.strip() for w in v]
+
+
+def plan_waves(target_ids: list[str], waves: list[str]) -> list[list[str]]:
+    """Split targets into waves; each spec is a cumulative size; empty waves are dropped."""
+    n = len(target_ids)
+    plan: list[list[str]] = []
+    done = 0
+    for spec in waves:
+        m = _WAVE.match(spec)
+        assert m is not None, spec
+        size = int(m.group(1))
+        upto = math.ceil(n * size / 100) if m.group(2) else size
+        upto = max(done, min(n, upto))
+        if upto > done:
+            plan.append(target_ids[done:upto])
+            done = upto
+    return plan
+
+
+class ChangeRequest(Strict):
+    """A request to change some targets; the input of the ``GuardedChange`` workflow."""
+
+    change_id: str = Field(default_factory=lambda: f"chg-{uuid.uuid4().hex[:12]}")
+    kind: str
+    summary: str = Field(min_length=1, max_length=500)
+    requester: str = Field(min_length=1)
+    team: str = Field(min_length=1)
+    environment: str = Field(min_length=1)
+    targets: list[Target] = Field(min_length=1, max_length=10_000)
+    params: dict[str, Any] = Field(default_factory=dict)
+    rollout: Rollout = Field(default_factory=Rollout)
+    policy: str | dict[str, Any] | None = Field(
+        default=None, description="a policy file path (read by the worker) or the policy inline"
+    )
+    deadline: datetime | None = Field(
+        default=None, description="when the gate must have passed; default 24h after start"
+    )
+
+    @field_validator("change_id")
+    @classmethod
+    def _change_id_shape(cls, v: str) -> str:
+        if not _ID.match(v) or "/" in v:
+            raise ValueError(
+                "change_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+            )
+        return v
+
+    @field_validator("deadline")
+    @classmethod
+    def _aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("deadline needs a time zone, e.g. 2026-12-01T18:00:00Z")
+        return v
+
+    @model_validator(mode="after")
+    def _targets_unique(self) -> ChangeRequest:
+        seen: set[str] = set()
+        dupes = sorted({t.id for t in self.targets if t.id in seen or seen.add(t.id)})  # type: ignore[func-returns-value]
+        if dupes:
+            raise ValueError(f"targets listed twice: {', '.join(dupes)}")
+        return self
+
+    def target_environment(self, target: Target) -> str:
+        """The environment a target lives in (its own, else the change's)."""
+        return target.environment or self.environment
+
+
+class ChangeContext(BaseModel):
+    """What a guardrail or change kind may know about the change it is judging."""
+
+    change_id: str
+    kind: str
+    summary: str = ""
+    requester: str = ""
+    team: str = ""
+    environment: str
+    targets: list[Target] = Field(default_factory=list)
+    params: dict[str, Any] = Field(default_factory=dict)
+    deadline: datetime | None = None
+
+    @classmethod
+    def of(cls, request: ChangeRequest) -> ChangeContext:
+        """Build the context from a validated request."""
+        return cls(
+            change_id=request.change_id,
+            kind=request.kind,
+            summary=request.summary,
+            requester=request.requester,
+            team=request.team,
+            environment=request.environment,
+            targets=request.targets,
+            params=request.params,
+            deadline=request.deadline,
+        )
+
+
+# --------------------------------------------------------------------------------------------------
+# Gate: policy resolution, check results, the report
+# --------------------------------------------------------------------------------------------------
+
+
+class OptOutRule(Strict):
+    """Who may approve a failing check, and under what terms."""
+
+    approvers: list[str] = Field(min_length=1, description="operator groups allowed to approve")
+    distinct_from_requester: bool = True
+    max_duration: Duration = timedelta(hours=4)
+    required: int = Field(default=1, ge=1, le=10, description="distinct approvals needed")
+
+
+class CheckSpec(BaseModel):
+    """One applicable check, fully resolved from the policy and the guardrail's defaults."""
+
+    guardrail: str
+    category: Category
+    params: dict[str, Any] = Field(default_factory=dict)
+    owner: str
+    timeout: Duration = timedelta(seconds=30)
+    mode: Mode = Mode.ENFORCE
+    opt_out: OptOut = OptOut.APPROVABLE
+    opt_out_rule: OptOutRule | None = None
+
+
+class ResolvePolicyInput(BaseModel):
+    """Input of ``resolve_policy``."""
+
+    change: ChangeContext
+    policy: str | dict[str, Any] | None = None
+    categories: list[Category] | None = Field(
+        default=None, description="only checks of these categories (re-checks before a wave)"
+    )
+
+
+class ResolvedPolicy(BaseModel):
+    """Output of ``resolve_policy``: the applicable checks in a stable order."""
+
+    policy_hash: str
+    checks: list[CheckSpec]
+    source: str = "inline"
+
+
+class RunCheckInput(BaseModel):
+    """Input of ``run_check``: one check against one change."""
+
+    spec: CheckSpec
+    change: ChangeContext
+    now: datetime
+
+
+class CheckResult(BaseModel):
+    """One guardrail's verdict; every non-passing result says why, what would pass, and who owns it."""
+
+    guardrail: str
+    category: Category
+    status: CheckStatus
+    reason: str = ""
+    remedy: str = ""
+    owner: str = ""
+    opt_out: OptOut = OptOut.APPROVABLE
+    approvers: list[str] = Field(default_factory=list)
+    retry_after: datetime | None = None
+    evidence: dict[str, Any] = Field(default_factory=dict)
+    duration_ms: int = 0
+    mode: Mode = Mode.ENFORCE
+
+    @property
+    def passing(self) -> bool:
+        """True for ``pass``."""
+        return self.status is CheckStatus.PASS
+
+
+class GuardrailReport(BaseModel):
+    """Every check's result and the one decision drawn from them."""
+
+    decision: Decision
+    report_hash: str
+    evaluated_at: datetime
+    checks: list[CheckResult]
+    policy_hash: str = ""
+    retry_after: datetime | None = None
+
+    @property
+    def failures(self) -> list[CheckResult]:
+        """The enforced checks that did not pass and do not merely ask to wait."""
+        return [
+            c
+            for c in self.checks
+            if c.mode is Mode.ENFORCE and c.status in (CheckStatus.FAIL, CheckStatus.ERROR)
+        ]
+
+
+def report_hash(checks: list[CheckResult], policy_hash: str) -> str:
+    """A stable digest of which checks do not pass, and how, that an approval binds to.
+
+    Reasons, evidence and timings are left out: they may carry the clock ("Sat 10:00 is outside
+    the window"), and the same failures re-evaluated a minute later must give the same hash, or
+    every recheck would make approvals stale. The policy hash is in: a new policy is a new report.
+    """
+    material = [
+        {
+            "g": c.guardrail,
+            "s": c.status.value,
+            "m": c.mode.value,
+        }
+        for c in checks
+        if not c.passing
+    ]
+    digest = hashlib.sha256(
+        json.dumps({"p": policy_hash, "c": material}, sort_keys=True).encode()
+    ).hexdigest()
+    return digest[:16]
+
+
+class GateInput(BaseModel):
+    """Input of the ``GuardrailGate`` workflow."""
+
+    change: ChangeContext
+    policy: str | dict[str, Any] | None = None
+    categories: list[Category] | None = None
+
+
+# --------------------------------------------------------------------------------------------------
+# Change kinds: mutation, compensation, description
+# --------------------------------------------------------------------------------------------------
+
+
+def idempotency_key(change_id: str, step: str, target_id: str) -> str:
+    """The key every side effect carries: the same (change, step, target) never applies twice."""
+    return f"{change_id}:{step}:{target_id}"
+
+
+class ApplyInput(BaseModel):
+    """Input of ``apply_change`` and ``revert_change`` for one target."""
+
+    change_id: str
+    kind: str
+    step: str
+    target: Target
+    params: dict[str, Any] = Field(default_factory=dict)
+    idempotency_key: str
+    applied_key: str | None = Field(
+        default=None, description="for a compensation: the key of the step it undoes"
+    )
+
+
+class ApplyResult(BaseModel):
+    """What a mutation (or its compensation) did to one target."""
+
+    target_id: str
+    applied: bool
+    detail: str = ""
+    before: dict[str, Any] = Field(default_factory=dict)
+    after: dict[str, Any] = Field(default_factory=dict)
+
+
+class DescribeInput(BaseModel):
+    """Input of ``describe_target``."""
+
+    kind: str
+    target: Target
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class TargetState(BaseModel):
+    """A change kind's view of one target."""
+
+    target_id: str
+    reachable: bool
+    healthy: bool
+    version: str | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# The change's own status and result
+# --------------------------------------------------------------------------------------------------
+
+
+class CompensationFailure(BaseModel):
+    """A compensation that failed during unwinding: reported, never hidden."""
+
+    step: str
+    error: str
+    error_type: str = ""
+
+
+class WaveProgress(BaseModel):
+    """One wave's targets and what happened to them."""
+
+    index: int
+    targets: list[str]
+    applied: list[str] = Field(default_factory=list)
+    state: str = "pending"
+
+
+class ChangeStatus(BaseModel):
+    """The ``status`` query: everything an operator needs to see at once."""
+
+    change_id: str
+    kind: str = ""
+    phase: Phase = Phase.PENDING
+    outcome: Outcome | None = None
+    message: str = ""
+    report: GuardrailReport | None = None
+    gate_runs: int = 0
+    waves: list[WaveProgress] = Field(default_factory=list)
+    applied: list[str] = Field(default_factory=list)
+    reverted: list[str] = Field(default_factory=list)
+    compensation_failures: list[CompensationFailure] = Field(default_factory=list)
+    awaiting_from: list[str] = Field(default_factory=list)
+    updated_at: datetime | None = None
+
+
+class ChangeResult(BaseModel):
+    """The ``GuardedChange`` workflow's result."""
+
+    change_id: str
+    outcome: Outcome
+    message: str = ""
+    report: GuardrailReport | None = None
+    applied: list[str] = Field(default_factory=list)
+    reverted: list[str] = Field(default_factory=list)
+    compensation_failures: list[CompensationFailure] = Field(default_factory=list)
+
+
+class ValidateChangeInput(BaseModel):
+    """Input of ``validate_change``: the checks only the worker can make (the change kind's params)."""
+
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+
+
+class ValidateChangeResult(BaseModel):
+    """Output of ``validate_change``: every problem found, empty when valid."""
+
+    problems: list[str] = Field(default_factory=list)
+    reversible: bool = True
+
+
+class RecheckInput(BaseModel):
+    """Payload of the ``recheck`` signal."""
+
+    requested_by: str = ""
+    reason: str = ""

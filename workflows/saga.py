@@ -1,0 +1,101 @@
+"""A small typed compensation helper for workflow code.
+
+Rules it enforces (see TEMPORAL-NOTES.md, "Sagas and cancellation"):
+
+- a compensation is registered *before* its forward step runs, so a step that times out after
+  taking effect is still undone (compensations must be ``revert_if_applied``-safe);
+- :meth:`Saga.unwind` runs compensations in reverse order of registration, each under
+  ``asyncio.shield`` so that a second cancellation cannot interrupt the unwind;
+- a failing compensation never stops the others: failures are collected and returned.
+
+Callers unwind on ``BaseException`` — ``asyncio.CancelledError`` is not an ``Exception``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import TypeVar
+
+from temporalio import workflow
+from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+
+from workflows.models import CompensationFailure
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class _Compensation:
+    step: str
+    action: Callable[[], Awaitable[object]]
+
+
+def failure_of(exc: BaseException) -> tuple[str, str]:
+    """The real message and error type behind an activity/child failure (unwraps ``.cause``)."""
+    inner: BaseException = exc
+    while isinstance(inner, ActivityError | ChildWorkflowError) and inner.cause is not None:
+        inner = inner.cause
+    if isinstance(inner, ApplicationError):
+        return inner.message, inner.type or "ApplicationError"
+    return str(inner) or type(inner).__name__, type(inner).__name__
+
+
+class Saga:
+    """Registered compensations of one workflow run, unwound in reverse order."""
+
+    def __init__(self) -> None:
+        self._compensations: list[_Compensation] = []
+
+    @property
+    def steps(self) -> list[str]:
+        """Names of the registered compensations, in registration order."""
+        return [c.step for c in self._compensations]
+
+    async def run(
+        self,
+        step: str,
+        forward: Callable[[], Awaitable[T]],
+        compensation: Callable[[], Awaitable[object]],
+    ) -> T:
+        """Register ``compensation`` for ``step``, then run ``forward``.
+
+        The compensation stays registered if ``forward`` fails: it may have taken effect before
+        failing, and compensations are written to be safe either way.
+        """
+        self._compensations.append(_Compensation(step, compensation))
+        return await forward()
+
+    async def unwind(self) -> tuple[list[str], list[CompensationFailure]]:
+        """Run every compensation in reverse order, shielded from cancellation.
+
+        Returns:
+            The steps compensated successfully and the failures, both in unwind order.
+        """
+        pending = list(reversed(self._compensations))
+        self._compensations.clear()
+        task = asyncio.ensure_future(self._unwind_all(pending))
+        try:
+            return await asyncio.shield(task)
+        except asyncio.CancelledError:
+            # Cancelled again while unwinding: the shielded task keeps going; wait for it.
+            return await task
+
+    @staticmethod
+    async def _unwind_all(
+        pending: list[_Compensation],
+    ) -> tuple[list[str], list[CompensationFailure]]:
+        done: list[str] = []
+        failures: list[CompensationFailure] = []
+        for comp in pending:
+            try:
+                await comp.action()
+                done.append(comp.step)
+            except BaseException as exc:
+                message, kind = failure_of(exc)
+                workflow.logger.warning(
+                    "compensation failed", extra={"step": comp.step, "error": message}
+                )
+                failures.append(CompensationFailure(step=comp.step, error=message, error_type=kind))
+        return done, failures
