@@ -4,14 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
+import os
 import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 from rich.markup import escape
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli import exitcodes
@@ -22,6 +26,7 @@ from worker.settings import Settings
 from workflows.models import (
     TERMINAL_PHASES,
     ChangeContext,
+    ChangeRequest,
     ChangeResult,
     ChangeStatus,
     GateInput,
@@ -40,24 +45,42 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     """Validate a change file, start the change, optionally follow it to its end."""
     request = load_change(Path(args.file))
     client = await connect(settings)
-    handle = await client.start_workflow(
-        "GuardedChange",
-        request,
-        id=request.change_id,
-        task_queue=settings.task_queue,
-        result_type=ChangeResult,
-    )
-    url = settings.workflow_url(request.change_id)
-    if not args.json:
-        console.print(
-            f"Started change [bold]{request.change_id}[/] ({request.kind}, "
-            f"{len(request.targets)} targets)\n  {url}"
-        )
+    run_id = await start_change(client, request, settings, quiet=args.json)
     if not args.wait:
         if args.json:
-            print_json({"change_id": request.change_id, "run_id": handle.result_run_id, "url": url})
+            url = settings.workflow_url(request.change_id)
+            print_json({"change_id": request.change_id, "run_id": run_id, "url": url})
         return exitcodes.OK
     return await follow(client, request.change_id, settings, as_json=args.json)
+
+
+async def start_change(
+    client: Client, request: ChangeRequest, settings: Settings, *, quiet: bool = False
+) -> str | None:
+    """Start a validated change; returns its run id.
+
+    Raises:
+        ChangeFileError: a change with that id exists already.
+    """
+    try:
+        handle = await client.start_workflow(
+            "GuardedChange",
+            request,
+            id=request.change_id,
+            task_queue=settings.task_queue,
+            result_type=ChangeResult,
+        )
+    except WorkflowAlreadyStartedError as exc:
+        raise ChangeFileError(
+            Path(request.change_id),
+            [f"change_id: a change with id {request.change_id!r} exists already; pick another"],
+        ) from exc
+    if not quiet:
+        console.print(
+            f"Started change [bold]{request.change_id}[/] ({request.kind}, "
+            f"{len(request.targets)} targets)\n  {settings.workflow_url(request.change_id)}"
+        )
+    return handle.result_run_id
 
 
 async def follow(client: Client, change_id: str, settings: Settings, *, as_json: bool) -> int:
@@ -180,7 +203,15 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo scenario on a fresh embedded stack."""
     from demo.scenario import run_demo
 
-    return await run_demo(keep_running=args.keep_running)
+    async def start(client: Client, path: Path, settings: Settings, change_id: str) -> str:
+        request = load_change(path).model_copy(update={"change_id": change_id})
+        await start_change(client, request, settings)
+        return change_id
+
+    async def follow_demo(client: Client, change_id: str, settings: Settings) -> int:
+        return await follow(client, change_id, settings, as_json=False)
+
+    return await run_demo(follow=follow_demo, start=start, keep_running=args.keep_running)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -240,8 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     settings = Settings.from_env()
     from worker.logging import configure
 
-    configure(settings.log_format)
-    runner: Callable[[argparse.Namespace, Settings], Awaitable[int]] = args.run
+    quiet = args.command not in ("worker", "dev")
+    configure(settings.log_format, logging.WARNING if quiet else logging.INFO)
+    runner: Callable[[argparse.Namespace, Settings], Coroutine[Any, Any, int]] = args.run
     try:
         return asyncio.run(runner(args, settings))
     except ChangeFileError as exc:
@@ -254,5 +286,18 @@ def main(argv: list[str] | None = None) -> int:
         return 130
 
 
+def entry() -> None:
+    """Console-script entry: run, flush, and leave without interpreter finalisation.
+
+    The Temporal SDK's native runtime can crash (SIGSEGV/SIGABRT) while the interpreter finalises
+    after a client was used, turning a correct run into exit code -11. Everything we own is done
+    and flushed by then, so we exit directly with the contract exit code.
+    """
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entry()

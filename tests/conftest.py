@@ -8,6 +8,8 @@ use ``dev_env`` (the dev server, or the given ``host:port``).
 
 from __future__ import annotations
 
+import os
+import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -20,6 +22,24 @@ from temporalio.testing import WorkflowEnvironment
 from worker.client import ensure_search_attributes
 from worker.devserver import temporal_binary
 from workflows import search_attributes as sa
+
+_exit_status: list[int] = []
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    _exit_status.append(int(exitstatus))
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Leave without interpreter finalisation, where the SDK's native runtime can crash.
+
+    Every report is written by now; only the process teardown is skipped (see ``cli.main.entry``).
+    """
+    if _exit_status:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(_exit_status[-1])
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -68,6 +68,7 @@ def guardrails() -> PluginRegistry[Guardrail[Any]]:
     ]:
         registry.register(guardrail(name, category, owner))
     registry.register(AlwaysPass)
+    registry.register(Switch)
     return registry
 
 
@@ -140,3 +141,21 @@ def kinds() -> PluginRegistry[ChangeKind[Any]]:
     registry = new_kind_registry()
     registry.register(RecordingKind)
     return registry
+
+
+class Switch(Guardrail[EmptyParams]):
+    """A guardrail whose verdict a test flips while a change waits (``Switch.outcome``)."""
+
+    name = "switch"
+    category = Category.TARGET_STATE
+    default_owner = "switch-owners"
+    outcome: ClassVar[str] = "fail"
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        if Switch.outcome == "fail":
+            return ctx.failed("the switch is off", remedy="turn the switch on")
+        if Switch.outcome == "wait":
+            return ctx.wait(
+                "not yet", remedy="wait an hour", retry_after=ctx.now + timedelta(hours=1)
+            )
+        return ctx.passed("the switch is on")

@@ -61,6 +61,9 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
+    logging.getLogger("httpx").setLevel(
+        max(level, logging.WARNING)
+    )  # one line per request is noise
 
 
 def _temporal_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:

@@ -209,7 +209,11 @@ class GuardedChangeWorkflow:
             GateInput(change=ctx, policy=self._request.policy, categories=categories),
             id=f"{self._request.change_id}/gate-{self._status.gate_runs}",
         )
-        self._status.report = report
+        # A re-check before a wave covers only some categories: it replaces the full report
+        # only when it is what now stops the change.
+        if categories is None or report.decision is not Decision.PROCEED:
+            self._status.report = report
+        self._status.last_gate = report
         workflow.set_current_details(self._details())
         return report
 

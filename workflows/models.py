@@ -525,7 +525,12 @@ class ChangeStatus(BaseModel):
     phase: Phase = Phase.PENDING
     outcome: Outcome | None = None
     message: str = ""
-    report: GuardrailReport | None = None
+    report: GuardrailReport | None = Field(
+        default=None, description="the full gate's report (or a re-check's, when that one blocks)"
+    )
+    last_gate: GuardrailReport | None = Field(
+        default=None, description="the most recent gate run, re-checks before waves included"
+    )
     gate_runs: int = 0
     waves: list[WaveProgress] = Field(default_factory=list)
     applied: list[str] = Field(default_factory=list)

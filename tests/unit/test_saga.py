@@ -119,3 +119,34 @@ async def test_cancel_while_baking_reverts(
     assert fresh_ledger.applied == ["t1", "t2"]
     assert fresh_ledger.reverted == ["t2", "t1"]
     assert (final.phase, final.outcome) == (Phase.ABORTED, Outcome.ABORTED)
+
+
+async def test_undecodable_input_fails_the_workflow(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A raw start with a payload that is not a ChangeRequest fails at once, never retries forever."""
+    async with _worker(env, task_queue):
+        handle = await env.client.start_workflow(
+            "GuardedChange",
+            {"kind": "recording"},
+            id=f"raw-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+        )
+        with pytest.raises(WorkflowFailureError) as info:
+            await asyncio.wait_for(handle.result(), timeout=30)
+    assert "validation error" in str(info.value.cause).lower()
+
+
+async def test_unknown_kind_is_rejected_before_the_gate(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A change whose kind no worker knows ends rejected with the known kinds named; no gate runs."""
+    req = _request({}).model_copy(update={"kind": "teleport"})
+    async with _worker(env, task_queue):
+        result = await (await _start(env, task_queue, req)).result()
+        status = await env.client.get_workflow_handle(req.change_id).query(
+            "status", result_type=ChangeStatus
+        )
+    assert result.outcome is Outcome.REJECTED
+    assert "no change kind named 'teleport' (known: recording)" in result.message
+    assert status.gate_runs == 0

@@ -1,0 +1,38 @@
+# The two commands a newcomer types: `make demo` and `make test`. Both create or reuse .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
+
+.PHONY: install demo test dev lint unit integration clean
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	@rm -f $(VENV)/.installed-* && touch $@
+
+install: $(STAMP)  ## create .venv and install changeguard with its dev tools
+
+demo: install  ## run the demo scenario on a fresh embedded Temporal dev server
+	$(BIN)/changeguard demo
+
+test: install  ## run the whole test suite (unit on time-skipping, integration on the dev server)
+	$(BIN)/pytest
+
+unit: install
+	$(BIN)/pytest tests/unit
+
+integration: install
+	$(BIN)/pytest tests/integration
+
+dev: install  ## dev server + Web UI (http://localhost:8233) + worker + demo fleet, until Ctrl-C
+	$(BIN)/changeguard dev
+
+lint: install  ## ruff (lint + format check) and strict mypy
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+clean:
+	rm -rf $(VENV) .changeguard .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,102 @@
+"""The changeguard command on the real dev server, against the real fleet over HTTP."""
+
+from __future__ import annotations
+
+import uuid
+from pathlib import Path
+
+import httpx
+from temporalio.testing import WorkflowEnvironment
+
+from demo.fleet import FleetServer
+from tests.integration.conftest import Cli, write_change
+
+
+async def test_change_completes_and_ledger_agrees(
+    cli: Cli, worker: None, fleet: FleetServer, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """Start --wait completes a real change; each target deployed once; status --json agrees."""
+    change_id = f"it-{uuid.uuid4().hex[:8]}"
+    path = write_change(tmp_path / "change.yaml", fleet.url, change_id)
+
+    started = await cli("start", str(path), "--wait", "--json")
+    assert started.code == 0, started.stderr
+    result = started.json()
+    assert result["outcome"] == "completed"
+    assert result["report"]["decision"] == "proceed"
+    assert [c["guardrail"] for c in result["report"]["checks"]] == ["http-health", "change-window"]
+
+    async with httpx.AsyncClient(base_url=fleet.url) as http:
+        ledger = (await http.get("/deploys")).json()
+        hosts = {h["id"]: h["version"] for h in (await http.get("/hosts")).json()}
+    ours = sorted(d["host"] for d in ledger if d["idempotency_key"].startswith(f"{change_id}:"))
+    assert ours == ["web-01", "web-02", "web-03", "web-04"]
+    assert [hosts[h] for h in ours] == ["1.1.0"] * 4
+    assert hosts["web-05"] == "1.0.0"
+
+    status = await cli("status", change_id, "--json")
+    assert status.code == 0
+    doc = status.json()
+    assert (doc["phase"], doc["outcome"]) == ("Completed", "completed")
+    assert sorted(doc["applied"]) == ours
+    assert [w["applied"] for w in doc["waves"]] == [["web-01"], ["web-02"], ["web-03", "web-04"]]
+
+    desc = await dev_env.client.get_workflow_handle(change_id).describe()
+    attrs = {k.name: v for k, v in desc.typed_search_attributes}  # type: ignore[attr-defined]
+    assert attrs["ChangePhase"] == "Completed"
+    assert attrs["ChangeTargets"] == ["web-01", "web-02", "web-03", "web-04"]
+
+
+async def test_invalid_change_file_lists_every_mistake(
+    cli: Cli, fleet: FleetServer, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """A file with several mistakes exits 2, lists each by field, and starts no workflow."""
+    change_id = f"bad-{uuid.uuid4().hex[:8]}"
+    path = write_change(
+        tmp_path / "bad.yaml",
+        fleet.url,
+        change_id,
+        summary="",
+        targets=[{"id": "web-01"}, {"id": "web-01"}],
+        params={"base_url": "ftp://nope", "version": ""},
+        rollout={"waves": ["50%"], "max_parallel": 0},
+        deadline="2026-12-01T10:00:00",
+    )
+    res = await cli("start", str(path))
+    assert res.code == 2
+    for field in (
+        "summary:",
+        "rollout.waves:",
+        "rollout.max_parallel:",
+        "deadline:",
+        "params.base_url:",
+        "params.version:",
+    ):
+        assert field in res.stderr, field
+    count = await dev_env.client.count_workflows(f"WorkflowId = '{change_id}'")
+    assert count.count == 0
+
+
+async def test_checks_runs_the_gate_only(
+    cli: Cli, worker: None, fleet: FleetServer, tmp_path: Path
+) -> None:
+    """Checks prints the gate's report, exits 3 when it blocks, and mutates nothing."""
+    path = write_change(tmp_path / "c.yaml", fleet.url, f"chk-{uuid.uuid4().hex[:8]}")
+    doc = path.read_text().replace(f"{fleet.url}/healthz", f"{fleet.url}/nope")
+    path.write_text(doc)
+    res = await cli("checks", str(path), "--json")
+    assert res.code == 3, res.stderr
+    report = res.json()
+    assert report["decision"] == "block"
+    health = report["checks"][0]
+    assert (health["status"], health["owner"]) == ("fail", "web-team")
+    assert "404" in health["reason"]
+    async with httpx.AsyncClient(base_url=fleet.url) as http:
+        assert (await http.get("/deploys")).json() == []
+
+
+async def test_unreachable_server_exits_4(tmp_path: Path) -> None:
+    """With no Temporal at the address, commands exit 4 and say where they looked."""
+    res = await Cli("127.0.0.1:1", "x")("status", "anything")
+    assert res.code == 4
+    assert "127.0.0.1:1" in res.stderr

@@ -1,0 +1,140 @@
+"""GuardedChange's gate loop: block, wait, recheck and deadline (time-skipping)."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from tests import fakes
+from tests.fakes import Ledger, RecordingKind, Switch
+from worker.main import build_worker
+from workflows.models import (
+    ChangeRequest,
+    ChangeResult,
+    ChangeStatus,
+    Outcome,
+    Phase,
+    RecheckInput,
+)
+
+
+@pytest.fixture(autouse=True)
+def reset() -> Ledger:
+    RecordingKind.ledger = Ledger()
+    Switch.outcome = "fail"
+    return RecordingKind.ledger
+
+
+def _request(*, deadline: datetime | None = None, opt_out: Any = None) -> ChangeRequest:
+    rule: dict[str, Any] = {"use": "switch"}
+    if opt_out is not None:
+        rule["opt_out"] = opt_out
+    return ChangeRequest(
+        change_id=f"chg-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="gate loop",
+        requester="alice",
+        team="payments",
+        environment="prod",
+        targets=[{"id": "t1"}, {"id": "t2"}],  # type: ignore[list-item]
+        rollout={"waves": ["100%"]},  # type: ignore[arg-type]
+        policy={"guardrails": [rule]},
+        deadline=deadline,
+    )
+
+
+async def _until_phase(handle: WorkflowHandle[Any, Any], *phases: Phase) -> ChangeStatus:
+    for _ in range(400):
+        status = await handle.query("status", result_type=ChangeStatus)
+        if status.phase in phases:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {phases}; last {status.phase}: {status.message}")
+
+
+async def test_blocked_change_mutates_nothing_until_recheck_passes(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """Blocked: no mutation; after the cause is fixed, a recheck lets it proceed (I1)."""
+    req = _request(opt_out="forbidden")
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        blocked = await _until_phase(handle, Phase.BLOCKED)
+        assert reset.applied == []
+        assert blocked.awaiting_from == []
+        assert (
+            blocked.report is not None and blocked.report.failures[0].reason == "the switch is off"
+        )
+
+        await handle.signal("recheck", RecheckInput(requested_by="bob"))
+        await _until_phase(handle, Phase.BLOCKED)
+        assert reset.applied == []
+
+        Switch.outcome = "pass"
+        await handle.signal("recheck", RecheckInput(requested_by="bob"))
+        result = await handle.result()
+    assert result.outcome is Outcome.COMPLETED
+    assert sorted(reset.applied) == ["t1", "t2"]
+
+
+async def test_approvable_failure_awaits_named_groups(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """An approvable failure puts the change in AwaitingApproval from the policy's groups."""
+    req = _request(opt_out={"approvers": ["sre-leads", "release-managers"]})
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        status = await _until_phase(handle, Phase.AWAITING_APPROVAL)
+        await handle.cancel()
+    assert status.awaiting_from == ["release-managers", "sre-leads"]
+    assert reset.applied == []
+
+
+async def test_blocked_until_deadline_is_rejected(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """A gate that never passes ends rejected at the deadline, having mutated nothing."""
+    req = _request(deadline=datetime.now(UTC) + timedelta(hours=2))
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        result = await env.client.execute_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+    assert result.outcome is Outcome.REJECTED
+    assert "deadline" in result.message
+    assert reset.applied == []
+
+
+async def test_wait_then_proceed(env: WorkflowEnvironment, task_queue: str, reset: Ledger) -> None:
+    """A wait decision sleeps until retry_after, gates again, and proceeds when it passes."""
+    Switch.outcome = "wait"
+    req = _request()
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        waiting = await _until_phase(handle, Phase.WAITING)
+        assert reset.applied == []
+        Switch.outcome = "pass"
+        result = await handle.result()
+        final = await handle.query("status", result_type=ChangeStatus)
+    assert waiting.message.startswith("waiting until")
+    assert result.outcome is Outcome.COMPLETED
+    assert final.gate_runs == 2
