@@ -21,7 +21,7 @@ from temporalio.service import RPCError, RPCStatusCode
 from cli import exitcodes
 from cli.changefile import ChangeFileError, load_change
 from cli.render import console, err, print_json, report_table, status_table
-from worker.client import TemporalUnreachable, connect
+from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
 from worker.settings import Settings
 from workflows.models import (
     TERMINAL_PHASES,
@@ -278,6 +278,9 @@ def main(argv: list[str] | None = None) -> int:
         return asyncio.run(runner(args, settings))
     except ChangeFileError as exc:
         err.print(f"[bold red]invalid change file[/] {escape(str(exc))}")
+        return exitcodes.INVALID
+    except SearchAttributesMissing as exc:
+        err.print(f"[bold red]cannot run:[/] {escape(str(exc))}")
         return exitcodes.INVALID
     except TemporalUnreachable as exc:
         err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")

@@ -60,9 +60,10 @@ async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) ->
 
 async def serve(settings: Settings) -> None:
     """The ``changeguard worker`` command: connect and run until SIGINT/SIGTERM."""
-    from worker.client import connect
+    from worker.client import connect, ensure_search_attributes
 
     client = await connect(settings)
+    await ensure_search_attributes(client, settings.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
