@@ -32,9 +32,16 @@ def activities(
     services: dict[str, Any] | None = None,
     policy_dir: Path | None = None,
 ) -> list[Callable[..., Any]]:
-    """Every activity, bound to the given registries (default: the entry-point plug-ins)."""
-    from activities.checks import CheckActivities
+    """Every activity, bound to the given registries (default: the entry-point plug-ins).
 
+    Guardrails receive ``services``; ``change_kinds`` is always among them, so a guardrail such as
+    ``target-state`` can ask a change kind to describe a target.
+    """
+    from activities.checks import CheckActivities
+    from activities.kinds.base import default_registry as default_kinds
+
+    kinds = kinds if kinds is not None else default_kinds()
+    services = {**(services or {}), "change_kinds": kinds}
     checks = CheckActivities(guardrails, services=services, policy_dir=policy_dir)
     change = ChangeActivities(kinds)
     return [
