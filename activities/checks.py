@@ -82,7 +82,13 @@ class CheckActivities:
                 type=errors.INVALID_INPUT,
                 non_retryable=True,
             ) from exc
-        ctx = CheckContext(change=inp.change, spec=spec, now=inp.now, services=self.services)
+        ctx = CheckContext(
+            change=inp.change,
+            spec=spec,
+            now=inp.now,
+            services=self.services,
+            probe_only=inp.probe_only,
+        )
         started = time.monotonic()
         result = await guardrail.check(params, ctx)
         result.duration_ms = int((time.monotonic() - started) * 1000)

@@ -134,7 +134,7 @@ async def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
     ctx = ChangeContext.of(request).model_copy(update={"deadline": deadline})
     report = await client.execute_workflow(
         "GuardrailGate",
-        GateInput(change=ctx, policy=request.policy),
+        GateInput(change=ctx, policy=request.policy, probe_only=True),
         id=f"{request.change_id}/checks-{uuid.uuid4().hex[:8]}",
         task_queue=settings.task_queue,
         result_type=GuardrailReport,

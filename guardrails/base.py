@@ -58,6 +58,8 @@ class CheckContext:
     spec: CheckSpec
     now: datetime
     services: dict[str, Any] = field(default_factory=dict)
+    probe_only: bool = False
+    """True when the gate runs alone (``changeguard checks``): look, but take nothing (no locks)."""
 
     def _result(self, status: CheckStatus, reason: str, **kw: Any) -> CheckResult:
         rule = self.spec.opt_out_rule

@@ -35,11 +35,12 @@ def build_worker(
         activity_options: registries and services passed to :func:`worker.registry.activities`.
     """
     settings = settings or Settings.from_env()
-    activity_options.setdefault("services", {"temporal_client": client})
+    queue = task_queue or settings.task_queue
+    activity_options.setdefault("services", {"temporal_client": client, "task_queue": queue})
     activity_options.setdefault("policy_dir", settings.policy_dir)
     return Worker(
         client,
-        task_queue=task_queue or settings.task_queue,
+        task_queue=queue,
         workflows=list(registry.WORKFLOWS),
         activities=registry.activities(**activity_options),
         interceptors=registry.interceptors(),

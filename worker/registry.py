@@ -15,8 +15,9 @@ from guardrails.plugins import PluginRegistry
 from worker.logging import LoggingInterceptor
 from workflows.gate import GuardrailGateWorkflow
 from workflows.guarded_change import GuardedChangeWorkflow
+from workflows.target_lock import TargetLockWorkflow
 
-WORKFLOWS: Sequence[type] = (GuardedChangeWorkflow, GuardrailGateWorkflow)
+WORKFLOWS: Sequence[type] = (GuardedChangeWorkflow, GuardrailGateWorkflow, TargetLockWorkflow)
 """Every workflow class the worker runs and the replayer checks."""
 
 
@@ -44,7 +45,9 @@ def activities(
     services = {**(services or {}), "change_kinds": kinds}
     checks = CheckActivities(guardrails, services=services, policy_dir=policy_dir)
     change = ChangeActivities(kinds)
+    locks = [] if "temporal_client" not in services else _lock_activities(services)
     return [
+        *locks,
         checks.resolve_policy,
         checks.run_check,
         change.validate_change,
@@ -52,3 +55,10 @@ def activities(
         change.revert_change,
         change.describe_target,
     ]
+
+
+def _lock_activities(services: dict[str, Any]) -> list[Callable[..., Any]]:
+    from activities.locks import LockActivities
+
+    locks = LockActivities(services["temporal_client"])
+    return [locks.release_target_locks, locks.holder_alive]

@@ -19,7 +19,6 @@ with workflow.unsafe.imports_passed_through():
     from activities.checks import CheckActivities
     from workflows.errors import NON_RETRYABLE
     from workflows.models import (
-        ChangeContext,
         CheckResult,
         CheckSpec,
         CheckStatus,
@@ -89,9 +88,7 @@ class GuardrailGateWorkflow:
         )
         now = workflow.now()
         workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
-        results = await asyncio.gather(
-            *(self._check(spec, inp.change, now) for spec in resolved.checks)
-        )
+        results = await asyncio.gather(*(self._check(spec, inp, now) for spec in resolved.checks))
         self._report = aggregate(list(results), policy_hash=resolved.policy_hash, now=now)
         workflow.set_current_details(report_markdown(self._report))
         return self._report
@@ -101,12 +98,12 @@ class GuardrailGateWorkflow:
         """The report, once every check has answered."""
         return self._report
 
-    async def _check(self, spec: CheckSpec, change: ChangeContext, now: datetime) -> CheckResult:
+    async def _check(self, spec: CheckSpec, inp: GateInput, now: datetime) -> CheckResult:
         started = workflow.now()
         try:
             result = await workflow.execute_activity_method(
                 CheckActivities.run_check,
-                RunCheckInput(spec=spec, change=change, now=now),
+                RunCheckInput(spec=spec, change=inp.change, now=now, probe_only=inp.probe_only),
                 activity_id=f"check-{spec.guardrail}",
                 start_to_close_timeout=spec.timeout,
                 schedule_to_close_timeout=spec.timeout * 2,

@@ -23,6 +23,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
+    from activities.locks import LockActivities
     from workflows import errors
     from workflows import search_attributes as sa
     from workflows.gate import GuardrailGateWorkflow
@@ -39,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         Outcome,
         Phase,
         RecheckInput,
+        ReleaseLocksInput,
         Target,
         ValidateChangeInput,
         WaveProgress,
@@ -103,6 +105,7 @@ class GuardedChangeWorkflow:
         self._status = ChangeStatus(change_id=request.change_id, kind=request.kind)
         self._recheck = False
         self._saga = Saga()
+        self._holds_locks = False
 
     # ---------------------------------------------------------------- handlers
 
@@ -169,6 +172,7 @@ class GuardedChangeWorkflow:
             report = await self._run_gate(ctx, categories)
             if report.decision is Decision.PROCEED:
                 return report
+            await self._release_locks()  # a change that cannot go on must not hold its targets
             now = workflow.now()
             if report.decision is Decision.WAIT and report.retry_after is not None:
                 if report.retry_after >= deadline:
@@ -213,6 +217,8 @@ class GuardedChangeWorkflow:
         # only when it is what now stops the change.
         if categories is None or report.decision is not Decision.PROCEED:
             self._status.report = report
+        if any(c.category is Category.CONCURRENCY and c.passing for c in report.checks):
+            self._holds_locks = True
         self._status.last_gate = report
         workflow.set_current_details(self._details())
         return report
@@ -345,7 +351,27 @@ class GuardedChangeWorkflow:
         report = self._status.report
         return head if report is None else head + "\n\n" + report_markdown(report)
 
+    async def _release_locks(self) -> None:
+        """Give back every target lock this change holds; shielded, and never fails the change."""
+        if not self._holds_locks:
+            return
+        self._holds_locks = False
+        release = workflow.execute_activity_method(
+            LockActivities.release_target_locks,
+            ReleaseLocksInput(
+                change_id=self._request.change_id, target_ids=[t.id for t in self._request.targets]
+            ),
+            start_to_close_timeout=timedelta(minutes=2),
+            retry_policy=RetryPolicy(maximum_attempts=5),
+        )
+        try:
+            await asyncio.shield(release)
+        except (ActivityError, asyncio.CancelledError) as exc:
+            # The locks' own watch expires them once this workflow has closed.
+            workflow.logger.warning("releasing target locks failed", extra={"error": str(exc)})
+
     async def _finish(self, outcome: Outcome, message: str) -> ChangeResult:
+        await self._release_locks()
         self._set_phase(_OUTCOME_PHASE[outcome], message)
         self._status.outcome = outcome
         await workflow.wait_condition(workflow.all_handlers_finished)

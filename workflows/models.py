@@ -369,6 +369,7 @@ class RunCheckInput(BaseModel):
     spec: CheckSpec
     change: ChangeContext
     now: datetime
+    probe_only: bool = False
 
 
 class CheckResult(BaseModel):
@@ -441,6 +442,10 @@ class GateInput(BaseModel):
     change: ChangeContext
     policy: str | dict[str, Any] | None = None
     categories: list[Category] | None = None
+    probe_only: bool = Field(
+        default=False,
+        description="report what checks find without taking anything (no locks): `checks` runs",
+    )
 
 
 # --------------------------------------------------------------------------------------------------
@@ -564,6 +569,44 @@ class ValidateChangeResult(BaseModel):
 
     problems: list[str] = Field(default_factory=list)
     reversible: bool = True
+
+
+LOCK_PREFIX = "lock/"
+
+
+def lock_id(target_id: str) -> str:
+    """The workflow id of a target's ``TargetLock``."""
+    return f"{LOCK_PREFIX}{target_id}"
+
+
+class LockHolder(BaseModel):
+    """Who holds a target lock."""
+
+    change_id: str
+    team: str = ""
+    kind: str = ""
+    since: datetime | None = None
+
+
+class TargetLockInput(BaseModel):
+    """Input of the ``TargetLock`` workflow (id ``lock/<target>``): one lock, one holder."""
+
+    target_id: str
+    holder: LockHolder
+    watch_every: Duration = timedelta(seconds=60)
+
+
+class ReleaseLocksInput(BaseModel):
+    """Input of ``release_target_locks`` and the ``release`` signal's owner check."""
+
+    change_id: str
+    target_ids: list[str] = Field(default_factory=list)
+
+
+class HolderAliveInput(BaseModel):
+    """Input of ``holder_alive``: is this change's workflow still running?"""
+
+    change_id: str
 
 
 class RecheckInput(BaseModel):

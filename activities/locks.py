@@ -1,0 +1,54 @@
+"""Lock activities: release a change's target locks; tell a lock whether its holder still runs."""
+
+from __future__ import annotations
+
+import asyncio
+
+from temporalio import activity
+from temporalio.client import Client, WorkflowExecutionStatus
+from temporalio.service import RPCError, RPCStatusCode
+
+from workflows.models import HolderAliveInput, ReleaseLocksInput, lock_id
+
+
+class LockActivities:
+    """Activities the lock protocol needs, bound to a client.
+
+    Args:
+        client: the worker's Temporal client.
+    """
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+
+    @activity.defn(name="release_target_locks")
+    async def release_target_locks(self, inp: ReleaseLocksInput) -> int:
+        """Signal ``release`` to each target's lock; locks held by others ignore it.
+
+        Returns:
+            How many lock workflows received the signal (missing or finished ones are skipped).
+        """
+        limit = asyncio.Semaphore(20)
+
+        async def one(target: str) -> int:
+            async with limit:
+                try:
+                    await self.client.get_workflow_handle(lock_id(target)).signal("release", inp)
+                    return 1
+                except RPCError as exc:
+                    if exc.status is RPCStatusCode.NOT_FOUND:
+                        return 0
+                    raise
+
+        return sum(await asyncio.gather(*(one(t) for t in inp.target_ids)))
+
+    @activity.defn(name="holder_alive")
+    async def holder_alive(self, inp: HolderAliveInput) -> bool:
+        """True while the holder's ``GuardedChange`` workflow is running."""
+        try:
+            desc = await self.client.get_workflow_handle(inp.change_id).describe()
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                return False
+            raise
+        return desc.status is WorkflowExecutionStatus.RUNNING

