@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install demo test dev lint unit integration clean
+.PHONY: install deps demo test dev lint unit integration clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,13 +17,16 @@ install: $(STAMP)  ## create .venv and install changeguard with its dev tools
 demo: install  ## run the demo scenario on a fresh embedded Temporal dev server
 	$(BIN)/changeguard demo
 
-test: install  ## run the whole test suite (unit on time-skipping, integration on the dev server)
+test: install deps  ## run the whole test suite (unit on time-skipping, integration on the dev server)
 	$(BIN)/pytest
+
+deps:  ## system packages the tests use: Prometheus and Alertmanager (Debian; needs root once)
+	@bash infra/install-test-deps.sh
 
 unit: install
 	$(BIN)/pytest tests/unit
 
-integration: install
+integration: install deps
 	$(BIN)/pytest tests/integration
 
 dev: install  ## dev server + Web UI (http://localhost:8233) + worker + demo fleet, until Ctrl-C
