@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from guardrails.base import CheckContext, Guardrail
-from guardrails.builtin.prometheus_query import HttpUrl, positive
+from guardrails.builtin._params import http_url, positive
 from workflows.models import Category, CheckResult, Duration
 
 MAX_ALERTS_IN_REASON = 10
@@ -50,12 +50,15 @@ def _check_matcher(value: str) -> str:
     return value.strip()
 
 
+AlertmanagerUrl = Annotated[str, AfterValidator(http_url("http://alertmanager:9093"))]
+
+
 class NoFiringAlertsParams(BaseModel):
     """Params of ``no-firing-alerts``: which Alertmanager, which alerts count, how long to wait."""
 
     model_config = ConfigDict(extra="forbid")
 
-    url: HttpUrl = Field(description="Alertmanager base URL, e.g. http://alertmanager:9093")
+    url: AlertmanagerUrl = Field(description="Alertmanager base URL, e.g. http://alertmanager:9093")
     matchers: list[Annotated[str, AfterValidator(_check_matcher)]] = Field(
         description="Alertmanager matchers, all of which an alert must match to block; "
         "may use the {environment} placeholder; an empty list matches every alert"

@@ -16,26 +16,14 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from guardrails.base import CheckContext, Guardrail
+from guardrails.builtin._params import http_url
 from workflows.models import Category, CheckResult, Duration
 
 BODY_EXCERPT = 200
 """How many characters of an unexpected answer's body the remedy quotes."""
 
 
-def _check_url(value: str) -> str:
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise PydanticCustomError(
-            "url",
-            "{message}",
-            {
-                "message": f"{value!r} is not an http(s) URL; write e.g. 'http://service:8080/healthz'"
-            },
-        )
-    return value
+HealthUrl = Annotated[str, AfterValidator(http_url("http://service:8080/healthz"))]
 
 
 class HttpHealthParams(BaseModel):
@@ -43,7 +31,7 @@ class HttpHealthParams(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    url: Annotated[str, AfterValidator(_check_url)]
+    url: HealthUrl
     expect_status: int = Field(default=200, ge=100, le=599)
     timeout: Duration = timedelta(seconds=5)
 

@@ -33,6 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from guardrails.base import CheckContext, Guardrail
+from guardrails.builtin._params import http_url, positive
 from workflows.models import Category, ChangeContext, CheckResult, Duration, format_duration
 
 MAX_SAMPLES_IN_EVIDENCE = 20
@@ -65,40 +66,8 @@ _WORDS = {
 _RE2_SPECIAL = re.compile(r"([\\.+*?()|\[\]{}^$])")
 
 
-def check_http_url(value: str) -> str:
-    """Validate an http(s) base URL (a pydantic ``AfterValidator``).
-
-    Raises:
-        PydanticCustomError: the value is not an http(s) URL with a host.
-
-    """
-    try:
-        url = httpx.URL(value)
-    except (httpx.InvalidURL, TypeError, ValueError):
-        url = None
-    if url is None or url.scheme not in ("http", "https") or not url.host:
-        raise PydanticCustomError(
-            "url",
-            "{message}",
-            {"message": f"{value!r} is not an http(s) URL; write e.g. 'http://prometheus:9090'"},
-        )
-    return value
-
-
-HttpUrl = Annotated[str, AfterValidator(check_http_url)]
+HttpUrl = Annotated[str, AfterValidator(http_url("http://prometheus:9090"))]
 """An http(s) base URL, kept as the text the policy wrote."""
-
-
-def positive(value: timedelta) -> timedelta:
-    """Refuse zero and negative durations (a pydantic ``AfterValidator``).
-
-    Raises:
-        PydanticCustomError: the duration is not positive.
-
-    """
-    if value <= timedelta(0):
-        raise PydanticCustomError("duration", "the duration must be positive, e.g. '10s'")
-    return value
 
 
 class PrometheusQueryParams(BaseModel):
