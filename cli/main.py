@@ -15,6 +15,7 @@ from typing import Any
 
 from rich.markup import escape
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
@@ -69,11 +70,17 @@ async def start_change(
             id=request.change_id,
             task_queue=settings.task_queue,
             result_type=ChangeResult,
+            # A change id is used once: a second run would reuse its idempotency keys and the
+            # target API would answer with the first run's effects, applying nothing.
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
     except WorkflowAlreadyStartedError as exc:
         raise ChangeFileError(
             Path(request.change_id),
-            [f"change_id: a change with id {request.change_id!r} exists already; pick another"],
+            [
+                f"change_id: a change with id {request.change_id!r} exists or existed already; "
+                "every change needs a new id (omit change_id to generate one)"
+            ],
         ) from exc
     if not quiet:
         console.print(
@@ -169,9 +176,15 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a blocked or waiting change to run its gate again now."""
     client = await connect(settings)
-    await client.get_workflow_handle(args.id).signal(
-        "recheck", RecheckInput(requested_by=args.by, reason=args.reason)
-    )
+    try:
+        await client.get_workflow_handle(args.id).signal(
+            "recheck", RecheckInput(requested_by=args.by, reason=args.reason)
+        )
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            err.print(f"[red]no running change with id {args.id!r}[/]")
+            return exitcodes.INVALID
+        raise
     console.print(f"Recheck requested for {args.id}")
     return exitcodes.OK
 

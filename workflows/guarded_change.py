@@ -115,9 +115,10 @@ class GuardedChangeWorkflow:
         return self._status
 
     @workflow.signal(name="recheck")
-    def recheck(self, inp: RecheckInput) -> None:
-        """Run the gate again now (after an operator fixed a cause)."""
-        workflow.logger.info("recheck requested", extra={"by": inp.requested_by})
+    def recheck(self, inp: RecheckInput | None = None) -> None:
+        """Run the gate again now (after an operator fixed a cause); the payload is optional."""
+        by = inp.requested_by if inp else ""
+        workflow.logger.info(f"recheck requested by {by or 'someone'}")
         self._recheck = True
 
     # ---------------------------------------------------------------- main line
@@ -172,7 +173,10 @@ class GuardedChangeWorkflow:
             report = await self._run_gate(ctx, categories)
             if report.decision is Decision.PROCEED:
                 return report
-            await self._release_locks()  # a change that cannot go on must not hold its targets
+            if categories is None:
+                # Before the first mutation, a change that cannot go on must not hold its targets;
+                # mid-rollout it keeps them, since they are half-changed.
+                await self._release_locks()
             now = workflow.now()
             if report.decision is Decision.WAIT and report.retry_after is not None:
                 if report.retry_after >= deadline:
@@ -316,6 +320,9 @@ class GuardedChangeWorkflow:
         else:
             message, kind = failure_of(exc)
             outcome, why = Outcome.ROLLED_BACK, f"{kind}: {message}"
+            if not self._saga.steps and isinstance(exc, ChildWorkflowError):
+                # The gate itself failed (e.g. the policy is invalid) before any mutation.
+                outcome, why = Outcome.REJECTED, f"the gate could not run: {why}"
         self._set_phase(Phase.ROLLING_BACK, f"rolling back: {why}")
         _, failures = await self._saga.unwind()
         self._status.compensation_failures = failures

@@ -41,6 +41,10 @@ async def test_change_completes_and_ledger_agrees(
     assert sorted(doc["applied"]) == ours
     assert [w["applied"] for w in doc["waves"]] == [["web-01"], ["web-02"], ["web-03", "web-04"]]
 
+    again = await cli("start", str(path))
+    assert again.code == 2
+    assert "exists or existed already" in again.stderr
+
     desc = await dev_env.client.get_workflow_handle(change_id).describe()
     attrs = {k.name: v for k, v in desc.typed_search_attributes}  # type: ignore[attr-defined]
     assert attrs["ChangePhase"] == "Completed"

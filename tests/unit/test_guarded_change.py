@@ -142,3 +142,37 @@ async def test_wait_then_proceed(env: WorkflowEnvironment, task_queue: str, rese
     assert waiting.message.startswith("waiting until")
     assert result.outcome is Outcome.COMPLETED
     assert final.gate_runs == 2
+
+
+async def test_recheck_without_payload_still_rechecks(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """A recheck signal with no data (the UI's empty field) reruns the gate instead of wedging."""
+    req = _request(opt_out="forbidden")
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        await _until_phase(handle, Phase.BLOCKED)
+        Switch.outcome = "pass"
+        await handle.signal("recheck")
+        result = await handle.result()
+    assert result.outcome is Outcome.COMPLETED
+
+
+async def test_invalid_policy_at_run_time_is_rejected(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """A policy the worker cannot use ends the change rejected (not rolled back), nothing applied."""
+    req = _request().model_copy(update={"policy": {"guardrails": [{"use": "no-such-guardrail"}]}})
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        result = await env.client.execute_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+    assert result.outcome is Outcome.REJECTED
+    assert "no-such-guardrail" in result.message
+    assert reset.applied == []
