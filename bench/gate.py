@@ -205,6 +205,7 @@ async def measure(
     """Warm up, then time R interleaved runs of each series; seconds by series label."""
     from temporalio.worker import Worker
 
+    from activities.audit import AuditActivities, SqliteAuditStore
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
@@ -232,6 +233,7 @@ async def measure(
             kinds=kinds,
             services={"temporal_client": client},
             policy_dir=settings.policy_dir,
+            audit=AuditActivities(SqliteAuditStore(":memory:")),  # the bench writes no audit
         ),
         interceptors=worker_registry.interceptors(),
         max_cached_workflows=1000,

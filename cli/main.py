@@ -14,24 +14,34 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowUpdateFailedError,
+)
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli import exitcodes
+from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
 from cli.render import console, err, print_json, report_table, status_table
 from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
 from worker.settings import Settings
 from workflows.models import (
     TERMINAL_PHASES,
+    Approval,
+    ApprovalResult,
     ChangeContext,
     ChangeRequest,
     ChangeResult,
     ChangeStatus,
     GateInput,
     GuardrailReport,
+    OperatorAction,
+    OperatorActionResult,
     Phase,
     RecheckInput,
 )
@@ -189,6 +199,63 @@ async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     return exitcodes.OK
 
 
+async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
+    """Approve opt-outable failures of a change's current report (the ``approve`` update)."""
+    client = await connect(settings)
+    handle = client.get_workflow_handle(args.id)
+    report_hash = args.report_hash
+    if report_hash is None:
+        status = await handle.query("status", result_type=ChangeStatus)
+        if status.report is None:
+            err.print(f"[red]{args.id} has no report yet; nothing to approve[/]")
+            return exitcodes.INVALID
+        report_hash = status.report.report_hash
+    approval = Approval(
+        guardrails=args.guardrail,
+        approver=args.approver,
+        reason=args.reason,
+        report_hash=report_hash,
+        expires_in=args.expires_in,
+    )
+    try:
+        result = await handle.execute_update("approve", approval, result_type=ApprovalResult)
+    except WorkflowUpdateFailedError as exc:
+        err.print(f"[bold red]approval refused:[/] {escape(str(exc.cause))}")
+        return exitcodes.INVALID
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            err.print(f"[red]no running change with id {args.id!r}[/]")
+            return exitcodes.INVALID
+        raise
+    if result.still_needed:
+        needed = ", ".join(f"{g} ({n} more)" for g, n in result.still_needed.items())
+        console.print(f"Approved {', '.join(result.accepted)}; still needed: {needed}")
+        return exitcodes.BLOCKED
+    console.print(f"Approved {', '.join(result.accepted)}; every failure is covered.")
+    return exitcodes.OK
+
+
+async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
+    """Send an operator update (``abort``, ``rollback``, ``resume``); refusals exit 2."""
+    client = await connect(settings)
+    handle = client.get_workflow_handle(args.id)
+    action = OperatorAction(operator=args.operator, reason=args.reason)
+    try:
+        result = await handle.execute_update(args.command, action, result_type=OperatorActionResult)
+    except WorkflowUpdateFailedError as exc:
+        err.print(f"[bold red]{args.command} refused:[/] {escape(str(exc.cause))}")
+        return exitcodes.INVALID
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND:
+            err.print(f"[red]no running change with id {args.id!r}[/]")
+            return exitcodes.INVALID
+        raise
+    console.print(f"{args.id}: {result.message}")
+    if args.wait:
+        return await follow(client, args.id, settings, as_json=False)
+    return exitcodes.OK
+
+
 # ------------------------------------------------------------------------------------------ servers
 
 
@@ -261,6 +328,28 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--by", default="", help="who asks (recorded in the workflow log)")
     s.add_argument("--reason", default="")
     s.set_defaults(run=cmd_recheck)
+
+    s = sub.add_parser("approve", help="approve opt-outable failures of a change (audited)")
+    s.add_argument("id")
+    s.add_argument("--guardrail", action="append", required=True, help="repeat for several")
+    s.add_argument("--approver", required=True, help="who approves (checked against the directory)")
+    s.add_argument("--reason", required=True)
+    s.add_argument("--report-hash", help="the report you reviewed (default: the current one)")
+    s.add_argument("--expires-in", default="1h", help="capped by the policy's max_duration")
+    s.set_defaults(run=cmd_approve)
+
+    for name, text in (
+        ("abort", "stop a change and undo everything it applied (outcome aborted)"),
+        ("rollback", "undo everything a change applied (outcome rolled_back)"),
+    ):
+        s = sub.add_parser(name, help=text)
+        s.add_argument("id")
+        s.add_argument("--operator", required=True, help="who acts (audited)")
+        s.add_argument("--reason", required=True)
+        s.add_argument("--wait", action="store_true", help="follow the unwind to the end")
+        s.set_defaults(run=cmd_operator)
+
+    add_audit_parser(sub)
 
     s = sub.add_parser("worker", help="run a worker")
     s.set_defaults(run=cmd_worker)

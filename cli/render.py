@@ -78,6 +78,17 @@ def status_table(status: ChangeStatus, url: str) -> Table:
     table.add_row("message", status.message)
     if status.awaiting_from:
         table.add_row("awaiting approval from", ", ".join(status.awaiting_from))
+    if status.still_needed:
+        needed = ", ".join(f"{g}: {n} more" for g, n in status.still_needed.items())
+        report = status.report.report_hash if status.report else "?"
+        table.add_row("approvals needed", f"{needed} (report {report})")
+    for a in status.approvals:
+        table.add_row(
+            "approved",
+            f"{a.guardrail} by {a.approver} until {a.expires_at:%Y-%m-%d %H:%M} UTC: {a.reason}",
+        )
+    for r in status.rejected_approvals:
+        table.add_row(Text("refused approval", style="red"), f"{r.approval.approver}: {r.why}")
     for w in status.waves:
         table.add_row(
             f"wave {w.index + 1}",

@@ -74,6 +74,7 @@ class CheckContext:
             if rule and self.spec.opt_out is OptOut.APPROVABLE
             else [],
             mode=self.spec.mode,
+            approval=rule if self.spec.opt_out is OptOut.APPROVABLE else None,
             **kw,
         )
 

@@ -42,6 +42,16 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         os._exit(_exit_status[-1])
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """Workers built from settings write their audit trail to a session-private SQLite file."""
+    import tempfile
+
+    state = Path(tempfile.mkdtemp(prefix="changeguard-tests-"))
+    os.environ.setdefault("CHANGEGUARD_AUDIT_URL", f"sqlite:///{state / 'audit.db'}")
+    os.environ.setdefault("CHANGEGUARD_DIRECTORY", f"yaml:{state / 'operators.yaml'}")
+    (state / "operators.yaml").write_text("operators: {}\n")
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     parser.addoption(
         "--workflow-environment",

@@ -69,6 +69,7 @@ def guardrails() -> PluginRegistry[Guardrail[Any]]:
         registry.register(guardrail(name, category, owner))
     registry.register(AlwaysPass)
     registry.register(Switch)
+    registry.register(TimingSwitch)
     return registry
 
 
@@ -159,3 +160,11 @@ class Switch(Guardrail[EmptyParams]):
                 "not yet", remedy="wait an hour", retry_after=ctx.now + timedelta(hours=1)
             )
         return ctx.passed("the switch is on")
+
+
+class TimingSwitch(Switch):
+    """The switch as a timing check, so the re-check before every wave runs it too."""
+
+    name = "timing-switch"
+    category = Category.TIMING
+    default_owner = "release-eng"

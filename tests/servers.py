@@ -1,9 +1,9 @@
-"""Real Prometheus and Alertmanager binaries on loopback ports, for tests.
+"""Real Prometheus, Alertmanager and PostgreSQL binaries on loopback ports, for tests.
 
 Each server runs the binary Debian installs (``infra/install-test-deps.sh``) in a directory of its
-own, on a free 127.0.0.1 port, and is ready when its ``/-/ready`` answers 200. Starting waits a
-bounded time and fails with the tail of the server's log; stopping sends SIGTERM, then SIGKILL.
-Both are context managers::
+own, on a free 127.0.0.1 port, and is ready when its ``/-/ready`` answers 200 (PostgreSQL: when it
+accepts a connection). Starting waits a bounded time and fails with the tail of the server's log;
+stopping sends SIGTERM (PostgreSQL: SIGINT), then SIGKILL. All are context managers::
 
     with PrometheusServer(tmp, ["127.0.0.1:8800"]) as prom:
         prom.wait_for_series('fleet_error_ratio{host="web-01"}')
@@ -17,9 +17,14 @@ Missing binaries are an error, never a skip: the suite is only green when it rea
 
 from __future__ import annotations
 
+import os
+import pwd
+import re
 import shutil
+import signal
 import socket
 import subprocess
+import tempfile
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -28,6 +33,8 @@ from types import TracebackType
 from typing import Any, Self, TypeVar
 
 import httpx
+import psycopg
+from psycopg import sql
 
 LOG_TAIL_LINES = 30
 """How many lines of a server's log an error quotes."""
@@ -86,6 +93,7 @@ class _BinaryServer:
 
     binary_names: tuple[str, ...] = ()
     label = "server"
+    stop_signal = signal.SIGTERM
 
     def __init__(self, tmp_dir: Path, *, start_timeout: float = 30.0) -> None:
         self.dir = Path(tmp_dir)
@@ -105,6 +113,16 @@ class _BinaryServer:
     def _prepare(self) -> None:
         """Write configuration files into ``self.dir``."""
 
+    def _find_binary(self) -> str:
+        return find_binary(*self.binary_names)
+
+    def _popen_options(self) -> dict[str, Any]:
+        """Extra ``subprocess.Popen`` keyword arguments (e.g. the user to run as)."""
+        return {}
+
+    def _cleanup(self) -> None:
+        """Remove what :meth:`_prepare` made outside ``self.dir``; called by :meth:`stop`."""
+
     def log_tail(self, lines: int = LOG_TAIL_LINES) -> str:
         """The last lines of the server's log."""
         try:
@@ -122,7 +140,7 @@ class _BinaryServer:
             ServerError: the binary is missing, exited, or was not ready in time; with the log tail.
 
         """
-        binary = find_binary(*self.binary_names)
+        binary = self._find_binary()
         self.dir.mkdir(parents=True, exist_ok=True)
         self._prepare()
         for _attempt in range(3):
@@ -134,20 +152,23 @@ class _BinaryServer:
                     stdin=subprocess.DEVNULL,
                     stdout=log,
                     stderr=subprocess.STDOUT,
+                    **self._popen_options(),
                 )
             try:
                 poll(self._ready, timeout=self.start_timeout, what=f"{self.label} to be ready")
                 return self
             except ServerError as exc:
                 exited = self._proc.poll() is not None
-                self.stop()
-                if exited and "address already in use" in self.log_tail():
+                self._terminate()
+                if exited and "address already in use" in self.log_tail().lower():
                     continue
+                self._cleanup()
                 raise ServerError(
                     f"{self.label} ({' '.join(self._args(binary))}) "
                     f"{'exited' if exited else 'was not ready'}: {exc}\n"
                     f"--- last lines of {self.log_path} ---\n{self.log_tail()}"
                 ) from None
+        self._cleanup()
         raise ServerError(f"{self.label} found no free port in 3 attempts:\n{self.log_tail()}")
 
     def _ready(self) -> bool | None:
@@ -161,11 +182,15 @@ class _BinaryServer:
         return True if ok else None
 
     def stop(self) -> None:
-        """Stop the server (SIGTERM, then SIGKILL after 10 s); safe to call twice."""
+        """Stop the server (``stop_signal``, then SIGKILL after 10 s); safe to call twice."""
+        self._terminate()
+        self._cleanup()
+
+    def _terminate(self) -> None:
         proc, self._proc = self._proc, None
         if proc is None or proc.poll() is not None:
             return
-        proc.terminate()
+        proc.send_signal(self.stop_signal)
         try:
             proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
@@ -364,3 +389,148 @@ class AlertmanagerServer(_BinaryServer):
             return found if len(found) >= n else None
 
         return poll(probe, timeout=timeout, what=f"{n} alerts matching {filters or 'anything'}")
+
+
+def postgres_bindir() -> Path:
+    """The directory holding ``postgres`` and ``initdb``: on PATH, else Debian's newest.
+
+    Raises:
+        ServerError: no PostgreSQL server is installed; the message says how to install it.
+
+    """
+    on_path = shutil.which("postgres")
+    candidates = [Path(on_path).parent] if on_path else []
+
+    def version(path: Path) -> tuple[int, ...]:
+        return tuple(int(n) for n in re.findall(r"\d+", path.parent.name)) or (0,)
+
+    candidates += sorted(Path("/usr/lib/postgresql").glob("*/bin"), key=version, reverse=True)
+    for bindir in candidates:
+        if (bindir / "postgres").is_file() and (bindir / "initdb").is_file():
+            return bindir
+    raise ServerError(
+        "no PostgreSQL server found (postgres and initdb on PATH or in /usr/lib/postgresql/*/bin); "
+        "run infra/install-test-deps.sh as root (it installs Debian's postgresql package)"
+    )
+
+
+class PostgresServer(_BinaryServer):
+    """A fresh PostgreSQL cluster (``initdb``) on a free loopback port: TCP only, trust auth.
+
+    PostgreSQL refuses to run as root. Run as root (as CI is), the cluster lives in a directory of
+    its own under the system temp dir, owned by the ``postgres`` system user that Debian's package
+    creates, and both ``initdb`` and the server run as that user; the cluster is removed on stop.
+    Otherwise it lives in ``tmp_dir/data`` and runs as the current user.
+
+    Args:
+        tmp_dir: where the log (and, when not root, the cluster) goes.
+        start_timeout: seconds :meth:`start` waits for the server to accept connections.
+
+    """
+
+    label = "postgres"
+    stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for every client to leave
+    superuser = "postgres"
+
+    def __init__(self, tmp_dir: Path, *, start_timeout: float = 30.0) -> None:
+        super().__init__(tmp_dir, start_timeout=start_timeout)
+        self.data_dir = self.dir / "data"
+        self._own_dir: Path | None = None
+        self._run_as: pwd.struct_passwd | None = None
+
+    @property
+    def dsn(self) -> str:
+        """The connection URL of the ``postgres`` database, as the superuser."""
+        return self.dsn_for("postgres")
+
+    def dsn_for(self, database: str) -> str:
+        """The connection URL of ``database``, as the superuser."""
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/{database}"
+
+    def create_database(self, name: str) -> str:
+        """Create an empty database; returns its connection URL."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        return self.dsn_for(name)
+
+    def _find_binary(self) -> str:
+        return str(postgres_bindir() / "postgres")
+
+    def _popen_options(self) -> dict[str, Any]:
+        if self._run_as is None:
+            return {}
+        return {"user": self._run_as.pw_uid, "group": self._run_as.pw_gid, "extra_groups": []}
+
+    def _prepare(self) -> None:
+        if os.geteuid() == 0:
+            try:
+                self._run_as = pwd.getpwnam("postgres")
+            except KeyError:
+                raise ServerError(
+                    "running as root, PostgreSQL needs the 'postgres' system user; "
+                    "run infra/install-test-deps.sh (Debian's postgresql package creates it)"
+                ) from None
+            self._own_dir = Path(tempfile.mkdtemp(prefix="changeguard-pg-"))
+            os.chown(self._own_dir, self._run_as.pw_uid, self._run_as.pw_gid)
+            self.data_dir = self._own_dir / "data"
+        initdb = [
+            str(postgres_bindir() / "initdb"),
+            f"--pgdata={self.data_dir}",
+            f"--username={self.superuser}",
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]
+        try:
+            done = subprocess.run(
+                initdb,
+                cwd=self._own_dir or self.dir,
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                timeout=120,
+                check=False,
+                **self._popen_options(),
+            )
+        except subprocess.TimeoutExpired as exc:
+            self._cleanup()
+            raise ServerError(f"initdb took longer than {exc.timeout:g}s") from None
+        if done.returncode != 0:
+            self._cleanup()
+            output = (done.stdout + done.stderr).decode(errors="replace").splitlines()
+            raise ServerError(
+                f"{' '.join(initdb)} exited with status {done.returncode}:\n"
+                + "\n".join(output[-LOG_TAIL_LINES:])
+            )
+
+    def _args(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "-D",
+            str(self.data_dir),
+            "-p",
+            str(self.port),
+            "-c",
+            "listen_addresses=127.0.0.1",
+            "-c",
+            "unix_socket_directories=",  # TCP on loopback only
+            "-c",
+            "fsync=off",  # a throw-away test cluster: speed over crash safety
+            "-c",
+            "max_connections=50",
+        ]
+
+    def _ready(self) -> bool | None:
+        assert self._proc is not None
+        if self._proc.poll() is not None:
+            raise ServerError(f"the process exited with status {self._proc.returncode}")
+        try:
+            with psycopg.connect(self.dsn, connect_timeout=1):
+                return True
+        except psycopg.OperationalError:
+            return None
+
+    def _cleanup(self) -> None:
+        own, self._own_dir = self._own_dir, None
+        if own is not None:
+            shutil.rmtree(own, ignore_errors=True)

@@ -38,6 +38,12 @@ def build_worker(
     queue = task_queue or settings.task_queue
     activity_options.setdefault("services", {"temporal_client": client, "task_queue": queue})
     activity_options.setdefault("policy_dir", settings.policy_dir)
+    if "audit" not in activity_options:
+        from activities.audit import AuditActivities, open_audit_store
+
+        activity_options["audit"] = AuditActivities(
+            open_audit_store(settings.audit_url), settings.directory
+        )
     return Worker(
         client,
         task_queue=queue,

@@ -8,6 +8,7 @@ from typing import Any
 
 from temporalio.worker import Interceptor
 
+from activities.audit import AuditActivities
 from activities.change import ChangeActivities
 from activities.kinds.base import ChangeKind
 from guardrails.base import Guardrail
@@ -32,6 +33,7 @@ def activities(
     kinds: PluginRegistry[ChangeKind[Any]] | None = None,
     services: dict[str, Any] | None = None,
     policy_dir: Path | None = None,
+    audit: AuditActivities,
 ) -> list[Callable[..., Any]]:
     """Every activity, bound to the given registries (default: the entry-point plug-ins).
 
@@ -48,6 +50,8 @@ def activities(
     locks = [] if "temporal_client" not in services else _lock_activities(services)
     return [
         *locks,
+        audit.record_audit,
+        audit.load_directory,
         checks.resolve_policy,
         checks.run_check,
         change.validate_change,

@@ -32,6 +32,10 @@ class Settings:
         policy_dir: where relative policy paths are resolved by the worker.
         log_format: ``console``, ``json`` or ``auto`` (console on a terminal).
         max_concurrent_activities: worker slots for activities.
+        audit_url: the audit store, ``sqlite:///PATH`` or ``postgresql://...``
+            (``CHANGEGUARD_AUDIT_URL``).
+        directory: the operator directory, ``yaml:PATH`` or ``plugin:NAME``
+            (``CHANGEGUARD_DIRECTORY``).
     """
 
     connect: dict[str, Any] = field(default_factory=dict)
@@ -40,6 +44,8 @@ class Settings:
     policy_dir: Path | None = None
     log_format: str = "auto"
     max_concurrent_activities: int = 100
+    audit_url: str = "sqlite:///.changeguard/audit.db"
+    directory: str = "yaml:.changeguard/operators.yaml"
 
     @property
     def address(self) -> str:
@@ -71,6 +77,8 @@ class Settings:
             "policy_dir": Path(policy_dir) if policy_dir else None,
             "log_format": env.get("CHANGEGUARD_LOG_FORMAT", "auto"),
             "max_concurrent_activities": int(env.get("CHANGEGUARD_MAX_ACTIVITIES", "100")),
+            "audit_url": env.get("CHANGEGUARD_AUDIT_URL", cls.audit_url),
+            "directory": env.get("CHANGEGUARD_DIRECTORY", cls.directory),
         }
         values.update(overrides)
         return cls(**values)

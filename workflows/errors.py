@@ -12,7 +12,8 @@ The tree::
     │   ├── UnknownChangeKind       no change kind is registered under that name
     │   ├── UnknownGuardrail        no guardrail is registered under that name
     │   ├── TargetRejected          the target API refused the mutation (4xx)
-    │   └── ContractViolation       a plug-in returned something its contract forbids
+    │   ├── ContractViolation       a plug-in returned something its contract forbids
+    │   └── Refused                 an update's validator refused it (approval, abort, rollback…)
     └── transient failures — retried with jittered backoff
         ├── TargetUnavailable       the target API is unreachable or answered 5xx
         ├── CircuitOpen             the worker's breaker for that API is open; retry after a delay
@@ -27,6 +28,7 @@ UNKNOWN_CHANGE_KIND = "UnknownChangeKind"
 UNKNOWN_GUARDRAIL = "UnknownGuardrail"
 TARGET_REJECTED = "TargetRejected"
 CONTRACT_VIOLATION = "ContractViolation"
+REFUSED = "Refused"
 
 TARGET_UNAVAILABLE = "TargetUnavailable"
 CIRCUIT_OPEN = "CircuitOpen"
@@ -39,5 +41,6 @@ NON_RETRYABLE: tuple[str, ...] = (
     UNKNOWN_GUARDRAIL,
     TARGET_REJECTED,
     CONTRACT_VIOLATION,
+    REFUSED,
 )
 """Error types no retry policy retries; used as ``non_retryable_error_types``."""

@@ -66,6 +66,7 @@ def error_result(spec: CheckSpec, exc: BaseException) -> CheckResult:
             else []
         ),
         mode=spec.mode,
+        approval=spec.opt_out_rule if spec.opt_out is OptOut.APPROVABLE else None,
     )
 
 

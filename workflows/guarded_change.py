@@ -14,6 +14,8 @@ worker is deployed: nothing is compensated on the strength of a bug.
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Callable
 from datetime import datetime, timedelta
 
 from pydantic import ValidationError
@@ -26,20 +28,31 @@ with workflow.unsafe.imports_passed_through():
     from activities.locks import LockActivities
     from workflows import errors
     from workflows import search_attributes as sa
+    from workflows.approvals import approvable, approval_problem, grant, still_needed
     from workflows.gate import GuardrailGateWorkflow
     from workflows.models import (
+        TERMINAL_PHASES,
         ApplyInput,
+        Approval,
+        ApprovalResult,
+        AuditAction,
+        AuditRecord,
         Category,
         ChangeContext,
         ChangeRequest,
         ChangeResult,
         ChangeStatus,
         Decision,
+        Directory,
         GateInput,
         GuardrailReport,
+        LoadDirectoryInput,
+        OperatorAction,
+        OperatorActionResult,
         Outcome,
         Phase,
         RecheckInput,
+        RejectedApproval,
         ReleaseLocksInput,
         Target,
         ValidateChangeInput,
@@ -65,6 +78,11 @@ COMPENSATION_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=10,
     non_retryable_error_types=list(errors.NON_RETRYABLE),
+)
+AUDIT_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=20,
 )
 REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
 """Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
@@ -106,6 +124,9 @@ class GuardedChangeWorkflow:
         self._recheck = False
         self._saga = Saga()
         self._holds_locks = False
+        self._directory: Directory | None = None
+        self._stop: _Unwind | None = None  # set by the abort / rollback updates
+        self._audit_seq = 0
 
     # ---------------------------------------------------------------- handlers
 
@@ -115,11 +136,152 @@ class GuardedChangeWorkflow:
         return self._status
 
     @workflow.signal(name="recheck")
-    def recheck(self, inp: RecheckInput | None = None) -> None:
+    async def recheck(self, inp: RecheckInput | None = None) -> None:
         """Run the gate again now (after an operator fixed a cause); the payload is optional."""
-        by = inp.requested_by if inp else ""
-        workflow.logger.info(f"recheck requested by {by or 'someone'}")
+        inp = inp or RecheckInput()
+        workflow.logger.info(f"recheck requested by {inp.requested_by or 'someone'}")
         self._recheck = True
+        await self._audit(AuditAction.RECHECK, inp.requested_by or "unknown", reason=inp.reason)
+
+    @workflow.update(name="abort")
+    async def abort(self, action: OperatorAction) -> OperatorActionResult:
+        """Stop the change and undo everything applied (outcome ``aborted``); audited."""
+        return await self._stop_with(AuditAction.ABORT, Outcome.ABORTED, action)
+
+    @abort.validator
+    def validate_abort(self, action: OperatorAction) -> None:
+        """Refuse when the change is already ending."""
+        if self._status.phase in TERMINAL_PHASES or self._stop is not None:
+            raise ApplicationError(
+                f"the change is already {self._status.phase.value}; there is nothing to abort",
+                type=errors.REFUSED,
+                non_retryable=True,
+            )
+
+    @workflow.update(name="rollback")
+    async def rollback(self, action: OperatorAction) -> OperatorActionResult:
+        """Undo everything applied (outcome ``rolled_back``); only once mutations have begun."""
+        return await self._stop_with(AuditAction.ROLLBACK, Outcome.ROLLED_BACK, action)
+
+    @rollback.validator
+    def validate_rollback(self, action: OperatorAction) -> None:
+        """Refuse before any mutation (use abort) or when the change is already ending."""
+        if self._stop is not None or self._status.phase in TERMINAL_PHASES:
+            raise ApplicationError(
+                f"the change is already {self._status.phase.value}",
+                type=errors.REFUSED,
+                non_retryable=True,
+            )
+        if not self._status.applied:
+            raise ApplicationError(
+                "nothing has been applied yet; use abort to stop this change",
+                type=errors.REFUSED,
+                non_retryable=True,
+            )
+
+    async def _stop_with(
+        self, audit: AuditAction, outcome: Outcome, action: OperatorAction
+    ) -> OperatorActionResult:
+        await self._audit(audit, action.operator, reason=action.reason)
+        self._stop = _Unwind(outcome, f"{audit.value} by {action.operator}: {action.reason}")
+        return OperatorActionResult(
+            phase=self._status.phase, message=f"{audit.value} requested; unwinding"
+        )
+
+    async def _wait(self, condition: Callable[[], bool], limit: timedelta | None) -> bool:
+        """Wait for ``condition`` or ``limit`` (False), or raise when an operator stopped us."""
+        try:
+            await workflow.wait_condition(
+                lambda: self._stop is not None or condition(), timeout=limit
+            )
+        except TimeoutError:
+            return False
+        finally:
+            if self._stop is not None:
+                raise self._stop
+        return True
+
+    @workflow.update(name="approve")
+    async def approve(self, approval: Approval) -> ApprovalResult:
+        """Approve opt-outable failures of the current report (validated first; audited)."""
+        return await self._accept(approval)
+
+    @approve.validator
+    def validate_approve(self, approval: Approval) -> None:
+        """Refuse, with the reason the caller sees at once, what cannot be approved."""
+        problem = self._approval_problem(approval)
+        if problem:
+            raise ApplicationError(problem, type=errors.REFUSED, non_retryable=True)
+
+    @workflow.signal(name="approve_signal")
+    async def approve_signal(self, approval: Approval) -> None:
+        """The ``approve`` payload for clients that can only signal; refusals are recorded."""
+        problem = self._approval_problem(approval)
+        if problem is None:
+            await self._accept(approval)
+            return
+        rejected = RejectedApproval(approval=approval, why=problem, at=workflow.now())
+        self._status.rejected_approvals.append(rejected)
+        await self._audit(
+            AuditAction.APPROVAL_REJECTED,
+            approval.approver,
+            guardrail=",".join(approval.guardrails),
+            reason=f"{problem} (their reason: {approval.reason})",
+            report_hash=approval.report_hash,
+        )
+
+    def _approval_problem(self, approval: Approval) -> str | None:
+        return approval_problem(
+            approval,
+            report=self._status.report,
+            awaiting=self._status.phase is Phase.AWAITING_APPROVAL,
+            directory=self._directory,
+            requester=self._request.requester,
+            granted=self._status.approvals,
+            now=workflow.now(),
+        )
+
+    async def _accept(self, approval: Approval) -> ApprovalResult:
+        report = self._status.report
+        assert report is not None
+        grants = grant(approval, report=report, now=workflow.now())
+        for g in grants:  # audited before it counts: an approval that cannot be audited is void
+            await self._audit(
+                AuditAction.APPROVAL,
+                g.approver,
+                guardrail=g.guardrail,
+                reason=g.reason,
+                expires_at=g.expires_at,
+            )
+        self._status.approvals.extend(grants)
+        self._status.still_needed = still_needed(report, self._status.approvals, workflow.now())
+        return ApprovalResult(
+            accepted=[g.guardrail for g in grants], still_needed=self._status.still_needed
+        )
+
+    async def _audit(self, action: AuditAction, actor: str, **fields: object) -> None:
+        """Write one audit record (idempotent by its id) before going on."""
+        self._audit_seq += 1
+        info = workflow.info()
+        report = self._status.report
+        fields.setdefault("report_hash", report.report_hash if report else "")
+        record = AuditRecord(
+            record_id=f"{self._request.change_id}:{info.run_id}:{self._audit_seq}",
+            action=action,
+            actor=actor,
+            at=workflow.now(),
+            change_id=self._request.change_id,
+            run_id=info.run_id,
+            policy_hash=report.policy_hash if report else "",
+            **fields,
+        )
+        await workflow.execute_activity(
+            "record_audit",
+            record,
+            result_type=bool,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=AUDIT_RETRY,
+        )
 
     # ---------------------------------------------------------------- main line
 
@@ -190,22 +352,42 @@ class GuardedChangeWorkflow:
                 )
                 until = report.retry_after
             else:
-                groups = approver_groups(report)
-                phase = Phase.AWAITING_APPROVAL if groups else Phase.BLOCKED
                 names = ", ".join(c.guardrail for c in report.failures)
-                self._set_phase(phase, f"blocked by {names}; fix and recheck", awaiting=groups)
+                if approvable(report):
+                    self._directory = await workflow.execute_activity(
+                        "load_directory",
+                        LoadDirectoryInput(change_id=self._request.change_id),
+                        result_type=Directory,
+                        start_to_close_timeout=timedelta(seconds=30),
+                        retry_policy=AUDIT_RETRY,
+                    )
+                    if self._covered(report):
+                        return report  # every failure is covered by valid approvals (I1)
+                    self._status.still_needed = still_needed(report, self._status.approvals, now)
+                    self._set_phase(
+                        Phase.AWAITING_APPROVAL,
+                        f"blocked by {names}; awaiting approval of report {report.report_hash}",
+                        awaiting=approver_groups(report),
+                    )
+                else:
+                    self._set_phase(Phase.BLOCKED, f"blocked by {names}; fix the cause and recheck")
                 until = deadline
             if until <= now:
                 self._status.message = f"the deadline {deadline.isoformat()} passed"
                 return None
-            try:
-                await workflow.wait_condition(lambda: self._recheck, timeout=until - now)
-            except TimeoutError:
-                if until >= deadline:
-                    self._status.message = (
-                        f"the gate did not pass before the deadline {deadline.isoformat()}"
-                    )
-                    return None
+            covered = functools.partial(self._covered, report)
+            woke = await self._wait(
+                lambda: self._recheck or covered(),  # noqa: B023 (awaited in this iteration)
+                until - now,
+            )
+            if not woke and until >= deadline:
+                self._status.message = (
+                    f"the gate did not pass before the deadline {deadline.isoformat()}"
+                )
+                await self._audit(AuditAction.DEADLINE, "changeguard", reason=self._status.message)
+                return None
+            if not self._recheck and covered():
+                return report
             self._recheck = False
 
     async def _run_gate(
@@ -250,7 +432,7 @@ class GuardedChangeWorkflow:
                 self._set_phase(
                     Phase.BAKING, f"baking wave {wave.index + 1} for {request.rollout.bake}"
                 )
-                await workflow.sleep(request.rollout.bake)
+                await self._wait(lambda: False, request.rollout.bake)
             wave.state = "done"
 
     async def _apply_wave(
@@ -262,7 +444,7 @@ class GuardedChangeWorkflow:
 
         async def one(target: Target) -> None:
             async with limit:
-                if failed:
+                if failed or self._stop is not None:
                     return
                 key = idempotency_key(request.change_id, "apply", target.id)
                 apply = ApplyInput(
@@ -300,6 +482,8 @@ class GuardedChangeWorkflow:
         await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
         if failed:
             raise failed[0]
+        if self._stop is not None:
+            raise self._stop
 
     async def _revert(self, inp: ApplyInput) -> None:
         await workflow.execute_activity_method(
@@ -357,6 +541,15 @@ class GuardedChangeWorkflow:
         head = f"## {self._request.change_id}: {self._status.phase.value}\n\n{self._status.message}"
         report = self._status.report
         return head if report is None else head + "\n\n" + report_markdown(report)
+
+    def _covered(self, report: GuardrailReport) -> bool:
+        """True when the report blocks only on failures that valid approvals cover."""
+        if (
+            report.decision is not Decision.BLOCK
+            or self._status.phase is not Phase.AWAITING_APPROVAL
+        ):
+            return False
+        return not still_needed(report, self._status.approvals, workflow.now())
 
     async def _release_locks(self) -> None:
         """Give back every target lock this change holds; shielded, and never fails the change."""

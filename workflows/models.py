@@ -387,6 +387,9 @@ class CheckResult(BaseModel):
     evidence: dict[str, Any] = Field(default_factory=dict)
     duration_ms: int = 0
     mode: Mode = Mode.ENFORCE
+    approval: OptOutRule | None = Field(
+        default=None, description="the terms on which this failure may be approved, if approvable"
+    )
 
     @property
     def passing(self) -> bool:
@@ -501,6 +504,119 @@ class TargetState(BaseModel):
 
 
 # --------------------------------------------------------------------------------------------------
+# Approvals, the operator directory, the audit trail
+# --------------------------------------------------------------------------------------------------
+
+
+class Approval(BaseModel):
+    """Payload of the ``approve`` update and the ``approve_signal`` signal.
+
+    The approver's groups come from the operator directory, never from this payload. Workflow code
+    cannot see who sent a signal or update, so the approver is named here and checked against the
+    directory and the policy; deployments authenticate callers in front of Temporal (docs/approvals.md).
+    """
+
+    guardrails: list[str] = Field(min_length=1, description="names of the failing checks approved")
+    approver: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+    report_hash: str = Field(min_length=1, description="the report this approval is bound to")
+    expires_in: Duration = Field(
+        default=timedelta(hours=1), description="capped by the policy's max_duration"
+    )
+
+
+class GrantedApproval(BaseModel):
+    """An accepted approval as the change keeps it: who, what, bound to which report, until when."""
+
+    guardrail: str
+    approver: str
+    reason: str
+    report_hash: str
+    approved_at: datetime
+    expires_at: datetime
+    signature: dict[str, str] = Field(
+        default_factory=dict, description="the approved report's failures: guardrail → status"
+    )
+
+
+class RejectedApproval(BaseModel):
+    """An approval that was refused, and why (signals cannot be refused to the caller)."""
+
+    approval: Approval
+    why: str
+    at: datetime
+
+
+class ApprovalResult(BaseModel):
+    """The ``approve`` update's answer."""
+
+    accepted: list[str] = Field(default_factory=list)
+    still_needed: dict[str, int] = Field(
+        default_factory=dict, description="guardrail → approvals still missing"
+    )
+
+
+class Operator(BaseModel):
+    """One person in the operator directory."""
+
+    name: str
+    groups: list[str] = Field(default_factory=list)
+
+
+class Directory(BaseModel):
+    """The operator directory as loaded by ``load_directory`` (validators read it, never fetch it)."""
+
+    operators: dict[str, list[str]] = Field(default_factory=dict, description="name → groups")
+    source: str = ""
+
+    def groups_of(self, name: str) -> list[str]:
+        """The groups an operator belongs to (empty for an unknown name)."""
+        return self.operators.get(name, [])
+
+
+class LoadDirectoryInput(BaseModel):
+    """Input of ``load_directory``."""
+
+    change_id: str
+
+
+class AuditAction(StrEnum):
+    """What an audit record records."""
+
+    APPROVAL = "approval"
+    APPROVAL_REJECTED = "approval_rejected"
+    RECHECK = "recheck"
+    RESUME = "resume"
+    ROLLBACK = "rollback"
+    ABORT = "abort"
+    DEADLINE = "deadline"
+
+
+class AuditRecord(BaseModel):
+    """One durable audit entry; ``record_id`` makes writing it idempotent."""
+
+    record_id: str = Field(description="unique per event; a retried write with it adds nothing")
+    action: AuditAction
+    actor: str
+    at: datetime
+    change_id: str
+    run_id: str = ""
+    guardrail: str = ""
+    policy_hash: str = ""
+    report_hash: str = ""
+    reason: str = ""
+    expires_at: datetime | None = None
+    detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class AuditQuery(BaseModel):
+    """Input of listing audit records."""
+
+    change_id: str | None = None
+    limit: int = Field(default=1000, ge=1, le=100_000)
+
+
+# --------------------------------------------------------------------------------------------------
 # The change's own status and result
 # --------------------------------------------------------------------------------------------------
 
@@ -542,6 +658,11 @@ class ChangeStatus(BaseModel):
     reverted: list[str] = Field(default_factory=list)
     compensation_failures: list[CompensationFailure] = Field(default_factory=list)
     awaiting_from: list[str] = Field(default_factory=list)
+    still_needed: dict[str, int] = Field(
+        default_factory=dict, description="guardrail → approvals still missing"
+    )
+    approvals: list[GrantedApproval] = Field(default_factory=list)
+    rejected_approvals: list[RejectedApproval] = Field(default_factory=list)
     updated_at: datetime | None = None
 
 
@@ -607,6 +728,21 @@ class HolderAliveInput(BaseModel):
     """Input of ``holder_alive``: is this change's workflow still running?"""
 
     change_id: str
+
+
+class OperatorAction(BaseModel):
+    """Payload of the ``abort``, ``rollback`` and ``resume`` updates: who acts, and why."""
+
+    operator: str = Field(min_length=1)
+    reason: str = Field(min_length=1)
+
+
+class OperatorActionResult(BaseModel):
+    """What an operator update did."""
+
+    accepted: bool = True
+    phase: Phase
+    message: str = ""
 
 
 class RecheckInput(BaseModel):

@@ -98,6 +98,7 @@ async def test_weekend_waits_until_monday_morning() -> None:
         ),
         owner="release-eng",
         approvers=["sre-leads"],
+        approval=ctx.spec.opt_out_rule,
         retry_after=monday,
         evidence={
             "timezone": BERLIN,

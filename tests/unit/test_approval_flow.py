@@ -1,0 +1,265 @@
+"""Approvals end to end in GuardedChange (time-skipping): update, signal, audit, deadline, expiry."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+from temporalio.client import WorkflowFailureError, WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.testing import WorkflowEnvironment
+
+from activities.audit import AuditActivities, SqliteAuditStore
+from tests import fakes
+from tests.fakes import Ledger, RecordingKind, Switch
+from worker.main import build_worker
+from workflows.models import (
+    Approval,
+    ApprovalResult,
+    AuditAction,
+    AuditQuery,
+    ChangeRequest,
+    ChangeResult,
+    ChangeStatus,
+    Outcome,
+    Phase,
+)
+
+OPERATORS = """\
+operators:
+  alice: [web-team, sre-leads]
+  bob: [sre-leads]
+  carol: [sre-leads]
+  dave: [interns]
+"""
+
+
+@pytest.fixture(autouse=True)
+def reset() -> Ledger:
+    RecordingKind.ledger = Ledger()
+    Switch.outcome = "fail"
+    return RecordingKind.ledger
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteAuditStore]:
+    s = SqliteAuditStore(tmp_path / "audit.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def audit(tmp_path: Path, store: SqliteAuditStore) -> AuditActivities:
+    (tmp_path / "operators.yaml").write_text(OPERATORS)
+    return AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
+
+
+def _request(
+    rule: Any = None,
+    *,
+    use: str = "switch",
+    waves: list[str] | None = None,
+    bake: str = "0s",
+    deadline_hours: int = 24,
+) -> ChangeRequest:
+    guardrail: dict[str, Any] = {"use": use}
+    guardrail["opt_out"] = rule if rule is not None else {"approvers": ["sre-leads"]}
+    return ChangeRequest(
+        change_id=f"appr-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="needs approval",
+        requester="alice",
+        team="web",
+        environment="prod",
+        targets=[{"id": "t1"}, {"id": "t2"}],  # type: ignore[list-item]
+        rollout={"waves": waves or ["100%"], "bake": bake},  # type: ignore[arg-type]
+        policy={"guardrails": [guardrail]},
+    )
+
+
+async def _phase(handle: WorkflowHandle[Any, Any], *phases: Phase) -> ChangeStatus:
+    for _ in range(400):
+        status = await handle.query("status", result_type=ChangeStatus)
+        if status.phase in phases:
+            return status
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"never reached {phases}; last {status.phase}: {status.message}")
+
+
+async def _start(
+    env: WorkflowEnvironment, req: ChangeRequest, tq: str
+) -> WorkflowHandle[Any, ChangeResult]:
+    return await env.client.start_workflow(
+        "GuardedChange", req, id=req.change_id, task_queue=tq, result_type=ChangeResult
+    )
+
+
+def _worker(env: WorkflowEnvironment, tq: str, audit: AuditActivities):  # type: ignore[no-untyped-def]
+    return build_worker(
+        env.client, task_queue=tq, guardrails=fakes.guardrails(), kinds=fakes.kinds(), audit=audit
+    )
+
+
+def _approval(status: ChangeStatus, who: str, guardrail: str = "switch", **kw: Any) -> Approval:
+    assert status.report is not None
+    return Approval(
+        guardrails=[guardrail],
+        approver=who,
+        reason="hotfix for incident 42",
+        report_hash=status.report.report_hash,
+        **kw,
+    )
+
+
+async def test_four_eyes_then_qualified_approval_proceeds_and_is_audited(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    audit: AuditActivities,
+    store: SqliteAuditStore,
+    reset: Ledger,
+) -> None:
+    """The requester's own approval is refused; a qualified approver's lets it run; both audited."""
+    req = _request()
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        assert status.awaiting_from == ["sre-leads"]
+        assert reset.applied == []
+
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                "approve", _approval(status, "alice"), result_type=ApprovalResult
+            )
+        assert (
+            refused.value.cause.message
+            == "four eyes: alice requested this change and cannot approve switch"
+        )
+
+        await handle.signal("approve_signal", _approval(status, "dave"))
+        result = await handle.execute_update(
+            "approve", _approval(status, "bob"), result_type=ApprovalResult
+        )
+        assert result == ApprovalResult(accepted=["switch"], still_needed={})
+        final = await handle.result()
+        after = await handle.query("status", result_type=ChangeStatus)
+    assert final.outcome is Outcome.COMPLETED
+    assert sorted(reset.applied) == ["t1", "t2"]
+    assert [r.approval.approver for r in after.rejected_approvals] == ["dave"]
+    records = store.list(AuditQuery(change_id=req.change_id))
+    assert [(r.action, r.actor, r.guardrail) for r in records] == [
+        (AuditAction.APPROVAL_REJECTED, "dave", "switch"),
+        (AuditAction.APPROVAL, "bob", "switch"),
+    ]
+    approval = records[1]
+    assert approval.report_hash == status.report.report_hash  # type: ignore[union-attr]
+    assert approval.reason == "hotfix for incident 42"
+    assert approval.expires_at is not None and approval.expires_at > approval.at
+
+
+async def test_two_approvers_required(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, reset: Ledger
+) -> None:
+    """With required: 2 one approval leaves it waiting; the same approver twice is refused."""
+    req = _request({"approvers": ["sre-leads"], "required": 2})
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        first = await handle.execute_update(
+            "approve", _approval(status, "bob"), result_type=ApprovalResult
+        )
+        assert first.still_needed == {"switch": 1}
+        with pytest.raises(WorkflowUpdateFailedError):
+            await handle.execute_update(
+                "approve", _approval(status, "bob"), result_type=ApprovalResult
+            )
+        assert reset.applied == []
+        await handle.execute_update(
+            "approve", _approval(status, "carol"), result_type=ApprovalResult
+        )
+        assert (await handle.result()).outcome is Outcome.COMPLETED
+
+
+async def test_forbidden_guardrail_cannot_be_approved(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, reset: Ledger
+) -> None:
+    """A forbidden failure is Blocked; no approval passes the validator; nothing is applied."""
+    req = _request("forbidden")
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        status = await _phase(handle, Phase.BLOCKED)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                "approve", _approval(status, "bob"), result_type=ApprovalResult
+            )
+        assert (
+            refused.value.cause.message
+            == "the change is not awaiting approval; nothing can be approved now"
+        )
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+    assert reset.applied == []
+
+
+async def test_stale_report_hash_refused(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
+) -> None:
+    """An approval bound to another report is refused with the current hash named."""
+    req = _request()
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        stale = _approval(status, "bob").model_copy(update={"report_hash": "0000"})
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update("approve", stale, result_type=ApprovalResult)
+        assert refused.value.cause.message.startswith("report_hash '0000' is stale")
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError):
+            await handle.result()
+
+
+async def test_approval_deadline_ends_rejected_and_audited(
+    env: WorkflowEnvironment,
+    task_queue: str,
+    audit: AuditActivities,
+    store: SqliteAuditStore,
+    reset: Ledger,
+) -> None:
+    """Nobody approves before the deadline: the change ends rejected, with an audit record."""
+    req = _request()
+    async with _worker(env, task_queue, audit):
+        result = await (await _start(env, req, task_queue)).result()
+    assert result.outcome is Outcome.REJECTED
+    assert reset.applied == []
+    [record] = store.list(AuditQuery(change_id=req.change_id))
+    assert (record.action, record.actor) == (AuditAction.DEADLINE, "changeguard")
+
+
+async def test_expired_approval_must_be_renewed_before_a_later_wave(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, reset: Ledger
+) -> None:
+    """An approval expires; the re-check before wave 2 needs a fresh approval to go on."""
+    req = _request(use="timing-switch", waves=["1", "100%"], bake="2h")
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        await handle.execute_update(
+            "approve",
+            _approval(status, "bob", "timing-switch", expires_in="1h"),
+            result_type=ApprovalResult,
+        )
+        await _phase(handle, Phase.BAKING)
+        assert len(reset.applied) == 1
+        await env.sleep(timedelta(hours=2, minutes=1))
+        again = await _phase(handle, Phase.AWAITING_APPROVAL)
+        assert again.still_needed == {"timing-switch": 1}
+        assert len(reset.applied) == 1
+        await handle.execute_update(
+            "approve", _approval(again, "carol", "timing-switch"), result_type=ApprovalResult
+        )
+        assert (await handle.result()).outcome is Outcome.COMPLETED
+    assert sorted(reset.applied) == ["t1", "t2"]
