@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install deps demo test dev lint unit integration clean
+.PHONY: install deps demo test dev lint unit integration histories replay clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -36,6 +36,12 @@ lint: install  ## ruff (lint + format check) and strict mypy
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
+
+histories: install  ## capture one real run per workflow branch into tests/replay/histories
+	$(BIN)/python -m tests.replay.capture
+
+replay: install  ## replay every committed history against the current workflow code
+	$(BIN)/changeguard replay --dir tests/replay/histories
 
 clean:
 	rm -rf $(VENV) .changeguard .pytest_cache .mypy_cache .ruff_cache

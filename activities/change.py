@@ -14,6 +14,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities.kinds.base import ChangeKind, default_registry
+from activities.resilience import Heartbeat
 from guardrails.plugins import PluginRegistry, params_errors
 from workflows import errors
 from workflows.models import (
@@ -73,9 +74,10 @@ class ChangeActivities:
     async def apply_change(self, inp: ApplyInput) -> ApplyResult:
         """Apply the change to one target, idempotently."""
         kind = self._kind(inp.kind)
-        result = await kind.apply(
-            self._params(kind, inp.params), inp.target, idempotency_key=inp.idempotency_key
-        )
+        async with Heartbeat(target=inp.target.id, stage="apply"):
+            result = await kind.apply(
+                self._params(kind, inp.params), inp.target, idempotency_key=inp.idempotency_key
+            )
         log.info("applied", target=inp.target.id, applied=result.applied, detail=result.detail)
         return result
 
@@ -87,12 +89,13 @@ class ChangeActivities:
             raise ApplicationError(
                 "revert_change needs applied_key", type=errors.INVALID_INPUT, non_retryable=True
             )
-        result = await kind.revert_if_applied(
-            self._params(kind, inp.params),
-            inp.target,
-            applied_key=inp.applied_key,
-            idempotency_key=inp.idempotency_key,
-        )
+        async with Heartbeat(target=inp.target.id, stage="revert"):
+            result = await kind.revert_if_applied(
+                self._params(kind, inp.params),
+                inp.target,
+                applied_key=inp.applied_key,
+                idempotency_key=inp.idempotency_key,
+            )
         log.info("reverted", target=inp.target.id, applied=result.applied, detail=result.detail)
         return result
 

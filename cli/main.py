@@ -25,11 +25,12 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli import exitcodes
+from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
 from cli.render import console, err, print_json, report_table, status_table
 from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
-from worker.settings import Settings
+from worker.settings import Settings, SettingsError
 from workflows.models import (
     TERMINAL_PHASES,
     Approval,
@@ -364,13 +365,19 @@ def parser() -> argparse.ArgumentParser:
     s = sub.add_parser("demo", help="run the demo scenario on a fresh embedded stack")
     s.add_argument("--keep-running", action="store_true")
     s.set_defaults(run=cmd_demo)
+
+    replay_cli.add_parsers(sub)
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``changeguard`` command."""
     args = parser().parse_args(argv)
-    settings = Settings.from_env()
+    try:
+        settings = Settings.from_env()
+    except SettingsError as exc:
+        err.print(f"[bold red]invalid settings:[/] {escape(str(exc))}")
+        return exitcodes.INVALID
     from worker.logging import configure
 
     quiet = args.command not in ("worker", "dev")

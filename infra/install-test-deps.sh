@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Install the real servers the integration tests run on loopback: Prometheus, Alertmanager, and
-# PostgreSQL (the audit store's production option).
+# PostgreSQL (the audit store's production option); and Debian's Chromium, which the end-to-end
+# test (tests/e2e) drives headless through Playwright, since Playwright's own browser downloads are
+# impossible here (fonts-liberation comes along so its screenshots are legible).
 #
 # Idempotent: installs only what is missing, with Debian's packages (needs root) and service starts
 # forbidden by a temporary policy-rc.d. Then makes sure nothing Debian started is left running:
@@ -10,6 +12,8 @@
 set -euo pipefail
 
 export PATH="$PATH:/usr/sbin:/sbin:/usr/bin"
+# The path tests/e2e hands Playwright as executable_path.
+CHROMIUM=/usr/bin/chromium
 
 # Debian names the Alertmanager binary prometheus-alertmanager; upstream calls it alertmanager.
 alertmanager_binary() {
@@ -30,6 +34,7 @@ missing_packages() {
     command -v prometheus >/dev/null 2>&1 || echo prometheus
     alertmanager_binary >/dev/null || echo prometheus-alertmanager
     postgres_bindir >/dev/null || echo postgresql
+    [ -x "$CHROMIUM" ] || printf '%s\n' chromium fonts-liberation
 }
 
 # Stop every Debian-managed PostgreSQL cluster and keep it from starting at boot. Only clusters
@@ -74,7 +79,8 @@ mapfile -t PACKAGES < <(missing_packages)
 
 if [ ${#PACKAGES[@]} -eq 0 ]; then
     quiet_debian_clusters
-    echo "install-test-deps: prometheus, alertmanager and postgresql already installed; nothing to install"
+    echo "install-test-deps: prometheus, alertmanager, postgresql and chromium already installed;" \
+        "nothing to install"
     report_notes
     exit 0
 fi
@@ -142,8 +148,11 @@ if [ ${#still_missing[@]} -gt 0 ]; then
     exit 1
 fi
 version_of() { "$1" --version 2>&1 | head -n1 | awk '{print $3}'; }
+# Debian's /usr/bin/chromium is a wrapper script that may complain on stderr first.
+chromium_version() { "$CHROMIUM" --version 2>/dev/null | head -n1 | awk '{print $2}'; }
 echo "install-test-deps: installed ${PACKAGES[*]} (prometheus $(version_of prometheus)," \
     "alertmanager $(version_of "$(alertmanager_binary)")," \
-    "postgresql $(version_of "$(postgres_bindir)/postgres")) in $(($(date +%s) - started))s;" \
+    "postgresql $(version_of "$(postgres_bindir)/postgres")," \
+    "chromium $(chromium_version)) in $(($(date +%s) - started))s;" \
     "service starts were suppressed"
 report_notes

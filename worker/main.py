@@ -38,6 +38,7 @@ def build_worker(
     queue = task_queue or settings.task_queue
     activity_options.setdefault("services", {"temporal_client": client, "task_queue": queue})
     activity_options.setdefault("policy_dir", settings.policy_dir)
+    activity_options.setdefault("pager_params", settings.pagers)
     if "audit" not in activity_options:
         from activities.audit import AuditActivities, open_audit_store
 

@@ -11,14 +11,22 @@ from temporalio.worker import Interceptor
 from activities.audit import AuditActivities
 from activities.change import ChangeActivities
 from activities.kinds.base import ChangeKind
+from activities.monitoring import MonitoringActivities
+from activities.pagers import PagerActivities
 from guardrails.base import Guardrail
 from guardrails.plugins import PluginRegistry
 from worker.logging import LoggingInterceptor
+from workflows.batch import TargetBatchWorkflow
 from workflows.gate import GuardrailGateWorkflow
 from workflows.guarded_change import GuardedChangeWorkflow
 from workflows.target_lock import TargetLockWorkflow
 
-WORKFLOWS: Sequence[type] = (GuardedChangeWorkflow, GuardrailGateWorkflow, TargetLockWorkflow)
+WORKFLOWS: Sequence[type] = (
+    GuardedChangeWorkflow,
+    GuardrailGateWorkflow,
+    TargetBatchWorkflow,
+    TargetLockWorkflow,
+)
 """Every workflow class the worker runs and the replayer checks."""
 
 
@@ -34,6 +42,7 @@ def activities(
     services: dict[str, Any] | None = None,
     policy_dir: Path | None = None,
     audit: AuditActivities,
+    pager_params: dict[str, dict[str, Any]] | None = None,
 ) -> list[Callable[..., Any]]:
     """Every activity, bound to the given registries (default: the entry-point plug-ins).
 
@@ -48,10 +57,14 @@ def activities(
     checks = CheckActivities(guardrails, services=services, policy_dir=policy_dir)
     change = ChangeActivities(kinds)
     locks = [] if "temporal_client" not in services else _lock_activities(services)
+    monitoring = MonitoringActivities()
+    pagers = PagerActivities(pager_params=pager_params)
     return [
         *locks,
         audit.record_audit,
         audit.load_directory,
+        monitoring.observe_signals,
+        pagers.page,
         checks.resolve_policy,
         checks.run_check,
         change.validate_change,

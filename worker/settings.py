@@ -35,6 +35,8 @@ class Settings:
         audit_url: the audit store, ``sqlite:///PATH`` or ``postgresql://...``
             (``CHANGEGUARD_AUDIT_URL``).
         directory: the operator directory, ``yaml:PATH`` or ``plugin:NAME``
+        pagers: each pager's params by name, from ``CHANGEGUARD_PAGERS`` (JSON), e.g.
+            ``{"webhook": {"url": "https://pager.example/hook"}}``
             (``CHANGEGUARD_DIRECTORY``).
     """
 
@@ -46,6 +48,7 @@ class Settings:
     max_concurrent_activities: int = 100
     audit_url: str = "sqlite:///.changeguard/audit.db"
     directory: str = "yaml:.changeguard/operators.yaml"
+    pagers: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def address(self) -> str:
@@ -79,6 +82,7 @@ class Settings:
             "max_concurrent_activities": int(env.get("CHANGEGUARD_MAX_ACTIVITIES", "100")),
             "audit_url": env.get("CHANGEGUARD_AUDIT_URL", cls.audit_url),
             "directory": env.get("CHANGEGUARD_DIRECTORY", cls.directory),
+            "pagers": _pagers(env.get("CHANGEGUARD_PAGERS", "")),
         }
         values.update(overrides)
         return cls(**values)
@@ -89,6 +93,26 @@ class Settings:
 
         url = f"{self.ui_url}/namespaces/{self.namespace}/workflows/{quote(workflow_id, safe='')}"
         return f"{url}/{run_id}" if run_id else url
+
+
+class SettingsError(ValueError):
+    """A setting is malformed; the message names the variable and the expected form."""
+
+
+def _pagers(raw: str) -> dict[str, dict[str, Any]]:
+    if not raw.strip():
+        return {}
+    import json
+
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise SettingsError(f"CHANGEGUARD_PAGERS is not JSON ({exc})") from exc
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise SettingsError(
+            'CHANGEGUARD_PAGERS must map pager names to params, e.g. {"webhook": {"url": "..."}}'
+        )
+    return value
 
 
 def _ui_guess(address: str) -> str:

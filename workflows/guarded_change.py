@@ -29,14 +29,16 @@ with workflow.unsafe.imports_passed_through():
     from workflows import errors
     from workflows import search_attributes as sa
     from workflows.approvals import approvable, approval_problem, grant, still_needed
+    from workflows.batch import TargetBatchWorkflow
     from workflows.gate import GuardrailGateWorkflow
     from workflows.models import (
         TERMINAL_PHASES,
-        ApplyInput,
         Approval,
         ApprovalResult,
         AuditAction,
         AuditRecord,
+        BatchInput,
+        BatchResult,
         Category,
         ChangeContext,
         ChangeRequest,
@@ -57,28 +59,15 @@ with workflow.unsafe.imports_passed_through():
         Target,
         ValidateChangeInput,
         WaveProgress,
-        idempotency_key,
         plan_waves,
     )
+    from workflows.mutations import apply_targets
     from workflows.report import approver_groups, report_markdown
     from workflows.saga import Saga, failure_of
 
 DEFAULT_DEADLINE = timedelta(hours=24)
-MUTATION_TIMEOUT = timedelta(minutes=5)
-MUTATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=5,
-    non_retryable_error_types=list(errors.NON_RETRYABLE),
-)
-COMPENSATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=10,
-    non_retryable_error_types=list(errors.NON_RETRYABLE),
-)
+BATCH_SIZE = 100
+"""Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
 AUDIT_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_interval=timedelta(seconds=30),
@@ -296,7 +285,7 @@ class GuardedChangeWorkflow:
                 sa.CHANGE_KIND.value_set(request.kind),
                 sa.CHANGE_ENVIRONMENT.value_set(request.environment),
                 sa.CHANGE_TEAM.value_set(request.team),
-                sa.CHANGE_TARGETS.value_set([t.id for t in request.targets]),
+                sa.CHANGE_TARGETS.value_set(sa.fit_keyword_list([t.id for t in request.targets])),
             ]
         )
         problems = await self._validate(request)
@@ -438,61 +427,64 @@ class GuardedChangeWorkflow:
     async def _apply_wave(
         self, request: ChangeRequest, targets: list[Target], wave: WaveProgress
     ) -> None:
-        """Apply one wave, at most ``max_parallel`` at a time; after a failure start no more."""
-        limit = asyncio.Semaphore(request.rollout.max_parallel)
-        failed: list[BaseException] = []
+        """Apply one wave: in this workflow when small, else in ``TargetBatch`` children."""
 
-        async def one(target: Target) -> None:
-            async with limit:
-                if failed or self._stop is not None:
-                    return
-                key = idempotency_key(request.change_id, "apply", target.id)
-                apply = ApplyInput(
-                    change_id=request.change_id,
-                    kind=request.kind,
-                    step="apply",
-                    target=target,
-                    params=request.params,
-                    idempotency_key=key,
-                )
-                revert = apply.model_copy(
-                    update={
-                        "step": "revert",
-                        "idempotency_key": idempotency_key(request.change_id, "revert", target.id),
-                        "applied_key": key,
-                    }
-                )
-                try:
-                    await self._saga.run(
-                        target.id,
-                        lambda: workflow.execute_activity_method(
-                            ChangeActivities.apply_change,
-                            apply,
-                            start_to_close_timeout=MUTATION_TIMEOUT,
-                            retry_policy=MUTATION_RETRY,
-                        ),
-                        lambda: self._revert(revert),
-                    )
-                except BaseException as exc:
-                    failed.append(exc)
-                    raise
-                wave.applied.append(target.id)
-                self._status.applied.append(target.id)
+        def applied(target_id: str) -> None:
+            wave.applied.append(target_id)
+            self._status.applied.append(target_id)
 
-        await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
-        if failed:
-            raise failed[0]
+        if len(targets) <= BATCH_SIZE:
+            await apply_targets(
+                self._saga,
+                change_id=request.change_id,
+                kind=request.kind,
+                params=request.params,
+                targets=targets,
+                max_parallel=request.rollout.max_parallel,
+                on_applied=applied,
+                on_reverted=self._status.reverted.append,
+                should_stop=lambda: self._stop is not None,
+            )
+        else:
+            for start in range(0, len(targets), BATCH_SIZE):
+                if self._stop is not None:
+                    break
+                batch = targets[start : start + BATCH_SIZE]
+                result = await self._saga.run(
+                    f"batch {batch[0].id}..{batch[-1].id}",
+                    functools.partial(self._batch, request, batch, "apply"),
+                    functools.partial(self._batch, request, batch, "revert"),
+                )
+                for target_id in result.done:
+                    applied(target_id)
         if self._stop is not None:
             raise self._stop
 
-    async def _revert(self, inp: ApplyInput) -> None:
-        await workflow.execute_activity_method(
-            ChangeActivities.revert_change,
-            inp,
-            start_to_close_timeout=MUTATION_TIMEOUT,
-            retry_policy=COMPENSATION_RETRY,
-        )
-        self._status.reverted.append(inp.target.id)
+    async def _batch(self, request: ChangeRequest, batch: list[Target], mode: str) -> BatchResult:
+        """Run one ``TargetBatch`` child; a revert batch's partial results are kept on failure."""
+        child_id = f"{request.change_id}/{mode}-{batch[0].id}"
+        try:
+            result = await workflow.execute_child_workflow(
+                TargetBatchWorkflow.run,
+                BatchInput(
+                    change_id=request.change_id,
+                    kind=request.kind,
+                    params=request.params,
+                    targets=batch,
+                    max_parallel=request.rollout.max_parallel,
+                    mode=mode,
+                ),
+                id=child_id,
+            )
+        except ChildWorkflowError as exc:
+            cause = exc.cause
+            if mode == "revert" and isinstance(cause, ApplicationError) and cause.details:
+                partial = BatchResult.model_validate(cause.details[0])
+                self._status.reverted.extend(partial.done)
+            raise
+        if mode == "revert":
+            self._status.reverted.extend(result.done)
+        return result
 
     async def _unwind(self, exc: BaseException) -> ChangeResult:
         """Compensate every applied step; re-raise a cancellation once done."""

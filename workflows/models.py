@@ -730,6 +730,24 @@ class HolderAliveInput(BaseModel):
     change_id: str
 
 
+class BatchInput(BaseModel):
+    """Input of the ``TargetBatch`` child workflow: one slice of a large wave."""
+
+    change_id: str
+    kind: str
+    params: dict[str, Any] = Field(default_factory=dict)
+    targets: list[Target]
+    max_parallel: int = 5
+    mode: str = Field(default="apply", pattern="^(apply|revert)$")
+
+
+class BatchResult(BaseModel):
+    """What a ``TargetBatch`` did: targets applied (apply mode) or actually reverted (revert)."""
+
+    done: list[str] = Field(default_factory=list)
+    failures: list[CompensationFailure] = Field(default_factory=list)
+
+
 class OperatorAction(BaseModel):
     """Payload of the ``abort``, ``rollback`` and ``resume`` updates: who acts, and why."""
 

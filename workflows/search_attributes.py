@@ -28,6 +28,30 @@ ALL = (
 """Every key, for registration (``temporal server start-dev --search-attribute NAME=TYPE``)."""
 
 
+VALUE_BUDGET = 1900
+"""Bytes one keyword-list value may take: servers refuse larger ones (2 KiB by default), and a
+refused upsert would fail every workflow task of the change."""
+
+
+def fit_keyword_list(values: list[str], budget: int = VALUE_BUDGET) -> list[str]:
+    """The longest prefix of ``values`` whose JSON encoding fits ``budget`` bytes.
+
+    Large changes index only their first targets in ``ChangeTargets``: visibility-based checks
+    (``no-conflicting-changes``) see those; ``target-lock`` excludes on every target regardless.
+    """
+    import json
+
+    out: list[str] = []
+    size = 2  # the brackets
+    for value in values:
+        item = len(json.dumps(value).encode()) + (2 if out else 0)  # ", " (conservative)
+        if size + item > budget:
+            break
+        out.append(value)
+        size += item
+    return out
+
+
 def cli_flags() -> list[str]:
     """``--search-attribute`` flags registering every key on ``temporal server start-dev``."""
     kinds = {"KEYWORD": "Keyword", "KEYWORD_LIST": "KeywordList"}

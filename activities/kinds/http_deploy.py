@@ -12,7 +12,14 @@ so the revert itself is applied at most once too.
 
 Errors: a 4xx answer (other than 429, and 409 unless the key was reused for another request) is
 ``TargetRejected`` and not retried; 5xx, 429, 409 "in progress", timeouts and connection failures
-are ``TargetUnavailable`` and retried by the activity's retry policy.
+are ``TargetUnavailable``, retried after a jittered ``next_retry_delay`` (Temporal's retry policy
+has no jitter of its own).
+
+Resilience: every operation runs through the worker's circuit breaker for the API's base URL
+(:mod:`activities.resilience`), so a failing fleet is not hammered: once open, calls fail fast with
+a retryable ``CircuitOpen`` error until a probe succeeds. Inside an activity, apply and revert
+heartbeat from a background task with ``{"target", "stage"}`` details, and a retried attempt reads
+the ledger before it sends anything (see :meth:`HttpDeploy.apply`).
 """
 
 from __future__ import annotations
@@ -23,7 +30,9 @@ import httpx
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from temporalio.exceptions import ApplicationError
 
+from activities import resilience
 from activities.kinds.base import ChangeKind
+from activities.resilience import CircuitBreakers, Heartbeat, current_attempt, retryable_error
 from workflows.errors import TARGET_REJECTED, TARGET_UNAVAILABLE
 from workflows.models import ApplyResult, Target, TargetState
 
@@ -61,22 +70,54 @@ class HttpDeployParams(BaseModel):
 
 
 class HttpDeploy(ChangeKind[HttpDeployParams]):
-    """Deploy a version to one host of a fleet API, idempotently and reversibly."""
+    """Deploy a version to one host of a fleet API, idempotently and reversibly.
+
+    Args:
+        breakers: the circuit breakers to call through (default: the worker's,
+            :data:`activities.resilience.breakers`).
+    """
 
     name: ClassVar[str] = "http-deploy"
     params_model: ClassVar[type[BaseModel]] = HttpDeployParams
     reversible: ClassVar[bool] = True
     description: ClassVar[str] = "POST /hosts/{id}/deploy on a fleet API with an Idempotency-Key"
 
+    def __init__(self, breakers: CircuitBreakers | None = None) -> None:
+        self.breakers = breakers if breakers is not None else resilience.breakers
+
     async def apply(
         self, params: HttpDeployParams, target: Target, *, idempotency_key: str
     ) -> ApplyResult:
-        """Deploy ``params.version`` to the target; a replayed key reports ``applied=False``."""
+        """Deploy ``params.version`` to the target; a replayed key reports ``applied=False``.
+
+        A retried attempt (activity attempt > 1) first reads the ledger: if this key already
+        deployed this version to this host, that is reported (``applied=False``) and nothing is
+        sent. The POST alone would be safe (the idempotency key makes a replay apply nothing), but
+        the earlier attempt's heartbeat details may be stale, so the real state decides, and an API
+        that just failed is not sent another mutation it does not need.
+        """
+        breaker = self.breakers.get(params.base_url)
+        async with Heartbeat(target=target.id, stage="started") as beat:
+            return await breaker.call(lambda: self._apply(params, target, idempotency_key, beat))
+
+    async def _apply(
+        self, params: HttpDeployParams, target: Target, key: str, beat: Heartbeat
+    ) -> ApplyResult:
         async with _client(params) as client:
+            if current_attempt() > 1:
+                beat.update(stage="checking_ledger")
+                done = await _ledger_entry(client, target, key)
+                if done is not None and (done["host"], done["to_version"]) == (
+                    target.id,
+                    params.version,
+                ):
+                    return _already(target, done, "applied")
             # Read first so an unknown host is rejected before anything is sent to mutate it;
             # before/after come from the deploy's answer, which the fleet computes atomically.
+            beat.update(stage="reading_host")
             await _call(client, "GET", f"/hosts/{target.id}", target)
-            return await _deploy(client, target, params.version, idempotency_key)
+            beat.update(stage="deploying")
+            return await _deploy(client, target, params.version, key)
 
     async def revert_if_applied(
         self,
@@ -86,25 +127,48 @@ class HttpDeploy(ChangeKind[HttpDeployParams]):
         applied_key: str,
         idempotency_key: str,
     ) -> ApplyResult:
-        """Redeploy the version ``applied_key`` replaced, if the ledger shows it took effect."""
-        async with _client(params) as client:
-            response = await _call(
-                client, "GET", "/deploys", target, params={"key": applied_key, "host": target.id}
+        """Redeploy the version ``applied_key`` replaced, if the ledger shows it took effect.
+
+        A retried attempt first looks up its own key in the ledger, as :meth:`apply` does, and
+        reports an earlier attempt's revert without sending anything.
+        """
+        breaker = self.breakers.get(params.base_url)
+        async with Heartbeat(target=target.id, stage="started") as beat:
+            return await breaker.call(
+                lambda: self._revert(params, target, applied_key, idempotency_key, beat)
             )
-            entries = _json(response, target)
-            if not entries:
+
+    async def _revert(
+        self,
+        params: HttpDeployParams,
+        target: Target,
+        applied_key: str,
+        key: str,
+        beat: Heartbeat,
+    ) -> ApplyResult:
+        async with _client(params) as client:
+            if current_attempt() > 1:
+                beat.update(stage="checking_ledger")
+                done = await _ledger_entry(client, target, key)
+                if done is not None:
+                    return _already(target, done, "reverted")
+            beat.update(stage="reading_ledger")
+            applied = await _ledger_entry(client, target, applied_key)
+            if applied is None:
                 return ApplyResult(
                     target_id=target.id,
                     applied=False,
                     detail=f"nothing to revert: {applied_key} never applied",
                 )
-            return await _deploy(client, target, entries[0]["from_version"], idempotency_key)
+            beat.update(stage="reverting")
+            return await _deploy(client, target, applied["from_version"], key)
 
     async def describe(self, params: HttpDeployParams, target: Target) -> TargetState:
         """Report the host's version and health; an unreachable host is not an error here."""
         try:
-            async with _client(params) as client:
-                host = _json(await _call(client, "GET", f"/hosts/{target.id}", target), target)
+            host = await self.breakers.get(params.base_url).call(
+                lambda: self._read_host(params, target)
+            )
         except ApplicationError as e:
             return TargetState(
                 target_id=target.id,
@@ -120,9 +184,38 @@ class HttpDeploy(ChangeKind[HttpDeployParams]):
             detail={k: v for k, v in host.items() if k not in ("id", "healthy", "version")},
         )
 
+    async def _read_host(self, params: HttpDeployParams, target: Target) -> Any:
+        async with _client(params) as client:
+            return _json(await _call(client, "GET", f"/hosts/{target.id}", target), target)
+
 
 def _client(params: HttpDeployParams) -> httpx.AsyncClient:
-    return httpx.AsyncClient(base_url=params.base_url, timeout=params.timeout)
+    # trust_env=False: proxy variables meant for people must not reroute calls to a target API.
+    return httpx.AsyncClient(base_url=params.base_url, timeout=params.timeout, trust_env=False)
+
+
+async def _ledger_entry(client: httpx.AsyncClient, target: Target, key: str) -> Any:
+    """The ledger entry ``key`` made on the target, or None if it never applied."""
+    response = await _call(
+        client, "GET", "/deploys", target, params={"key": key, "host": target.id}
+    )
+    entries = _json(response, target)
+    return entries[0] if entries else None
+
+
+def _already(target: Target, entry: dict[str, Any], what: str) -> ApplyResult:
+    """Report an effect an earlier attempt already had, read from the ledger."""
+    before, after = entry["from_version"], entry["to_version"]
+    return ApplyResult(
+        target_id=target.id,
+        applied=False,
+        detail=(
+            f"already {what} by an earlier attempt: {entry['idempotency_key']} deployed "
+            f"{before} -> {after} (ledger seq {entry['seq']}); nothing sent"
+        ),
+        before={"version": before},
+        after={"version": after},
+    )
 
 
 async def _deploy(
@@ -158,7 +251,7 @@ async def _call(
     client: httpx.AsyncClient, method: str, path: str, target: Target, **kwargs: Any
 ) -> httpx.Response:
     """Send one request; map failures onto ``TargetRejected`` / ``TargetUnavailable``."""
-    url = f"{client.base_url}{path.lstrip('/')}"
+    url = f"{str(client.base_url).rstrip('/')}/{path.lstrip('/')}"
     try:
         response = await client.request(method, path, **kwargs)
     except httpx.TimeoutException as e:
@@ -177,7 +270,8 @@ async def _call(
 
 
 def _unavailable(message: str, status: int | None = None) -> ApplicationError:
-    return ApplicationError(message, {"status": status}, type=TARGET_UNAVAILABLE)
+    """A retryable ``TargetUnavailable`` with a jittered ``next_retry_delay``."""
+    return retryable_error(message, type=TARGET_UNAVAILABLE, details={"status": status})
 
 
 def _server_error(response: httpx.Response) -> tuple[str, str]:

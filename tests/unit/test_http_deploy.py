@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -11,12 +13,16 @@ import httpx
 import pytest
 from pydantic import ValidationError
 from temporalio.exceptions import ApplicationError
+from temporalio.testing import ActivityEnvironment
 
+from activities.change import ChangeActivities
 from activities.kinds.base import new_registry
 from activities.kinds.http_deploy import HttpDeploy, HttpDeployParams
+from activities.resilience import CircuitBreakers
 from demo.fleet import FleetServer
-from workflows.errors import TARGET_REJECTED, TARGET_UNAVAILABLE
-from workflows.models import ApplyResult, Target, TargetState, idempotency_key
+from workflows.errors import CIRCUIT_OPEN, TARGET_REJECTED, TARGET_UNAVAILABLE
+from workflows.models import ApplyInput, ApplyResult, Target, TargetState, idempotency_key
+from workflows.rollout_models import BreakerState, BreakerStatus
 
 WEB1 = Target(id="web-01")
 APPLY_KEY = idempotency_key("chg-1", "apply", "web-01")
@@ -241,4 +247,214 @@ async def test_connection_refused_is_retryable_unavailable() -> None:
         await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
 
     assert (caught.value.type, caught.value.non_retryable) == (TARGET_UNAVAILABLE, False)
-    assert url in caught.value.message
+    assert caught.value.message.startswith(f"GET {url}/hosts/web-01 failed: ConnectError")
+
+
+# --------------------------------------------------------------------------------------------------
+# Resilience: jittered retries, the circuit breaker, heartbeats, retried attempts
+# --------------------------------------------------------------------------------------------------
+
+
+class Clock:
+    """A monotonic clock that moves only when told to."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def faults(client: httpx.AsyncClient) -> dict[str, int]:
+    found: dict[str, int] = (await client.get("/admin/faults")).json()
+    return found
+
+
+def activity_env(
+    *, attempt: int = 1, heartbeat_timeout: float | None = None
+) -> ActivityEnvironment:
+    env = ActivityEnvironment()
+    timeout = None if heartbeat_timeout is None else timedelta(seconds=heartbeat_timeout)
+    env.info = dataclasses.replace(env.info, attempt=attempt, heartbeat_timeout=timeout)
+    return env
+
+
+def change_activities() -> ChangeActivities:
+    registry = new_registry()
+    registry.register(HttpDeploy)
+    return ChangeActivities(registry)
+
+
+def apply_input(params: HttpDeployParams, step: str = "apply", **extra: Any) -> ApplyInput:
+    return ApplyInput(
+        change_id="chg-1",
+        kind="http-deploy",
+        step=step,
+        target=WEB1,
+        params=params.model_dump(),
+        idempotency_key=idempotency_key("chg-1", step, "web-01"),
+        **extra,
+    )
+
+
+async def test_server_fault_sets_jittered_retry_delay(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A 503 is a TargetUnavailable carrying a jittered next_retry_delay (first attempt: <= 2 s)."""
+    await client.post("/admin/faults", json={"fail_next": 1})
+
+    with pytest.raises(ApplicationError) as caught:
+        await HttpDeploy(CircuitBreakers()).apply(params, WEB1, idempotency_key=APPLY_KEY)
+
+    error = caught.value
+    assert (error.type, error.non_retryable, error.details) == (
+        TARGET_UNAVAILABLE,
+        False,
+        ({"status": 503},),
+    )
+    assert error.message == (
+        f"POST {params.base_url}/hosts/web-01/deploy for web-01 answered 503: "
+        "injected fault: the fleet is unavailable"
+    )
+    assert error.next_retry_delay is not None
+    assert timedelta(0) <= error.next_retry_delay <= timedelta(seconds=2)
+
+
+async def test_breaker_opens_after_repeated_503s(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """Repeated 503s open the fleet's breaker; calls then fail fast until a probe succeeds."""
+    clock = Clock()
+    breakers = CircuitBreakers(failure_threshold=3, clock=clock)
+    deploy = HttpDeploy(breakers)
+    await client.post("/admin/faults", json={"fail_next": 4})
+    types = []
+    for _ in range(4):
+        with pytest.raises(ApplicationError) as caught:
+            await deploy.apply(params, WEB1, idempotency_key=APPLY_KEY)
+        types.append(caught.value.type)
+
+    assert types == [TARGET_UNAVAILABLE] * 3 + [CIRCUIT_OPEN]
+    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}  # 4th never sent
+    described = await deploy.describe(params, WEB1)
+    assert (described.reachable, described.detail["error_type"]) == (False, CIRCUIT_OPEN)
+
+    clock.now += 30
+    with pytest.raises(ApplicationError) as probe:
+        await deploy.apply(params, WEB1, idempotency_key=APPLY_KEY)
+    assert probe.value.type == TARGET_UNAVAILABLE  # the probe met the last fault: open again
+    assert breakers.snapshot() == {
+        params.base_url: BreakerStatus(
+            key=params.base_url, state=BreakerState.OPEN, failures=4, retry_in=30.0
+        )
+    }
+
+    clock.now += 30
+    applied = await deploy.apply(params, WEB1, idempotency_key=APPLY_KEY)
+    assert applied.applied is True
+    assert breakers.snapshot() == {
+        params.base_url: BreakerStatus(key=params.base_url, state=BreakerState.CLOSED)
+    }
+    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+
+
+async def test_rejections_do_not_open_the_breaker(params: HttpDeployParams) -> None:
+    """A 4xx is the API answering: ten unknown-host rejections leave the breaker closed."""
+    breakers = CircuitBreakers(failure_threshold=3)
+    deploy = HttpDeploy(breakers)
+    for _ in range(10):
+        with pytest.raises(ApplicationError) as caught:
+            await deploy.apply(params, Target(id="web-99"), idempotency_key=APPLY_KEY)
+        assert caught.value.type == TARGET_REJECTED
+
+    assert breakers.snapshot() == {
+        params.base_url: BreakerStatus(key=params.base_url, state=BreakerState.CLOSED)
+    }
+
+
+async def test_retried_attempt_reports_ledger_without_posting(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A retried apply_change whose key is in the ledger returns it and sends no deploy."""
+    activities = change_activities()
+    await activity_env().run(activities.apply_change, apply_input(params))
+    await client.post("/admin/faults", json={"fail_next": 1})  # a POST now would answer 503
+
+    retried = await activity_env(attempt=2).run(activities.apply_change, apply_input(params))
+
+    assert retried == ApplyResult(
+        target_id="web-01",
+        applied=False,
+        detail=(
+            f"already applied by an earlier attempt: {APPLY_KEY} deployed 1.0.0 -> 2.0.0 "
+            "(ledger seq 1); nothing sent"
+        ),
+        before={"version": "1.0.0"},
+        after={"version": "2.0.0"},
+    )
+    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}
+    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+
+
+async def test_retried_attempt_without_ledger_entry_deploys(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A retried attempt whose first try never landed deploys normally, once."""
+    result = await activity_env(attempt=3).run(
+        change_activities().apply_change, apply_input(params)
+    )
+
+    assert (result.applied, result.detail) == (True, "deployed 1.0.0 -> 2.0.0 on web-01")
+    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+
+
+async def test_retried_revert_reports_ledger_without_posting(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A retried revert_change whose own key is in the ledger returns it and sends nothing."""
+    activities = change_activities()
+    revert = apply_input(params, step="revert", applied_key=APPLY_KEY)
+    await activity_env().run(activities.apply_change, apply_input(params))
+    await activity_env().run(activities.revert_change, revert)
+    await client.post("/admin/faults", json={"fail_next": 1})
+
+    retried = await activity_env(attempt=2).run(activities.revert_change, revert)
+
+    assert retried == ApplyResult(
+        target_id="web-01",
+        applied=False,
+        detail=(
+            f"already reverted by an earlier attempt: {REVERT_KEY} deployed 2.0.0 -> 1.0.0 "
+            "(ledger seq 2); nothing sent"
+        ),
+        before={"version": "2.0.0"},
+        after={"version": "1.0.0"},
+    )
+    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}
+    assert len(await ledger(client)) == 2
+
+
+async def test_apply_and_revert_heartbeat_their_stage(
+    params: HttpDeployParams, client: httpx.AsyncClient
+) -> None:
+    """A slow deploy heartbeats {target, stage} at each stage and periodically in between."""
+    await client.post("/admin/faults", json={"deploy_delay_ms": 400})
+    beats: list[Any] = []
+    env = activity_env(heartbeat_timeout=0.15)
+    env.on_heartbeat = lambda *details: beats.append(details[0])
+
+    await env.run(kind.apply, params, WEB1, idempotency_key=APPLY_KEY)
+    apply_beats = list(beats)
+    beats.clear()
+    await env.run(
+        kind.revert_if_applied, params, WEB1, applied_key=APPLY_KEY, idempotency_key=REVERT_KEY
+    )
+
+    def stages(seen: list[Any]) -> list[str]:
+        assert {b["target"] for b in seen} == {"web-01"}
+        out = [b["stage"] for b in seen]
+        return [s for i, s in enumerate(out) if i == 0 or out[i - 1] != s]
+
+    assert stages(apply_beats) == ["started", "reading_host", "deploying"]
+    assert stages(beats) == ["started", "reading_ledger", "reverting"]
+    assert sum(b["stage"] == "deploying" for b in apply_beats) >= 3

@@ -79,3 +79,17 @@ def test_duplicate_targets_rejected() -> None:
             environment="e",
             targets=[{"id": "a"}, {"id": "a"}],  # type: ignore[list-item]
         )
+
+
+def test_keyword_list_fits_the_server_limit() -> None:
+    """A long target list is cut to the longest prefix whose JSON fits the value budget."""
+    import json
+
+    from workflows.search_attributes import VALUE_BUDGET, fit_keyword_list
+
+    ids = [f"batch_failure_reverts.t{i}" for i in range(200)]
+    fitted = fit_keyword_list(ids)
+    assert fitted == ids[: len(fitted)]
+    assert len(json.dumps(fitted).encode()) <= VALUE_BUDGET
+    assert len(json.dumps(ids[: len(fitted) + 1]).encode()) > VALUE_BUDGET
+    assert fit_keyword_list(["a", "b"]) == ["a", "b"]

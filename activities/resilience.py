@@ -1,0 +1,438 @@
+"""Resilience for activities that call other systems: jittered retries, circuit breakers, heartbeats.
+
+Temporal's ``RetryPolicy`` backs off exponentially but without jitter, so many activities failing
+together retry together. Activities here compute a full-jitter delay themselves and hand it to the
+server as ``ApplicationError(next_retry_delay=...)`` (:func:`raise_retryable`).
+
+A :class:`CircuitBreaker` per target API (keyed by its base URL) lives in the worker process: after
+``failure_threshold`` consecutive failures it opens, and for ``cool_down`` every call fails fast
+with a retryable ``CircuitOpen`` error whose ``next_retry_delay`` is the cool-down left plus jitter,
+without touching the API. Then one half-open probe is let through: success closes the breaker,
+failure opens it again. Transitions are logged; :meth:`CircuitBreakers.snapshot` feeds status
+displays.
+
+:class:`Heartbeat` heartbeats from a background task while an activity works, so a dead worker is
+noticed within the heartbeat timeout and cancellation reaches the activity.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import random
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from datetime import timedelta
+from types import TracebackType
+from typing import Any, NoReturn, TypeVar
+
+import structlog
+from temporalio import activity
+from temporalio.exceptions import ApplicationError
+
+from workflows.errors import CIRCUIT_OPEN
+from workflows.rollout_models import BreakerState, BreakerStatus
+
+__all__ = [
+    "CircuitBreaker",
+    "CircuitBreakers",
+    "Heartbeat",
+    "breakers",
+    "counts_as_failure",
+    "current_attempt",
+    "jittered_delay",
+    "raise_retryable",
+    "retryable_error",
+]
+
+T = TypeVar("T")
+
+log = structlog.get_logger(__name__)
+
+_rng = random.Random()
+
+# --------------------------------------------------------------------------------------------------
+# Jittered backoff
+# --------------------------------------------------------------------------------------------------
+
+
+def jittered_delay(
+    attempt: int,
+    *,
+    base: timedelta = timedelta(seconds=1),
+    cap: timedelta = timedelta(seconds=60),
+    rng: random.Random | None = None,
+) -> timedelta:
+    """Full-jitter exponential backoff: uniform in ``[0, min(cap, base * 2**attempt)]``.
+
+    Spreading retries uniformly over the whole window keeps activities that failed together from
+    retrying together ("full jitter", AWS Architecture Blog, 2015).
+
+    Args:
+        attempt: the attempt that just failed (Temporal counts from 1).
+        base: the window of attempt 0.
+        cap: the largest window.
+        rng: the random source (tests pass a seeded one).
+    """
+    ceiling = cap.total_seconds()
+    # Beyond 2**64 the window is the cap anyway; stop before the float grows huge.
+    window = min(ceiling, base.total_seconds() * 2.0 ** min(max(attempt, 0), 64))
+    return timedelta(seconds=(rng or _rng).uniform(0.0, window))
+
+
+def current_attempt() -> int:
+    """The running activity's attempt (from 1), or 1 outside an activity."""
+    return activity.info().attempt if activity.in_activity() else 1
+
+
+def retryable_error(
+    message: str, *, type: str, attempt: int | None = None, details: Any = None
+) -> ApplicationError:
+    """A retryable ``ApplicationError`` whose ``next_retry_delay`` is :func:`jittered_delay`.
+
+    Args:
+        message: what failed, for people.
+        type: the error type (a constant of :mod:`workflows.errors`).
+        attempt: the failed attempt; default: the running activity's (1 outside an activity).
+        details: one detail value carried with the error (e.g. ``{"status": 503}``).
+    """
+    n = current_attempt() if attempt is None else attempt
+    return ApplicationError(
+        message,
+        *(() if details is None else (details,)),
+        type=type,
+        next_retry_delay=jittered_delay(n),
+    )
+
+
+def raise_retryable(
+    message: str, *, type: str, attempt: int | None = None, details: Any = None
+) -> NoReturn:
+    """Raise :func:`retryable_error`; use ``raise retryable_error(...) from exc`` to chain a cause."""
+    raise retryable_error(message, type=type, attempt=attempt, details=details)
+
+
+# --------------------------------------------------------------------------------------------------
+# Circuit breakers
+# --------------------------------------------------------------------------------------------------
+
+
+def counts_as_failure(exc: BaseException) -> bool:
+    """Whether an exception is the dependency failing: any retryable error.
+
+    A non-retryable ``ApplicationError`` (a 4xx, a validation problem) is the dependency working
+    and saying no; cancellation says nothing about the dependency at all.
+    """
+    if not isinstance(exc, Exception):
+        return False
+    return not (isinstance(exc, ApplicationError) and exc.non_retryable)
+
+
+class CircuitBreaker:
+    """A circuit breaker for one dependency; see the module docstring for the states.
+
+    Safe to share between the tasks of one event loop and between threads: state changes happen
+    under a lock that is never held across an ``await``.
+
+    Args:
+        key: what the breaker protects (a target API's base URL), for errors and logs.
+        failure_threshold: consecutive failures that open it.
+        cool_down: how long it stays open before a probe is let through.
+        jitter: the largest random delay added to the cool-down left in a fail-fast error.
+        clock: monotonic seconds (tests inject a fake clock).
+        rng: the random source of the jitter.
+    """
+
+    def __init__(
+        self,
+        key: str,
+        *,
+        failure_threshold: int = 5,
+        cool_down: timedelta = timedelta(seconds=30),
+        jitter: timedelta = timedelta(seconds=5),
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        if failure_threshold < 1:
+            raise ValueError("failure_threshold must be at least 1")
+        self.key = key
+        self.failure_threshold = failure_threshold
+        self.cool_down = cool_down.total_seconds()
+        self.jitter = jitter.total_seconds()
+        self._clock = clock
+        self._rng = rng or _rng
+        self._lock = threading.Lock()
+        self._state = BreakerState.CLOSED
+        self._failures = 0
+        self._opened_at = 0.0
+        self._probing = False
+
+    @property
+    def state(self) -> BreakerState:
+        """The current state; an open breaker whose cool-down is over reads ``half_open``."""
+        with self._lock:
+            if self._state is BreakerState.OPEN and self._remaining() <= 0:
+                return BreakerState.HALF_OPEN
+            return self._state
+
+    def status(self) -> BreakerStatus:
+        """The breaker as status displays show it."""
+        with self._lock:
+            state, remaining = self._state, self._remaining()
+            if state is BreakerState.OPEN and remaining <= 0:
+                state = BreakerState.HALF_OPEN
+            return BreakerStatus(
+                key=self.key,
+                state=state,
+                failures=self._failures,
+                retry_in=round(remaining, 3) if state is BreakerState.OPEN else 0.0,
+            )
+
+    def _remaining(self) -> float:
+        return max(0.0, self._opened_at + self.cool_down - self._clock())
+
+    def _transition(self, state: BreakerState) -> None:
+        """Change state (lock held) and log it."""
+        if state is self._state:
+            return
+        previous, self._state = self._state, state
+        log_event = log.warning if state is BreakerState.OPEN else log.info
+        log_event(
+            "circuit breaker state changed",
+            key=self.key,
+            state=state.value,
+            previous=previous.value,
+            failures=self._failures,
+        )
+
+    def acquire(self) -> None:
+        """Ask to make a call: returns when it may go ahead, else raises the fail-fast error.
+
+        Raises:
+            ApplicationError: ``CircuitOpen``, retryable, with ``next_retry_delay`` set, while
+                the breaker is open or while another call is the half-open probe.
+        """
+        with self._lock:
+            if self._state is BreakerState.CLOSED:
+                return
+            remaining = self._remaining()
+            if self._state is BreakerState.OPEN and remaining <= 0:
+                self._transition(BreakerState.HALF_OPEN)
+            if self._state is BreakerState.HALF_OPEN and not self._probing:
+                self._probing = True
+                return
+            failures = self._failures
+        why = (
+            f"open after {failures} consecutive failures; a probe is let through in "
+            f"{remaining:.1f}s"
+            if remaining > 0
+            else "half-open; another call is probing it now"
+        )
+        raise ApplicationError(
+            f"circuit breaker for {self.key} is {why}; not calling it",
+            {"key": self.key, "failures": failures, "retry_in": round(remaining, 3)},
+            type=CIRCUIT_OPEN,
+            next_retry_delay=timedelta(seconds=remaining + self._rng.uniform(0.0, self.jitter)),
+        )
+
+    def record_success(self) -> None:
+        """A call succeeded: the breaker closes and the failure count restarts."""
+        with self._lock:
+            self._probing = False
+            self._failures = 0
+            self._transition(BreakerState.CLOSED)
+
+    def record_failure(self) -> None:
+        """A call failed: a failed probe, or the threshold's worth of failures, opens the breaker."""
+        with self._lock:
+            self._failures += 1
+            probe_failed = self._state is BreakerState.HALF_OPEN
+            self._probing = False
+            if self._state is BreakerState.OPEN:
+                return  # a call that started before the breaker opened; keep the cool-down
+            if probe_failed or self._failures >= self.failure_threshold:
+                self._opened_at = self._clock()
+                self._transition(BreakerState.OPEN)
+
+    def release(self) -> None:
+        """A call ended without a verdict on the dependency (cancelled): free the probe slot."""
+        with self._lock:
+            self._probing = False
+
+    async def call(
+        self,
+        fn: Callable[[], Awaitable[T]],
+        *,
+        is_failure: Callable[[BaseException], bool] = counts_as_failure,
+    ) -> T:
+        """Run ``fn()`` through the breaker.
+
+        Args:
+            fn: the call to the dependency.
+            is_failure: which exceptions count as the dependency failing (default: retryable
+                ones); others count as success (the dependency answered), except cancellation.
+
+        Raises:
+            ApplicationError: ``CircuitOpen`` without calling ``fn`` (see :meth:`acquire`);
+                otherwise whatever ``fn`` raises.
+        """
+        self.acquire()
+        try:
+            result = await fn()
+        except BaseException as exc:
+            if is_failure(exc):
+                self.record_failure()
+            elif isinstance(exc, Exception):
+                self.record_success()
+            else:
+                self.release()
+            raise
+        self.record_success()
+        return result
+
+
+class CircuitBreakers:
+    """The worker's circuit breakers, one per key, created on first use with shared settings.
+
+    Args:
+        failure_threshold: see :class:`CircuitBreaker`.
+        cool_down: see :class:`CircuitBreaker`.
+        jitter: see :class:`CircuitBreaker`.
+        clock: see :class:`CircuitBreaker`.
+        rng: see :class:`CircuitBreaker`.
+    """
+
+    def __init__(
+        self,
+        *,
+        failure_threshold: int = 5,
+        cool_down: timedelta = timedelta(seconds=30),
+        jitter: timedelta = timedelta(seconds=5),
+        clock: Callable[[], float] = time.monotonic,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._settings: dict[str, Any] = {
+            "failure_threshold": failure_threshold,
+            "cool_down": cool_down,
+            "jitter": jitter,
+            "clock": clock,
+            "rng": rng,
+        }
+        self._lock = threading.Lock()
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def get(self, key: str) -> CircuitBreaker:
+        """The breaker for ``key``, created closed on first use."""
+        with self._lock:
+            breaker = self._breakers.get(key)
+            if breaker is None:
+                breaker = self._breakers[key] = CircuitBreaker(key, **self._settings)
+            return breaker
+
+    def snapshot(self) -> dict[str, BreakerStatus]:
+        """Every breaker's status by key, sorted by key."""
+        with self._lock:
+            found = sorted(self._breakers.items())
+        return {key: breaker.status() for key, breaker in found}
+
+
+breakers = CircuitBreakers()
+"""The worker process's breakers; change kinds use them unless given their own."""
+
+# --------------------------------------------------------------------------------------------------
+# Heartbeats
+# --------------------------------------------------------------------------------------------------
+
+
+_current_heartbeat: contextvars.ContextVar[Heartbeat | None] = contextvars.ContextVar(
+    "changeguard_heartbeat", default=None
+)
+
+
+class Heartbeat:
+    """Heartbeat with progress details from a background task while an activity works.
+
+    Outside an activity (plain unit tests, scripts) it does nothing. The interval is a third of the
+    activity's heartbeat timeout (the SDK throttles heartbeats further), else ``default_interval``.
+    Details are resume hints only: a retried attempt must re-read the real state.
+
+    Heartbeats nest: inside another active ``Heartbeat`` (an activity heartbeating around a change
+    kind that heartbeats too) a new one starts no task of its own; its details are merged into the
+    outer one's and beat through it, and the outer details are restored when the inner block ends.
+    So one activity never interleaves two streams of heartbeat details.
+
+    Example::
+
+        async with Heartbeat(target="web-01", stage="reading") as beat:
+            ...
+            beat.update(stage="deploying")
+
+    Args:
+        default_interval: seconds between heartbeats when the activity has no heartbeat timeout.
+        details: the initial progress details.
+    """
+
+    def __init__(self, *, default_interval: float = 10.0, **details: Any) -> None:
+        self.details: dict[str, Any] = dict(details)
+        self.default_interval = default_interval
+        self._task: asyncio.Task[None] | None = None
+        self._active = False
+        self._outer: Heartbeat | None = None
+        self._outer_details: dict[str, Any] = {}
+        self._token: contextvars.Token[Heartbeat | None] | None = None
+
+    def update(self, **details: Any) -> None:
+        """Change the progress details and heartbeat them at once."""
+        self.details.update(details)
+        if self._outer is not None:
+            self._outer.update(**details)
+        else:
+            self._beat()
+
+    def _beat(self) -> None:
+        if self._active:
+            activity.heartbeat(dict(self.details))
+
+    def _interval(self) -> float:
+        timeout = activity.info().heartbeat_timeout
+        if timeout is None or timeout <= timedelta(0):
+            return self.default_interval
+        return max(0.05, timeout.total_seconds() / 3)
+
+    async def _run(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            self._beat()
+
+    async def __aenter__(self) -> Heartbeat:
+        outer = _current_heartbeat.get()
+        if outer is not None and outer._active:
+            self._outer, self._outer_details = outer, dict(outer.details)
+            outer.update(**self.details)
+        elif activity.in_activity():
+            self._active = True
+            self._token = _current_heartbeat.set(self)
+            self._beat()
+            self._task = asyncio.create_task(self._run(self._interval()), name="heartbeat")
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if self._outer is not None:
+            self._outer.details = self._outer_details
+            self._outer = None
+            return
+        self._active = False
+        if self._token is not None:
+            _current_heartbeat.reset(self._token)
+            self._token = None
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            # asyncio.wait neither raises the task's CancelledError nor swallows our own.
+            await asyncio.wait({task})

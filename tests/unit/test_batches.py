@@ -1,0 +1,84 @@
+"""Large waves run in TargetBatch children: same saga semantics, small histories."""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import pytest
+from temporalio.testing import WorkflowEnvironment
+
+from tests import fakes
+from tests.fakes import Ledger, RecordingKind
+from worker.main import build_worker
+from workflows.guarded_change import BATCH_SIZE
+from workflows.models import ChangeRequest, ChangeResult, Outcome
+
+N = 250
+IDS = [f"h{i:03d}" for i in range(N)]
+
+
+@pytest.fixture(autouse=True)
+def ledger() -> Ledger:
+    RecordingKind.ledger = Ledger()
+    return RecordingKind.ledger
+
+
+def _request(params: dict[str, Any]) -> ChangeRequest:
+    return ChangeRequest(
+        change_id=f"big-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="many targets",
+        requester="alice",
+        team="web",
+        environment="prod",
+        targets=[{"id": t} for t in IDS],  # type: ignore[misc]
+        params=params,
+        rollout={"waves": ["10", "100%"], "max_parallel": 20},  # type: ignore[arg-type]
+        policy={"guardrails": [{"use": "always-pass"}]},
+    )
+
+
+async def _run(
+    env: WorkflowEnvironment, task_queue: str, req: ChangeRequest
+) -> tuple[ChangeResult, int]:
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        result = await handle.result()
+        events = len((await handle.fetch_history()).events)
+    return result, events
+
+
+async def test_large_wave_completes_in_batches_with_a_small_history(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """240 targets beyond the first wave run as batches; the parent history stays small."""
+    assert N - 10 > BATCH_SIZE
+    result, events = await _run(env, task_queue, _request({}))
+    assert result.outcome is Outcome.COMPLETED
+    assert sorted(ledger.applied) == IDS
+    assert len(ledger.applied) == N  # each exactly once
+    assert sorted(result.applied) == IDS
+    assert events < 200, events
+
+
+async def test_failure_in_a_batch_reverts_every_applied_target_in_reverse(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """A target failing in the third batch: everything applied is reverted, later batches first."""
+    failing = IDS[10 + 2 * BATCH_SIZE + 5]
+    result, _ = await _run(env, task_queue, _request({"fail_apply": [failing]}))
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert failing not in ledger.applied
+    assert sorted(ledger.reverted) == sorted(ledger.applied)
+    assert sorted(result.reverted) == sorted(ledger.applied)
+    position = {t: i for i, t in enumerate(ledger.reverted)}
+    batch2 = [t for t in IDS[10 + BATCH_SIZE : 10 + 2 * BATCH_SIZE] if t in position]
+    batch1 = [t for t in IDS[10 : 10 + BATCH_SIZE] if t in position]
+    first_wave = IDS[:10]
+    assert max(position[t] for t in batch2) < min(position[t] for t in batch1)
+    assert max(position[t] for t in batch1) < min(position[t] for t in first_wave)

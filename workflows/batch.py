@@ -1,0 +1,65 @@
+"""The ``TargetBatch`` child workflow: one slice of a large wave, applied or reverted.
+
+Large waves are split into batches so that no history grows with the number of targets: the
+parent records a handful of events per batch, each batch a few per target. In ``apply`` mode a
+batch applies its targets as saga steps and, on failure, stops starting new ones and fails — it does
+not unwind itself: the parent registered a ``revert`` batch over the same targets before starting
+this one, and reverting is ``revert_if_applied``-safe. In ``revert`` mode it reverts every target in
+reverse order, continues past failures and reports them.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+from temporalio import workflow
+from temporalio.exceptions import ApplicationError
+
+with workflow.unsafe.imports_passed_through():
+    from workflows.models import BatchInput, BatchResult, CompensationFailure
+    from workflows.mutations import apply_input, apply_targets, revert_input, revert_one
+    from workflows.saga import Saga, failure_of
+
+
+@workflow.defn(name="TargetBatch", failure_exception_types=[ValidationError])
+class TargetBatchWorkflow:
+    """Apply or revert one batch of targets."""
+
+    @workflow.run
+    async def run(self, inp: BatchInput) -> BatchResult:
+        """Apply (saga steps, stop at the first failure) or revert (all, reverse order)."""
+        if inp.mode == "revert":
+            return await self._revert(inp)
+        done: list[str] = []
+        await apply_targets(
+            Saga(),  # compensation is the parent's revert batch, registered before this one
+            change_id=inp.change_id,
+            kind=inp.kind,
+            params=inp.params,
+            targets=inp.targets,
+            max_parallel=inp.max_parallel,
+            on_applied=done.append,
+            on_reverted=lambda _: None,
+        )
+        return BatchResult(done=done)
+
+    async def _revert(self, inp: BatchInput) -> BatchResult:
+        result = BatchResult()
+        for target in reversed(inp.targets):
+            revert = revert_input(apply_input(inp.change_id, inp.kind, inp.params, target))
+            try:
+                if (await revert_one(revert)).applied:
+                    result.done.append(target.id)
+            except BaseException as exc:  # keep going: every target gets its chance
+                message, kind = failure_of(exc)
+                result.failures.append(
+                    CompensationFailure(step=target.id, error=message, error_type=kind)
+                )
+        if result.failures:
+            names = ", ".join(f.step for f in result.failures)
+            raise ApplicationError(
+                f"reverting {len(result.failures)} target(s) failed: {names}",
+                result.model_dump(mode="json"),
+                type="RevertFailed",
+                non_retryable=True,
+            )
+        return result

@@ -1,0 +1,129 @@
+"""Applying targets as saga steps: the loop shared by ``GuardedChange`` and ``TargetBatch``.
+
+Each target's compensation (``revert_change``, which is ``revert_if_applied``-safe) is registered
+before its mutation runs; at most ``max_parallel`` run at once; after the first failure, or once
+``should_stop`` says so, no further mutation starts and the in-flight ones are awaited.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from datetime import timedelta
+from typing import Any
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.workflow import ActivityCancellationType
+
+with workflow.unsafe.imports_passed_through():
+    from activities.change import ChangeActivities
+    from workflows import errors
+    from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
+    from workflows.saga import Saga
+
+MUTATION_TIMEOUT = timedelta(minutes=5)
+MUTATION_HEARTBEAT = timedelta(seconds=10)
+MUTATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=5,
+    non_retryable_error_types=list(errors.NON_RETRYABLE),
+)
+COMPENSATION_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    backoff_coefficient=2.0,
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=list(errors.NON_RETRYABLE),
+)
+
+
+def apply_input(change_id: str, kind: str, params: dict[str, Any], target: Target) -> ApplyInput:
+    """The mutation of one target, keyed by (change, "apply", target)."""
+    return ApplyInput(
+        change_id=change_id,
+        kind=kind,
+        step="apply",
+        target=target,
+        params=params,
+        idempotency_key=idempotency_key(change_id, "apply", target.id),
+    )
+
+
+def revert_input(apply: ApplyInput) -> ApplyInput:
+    """The compensation of a mutation, keyed by (change, "revert", target)."""
+    return apply.model_copy(
+        update={
+            "step": "revert",
+            "idempotency_key": idempotency_key(apply.change_id, "revert", apply.target.id),
+            "applied_key": apply.idempotency_key,
+        }
+    )
+
+
+async def apply_one(inp: ApplyInput) -> ApplyResult:
+    """Run one mutation activity (heartbeating, retried with the change kind's backoff).
+
+    On cancellation the workflow waits until the activity has really stopped (or finished):
+    otherwise the compensation could run first and the mutation land after it (invariant I3).
+    """
+    return await workflow.execute_activity_method(
+        ChangeActivities.apply_change,
+        inp,
+        start_to_close_timeout=MUTATION_TIMEOUT,
+        heartbeat_timeout=MUTATION_HEARTBEAT,
+        retry_policy=MUTATION_RETRY,
+        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+    )
+
+
+async def revert_one(inp: ApplyInput) -> ApplyResult:
+    """Run one compensation activity."""
+    return await workflow.execute_activity_method(
+        ChangeActivities.revert_change,
+        inp,
+        start_to_close_timeout=MUTATION_TIMEOUT,
+        heartbeat_timeout=MUTATION_HEARTBEAT,
+        retry_policy=COMPENSATION_RETRY,
+    )
+
+
+async def apply_targets(
+    saga: Saga,
+    *,
+    change_id: str,
+    kind: str,
+    params: dict[str, Any],
+    targets: list[Target],
+    max_parallel: int,
+    on_applied: Callable[[str], None],
+    on_reverted: Callable[[str], None],
+    should_stop: Callable[[], bool] = lambda: False,
+) -> None:
+    """Apply ``targets`` as saga steps; raise the first failure once in-flight ones settle."""
+    limit = asyncio.Semaphore(max_parallel)
+    failed: list[BaseException] = []
+
+    async def compensate(inp: ApplyInput) -> None:
+        result = await revert_one(inp)
+        if result.applied:
+            on_reverted(inp.target.id)
+
+    async def one(target: Target) -> None:
+        async with limit:
+            if failed or should_stop():
+                return
+            apply = apply_input(change_id, kind, params, target)
+            revert = revert_input(apply)
+            try:
+                await saga.run(target.id, lambda: apply_one(apply), lambda: compensate(revert))
+            except BaseException as exc:
+                failed.append(exc)
+                raise
+            on_applied(target.id)
+
+    await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
+    if failed:
+        raise failed[0]
