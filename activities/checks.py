@@ -26,6 +26,7 @@ from workflows.models import (
     ResolvePolicyInput,
     RunCheckInput,
 )
+from workflows.rollout_models import RolloutPolicy
 
 
 class CheckActivities:
@@ -63,6 +64,22 @@ class CheckActivities:
         if isinstance(inp.policy, str):
             resolved.source = inp.policy
         return resolved
+
+    @activity.defn(name="resolve_rollout")
+    async def resolve_rollout(self, inp: ResolvePolicyInput) -> RolloutPolicy:
+        """The bake's part of the policy: signals to observe, responses, the pager."""
+        try:
+            policy, digest = load_policy(inp.policy, base_dir=self.policy_dir)
+        except PolicyError as exc:
+            raise ApplicationError(
+                str(exc), exc.problems, type=errors.POLICY_INVALID, non_retryable=True
+            ) from exc
+        return RolloutPolicy(
+            signals=policy.signals,
+            responses=policy.responses,
+            pager=policy.pager,
+            policy_hash=digest,
+        )
 
     @activity.defn(name="run_check")
     async def run_check(self, inp: RunCheckInput) -> CheckResult:

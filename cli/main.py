@@ -340,6 +340,7 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(run=cmd_approve)
 
     for name, text in (
+        ("resume", "go on baking a paused change (after pause_and_page)"),
         ("abort", "stop a change and undo everything it applied (outcome aborted)"),
         ("rollback", "undo everything a change applied (outcome rolled_back)"),
     ):

@@ -42,6 +42,7 @@ from workflows.models import (
     ResolvedPolicy,
     Strict,
 )
+from workflows.rollout_models import ResponseRule, SignalSpec
 
 __all__ = [
     "AppliesTo",
@@ -55,8 +56,6 @@ __all__ = [
     "validate_against",
 ]
 
-SignalState = Literal["ok", "degraded", "critical", "recovering", "insufficient_data"]
-Action = Literal["proceed", "wait", "pause_and_page", "rollback"]
 
 
 class PolicyError(Exception):
@@ -158,51 +157,15 @@ class GuardrailRule(Strict):
         return v
 
 
-class ResponseRule(Strict):
-    """How the bake phase answers one health signal in one state.
-
-    ``signal`` is a signal name or ``"*"`` for any. ``wait`` extends the bake by at most ``max``;
-    ``pause_and_page`` waits for an operator for at most ``timeout``; after either, ``then`` is
-    the action taken (the bake code decides the default when it is omitted).
-    """
-
-    signal: NonEmpty
-    state: SignalState
-    do: Action
-    timeout: Duration | None = None
-    max: Duration | None = None
-    then: Action | None = None
-
-    @model_validator(mode="after")
-    def _coherent(self) -> ResponseRule:
-        problems = []
-        if self.do == "wait" and self.max is None:
-            problems.append("'wait' needs 'max', how long to wait at most (e.g. max: 10m)")
-        if self.do == "pause_and_page" and self.timeout is None:
-            problems.append(
-                "'pause_and_page' needs 'timeout', how long to wait for an operator (e.g. 30m)"
-            )
-        if self.max is not None and self.do != "wait":
-            problems.append(f"'max' only applies to 'wait', not to {self.do!r}")
-        if self.timeout is not None and self.do != "pause_and_page":
-            problems.append(f"'timeout' only applies to 'pause_and_page', not to {self.do!r}")
-        if self.then is not None and self.do not in ("wait", "pause_and_page"):
-            problems.append(
-                f"'then' only applies to 'wait' and 'pause_and_page', not to {self.do!r}"
-            )
-        for d in (self.max, self.timeout):
-            if d is not None and d.total_seconds() <= 0:
-                problems.append("durations must be positive")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-
 class PolicyFile(Strict):
     """A whole policy: guardrail rules in evaluation order, and the bake's response rules."""
 
     guardrails: list[GuardrailRule] = Field(default_factory=list)
     responses: list[ResponseRule] = Field(default_factory=list)
+    signals: list[SignalSpec] = Field(
+        default_factory=list, description="health signals observed while each wave bakes"
+    )
+    pager: str = Field(default="log", min_length=1, description="the pager pause_and_page uses")
 
     @model_validator(mode="after")
     def _responses_unambiguous(self) -> PolicyFile:

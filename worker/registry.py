@@ -66,6 +66,7 @@ def activities(
         monitoring.observe_signals,
         pagers.page,
         checks.resolve_policy,
+        checks.resolve_rollout,
         checks.run_check,
         change.validate_change,
         change.apply_change,

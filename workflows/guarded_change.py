@@ -25,7 +25,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
+    from activities.checks import CheckActivities
     from activities.locks import LockActivities
+    from activities.monitoring import MonitoringActivities
+    from activities.pagers import PagerActivities
     from workflows import errors
     from workflows import search_attributes as sa
     from workflows.approvals import approvable, approval_problem, grant, still_needed
@@ -56,6 +59,7 @@ with workflow.unsafe.imports_passed_through():
         RecheckInput,
         RejectedApproval,
         ReleaseLocksInput,
+        ResolvePolicyInput,
         Target,
         ValidateChangeInput,
         WaveProgress,
@@ -63,6 +67,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.mutations import apply_targets
     from workflows.report import approver_groups, report_markdown
+    from workflows.responses import decide
+    from workflows.rollout_models import (
+        ObserveInput,
+        ObserveResult,
+        PageInput,
+        ResponseRule,
+        RolloutPolicy,
+        SignalState,
+    )
     from workflows.saga import Saga, failure_of
 
 DEFAULT_DEADLINE = timedelta(hours=24)
@@ -115,6 +128,8 @@ class GuardedChangeWorkflow:
         self._holds_locks = False
         self._directory: Directory | None = None
         self._stop: _Unwind | None = None  # set by the abort / rollback updates
+        self._resumed = False  # set by the resume update while paused
+        self._rollout: RolloutPolicy | None = None
         self._audit_seq = 0
 
     # ---------------------------------------------------------------- handlers
@@ -164,6 +179,24 @@ class GuardedChangeWorkflow:
         if not self._status.applied:
             raise ApplicationError(
                 "nothing has been applied yet; use abort to stop this change",
+                type=errors.REFUSED,
+                non_retryable=True,
+            )
+
+    @workflow.update(name="resume")
+    async def resume(self, action: OperatorAction) -> OperatorActionResult:
+        """Go on baking after a pause-and-page (the operator judged the signal harmless)."""
+        await self._audit(AuditAction.RESUME, action.operator, reason=action.reason)
+        self._resumed = True
+        return OperatorActionResult(phase=self._status.phase, message="resuming the bake")
+
+    @resume.validator
+    def validate_resume(self, action: OperatorAction) -> None:
+        """Only a paused change can be resumed."""
+        if self._status.phase is not Phase.PAUSED or self._stop is not None:
+            raise ApplicationError(
+                f"the change is {self._status.phase.value}, not Paused; only a paused change "
+                "can be resumed",
                 type=errors.REFUSED,
                 non_retryable=True,
             )
@@ -416,13 +449,131 @@ class GuardedChangeWorkflow:
                 Phase.EXECUTING, f"wave {wave.index + 1}/{len(plan)}: {len(wave.targets)} target(s)"
             )
             await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
-            if request.rollout.bake > timedelta(0):
-                wave.state = "baking"
-                self._set_phase(
-                    Phase.BAKING, f"baking wave {wave.index + 1} for {request.rollout.bake}"
-                )
-                await self._wait(lambda: False, request.rollout.bake)
+            await self._bake(request, wave)
             wave.state = "done"
+
+    async def _bake(self, request: ChangeRequest, wave: WaveProgress) -> None:
+        """Observe the health signals for the bake time and answer each as the policy says."""
+        rollout = await self._rollout_policy()
+        bake = request.rollout.bake
+        if bake <= timedelta(0) and not rollout.signals:
+            return
+        wave.state = "baking"
+        started = workflow.now()
+        end = started + bake
+        poll = min(max(bake / 5, timedelta(seconds=1)), timedelta(seconds=60))
+        waiting_since: datetime | None = None
+        previous: dict[str, SignalState] = {}
+        acknowledged: set[tuple[str, str]] = set()  # resumed past: not paged again this bake
+        while True:
+            label = f"baking wave {wave.index + 1}"
+            self._set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
+            response = decide([], [])
+            if rollout.signals:
+                observed = await self._observe(request, wave, rollout, previous)
+                previous = observed.states()
+                self._status.signals = observed.readings
+                heeded = [
+                    r for r in observed.readings if (r.signal, str(r.state)) not in acknowledged
+                ]
+                response = decide(heeded, rollout.responses)
+            now = workflow.now()
+            action = response.action
+            if action == "wait":
+                waiting_since = waiting_since or now
+                bound = response.rule.max or bake
+                if now - waiting_since >= bound:
+                    action = response.rule.then or "pause_and_page"
+                else:
+                    self._set_phase(Phase.BAKING, f"{label}: waiting, {response.why()}")
+                    end = max(end, now + poll)
+            else:
+                waiting_since = None
+            if action == "rollback":
+                raise _Unwind(Outcome.ROLLED_BACK, f"rolled back: {response.why()}")
+            if action == "pause_and_page":
+                await self._pause_and_page(request, response.rule, response.why())
+                if response.reading is not None:
+                    acknowledged.add((response.reading.signal, str(response.reading.state)))
+                end = max(end, workflow.now() + poll)
+                continue
+            if action == "proceed" and now >= end:
+                return
+            await self._wait(lambda: False, min(poll, max(end - now, timedelta(seconds=1))))
+
+    async def _rollout_policy(self) -> RolloutPolicy:
+        if self._rollout is None:
+            self._rollout = await workflow.execute_activity_method(
+                CheckActivities.resolve_rollout,
+                ResolvePolicyInput(
+                    change=ChangeContext.of(self._request), policy=self._request.policy
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
+                ),
+            )
+        return self._rollout
+
+    async def _observe(
+        self,
+        request: ChangeRequest,
+        wave: WaveProgress,
+        rollout: RolloutPolicy,
+        previous: dict[str, SignalState],
+    ) -> ObserveResult:
+        return await workflow.execute_activity_method(
+            MonitoringActivities.observe_signals,
+            ObserveInput(
+                change_id=request.change_id,
+                kind=request.kind,
+                params=request.params,
+                targets=list(self._status.applied),
+                environment=request.environment,
+                signals=rollout.signals,
+                previous=previous,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+
+    async def _pause_and_page(self, request: ChangeRequest, rule: ResponseRule, why: str) -> None:
+        """Page the owner, wait for resume or rollback, and apply ``then`` on timeout."""
+        rollout = await self._rollout_policy()
+        timeout = rule.timeout or timedelta(minutes=30)
+        self._resumed = False
+        page = PageInput(
+            pager=rollout.pager,
+            change_id=request.change_id,
+            owner=request.team,
+            severity="critical",
+            summary=f"{request.change_id} paused: {why}",
+            details={"requester": request.requester, "applied": len(self._status.applied)},
+            dedup_key=f"{request.change_id}:pause:{len(self._status.pages)}",
+        )
+        try:
+            await workflow.execute_activity_method(
+                PagerActivities.page,
+                page,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=min(timeout, timedelta(minutes=5)),
+                retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
+            )
+            self._status.pages.append(f"{rollout.pager}: {page.summary}")
+        except ActivityError as exc:
+            message, _ = failure_of(exc)
+            self._status.pages.append(f"{rollout.pager} FAILED ({message}): {page.summary}")
+        self._set_phase(
+            Phase.PAUSED,
+            f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
+        )
+        if await self._wait(lambda: self._resumed, timeout):
+            self._resumed = False
+            return
+        then = rule.then or "rollback"
+        if then == "rollback":
+            raise _Unwind(Outcome.ROLLED_BACK, f"rolled back: nobody answered the page; {why}")
+        # "proceed" or "wait" after an unanswered page: carry on baking
 
     async def _apply_wave(
         self, request: ChangeRequest, targets: list[Target], wave: WaveProgress
@@ -515,10 +666,14 @@ class GuardedChangeWorkflow:
     # ---------------------------------------------------------------- bookkeeping
 
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
+        changed = phase is not self._status.phase or (awaiting or []) != self._status.awaiting_from
         self._status.phase = phase
         self._status.message = message
         self._status.awaiting_from = awaiting or []
         self._status.updated_at = workflow.now()
+        workflow.set_current_details(self._details())
+        if not changed:
+            return  # a new message alone needs no search-attribute upsert (a history event)
         workflow.upsert_search_attributes(
             [
                 sa.CHANGE_PHASE.value_set(phase.value),
@@ -527,7 +682,6 @@ class GuardedChangeWorkflow:
                 else sa.AWAITING_APPROVAL_FROM.value_unset(),
             ]
         )
-        workflow.set_current_details(self._details())
 
     def _details(self) -> str:
         head = f"## {self._request.change_id}: {self._status.phase.value}\n\n{self._status.message}"

@@ -1,6 +1,7 @@
 """Wire models: every payload that crosses a workflow, activity, signal, update or query boundary.
 
-This is a leaf module: it imports only pydantic and the standard library, so workflow code, activities,
+This is a leaf module: it imports only pydantic, the standard library and its sibling leaf
+:mod:`workflows.types`, so workflow code, activities,
 guardrails, the CLI and tests can all share it. New fields always get defaults, so histories recorded
 by older workers still decode.
 """
@@ -14,79 +15,20 @@ import re
 import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Any
 
 from pydantic import (
     BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    PlainSerializer,
     field_validator,
     model_validator,
 )
 
-# --------------------------------------------------------------------------------------------------
-# Durations: "90s", "30m", "4h", "1h30m", "2d", or a number of seconds.
-# --------------------------------------------------------------------------------------------------
-
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
-
-
-def parse_duration(value: Any) -> timedelta:
-    """Parse a human duration (``"4h"``, ``"1h30m"``, ``"90s"``) or a number of seconds.
-
-    Raises:
-        ValueError: the value is not a duration; the message shows the accepted forms.
-    """
-    if isinstance(value, timedelta):
-        return value
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as '30s', '10m', '4h' or '1h30m'")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
-        text = value.strip().lower().replace(" ", "")
-        if text.startswith("p"):  # ISO 8601, as pydantic serialises timedelta
-            from pydantic import TypeAdapter
-
-            return TypeAdapter(timedelta).validate_python(value)
-        parts = _DURATION_PART.findall(text)
-        if parts and "".join(n + u for n, u in parts) == text:
-            return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
-    raise ValueError(
-        f"{value!r} is not a duration; use forms such as '30s', '10m', '4h' or '1h30m'"
-    )
-
-
-def format_duration(value: timedelta) -> str:
-    """Render a duration the way a person writes it (``1h30m``, ``45s``)."""
-    seconds = int(value.total_seconds())
-    if seconds == 0:
-        return "0s"
-    out = []
-    for unit, size in (("d", 86400), ("h", 3600), ("m", 60), ("s", 1)):
-        if seconds >= size:
-            out.append(f"{seconds // size}{unit}")
-            seconds %= size
-    return "".join(out)
-
-
-Duration = Annotated[
-    timedelta,
-    BeforeValidator(parse_duration),
-    PlainSerializer(format_duration, return_type=str, when_used="json"),
-]
-
-
-class Strict(BaseModel):
-    """Base for models people write by hand: unknown fields are errors, not silently dropped."""
-
-    model_config = ConfigDict(extra="forbid")
-
+from workflows.rollout_models import SignalReading
+from workflows.types import Duration as Duration
+from workflows.types import Strict as Strict
+from workflows.types import format_duration as format_duration
+from workflows.types import parse_duration as parse_duration
 
 # --------------------------------------------------------------------------------------------------
 # Enumerations
@@ -144,6 +86,7 @@ class Phase(StrEnum):
     BLOCKED = "Blocked"
     EXECUTING = "Executing"
     BAKING = "Baking"
+    PAUSED = "Paused"
     ROLLING_BACK = "RollingBack"
     COMPLETED = "Completed"
     ROLLED_BACK = "RolledBack"
@@ -663,6 +606,10 @@ class ChangeStatus(BaseModel):
     )
     approvals: list[GrantedApproval] = Field(default_factory=list)
     rejected_approvals: list[RejectedApproval] = Field(default_factory=list)
+    signals: list[SignalReading] = Field(
+        default_factory=list, description="the latest health readings while baking"
+    )
+    pages: list[str] = Field(default_factory=list, description="pages sent, as one line each")
     updated_at: datetime | None = None
 
 

@@ -13,20 +13,27 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 
-from workflows.models import Duration, Strict
+from workflows.types import Duration, Strict
+
+SignalStateName = Literal["ok", "degraded", "critical", "recovering", "insufficient_data"]
+Action = Literal["proceed", "wait", "pause_and_page", "rollback"]
 
 __all__ = [
     "FLEET_ERROR_RATE",
+    "Action",
     "BreakerState",
     "BreakerStatus",
     "ObserveInput",
     "ObserveResult",
     "PageInput",
     "PageResult",
+    "ResponseRule",
+    "RolloutPolicy",
     "Severity",
     "SignalReading",
     "SignalSpec",
     "SignalState",
+    "SignalStateName",
 ]
 
 
@@ -177,3 +184,52 @@ class BreakerStatus(BaseModel):
     state: BreakerState
     failures: int = Field(default=0, description="consecutive failures counted")
     retry_in: float = Field(default=0.0, description="seconds until a probe is let through")
+
+
+class ResponseRule(Strict):
+    """How the bake phase answers one health signal in one state.
+
+    ``signal`` is a signal name or ``"*"`` for any. ``wait`` extends the bake by at most ``max``;
+    ``pause_and_page`` waits for an operator for at most ``timeout``; after either, ``then`` is
+    the action taken (the bake code decides the default when it is omitted).
+    """
+
+    signal: str = Field(min_length=1)
+    state: SignalStateName
+    do: Action
+    timeout: Duration | None = None
+    max: Duration | None = None
+    then: Action | None = None
+
+    @model_validator(mode="after")
+    def _coherent(self) -> ResponseRule:
+        problems = []
+        if self.do == "wait" and self.max is None:
+            problems.append("'wait' needs 'max', how long to wait at most (e.g. max: 10m)")
+        if self.do == "pause_and_page" and self.timeout is None:
+            problems.append(
+                "'pause_and_page' needs 'timeout', how long to wait for an operator (e.g. 30m)"
+            )
+        if self.max is not None and self.do != "wait":
+            problems.append(f"'max' only applies to 'wait', not to {self.do!r}")
+        if self.timeout is not None and self.do != "pause_and_page":
+            problems.append(f"'timeout' only applies to 'pause_and_page', not to {self.do!r}")
+        if self.then is not None and self.do not in ("wait", "pause_and_page"):
+            problems.append(
+                f"'then' only applies to 'wait' and 'pause_and_page', not to {self.do!r}"
+            )
+        for d in (self.max, self.timeout):
+            if d is not None and d.total_seconds() <= 0:
+                problems.append("durations must be positive")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+class RolloutPolicy(BaseModel):
+    """What the bake needs from the policy: the signals to observe and the responses to them."""
+
+    signals: list[SignalSpec] = Field(default_factory=list)
+    responses: list[ResponseRule] = Field(default_factory=list)
+    pager: str = "log"
+    policy_hash: str = ""
