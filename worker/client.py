@@ -9,7 +9,7 @@ from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.service import RPCError
 
 from worker.settings import Settings
-from worker.telemetry import client_plugins
+from worker.telemetry import client_plugins, runtime
 
 
 class TemporalUnreachable(Exception):
@@ -30,6 +30,7 @@ async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
             target,
             data_converter=pydantic_data_converter,
             plugins=client_plugins(),
+            runtime=runtime(settings.metrics_bind),
             **options,
         )
     except (RPCError, RuntimeError, OSError) as exc:

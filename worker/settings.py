@@ -35,6 +35,7 @@ class Settings:
         audit_url: the audit store, ``sqlite:///PATH`` or ``postgresql://...``
             (``CHANGEGUARD_AUDIT_URL``).
         directory: the operator directory, ``yaml:PATH`` or ``plugin:NAME``
+        metrics_bind: ``host:port`` where the SDK's Prometheus metrics are served (unset: off).
         pagers: each pager's params by name, from ``CHANGEGUARD_PAGERS`` (JSON), e.g.
             ``{"webhook": {"url": "https://pager.example/hook"}}``
             (``CHANGEGUARD_DIRECTORY``).
@@ -49,6 +50,7 @@ class Settings:
     audit_url: str = "sqlite:///.changeguard/audit.db"
     directory: str = "yaml:.changeguard/operators.yaml"
     pagers: dict[str, dict[str, Any]] = field(default_factory=dict)
+    metrics_bind: str | None = None
 
     @property
     def address(self) -> str:
@@ -83,6 +85,7 @@ class Settings:
             "audit_url": env.get("CHANGEGUARD_AUDIT_URL", cls.audit_url),
             "directory": env.get("CHANGEGUARD_DIRECTORY", cls.directory),
             "pagers": _pagers(env.get("CHANGEGUARD_PAGERS", "")),
+            "metrics_bind": env.get("CHANGEGUARD_METRICS_BIND") or None,
         }
         values.update(overrides)
         return cls(**values)

@@ -1,6 +1,12 @@
-"""OpenTelemetry tracing through the SDK's contrib plug-in: registered once, on the client.
+"""Telemetry: SDK metrics for Prometheus, and OpenTelemetry tracing through the SDK's plug-in.
 
-With no exporter configured the tracer provider has no span processor, so tracing costs little and
+Metrics: with ``CHANGEGUARD_METRICS_BIND`` (e.g. ``0.0.0.0:9464``) the process's Temporal runtime
+serves the SDK's own metrics (workflow task failures, activity latencies, slots, sticky cache …)
+in Prometheus format at ``http://<bind>/metrics``; ``infra/prometheus.yml`` scrapes it. Unset, no
+port is opened.
+
+Tracing: registered once, on the client. With no exporter configured the tracer provider has
+no span processor, so tracing costs little and
 sends nothing. ``CHANGEGUARD_TRACE_CONSOLE=1`` prints spans to stderr (for local debugging); a
 production deployment adds its own exporter to the provider returned by :func:`tracer_provider`.
 """
@@ -18,6 +24,7 @@ from temporalio.contrib.opentelemetry import (
     ReplaySafeTracerProvider,
     create_tracer_provider,
 )
+from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
 
 @cache
@@ -30,6 +37,14 @@ def tracer_provider() -> ReplaySafeTracerProvider:
         provider.add_span_processor(SimpleSpanProcessor(ConsoleSpanExporter(out=sys.stderr)))
     opentelemetry.trace.set_tracer_provider(provider)
     return provider
+
+
+@cache
+def runtime(metrics_bind: str | None) -> Runtime | None:
+    """The process-wide runtime serving SDK metrics on ``metrics_bind`` (``None``: the default)."""
+    if not metrics_bind:
+        return None
+    return Runtime(telemetry=TelemetryConfig(metrics=PrometheusConfig(bind_address=metrics_bind)))
 
 
 def client_plugins() -> list[Plugin]:
