@@ -78,6 +78,7 @@ class CheckActivities:
             signals=policy.signals,
             responses=policy.responses,
             pager=policy.pager,
+            page_on_reject=policy.page_on_reject,
             policy_hash=digest,
         )
 

@@ -57,7 +57,6 @@ __all__ = [
 ]
 
 
-
 class PolicyError(Exception):
     """A policy file is missing, unreadable or invalid; ``problems`` lists every problem found.
 
@@ -166,6 +165,9 @@ class PolicyFile(Strict):
         default_factory=list, description="health signals observed while each wave bakes"
     )
     pager: str = Field(default="log", min_length=1, description="the pager pause_and_page uses")
+    page_on_reject: bool = Field(
+        default=False, description="page the team when a change is rejected at its deadline"
+    )
 
     @model_validator(mode="after")
     def _responses_unambiguous(self) -> PolicyFile:

@@ -407,6 +407,8 @@ class GuardedChangeWorkflow:
                     f"the gate did not pass before the deadline {deadline.isoformat()}"
                 )
                 await self._audit(AuditAction.DEADLINE, "changeguard", reason=self._status.message)
+                if (await self._rollout_policy()).page_on_reject:
+                    await self._page(f"{self._request.change_id} rejected: {self._status.message}")
                 return None
             if not self._recheck and covered():
                 return report
@@ -539,30 +541,9 @@ class GuardedChangeWorkflow:
 
     async def _pause_and_page(self, request: ChangeRequest, rule: ResponseRule, why: str) -> None:
         """Page the owner, wait for resume or rollback, and apply ``then`` on timeout."""
-        rollout = await self._rollout_policy()
         timeout = rule.timeout or timedelta(minutes=30)
         self._resumed = False
-        page = PageInput(
-            pager=rollout.pager,
-            change_id=request.change_id,
-            owner=request.team,
-            severity="critical",
-            summary=f"{request.change_id} paused: {why}",
-            details={"requester": request.requester, "applied": len(self._status.applied)},
-            dedup_key=f"{request.change_id}:pause:{len(self._status.pages)}",
-        )
-        try:
-            await workflow.execute_activity_method(
-                PagerActivities.page,
-                page,
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=min(timeout, timedelta(minutes=5)),
-                retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
-            )
-            self._status.pages.append(f"{rollout.pager}: {page.summary}")
-        except ActivityError as exc:
-            message, _ = failure_of(exc)
-            self._status.pages.append(f"{rollout.pager} FAILED ({message}): {page.summary}")
+        await self._page(f"{request.change_id} paused: {why}", within=timeout)
         self._set_phase(
             Phase.PAUSED,
             f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
@@ -574,6 +555,32 @@ class GuardedChangeWorkflow:
         if then == "rollback":
             raise _Unwind(Outcome.ROLLED_BACK, f"rolled back: nobody answered the page; {why}")
         # "proceed" or "wait" after an unanswered page: carry on baking
+
+    async def _page(self, summary: str, *, within: timedelta = timedelta(minutes=5)) -> None:
+        """Page the change's team through the policy's pager; a failed page is recorded, not fatal."""
+        rollout = await self._rollout_policy()
+        request = self._request
+        page = PageInput(
+            pager=rollout.pager,
+            change_id=request.change_id,
+            owner=request.team,
+            severity="critical",
+            summary=summary,
+            details={"requester": request.requester, "applied": len(self._status.applied)},
+            dedup_key=f"{request.change_id}:page:{len(self._status.pages)}",
+        )
+        try:
+            await workflow.execute_activity_method(
+                PagerActivities.page,
+                page,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=min(within, timedelta(minutes=5)),
+                retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
+            )
+            self._status.pages.append(f"{rollout.pager}: {summary}")
+        except ActivityError as exc:
+            message, _ = failure_of(exc)
+            self._status.pages.append(f"{rollout.pager} FAILED ({message}): {summary}")
 
     async def _apply_wave(
         self, request: ChangeRequest, targets: list[Target], wave: WaveProgress

@@ -232,4 +232,5 @@ class RolloutPolicy(BaseModel):
     signals: list[SignalSpec] = Field(default_factory=list)
     responses: list[ResponseRule] = Field(default_factory=list)
     pager: str = "log"
+    page_on_reject: bool = False
     policy_hash: str = ""

@@ -263,3 +263,19 @@ async def test_expired_approval_must_be_renewed_before_a_later_wave(
         )
         assert (await handle.result()).outcome is Outcome.COMPLETED
     assert sorted(reset.applied) == ["t1", "t2"]
+
+
+async def test_deadline_rejection_pages_when_the_policy_asks(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
+) -> None:
+    """With page_on_reject, a change rejected at its deadline pages its team once."""
+    req = _request()
+    assert isinstance(req.policy, dict)
+    req.policy["page_on_reject"] = True
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        result = await handle.result()
+        status = await handle.query("status", result_type=ChangeStatus)
+    assert result.outcome is Outcome.REJECTED
+    assert len(status.pages) == 1
+    assert status.pages[0].startswith(f"log: {req.change_id} rejected: the gate did not pass")
