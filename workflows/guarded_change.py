@@ -25,13 +25,11 @@ from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflow
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
-    from activities.checks import CheckActivities
     from activities.locks import LockActivities
-    from activities.monitoring import MonitoringActivities
-    from activities.pagers import PagerActivities
     from workflows import errors
     from workflows import search_attributes as sa
     from workflows.approvals import approvable, approval_problem, grant, still_needed
+    from workflows.bake import BakeMixin
     from workflows.batch import TargetBatchWorkflow
     from workflows.gate import GuardrailGateWorkflow
     from workflows.models import (
@@ -59,7 +57,6 @@ with workflow.unsafe.imports_passed_through():
         RecheckInput,
         RejectedApproval,
         ReleaseLocksInput,
-        ResolvePolicyInput,
         Target,
         ValidateChangeInput,
         WaveProgress,
@@ -67,14 +64,8 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.mutations import apply_targets
     from workflows.report import approver_groups, report_markdown
-    from workflows.responses import decide
     from workflows.rollout_models import (
-        ObserveInput,
-        ObserveResult,
-        PageInput,
-        ResponseRule,
         RolloutPolicy,
-        SignalState,
     )
     from workflows.saga import Saga, failure_of
 
@@ -116,7 +107,7 @@ def _compensable(exc: BaseException) -> bool:
 
 
 @workflow.defn(name="GuardedChange", failure_exception_types=[ValidationError])
-class GuardedChangeWorkflow:
+class GuardedChangeWorkflow(BakeMixin):
     """Run one change behind the guardrail gate, as a compensating saga in waves."""
 
     @workflow.init
@@ -200,6 +191,10 @@ class GuardedChangeWorkflow:
                 type=errors.REFUSED,
                 non_retryable=True,
             )
+
+    def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
+        """The exception that stops the rollout and compensates (used by the bake)."""
+        return _Unwind(outcome, message)
 
     async def _stop_with(
         self, audit: AuditAction, outcome: Outcome, action: OperatorAction
@@ -453,134 +448,6 @@ class GuardedChangeWorkflow:
             await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
             await self._bake(request, wave)
             wave.state = "done"
-
-    async def _bake(self, request: ChangeRequest, wave: WaveProgress) -> None:
-        """Observe the health signals for the bake time and answer each as the policy says."""
-        rollout = await self._rollout_policy()
-        bake = request.rollout.bake
-        if bake <= timedelta(0) and not rollout.signals:
-            return
-        wave.state = "baking"
-        started = workflow.now()
-        end = started + bake
-        poll = min(max(bake / 5, timedelta(seconds=1)), timedelta(seconds=60))
-        waiting_since: datetime | None = None
-        previous: dict[str, SignalState] = {}
-        acknowledged: set[tuple[str, str]] = set()  # resumed past: not paged again this bake
-        while True:
-            label = f"baking wave {wave.index + 1}"
-            self._set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
-            response = decide([], [])
-            if rollout.signals:
-                observed = await self._observe(request, wave, rollout, previous)
-                previous = observed.states()
-                self._status.signals = observed.readings
-                heeded = [
-                    r for r in observed.readings if (r.signal, str(r.state)) not in acknowledged
-                ]
-                response = decide(heeded, rollout.responses)
-            now = workflow.now()
-            action = response.action
-            if action == "wait":
-                waiting_since = waiting_since or now
-                bound = response.rule.max or bake
-                if now - waiting_since >= bound:
-                    action = response.rule.then or "pause_and_page"
-                else:
-                    self._set_phase(Phase.BAKING, f"{label}: waiting, {response.why()}")
-                    end = max(end, now + poll)
-            else:
-                waiting_since = None
-            if action == "rollback":
-                raise _Unwind(Outcome.ROLLED_BACK, f"rolled back: {response.why()}")
-            if action == "pause_and_page":
-                await self._pause_and_page(request, response.rule, response.why())
-                if response.reading is not None:
-                    acknowledged.add((response.reading.signal, str(response.reading.state)))
-                end = max(end, workflow.now() + poll)
-                continue
-            if action == "proceed" and now >= end:
-                return
-            await self._wait(lambda: False, min(poll, max(end - now, timedelta(seconds=1))))
-
-    async def _rollout_policy(self) -> RolloutPolicy:
-        if self._rollout is None:
-            self._rollout = await workflow.execute_activity_method(
-                CheckActivities.resolve_rollout,
-                ResolvePolicyInput(
-                    change=ChangeContext.of(self._request), policy=self._request.policy
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
-                ),
-            )
-        return self._rollout
-
-    async def _observe(
-        self,
-        request: ChangeRequest,
-        wave: WaveProgress,
-        rollout: RolloutPolicy,
-        previous: dict[str, SignalState],
-    ) -> ObserveResult:
-        return await workflow.execute_activity_method(
-            MonitoringActivities.observe_signals,
-            ObserveInput(
-                change_id=request.change_id,
-                kind=request.kind,
-                params=request.params,
-                targets=list(self._status.applied),
-                environment=request.environment,
-                signals=rollout.signals,
-                previous=previous,
-            ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=3),
-        )
-
-    async def _pause_and_page(self, request: ChangeRequest, rule: ResponseRule, why: str) -> None:
-        """Page the owner, wait for resume or rollback, and apply ``then`` on timeout."""
-        timeout = rule.timeout or timedelta(minutes=30)
-        self._resumed = False
-        await self._page(f"{request.change_id} paused: {why}", within=timeout)
-        self._set_phase(
-            Phase.PAUSED,
-            f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
-        )
-        if await self._wait(lambda: self._resumed, timeout):
-            self._resumed = False
-            return
-        then = rule.then or "rollback"
-        if then == "rollback":
-            raise _Unwind(Outcome.ROLLED_BACK, f"rolled back: nobody answered the page; {why}")
-        # "proceed" or "wait" after an unanswered page: carry on baking
-
-    async def _page(self, summary: str, *, within: timedelta = timedelta(minutes=5)) -> None:
-        """Page the change's team through the policy's pager; a failed page is recorded, not fatal."""
-        rollout = await self._rollout_policy()
-        request = self._request
-        page = PageInput(
-            pager=rollout.pager,
-            change_id=request.change_id,
-            owner=request.team,
-            severity="critical",
-            summary=summary,
-            details={"requester": request.requester, "applied": len(self._status.applied)},
-            dedup_key=f"{request.change_id}:page:{len(self._status.pages)}",
-        )
-        try:
-            await workflow.execute_activity_method(
-                PagerActivities.page,
-                page,
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=min(within, timedelta(minutes=5)),
-                retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
-            )
-            self._status.pages.append(f"{rollout.pager}: {summary}")
-        except ActivityError as exc:
-            message, _ = failure_of(exc)
-            self._status.pages.append(f"{rollout.pager} FAILED ({message}): {summary}")
 
     async def _apply_wave(
         self, request: ChangeRequest, targets: list[Target], wave: WaveProgress

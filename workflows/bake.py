@@ -1,0 +1,193 @@
+"""The bake: observe health signals after each wave and answer them as the policy says.
+
+A mixin of :class:`~workflows.guarded_change.GuardedChangeWorkflow` (deterministic workflow code):
+it reads and writes the workflow's status, waits through the workflow's interruptible ``_wait``,
+and stops the rollout by raising the workflow's unwind exception. The decision itself is the pure
+:func:`workflows.responses.decide`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+from temporalio.exceptions import ActivityError
+
+with workflow.unsafe.imports_passed_through():
+    from activities.checks import CheckActivities
+    from activities.monitoring import MonitoringActivities
+    from activities.pagers import PagerActivities
+    from workflows import errors
+    from workflows.models import (
+        ChangeContext,
+        ChangeRequest,
+        ChangeStatus,
+        Outcome,
+        Phase,
+        ResolvePolicyInput,
+        WaveProgress,
+    )
+    from workflows.responses import decide
+    from workflows.rollout_models import (
+        ObserveInput,
+        ObserveResult,
+        PageInput,
+        ResponseRule,
+        RolloutPolicy,
+        SignalState,
+    )
+    from workflows.saga import failure_of
+
+if TYPE_CHECKING:
+    from workflows.guarded_change import _Unwind
+
+
+class BakeMixin:
+    """Bake, observe, pause-and-page and page; state lives on the workflow instance."""
+
+    _request: ChangeRequest
+    _status: ChangeStatus
+    _resumed: bool
+    _rollout: RolloutPolicy | None
+
+    def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
+        raise NotImplementedError
+
+    async def _wait(self, condition: Callable[[], bool], limit: timedelta | None) -> bool:
+        raise NotImplementedError
+
+    def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
+        raise NotImplementedError
+
+    async def _bake(self, request: ChangeRequest, wave: WaveProgress) -> None:
+        """Observe the health signals for the bake time and answer each as the policy says."""
+        rollout = await self._rollout_policy()
+        bake = request.rollout.bake
+        if bake <= timedelta(0) and not rollout.signals:
+            return
+        wave.state = "baking"
+        started = workflow.now()
+        end = started + bake
+        poll = min(max(bake / 5, timedelta(seconds=1)), timedelta(seconds=60))
+        waiting_since: datetime | None = None
+        previous: dict[str, SignalState] = {}
+        acknowledged: set[tuple[str, str]] = set()  # resumed past: not paged again this bake
+        while True:
+            label = f"baking wave {wave.index + 1}"
+            self._set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
+            response = decide([], [])
+            if rollout.signals:
+                observed = await self._observe(request, wave, rollout, previous)
+                previous = observed.states()
+                self._status.signals = observed.readings
+                heeded = [
+                    r for r in observed.readings if (r.signal, str(r.state)) not in acknowledged
+                ]
+                response = decide(heeded, rollout.responses)
+            now = workflow.now()
+            action = response.action
+            if action == "wait":
+                waiting_since = waiting_since or now
+                bound = response.rule.max or bake
+                if now - waiting_since >= bound:
+                    action = response.rule.then or "pause_and_page"
+                else:
+                    self._set_phase(Phase.BAKING, f"{label}: waiting, {response.why()}")
+                    end = max(end, now + poll)
+            else:
+                waiting_since = None
+            if action == "rollback":
+                raise self._unwind_with(Outcome.ROLLED_BACK, f"rolled back: {response.why()}")
+            if action == "pause_and_page":
+                await self._pause_and_page(request, response.rule, response.why())
+                if response.reading is not None:
+                    acknowledged.add((response.reading.signal, str(response.reading.state)))
+                end = max(end, workflow.now() + poll)
+                continue
+            if action == "proceed" and now >= end:
+                return
+            await self._wait(lambda: False, min(poll, max(end - now, timedelta(seconds=1))))
+
+    async def _rollout_policy(self) -> RolloutPolicy:
+        if self._rollout is None:
+            self._rollout = await workflow.execute_activity_method(
+                CheckActivities.resolve_rollout,
+                ResolvePolicyInput(
+                    change=ChangeContext.of(self._request), policy=self._request.policy
+                ),
+                start_to_close_timeout=timedelta(seconds=30),
+                retry_policy=RetryPolicy(
+                    maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
+                ),
+            )
+        return self._rollout
+
+    async def _observe(
+        self,
+        request: ChangeRequest,
+        wave: WaveProgress,
+        rollout: RolloutPolicy,
+        previous: dict[str, SignalState],
+    ) -> ObserveResult:
+        return await workflow.execute_activity_method(
+            MonitoringActivities.observe_signals,
+            ObserveInput(
+                change_id=request.change_id,
+                kind=request.kind,
+                params=request.params,
+                targets=list(self._status.applied),
+                environment=request.environment,
+                signals=rollout.signals,
+                previous=previous,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(maximum_attempts=3),
+        )
+
+    async def _pause_and_page(self, request: ChangeRequest, rule: ResponseRule, why: str) -> None:
+        """Page the owner, wait for resume or rollback, and apply ``then`` on timeout."""
+        timeout = rule.timeout or timedelta(minutes=30)
+        self._resumed = False
+        await self._page(f"{request.change_id} paused: {why}", within=timeout)
+        self._set_phase(
+            Phase.PAUSED,
+            f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
+        )
+        if await self._wait(lambda: self._resumed, timeout):
+            self._resumed = False
+            return
+        then = rule.then or "rollback"
+        if then == "rollback":
+            raise self._unwind_with(
+                Outcome.ROLLED_BACK, f"rolled back: nobody answered the page; {why}"
+            )
+        # "proceed" or "wait" after an unanswered page: carry on baking
+
+    async def _page(self, summary: str, *, within: timedelta = timedelta(minutes=5)) -> None:
+        """Page the change's team through the policy's pager; a failed page is recorded, not fatal."""
+        rollout = await self._rollout_policy()
+        request = self._request
+        page = PageInput(
+            pager=rollout.pager,
+            change_id=request.change_id,
+            owner=request.team,
+            severity="critical",
+            summary=summary,
+            details={"requester": request.requester, "applied": len(self._status.applied)},
+            dedup_key=f"{request.change_id}:page:{len(self._status.pages)}",
+        )
+        try:
+            await workflow.execute_activity_method(
+                PagerActivities.page,
+                page,
+                start_to_close_timeout=timedelta(seconds=30),
+                schedule_to_close_timeout=min(within, timedelta(minutes=5)),
+                retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
+            )
+            self._status.pages.append(f"{rollout.pager}: {summary}")
+        except ActivityError as exc:
+            message, _ = failure_of(exc)
+            self._status.pages.append(f"{rollout.pager} FAILED ({message}): {summary}")
