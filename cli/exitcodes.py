@@ -11,7 +11,8 @@ UNDONE = 1
 INVALID = 2
 """Invalid input: nothing was started."""
 BLOCKED = 3
-"""Blocked, awaiting approval, waiting for a window, or rejected by the gate."""
+"""Blocked, awaiting approval, or rejected by the gate (a change waiting for its window is running
+fine: ``status`` exits 0 for it, ``checks`` exits 3 because the gate would not proceed now)."""
 UNREACHABLE = 4
 """Temporal could not be reached."""
 

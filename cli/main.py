@@ -282,6 +282,7 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
     """Run the demo scenario on a fresh embedded stack."""
+    from cli.audit import cmd_audit
     from demo.scenario import run_demo
 
     async def start(client: Client, path: Path, settings: Settings, change_id: str) -> str:
@@ -289,10 +290,13 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         await start_change(client, request, settings)
         return change_id
 
-    async def follow_demo(client: Client, change_id: str, settings: Settings) -> int:
-        return await follow(client, change_id, settings, as_json=False)
+    async def audit(settings: Settings, change_id: str) -> int:
+        query = argparse.Namespace(change=change_id, limit=1000, json=False)
+        return await cmd_audit(query, settings)
 
-    return await run_demo(follow=follow_demo, start=start, keep_running=args.keep_running)
+    return await run_demo(
+        start=start, audit=audit, report=report_table, keep_running=args.keep_running
+    )
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -326,7 +330,7 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("recheck", help="run a blocked change's gate again")
     s.add_argument("id")
-    s.add_argument("--by", default="", help="who asks (recorded in the workflow log)")
+    s.add_argument("--by", default="", help="who asks (recorded in the audit trail)")
     s.add_argument("--reason", default="")
     s.set_defaults(run=cmd_recheck)
 

@@ -100,9 +100,16 @@ class _Unwind(Exception):
 
 def _compensable(exc: BaseException) -> bool:
     """Failures that mean "the world said no", as opposed to a bug in workflow code."""
+    # ValidationError: the workflow lists it in failure_exception_types so that undecodable input
+    # fails the run at once; raised after mutations began, it must unwind like any failure.
     return isinstance(
         exc,
-        asyncio.CancelledError | ActivityError | ChildWorkflowError | ApplicationError | _Unwind,
+        asyncio.CancelledError
+        | ActivityError
+        | ChildWorkflowError
+        | ApplicationError
+        | ValidationError
+        | _Unwind,
     )
 
 

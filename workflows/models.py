@@ -21,7 +21,6 @@ from pydantic import (
     BaseModel,
     Field,
     field_validator,
-    model_validator,
 )
 
 from workflows.rollout_models import SignalReading
@@ -219,13 +218,14 @@ class ChangeRequest(Strict):
             raise ValueError("deadline needs a time zone, e.g. 2026-12-01T18:00:00Z")
         return v
 
-    @model_validator(mode="after")
-    def _targets_unique(self) -> ChangeRequest:
+    @field_validator("targets")
+    @classmethod
+    def _targets_unique(cls, targets: list[Target]) -> list[Target]:
         seen: set[str] = set()
-        dupes = sorted({t.id for t in self.targets if t.id in seen or seen.add(t.id)})  # type: ignore[func-returns-value]
+        dupes = sorted({t.id for t in targets if t.id in seen or seen.add(t.id)})  # type: ignore[func-returns-value]
         if dupes:
             raise ValueError(f"targets listed twice: {', '.join(dupes)}")
-        return self
+        return targets
 
     def target_environment(self, target: Target) -> str:
         """The environment a target lives in (its own, else the change's)."""
