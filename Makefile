@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install deps demo test dev lint unit integration histories replay clean
+.PHONY: install deps demo test dev lint unit integration e2e histories replay clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -20,7 +20,7 @@ demo: install  ## run the demo scenario on a fresh embedded Temporal dev server
 test: install deps  ## run the whole test suite (unit on time-skipping, integration on the dev server)
 	$(BIN)/pytest
 
-deps:  ## system packages the tests use: Prometheus and Alertmanager (Debian; needs root once)
+deps:  ## system packages the tests use: Prometheus, Alertmanager, PostgreSQL, Chromium (Debian; root once)
 	@bash infra/install-test-deps.sh
 
 unit: install
@@ -28,6 +28,9 @@ unit: install
 
 integration: install deps
 	$(BIN)/pytest tests/integration
+
+e2e: install deps  ## the Web UI in headless Chromium
+	$(BIN)/pytest tests/e2e
 
 dev: install  ## dev server + Web UI (http://localhost:8233) + worker + demo fleet, until Ctrl-C
 	$(BIN)/changeguard dev

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
 from rich.markup import escape
 from temporalio.client import (
     Client,
@@ -29,7 +30,9 @@ from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
 from cli.render import console, err, print_json, report_table, status_table
+from guardrails.plugins import validation_problems
 from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
+from worker.devserver import DevServerError
 from worker.settings import Settings, SettingsError
 from workflows.models import (
     TERMINAL_PHASES,
@@ -206,18 +209,29 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     handle = client.get_workflow_handle(args.id)
     report_hash = args.report_hash
     if report_hash is None:
-        status = await handle.query("status", result_type=ChangeStatus)
+        try:
+            status = await handle.query("status", result_type=ChangeStatus)
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:
+                err.print(f"[red]no change with id {args.id!r}[/]")
+                return exitcodes.INVALID
+            raise
         if status.report is None:
             err.print(f"[red]{args.id} has no report yet; nothing to approve[/]")
             return exitcodes.INVALID
         report_hash = status.report.report_hash
-    approval = Approval(
-        guardrails=args.guardrail,
-        approver=args.approver,
-        reason=args.reason,
-        report_hash=report_hash,
-        expires_in=args.expires_in,
-    )
+    try:
+        approval = Approval(
+            guardrails=args.guardrail,
+            approver=args.approver,
+            reason=args.reason,
+            report_hash=report_hash,
+            expires_in=args.expires_in,
+        )
+    except ValidationError as exc:
+        for problem in validation_problems(exc):
+            err.print(f"[red]invalid approval:[/] {escape(problem)}")
+        return exitcodes.INVALID
     try:
         result = await handle.execute_update("approve", approval, result_type=ApprovalResult)
     except WorkflowUpdateFailedError as exc:
@@ -294,9 +308,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
         query = argparse.Namespace(change=change_id, limit=1000, json=False)
         return await cmd_audit(query, settings)
 
-    return await run_demo(
-        start=start, audit=audit, report=report_table, keep_running=args.keep_running
-    )
+    return await run_demo(start=start, audit=audit, keep_running=args.keep_running)
 
 
 # ------------------------------------------------------------------------------------------ main
@@ -352,7 +364,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("id")
         s.add_argument("--operator", required=True, help="who acts (audited)")
         s.add_argument("--reason", required=True)
-        s.add_argument("--wait", action="store_true", help="follow the unwind to the end")
+        s.add_argument("--wait", action="store_true", help="follow the change to its end")
         s.set_defaults(run=cmd_operator)
 
     add_audit_parser(sub)
@@ -395,6 +407,9 @@ def main(argv: list[str] | None = None) -> int:
         return exitcodes.INVALID
     except SearchAttributesMissing as exc:
         err.print(f"[bold red]cannot run:[/] {escape(str(exc))}")
+        return exitcodes.INVALID
+    except DevServerError as exc:
+        err.print(f"[bold red]cannot start the dev server:[/] {escape(str(exc))}")
         return exitcodes.INVALID
     except TemporalUnreachable as exc:
         err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")

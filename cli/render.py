@@ -98,6 +98,15 @@ def status_table(status: ChangeStatus, url: str) -> Table:
         table.add_row("reverted", ", ".join(status.reverted))
     for f in status.compensation_failures:
         table.add_row(Text("compensation failed", style="red"), f"{f.step}: {f.error}")
+    for reading in status.signals:
+        value = "" if reading.value is None else f" ({reading.value:g})"
+        table.add_row(
+            f"signal {reading.signal}", f"{reading.state}{value} {reading.detail}".strip()
+        )
+    for page in status.pages:
+        table.add_row("paged", page)
+    for failure in status.audit_failures:
+        table.add_row(Text("audit failed", style="red"), failure)
     table.add_row("gate runs", str(status.gate_runs))
     table.add_row("web UI", url)
     return table

@@ -34,7 +34,8 @@ missing_packages() {
     command -v prometheus >/dev/null 2>&1 || echo prometheus
     alertmanager_binary >/dev/null || echo prometheus-alertmanager
     postgres_bindir >/dev/null || echo postgresql
-    [ -x "$CHROMIUM" ] || printf '%s\n' chromium fonts-liberation
+    [ -x "$CHROMIUM" ] || echo chromium
+    dpkg -s fonts-liberation >/dev/null 2>&1 || echo fonts-liberation
 }
 
 # Stop every Debian-managed PostgreSQL cluster and keep it from starting at boot. Only clusters
@@ -79,8 +80,8 @@ mapfile -t PACKAGES < <(missing_packages)
 
 if [ ${#PACKAGES[@]} -eq 0 ]; then
     quiet_debian_clusters
-    echo "install-test-deps: prometheus, alertmanager, postgresql and chromium already installed;" \
-        "nothing to install"
+    echo "install-test-deps: prometheus, alertmanager, postgresql, chromium and fonts-liberation" \
+        "already installed; nothing to install"
     report_notes
     exit 0
 fi

@@ -16,8 +16,13 @@ class TemporalUnreachable(Exception):
     """The Temporal frontend could not be reached (the CLI exits 4)."""
 
 
-async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
+async def connect(
+    settings: Settings | None = None, *, serve_metrics: bool = False, **overrides: Any
+) -> Client:
     """Connect a client with the pydantic data converter and the tracing plugin.
+
+    Only worker processes pass ``serve_metrics=True``: the SDK metrics endpoint
+    (``CHANGEGUARD_METRICS_BIND``) is theirs, so CLI commands never contend for its port.
 
     Raises:
         TemporalUnreachable: the server did not answer; the message names the address.
@@ -30,7 +35,7 @@ async def connect(settings: Settings | None = None, **overrides: Any) -> Client:
             target,
             data_converter=pydantic_data_converter,
             plugins=client_plugins(),
-            runtime=runtime(settings.metrics_bind),
+            runtime=runtime(settings.metrics_bind if serve_metrics else None),
             **options,
         )
     except (RPCError, RuntimeError, OSError) as exc:

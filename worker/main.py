@@ -70,7 +70,7 @@ async def serve(settings: Settings) -> None:
     """The ``changeguard worker`` command: connect and run until SIGINT/SIGTERM."""
     from worker.client import connect, ensure_search_attributes
 
-    client = await connect(settings)
+    client = await connect(settings, serve_metrics=True)
     await ensure_search_attributes(client, settings.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -35,10 +35,11 @@ class Settings:
         audit_url: the audit store, ``sqlite:///PATH`` or ``postgresql://...``
             (``CHANGEGUARD_AUDIT_URL``).
         directory: the operator directory, ``yaml:PATH`` or ``plugin:NAME``
-        metrics_bind: ``host:port`` where the SDK's Prometheus metrics are served (unset: off).
-        pagers: each pager's params by name, from ``CHANGEGUARD_PAGERS`` (JSON), e.g.
-            ``{"webhook": {"url": "https://pager.example/hook"}}``
             (``CHANGEGUARD_DIRECTORY``).
+        metrics_bind: ``host:port`` where a worker process serves the SDK's Prometheus metrics
+            (``CHANGEGUARD_METRICS_BIND``; unset: off; other commands never bind it).
+        pagers: each pager's params by name, from ``CHANGEGUARD_PAGERS`` (JSON), e.g.
+            ``{"webhook": {"url": "https://pager.example/hook"}}``.
     """
 
     connect: dict[str, Any] = field(default_factory=dict)

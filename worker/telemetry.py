@@ -2,7 +2,7 @@
 
 Metrics: with ``CHANGEGUARD_METRICS_BIND`` (e.g. ``0.0.0.0:9464``) the process's Temporal runtime
 serves the SDK's own metrics (workflow task failures, activity latencies, slots, sticky cache …)
-in Prometheus format at ``http://<bind>/metrics``; ``infra/prometheus.yml`` scrapes it. Unset, no
+in Prometheus format at ``http://<bind>/metrics``; ``infra/prometheus/prometheus.yml`` scrapes it. Unset, no
 port is opened.
 
 Tracing: registered once, on the client. With no exporter configured the tracer provider has

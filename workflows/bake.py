@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
         ResolvePolicyInput,
         WaveProgress,
     )
-    from workflows.responses import decide
+    from workflows.responses import DEFAULTS, Response, decide
     from workflows.rollout_models import (
         ObserveInput,
         ObserveResult,
@@ -94,6 +94,18 @@ class BakeMixin:
                 bound = response.rule.max or bake
                 if now - waiting_since >= bound:
                     action = response.rule.then or "pause_and_page"
+                    if action == "pause_and_page":
+                        # The escalation pauses on the default pause terms (timeout, then
+                        # rollback), not on the wait rule's.
+                        response = Response(
+                            DEFAULTS["degraded"].model_copy(
+                                update={
+                                    "signal": response.rule.signal,
+                                    "state": response.rule.state,
+                                }
+                            ),
+                            response.reading,
+                        )
                 else:
                     self._set_phase(Phase.BAKING, f"{label}: waiting, {response.why()}")
                     end = max(end, now + poll)

@@ -143,7 +143,9 @@ class GuardedChangeWorkflow(BakeMixin):
         inp = inp or RecheckInput()
         workflow.logger.info(f"recheck requested by {inp.requested_by or 'someone'}")
         self._recheck = True
-        await self._audit(AuditAction.RECHECK, inp.requested_by or "unknown", reason=inp.reason)
+        await self._audit_from_signal(
+            AuditAction.RECHECK, inp.requested_by or "unknown", reason=inp.reason
+        )
 
     @workflow.update(name="abort")
     async def abort(self, action: OperatorAction) -> OperatorActionResult:
@@ -153,7 +155,11 @@ class GuardedChangeWorkflow(BakeMixin):
     @abort.validator
     def validate_abort(self, action: OperatorAction) -> None:
         """Refuse when the change is already ending."""
-        if self._status.phase in TERMINAL_PHASES or self._stop is not None:
+        if (
+            self._status.phase in TERMINAL_PHASES
+            or self._status.phase is Phase.ROLLING_BACK
+            or self._stop is not None
+        ):
             raise ApplicationError(
                 f"the change is already {self._status.phase.value}; there is nothing to abort",
                 type=errors.REFUSED,
@@ -168,7 +174,11 @@ class GuardedChangeWorkflow(BakeMixin):
     @rollback.validator
     def validate_rollback(self, action: OperatorAction) -> None:
         """Refuse before any mutation (use abort) or when the change is already ending."""
-        if self._stop is not None or self._status.phase in TERMINAL_PHASES:
+        if (
+            self._stop is not None
+            or self._status.phase in TERMINAL_PHASES
+            or self._status.phase is Phase.ROLLING_BACK
+        ):
             raise ApplicationError(
                 f"the change is already {self._status.phase.value}",
                 type=errors.REFUSED,
@@ -242,11 +252,14 @@ class GuardedChangeWorkflow(BakeMixin):
         """The ``approve`` payload for clients that can only signal; refusals are recorded."""
         problem = self._approval_problem(approval)
         if problem is None:
-            await self._accept(approval)
-            return
+            try:
+                await self._accept(approval)
+                return
+            except ActivityError as exc:  # could not be audited: the approval is void
+                problem = f"the approval could not be audited ({failure_of(exc)[0]}); send it again"
         rejected = RejectedApproval(approval=approval, why=problem, at=workflow.now())
         self._status.rejected_approvals.append(rejected)
-        await self._audit(
+        await self._audit_from_signal(
             AuditAction.APPROVAL_REJECTED,
             approval.approver,
             guardrail=",".join(approval.guardrails),
@@ -282,6 +295,18 @@ class GuardedChangeWorkflow(BakeMixin):
         return ApprovalResult(
             accepted=[g.guardrail for g in grants], still_needed=self._status.still_needed
         )
+
+    async def _audit_from_signal(self, action: AuditAction, actor: str, **fields: object) -> None:
+        """Audit from a signal handler: a failure is recorded in status, never fails the change.
+
+        (An exception escaping a signal handler would fail the whole run, uncompensated.)
+        """
+        try:
+            await self._audit(action, actor, **fields)
+        except ActivityError as exc:
+            message, _ = failure_of(exc)
+            self._status.audit_failures.append(f"{action.value} by {actor}: {message}")
+            workflow.logger.error(f"audit write failed: {message}")
 
     async def _audit(self, action: AuditAction, actor: str, **fields: object) -> None:
         """Write one audit record (idempotent by its id) before going on."""
@@ -370,6 +395,7 @@ class GuardedChangeWorkflow(BakeMixin):
                         f"the gate asks to wait until {report.retry_after.isoformat()}, "
                         f"after the deadline {deadline.isoformat()}"
                     )
+                    await self._deadline_passed()
                     return None
                 self._set_phase(
                     Phase.WAITING, f"waiting until {report.retry_after.isoformat()} to gate again"
@@ -398,6 +424,7 @@ class GuardedChangeWorkflow(BakeMixin):
                 until = deadline
             if until <= now:
                 self._status.message = f"the deadline {deadline.isoformat()} passed"
+                await self._deadline_passed()
                 return None
             covered = functools.partial(self._covered, report)
             woke = await self._wait(
@@ -408,9 +435,7 @@ class GuardedChangeWorkflow(BakeMixin):
                 self._status.message = (
                     f"the gate did not pass before the deadline {deadline.isoformat()}"
                 )
-                await self._audit(AuditAction.DEADLINE, "changeguard", reason=self._status.message)
-                if (await self._rollout_policy()).page_on_reject:
-                    await self._page(f"{self._request.change_id} rejected: {self._status.message}")
+                await self._deadline_passed()
                 return None
             if not self._recheck and covered():
                 return report
@@ -528,9 +553,10 @@ class GuardedChangeWorkflow(BakeMixin):
         else:
             message, kind = failure_of(exc)
             outcome, why = Outcome.ROLLED_BACK, f"{kind}: {message}"
-            if not self._saga.steps and isinstance(exc, ChildWorkflowError):
-                # The gate itself failed (e.g. the policy is invalid) before any mutation.
-                outcome, why = Outcome.REJECTED, f"the gate could not run: {why}"
+            if not self._saga.steps:
+                # Nothing was mutated: the change never started (a policy the gate cannot use,
+                # an unreadable operator directory …), so it is rejected, not rolled back.
+                outcome, why = Outcome.REJECTED, f"the change could not start: {why}"
         self._set_phase(Phase.ROLLING_BACK, f"rolling back: {why}")
         _, failures = await self._saga.unwind()
         self._status.compensation_failures = failures
@@ -568,6 +594,14 @@ class GuardedChangeWorkflow(BakeMixin):
         head = f"## {self._request.change_id}: {self._status.phase.value}\n\n{self._status.message}"
         report = self._status.report
         return head if report is None else head + "\n\n" + report_markdown(report)
+
+    async def _deadline_passed(self) -> None:
+        """Audit (and, if the policy says so, page) a gate that did not pass before the deadline."""
+        await self._audit(AuditAction.DEADLINE, "changeguard", reason=self._status.message)
+        if (await self._rollout_policy()).page_on_reject:
+            await self._page(
+                f"{self._request.change_id} did not pass its gate in time: {self._status.message}"
+            )
 
     def _covered(self, report: GuardrailReport) -> bool:
         """True when the report blocks only on failures that valid approvals cover."""

@@ -610,6 +610,9 @@ class ChangeStatus(BaseModel):
         default_factory=list, description="the latest health readings while baking"
     )
     pages: list[str] = Field(default_factory=list, description="pages sent, as one line each")
+    audit_failures: list[str] = Field(
+        default_factory=list, description="audit writes that failed from signal handlers"
+    )
     updated_at: datetime | None = None
 
 

@@ -51,7 +51,13 @@ PAGE_SIZE = 100
 LISTED = 10
 """How many conflicting changes the reason and remedy name before summarising the rest."""
 
-DEFAULT_IN_FLIGHT = [Phase.GATING, Phase.EXECUTING, Phase.BAKING, Phase.ROLLING_BACK]
+DEFAULT_IN_FLIGHT = [
+    Phase.GATING,
+    Phase.EXECUTING,
+    Phase.BAKING,
+    Phase.PAUSED,  # half applied, waiting for an operator: still in flight
+    Phase.ROLLING_BACK,
+]
 
 
 class NoConflictingChangesParams(BaseModel):

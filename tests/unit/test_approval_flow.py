@@ -278,4 +278,4 @@ async def test_deadline_rejection_pages_when_the_policy_asks(
         status = await handle.query("status", result_type=ChangeStatus)
     assert result.outcome is Outcome.REJECTED
     assert len(status.pages) == 1
-    assert status.pages[0].startswith(f"log: {req.change_id} rejected: the gate did not pass")
+    assert status.pages[0].startswith(f"log: {req.change_id} did not pass its gate in time")
