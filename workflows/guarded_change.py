@@ -605,12 +605,11 @@ class GuardedChangeWorkflow(BakeMixin):
 
     def _covered(self, report: GuardrailReport) -> bool:
         """True when the report blocks only on failures that valid approvals cover."""
-        if (
-            report.decision is not Decision.BLOCK
-            or self._status.phase is not Phase.AWAITING_APPROVAL
-        ):
-            return False
-        return not still_needed(report, self._status.approvals, workflow.now())
+        return (
+            report.decision is Decision.BLOCK
+            and approvable(report)
+            and not still_needed(report, self._status.approvals, workflow.now())
+        )
 
     async def _release_locks(self) -> None:
         """Give back every target lock this change holds; shielded, and never fails the change."""

@@ -166,6 +166,7 @@ class Branch:
         kind: the change kind.
         deadline_in: seconds from start to the change's deadline (default: the workflow's 24 h).
         steer: operator actions while the change runs (signals, cancel).
+        policy_extra: more policy keys (signals, responses, pager).
         drive: replaces the whole default drive (for branches with several changes).
     """
 
@@ -181,6 +182,7 @@ class Branch:
     deadline_in: float | None = None
     steer: Steer | None = None
     drive: Drive | None = None
+    policy_extra: dict[str, Any] = field(default_factory=dict)
 
 
 async def recheck_until_fixed(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
@@ -258,6 +260,36 @@ def operator_update(update: str) -> Steer:
 
     return steer
 
+
+async def resume_when_paused(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
+    """The bake pauses and pages (no data from the signal); an operator resumes it."""
+    await cap.until(handle, lambda s: s.phase is Phase.PAUSED)
+    action = OperatorAction(operator="capture", reason="replay capture: resume")
+    await handle.execute_update("resume", action, result_type=OperatorActionResult)
+
+
+async def approve_once(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
+    """Approve the timing failure once: the re-gate before wave 2 is covered by it."""
+    status = await cap.until(handle, lambda s: s.phase is Phase.AWAITING_APPROVAL)
+    assert status.report is not None
+    approval = Approval(
+        guardrails=["fake-timing"],
+        approver="sre-lead",
+        reason="replay capture",
+        report_hash=status.report.report_hash,
+    )
+    await handle.execute_update("approve", approval, result_type=ApprovalResult)
+
+
+UNREACHABLE_SIGNAL = {
+    "name": "probe",
+    "source": "prometheus",
+    "url": "http://127.0.0.1:9",
+    "query": "up",
+    "degraded_above": 0.5,
+    "critical_above": 0.9,
+    "timeout": "1s",
+}
 
 APPROVABLE_FAILURE = [
     {
@@ -383,6 +415,37 @@ BRANCHES: list[Branch] = [
     ),
     Branch("large_wave_batches", Outcome.COMPLETED, targets=105, max_parallel=20),
     Branch(
+        "bake_pause_resume",
+        Outcome.COMPLETED,
+        bake="2s",
+        policy_extra={
+            "signals": [UNREACHABLE_SIGNAL],
+            "responses": [
+                {
+                    "signal": "probe",
+                    "state": "insufficient_data",
+                    "do": "pause_and_page",
+                    "timeout": "1h",
+                    "then": "rollback",
+                }
+            ],
+        },
+        steer=resume_when_paused,
+    ),
+    Branch(
+        "approval_carries_over",
+        Outcome.COMPLETED,
+        rules=[
+            {
+                "use": "fake-timing",
+                "params": {"outcome": "fail"},
+                "opt_out": {"approvers": ["sre-leads"]},
+            }
+        ],
+        waves=["1", "100%"],
+        steer=approve_once,
+    ),
+    Branch(
         "batch_failure_reverts",
         Outcome.ROLLED_BACK,
         targets=105,
@@ -438,7 +501,7 @@ class Capture:
                     "max_parallel": branch.max_parallel,
                     "bake": branch.bake,
                 },
-                "policy": {"guardrails": branch.rules},
+                "policy": {"guardrails": branch.rules, **branch.policy_extra},
                 "deadline": deadline,
             }
         )

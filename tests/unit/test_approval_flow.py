@@ -279,3 +279,32 @@ async def test_deadline_rejection_pages_when_the_policy_asks(
     assert result.outcome is Outcome.REJECTED
     assert len(status.pages) == 1
     assert status.pages[0].startswith(f"log: {req.change_id} did not pass its gate in time")
+
+
+async def test_unexpired_approval_carries_over_to_the_next_wave(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, reset: Ledger
+) -> None:
+    """The same failure at the re-check before wave 2 is covered: no second wait for approval."""
+    req = _request(use="timing-switch", waves=["1", "100%"], bake="1h")
+    async with _worker(env, task_queue, audit):
+        handle = await _start(env, req, task_queue)
+        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        await handle.execute_update(
+            "approve",
+            _approval(status, "bob", "timing-switch", expires_in="4h"),
+            result_type=ApprovalResult,
+        )
+        result = await handle.result()
+        history = await handle.fetch_history()
+    assert result.outcome is Outcome.COMPLETED
+    phases = [
+        e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields[
+            "ChangePhase"
+        ].data.decode()
+        for e in history.events
+        if e.HasField("upsert_workflow_search_attributes_event_attributes")
+        and "ChangePhase"
+        in e.upsert_workflow_search_attributes_event_attributes.search_attributes.indexed_fields
+    ]
+    assert phases.count('"AwaitingApproval"') == 1
+    assert phases[-1] == '"Completed"'
