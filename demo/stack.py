@@ -1,11 +1,18 @@
-"""Everything ``changeguard dev`` and the demo run locally: dev server, Web UI, fleet, worker."""
+"""Everything ``changeguard dev`` and the demo run locally: dev server, Web UI, fleet, worker.
+
+Also the demo's :class:`StandIns`: the two outside services its story needs besides the fleet.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 from temporalio.client import Client
 from temporalio.worker import Worker
@@ -27,6 +34,9 @@ class DevStack:
         fleet_port: port of the demo fleet service (0: any free port).
         fleet_db: the fleet's SQLite file.
         state_dir: where logs go.
+        audit_url: the worker's audit store (default: the settings' default, under ``.changeguard``).
+        directory: the worker's operator directory spec, e.g. ``yaml:demo/operators.yaml``.
+        pagers: each pager's params by name, e.g. ``{"webhook": {"url": ...}}``.
     """
 
     def __init__(
@@ -38,16 +48,25 @@ class DevStack:
         fleet_port: int = 8800,
         fleet_db: Path = Path(".changeguard/fleet.db"),
         state_dir: Path = Path(".changeguard"),
+        audit_url: str | None = None,
+        directory: str | None = None,
+        pagers: dict[str, dict[str, Any]] | None = None,
     ) -> None:
         self.server = DevServer(
             port=port, ui_port=ui_port, db=db, log_file=state_dir / "temporal.log"
         )
         self.fleet = FleetServer(fleet_db, port=fleet_port)
-        self.settings = Settings.from_env(
-            env={},
-            connect={"target_host": self.server.address, "namespace": "default"},
-            ui_url=self.server.ui_url,
-        )
+        overrides: dict[str, Any] = {
+            "connect": {"target_host": self.server.address, "namespace": "default"},
+            "ui_url": self.server.ui_url,
+        }
+        if audit_url is not None:
+            overrides["audit_url"] = audit_url
+        if directory is not None:
+            overrides["directory"] = directory
+        if pagers is not None:
+            overrides["pagers"] = pagers
+        self.settings = Settings.from_env(env={}, **overrides)
         self.client: Client | None = None
         self._worker: Worker | None = None
 
@@ -93,3 +112,79 @@ class DevStack:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         await stop.wait()
+
+
+class StandIns:
+    """Two small services the demo's story needs besides the fleet, on one loopback port.
+
+    ``GET /healthz`` is the session store's health endpoint, which the demo's freeze policy checks
+    with ``http-health``: 200 while :attr:`healthy`, else 503 saying why. ``POST /pages`` is the
+    on-call pager's inbox, where the ``webhook`` pager delivers: each page is kept in
+    :attr:`pages`, once per ``dedup_key`` (a retried delivery is the same page).
+    """
+
+    def __init__(self) -> None:
+        self.healthy = True
+        self.unhealthy_because = "failing over to the replica"
+        self.pages: list[dict[str, Any]] = []
+        self._lock = threading.Lock()
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        """The base URL, e.g. ``http://127.0.0.1:41234``."""
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        stand_ins = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                if self.path != "/healthz":
+                    self._send(404, {"error": f"no such path {self.path}"})
+                elif stand_ins.healthy:
+                    self._send(200, {"ok": True})
+                else:
+                    self._send(503, {"ok": False, "why": stand_ins.unhealthy_because})
+
+            def do_POST(self) -> None:
+                if self.path != "/pages":
+                    self._send(404, {"error": f"no such path {self.path}"})
+                    return
+                length = int(self.headers.get("Content-Length") or 0)
+                try:
+                    page = json.loads(self.rfile.read(length) or b"{}")
+                except ValueError:
+                    self._send(400, {"error": "a page is a JSON object"})
+                    return
+                with stand_ins._lock:
+                    if all(p.get("dedup_key") != page.get("dedup_key") for p in stand_ins.pages):
+                        stand_ins.pages.append(page)
+                self._send(202, {"received": True})
+
+            def _send(self, status: int, body: dict[str, Any]) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format: str, *args: Any) -> None:
+                """Quiet: the demo narrates what matters."""
+
+        return Handler
+
+    def __enter__(self) -> StandIns:
+        self._thread = threading.Thread(
+            target=self._server.serve_forever, name="stand-ins", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+        if self._thread is not None:
+            self._thread.join(timeout=5)
