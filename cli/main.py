@@ -22,7 +22,7 @@ from temporalio.client import (
     WorkflowUpdateFailedError,
 )
 from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import WorkflowAlreadyStartedError
+from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli import exitcodes
@@ -235,7 +235,7 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = await handle.execute_update("approve", approval, result_type=ApprovalResult)
     except WorkflowUpdateFailedError as exc:
-        err.print(f"[bold red]approval refused:[/] {escape(str(exc.cause))}")
+        err.print(f"[bold red]approval refused:[/] {escape(_refusal(exc))}")
         return exitcodes.INVALID
     except RPCError as exc:
         if exc.status is RPCStatusCode.NOT_FOUND:
@@ -258,7 +258,7 @@ async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     try:
         result = await handle.execute_update(args.command, action, result_type=OperatorActionResult)
     except WorkflowUpdateFailedError as exc:
-        err.print(f"[bold red]{args.command} refused:[/] {escape(str(exc.cause))}")
+        err.print(f"[bold red]{args.command} refused:[/] {escape(_refusal(exc))}")
         return exitcodes.INVALID
     except RPCError as exc:
         if exc.status is RPCStatusCode.NOT_FOUND:
@@ -269,6 +269,12 @@ async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait:
         return await follow(client, args.id, settings, as_json=False)
     return exitcodes.OK
+
+
+def _refusal(exc: WorkflowUpdateFailedError) -> str:
+    """The validator's reason, without the error type in front of it."""
+    cause = exc.cause
+    return cause.message if isinstance(cause, ApplicationError) else str(cause)
 
 
 # ------------------------------------------------------------------------------------------ servers
@@ -284,10 +290,21 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Run the embedded dev server, the demo fleet and a worker until Ctrl-C."""
+    import demo
     from demo.stack import DevStack
 
+    demo_operators = os.path.join(os.path.dirname(demo.__file__), "operators.yaml")
+    directory = (
+        settings.directory if os.environ.get("CHANGEGUARD_DIRECTORY") else f"yaml:{demo_operators}"
+    )
     async with DevStack(
-        port=args.port, ui_port=args.ui_port, db=Path(args.db), fleet_port=args.fleet_port
+        port=args.port,
+        ui_port=args.ui_port,
+        db=Path(args.db),
+        fleet_port=args.fleet_port,
+        audit_url=settings.audit_url,
+        directory=directory,  # the demo's operators unless CHANGEGUARD_DIRECTORY says otherwise
+        pagers=settings.pagers,
     ) as stack:
         console.print(stack.banner())
         await stack.wait_for_interrupt()

@@ -47,6 +47,14 @@ def approval_problem(
     The reason is shown to the caller (the update validator's error, the Web UI included) and
     recorded in the audit trail, so it names the fix.
     """
+    if report is not None:
+        # A forbidden failure is refused as such in every phase (I2): the reason names the fix.
+        for failure in report.failures:
+            if failure.guardrail in approval.guardrails and failure.opt_out is OptOut.FORBIDDEN:
+                return (
+                    f"{failure.guardrail} is forbidden to opt out of; fix the cause instead: "
+                    f"{failure.remedy}"
+                )
     if not awaiting or report is None:
         return "the change is not awaiting approval; nothing can be approved now"
     if approval.report_hash != report.report_hash:

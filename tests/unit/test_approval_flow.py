@@ -195,9 +195,8 @@ async def test_forbidden_guardrail_cannot_be_approved(
             await handle.execute_update(
                 "approve", _approval(status, "bob"), result_type=ApprovalResult
             )
-        assert (
-            refused.value.cause.message
-            == "the change is not awaiting approval; nothing can be approved now"
+        assert refused.value.cause.message == (
+            "switch is forbidden to opt out of; fix the cause instead: turn the switch on"
         )
         await handle.cancel()
         with pytest.raises(WorkflowFailureError):
