@@ -201,7 +201,7 @@ async def test_disjoint_targets_pass(running: Running) -> None:
     result = await run({}, make_ctx(["web-03", "web-04"], client=running.client))
     assert (result.status, result.reason, result.evidence["conflicting"]) == (
         CheckStatus.PASS,
-        "no other change is in flight (Gating, Executing, Baking, RollingBack) "
+        "no other change is in flight (Gating, Executing, Baking, Paused, RollingBack) "
         "on targets of this change",
         [],
     )
@@ -273,7 +273,7 @@ def test_queries_quote_values_and_drop_unmatchable_ones() -> None:
     params = NoConflictingChangesParams(conflict_on="team")
     base = (
         "WorkflowType = 'GuardedChange' AND ExecutionStatus = 'Running' AND ChangePhase IN "
-        "('Gating', 'Executing', 'Baking', 'RollingBack') AND ChangeId != 'chg-new'"
+        "('Gating', 'Executing', 'Baking', 'Paused', 'RollingBack') AND ChangeId != 'chg-new'"
     )
     quoted = build_queries(params, make_ctx(["a"], client=None, team="o'brien"))
     backslash = build_queries(params, make_ctx(["a"], client=None, team="ops\\eu"))
