@@ -21,7 +21,12 @@ from datetime import datetime, timedelta
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
+from temporalio.exceptions import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    is_cancelled_exception,
+)
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
@@ -545,7 +550,9 @@ class GuardedChangeWorkflow(BakeMixin):
 
     async def _unwind(self, exc: BaseException) -> ChangeResult:
         """Compensate every applied step; re-raise a cancellation once done."""
-        cancelled = isinstance(exc, asyncio.CancelledError)
+        # A cancel may surface as the activity's or the gate child's failure, whose cause is the
+        # cancellation: every form counts, or a cancelled change would end "rejected".
+        cancelled = is_cancelled_exception(exc)
         if isinstance(exc, _Unwind):
             outcome, why = exc.outcome, exc.message
         elif cancelled:
@@ -567,7 +574,7 @@ class GuardedChangeWorkflow(BakeMixin):
             )
         result = await self._finish(outcome, why)
         if cancelled:
-            raise exc
+            raise asyncio.CancelledError(why)  # the run ends as cancelled, after compensating
         return result
 
     # ---------------------------------------------------------------- bookkeeping

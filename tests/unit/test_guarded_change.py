@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
@@ -175,4 +176,33 @@ async def test_invalid_policy_at_run_time_is_rejected(
         )
     assert result.outcome is Outcome.REJECTED
     assert "no-such-guardrail" in result.message
+    assert reset.applied == []
+
+
+async def test_cancel_while_gating_mutates_nothing(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """Cancelled while its gate's check still runs: the change ends cancelled, nothing applied."""
+    req = _request().model_copy(
+        update={
+            "policy": {
+                "guardrails": [
+                    {"use": "fake-health", "params": {"outcome": "hang"}, "timeout": "1h"}
+                ]
+            }
+        }
+    )
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        await _until_phase(handle, Phase.GATING)
+        await handle.cancel()
+        with pytest.raises(WorkflowFailureError) as info:
+            await handle.result()
+        final = await handle.query("status", result_type=ChangeStatus)
+    assert isinstance(info.value.cause, CancelledError)
+    assert (final.phase, final.outcome) == (Phase.ABORTED, Outcome.ABORTED)
     assert reset.applied == []
