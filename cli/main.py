@@ -174,13 +174,7 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Show a change's status (works on finished changes too)."""
     client = await connect(settings)
     handle = client.get_workflow_handle(args.id)
-    try:
-        status = await handle.query("status", result_type=ChangeStatus)
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            err.print(f"[red]no change with id {args.id!r}[/]")
-            return exitcodes.INVALID
-        raise
+    status = await handle.query("status", result_type=ChangeStatus)
     desc = await handle.describe()
     if desc.status is WorkflowExecutionStatus.CANCELED and status.phase not in TERMINAL_PHASES:
         status.phase = Phase.ABORTED
@@ -190,15 +184,9 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a blocked or waiting change to run its gate again now."""
     client = await connect(settings)
-    try:
-        await client.get_workflow_handle(args.id).signal(
-            "recheck", RecheckInput(requested_by=args.by, reason=args.reason)
-        )
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            err.print(f"[red]no running change with id {args.id!r}[/]")
-            return exitcodes.INVALID
-        raise
+    await client.get_workflow_handle(args.id).signal(
+        "recheck", RecheckInput(requested_by=args.by, reason=args.reason)
+    )
     console.print(f"Recheck requested for {args.id}")
     return exitcodes.OK
 
@@ -209,13 +197,7 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     handle = client.get_workflow_handle(args.id)
     report_hash = args.report_hash
     if report_hash is None:
-        try:
-            status = await handle.query("status", result_type=ChangeStatus)
-        except RPCError as exc:
-            if exc.status is RPCStatusCode.NOT_FOUND:
-                err.print(f"[red]no change with id {args.id!r}[/]")
-                return exitcodes.INVALID
-            raise
+        status = await handle.query("status", result_type=ChangeStatus)
         if status.report is None:
             err.print(f"[red]{args.id} has no report yet; nothing to approve[/]")
             return exitcodes.INVALID
@@ -237,11 +219,6 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     except WorkflowUpdateFailedError as exc:
         err.print(f"[bold red]approval refused:[/] {escape(_refusal(exc))}")
         return exitcodes.INVALID
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            err.print(f"[red]no running change with id {args.id!r}[/]")
-            return exitcodes.INVALID
-        raise
     if result.still_needed:
         needed = ", ".join(f"{g} ({n} more)" for g, n in result.still_needed.items())
         console.print(f"Approved {', '.join(result.accepted)}; still needed: {needed}")
@@ -260,11 +237,6 @@ async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     except WorkflowUpdateFailedError as exc:
         err.print(f"[bold red]{args.command} refused:[/] {escape(_refusal(exc))}")
         return exitcodes.INVALID
-    except RPCError as exc:
-        if exc.status is RPCStatusCode.NOT_FOUND:
-            err.print(f"[red]no running change with id {args.id!r}[/]")
-            return exitcodes.INVALID
-        raise
     console.print(f"{args.id}: {result.message}")
     if args.wait:
         return await follow(client, args.id, settings, as_json=False)
@@ -425,6 +397,11 @@ def main(argv: list[str] | None = None) -> int:
     except SearchAttributesMissing as exc:
         err.print(f"[bold red]cannot run:[/] {escape(str(exc))}")
         return exitcodes.INVALID
+    except RPCError as exc:
+        if exc.status is RPCStatusCode.NOT_FOUND and getattr(args, "id", None):
+            err.print(f"[red]no running change with id {args.id!r}:[/] {escape(exc.message)}")
+            return exitcodes.INVALID
+        raise
     except DevServerError as exc:
         err.print(f"[bold red]cannot start the dev server:[/] {escape(str(exc))}")
         return exitcodes.INVALID

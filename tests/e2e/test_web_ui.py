@@ -32,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.audit import AuditActivities, SqliteAuditStore
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from tests.helpers import until_phase
 from worker.devserver import temporal_binary
 from worker.main import build_worker
 from workflows import search_attributes as sa
@@ -224,19 +225,10 @@ async def _start_awaiting_approval(
     handle = await ui_server.env.client.start_workflow(
         "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
     )
-    status = await _phase(handle, Phase.AWAITING_APPROVAL)
+    status = await until_phase(handle, Phase.AWAITING_APPROVAL)
     assert status.awaiting_from == ["sre-leads"]
     assert status.report is not None
     return handle, status
-
-
-async def _phase(handle: WorkflowHandle[Any, Any], *phases: Phase) -> ChangeStatus:
-    for _ in range(200):
-        status: ChangeStatus = await handle.query("status", result_type=ChangeStatus)
-        if status.phase in phases:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {phases}; last {status.phase}: {status.message}")
 
 
 async def _result(handle: WorkflowHandle[Any, ChangeResult]) -> ChangeResult:
@@ -324,7 +316,7 @@ async def test_requester_cannot_approve_from_the_web_ui_and_abort_works(
         )
         await dialog.get_by_role("button", name="Cancel").last.click()
         await expect(dialog).to_be_hidden()
-        assert (await _phase(handle, Phase.AWAITING_APPROVAL)).approvals == []
+        assert (await until_phase(handle, Phase.AWAITING_APPROVAL)).approvals == []
 
         stop = {"operator": "bob", "reason": "superseded by change 43"}
         dialog = await _send(page, "Update", "abort", stop)

@@ -11,6 +11,7 @@ from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from demo.fleet import FleetServer
+from tests.helpers import until_phase
 from tests.integration.conftest import Cli
 from workflows.models import (
     ChangeRequest,
@@ -66,15 +67,6 @@ async def _mark_bad(fleet: FleetServer, version: str) -> None:
         (await http.post(f"/versions/{version}", json={"bad": True})).raise_for_status()
 
 
-async def _phase(handle: WorkflowHandle[Any, Any], phase: Phase) -> ChangeStatus:
-    for _ in range(300):
-        status = await handle.query("status", result_type=ChangeStatus)
-        if status.phase is phase:
-            return status
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"never {phase}; last {status.phase}: {status.message}")
-
-
 async def _start(
     env: WorkflowEnvironment, tq: str, req: ChangeRequest
 ) -> WorkflowHandle[Any, ChangeResult]:
@@ -123,7 +115,7 @@ async def test_degraded_pauses_pages_and_resumes_complete(
         ],
     )
     handle = await _start(dev_env, task_queue, req)
-    paused = await _phase(handle, Phase.PAUSED)
+    paused = await until_phase(handle, Phase.PAUSED)
     assert paused.pages and paused.pages[0].startswith(
         f"log: {req.change_id} paused: signal error-rate is degraded"
     )
@@ -170,7 +162,7 @@ async def test_unanswered_page_times_out_into_rollback(
         ],
     )
     handle = await _start(dev_env, task_queue, req)
-    await _phase(handle, Phase.PAUSED)
+    await until_phase(handle, Phase.PAUSED)
     result = await handle.result()
     assert result.outcome is Outcome.ROLLED_BACK
     assert "nobody answered the page" in result.message

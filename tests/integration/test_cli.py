@@ -104,3 +104,17 @@ async def test_unreachable_server_exits_4(tmp_path: Path) -> None:
     res = await Cli("127.0.0.1:1", "x")("status", "anything")
     assert res.code == 4
     assert "127.0.0.1:1" in res.stderr
+
+
+async def test_unknown_change_ids_exit_2_without_a_traceback(cli: Cli) -> None:
+    """status, recheck, approve and abort on an id no change has: exit 2 and say so."""
+    for args in (
+        ("status", "no-such-change"),
+        ("recheck", "no-such-change"),
+        ("approve", "no-such-change", "--guardrail", "g", "--approver", "bob", "--reason", "r"),
+        ("abort", "no-such-change", "--operator", "bob", "--reason", "r"),
+    ):
+        res = await cli(*args)
+        assert res.code == 2, (args, res.stderr)
+        assert "no running change with id 'no-such-change'" in res.stderr, args
+        assert "Traceback" not in res.stderr

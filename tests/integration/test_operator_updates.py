@@ -2,27 +2,25 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
-from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
+from temporalio.client import WorkflowUpdateFailedError
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from tests.helpers import until_phase
 from worker.main import build_worker
 from workflows.models import (
     AuditAction,
     AuditQuery,
     ChangeRequest,
     ChangeResult,
-    ChangeStatus,
     OperatorAction,
     OperatorActionResult,
     Outcome,
@@ -64,15 +62,6 @@ def _request(*, waves: list[str], bake: str) -> ChangeRequest:
     )
 
 
-async def _phase(handle: WorkflowHandle[Any, Any], *phases: Phase) -> ChangeStatus:
-    for _ in range(400):
-        status = await handle.query("status", result_type=ChangeStatus)
-        if status.phase in phases:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {phases}; last {status.phase}: {status.message}")
-
-
 ACT = OperatorAction(operator="oscar", reason="error budget burning")
 
 
@@ -105,7 +94,7 @@ async def test_update_during_bake_reverts_in_reverse(
         handle = await dev_env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        await _phase(handle, Phase.BAKING)
+        await until_phase(handle, Phase.BAKING)
         answer = await handle.execute_update(update, ACT, result_type=OperatorActionResult)
         assert answer.accepted
         result = await handle.result()
@@ -136,7 +125,7 @@ async def test_rollback_refused_before_any_mutation_abort_accepted(
         handle = await dev_env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        await _phase(handle, Phase.AWAITING_APPROVAL, Phase.BLOCKED)
+        await until_phase(handle, Phase.AWAITING_APPROVAL, Phase.BLOCKED)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update("rollback", ACT, result_type=OperatorActionResult)
         assert (

@@ -7,17 +7,17 @@ import uuid
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowExecutionStatus, WorkflowHandle
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.testing import WorkflowEnvironment
 
 from guardrails.builtin.target_lock import TargetLock
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
+from tests.helpers import until_phase
 from worker.main import build_worker
 from workflows.models import (
     ChangeRequest,
     ChangeResult,
-    ChangeStatus,
     CheckStatus,
     Outcome,
     Phase,
@@ -44,21 +44,6 @@ def _request(targets: list[str], *, delay: float, team: str) -> ChangeRequest:
         params={"delay": delay},
         rollout={"waves": ["100%"], "max_parallel": 5},  # type: ignore[arg-type]
         policy={"guardrails": [{"use": "target-lock", "params": {"watch_every": "1s"}}]},
-    )
-
-
-async def _phase(
-    handle: WorkflowHandle[Any, Any], *phases: Phase, within: float = 20
-) -> ChangeStatus:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + within
-    while loop.time() < end:
-        status = await handle.query("status", result_type=ChangeStatus)
-        if status.phase in phases:
-            return status
-        await asyncio.sleep(0.1)
-    raise AssertionError(
-        f"{handle.id} never reached {phases}; last {status.phase}: {status.message}"
     )
 
 
@@ -100,7 +85,8 @@ async def test_exactly_one_of_two_racing_changes_proceeds(
             )
         )
         sa, sb = await asyncio.gather(
-            _phase(ha, Phase.EXECUTING, Phase.BLOCKED), _phase(hb, Phase.EXECUTING, Phase.BLOCKED)
+            until_phase(ha, Phase.EXECUTING, Phase.BLOCKED),
+            until_phase(hb, Phase.EXECUTING, Phase.BLOCKED),
         )
         phases = sorted([sa.phase, sb.phase])
         assert phases == [Phase.BLOCKED, Phase.EXECUTING]
@@ -142,7 +128,7 @@ async def test_cancel_releases_and_terminate_expires_the_lease(
         hb = await dev_env.client.start_workflow(
             "GuardedChange", b, id=b.change_id, task_queue=task_queue
         )
-        await asyncio.gather(_phase(ha, Phase.EXECUTING), _phase(hb, Phase.EXECUTING))
+        await asyncio.gather(until_phase(ha, Phase.EXECUTING), until_phase(hb, Phase.EXECUTING))
         await ha.cancel()
         assert (await _lock_closed(dev_env, "c1", within=40)).startswith("released")
         await hb.terminate("test: worker lost")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from collections.abc import Iterator
 from datetime import timedelta
@@ -16,6 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.audit import AuditActivities, SqliteAuditStore
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from tests.helpers import until_phase
 from worker.main import build_worker
 from workflows.models import (
     Approval,
@@ -81,15 +81,6 @@ def _request(
     )
 
 
-async def _phase(handle: WorkflowHandle[Any, Any], *phases: Phase) -> ChangeStatus:
-    for _ in range(400):
-        status = await handle.query("status", result_type=ChangeStatus)
-        if status.phase in phases:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {phases}; last {status.phase}: {status.message}")
-
-
 async def _start(
     env: WorkflowEnvironment, req: ChangeRequest, tq: str
 ) -> WorkflowHandle[Any, ChangeResult]:
@@ -126,7 +117,7 @@ async def test_four_eyes_then_qualified_approval_proceeds_and_is_audited(
     req = _request()
     async with _worker(env, task_queue, audit):
         handle = await _start(env, req, task_queue)
-        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
         assert status.awaiting_from == ["sre-leads"]
         assert reset.applied == []
 
@@ -167,7 +158,7 @@ async def test_two_approvers_required(
     req = _request({"approvers": ["sre-leads"], "required": 2})
     async with _worker(env, task_queue, audit):
         handle = await _start(env, req, task_queue)
-        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
         first = await handle.execute_update(
             "approve", _approval(status, "bob"), result_type=ApprovalResult
         )
@@ -190,7 +181,7 @@ async def test_forbidden_guardrail_cannot_be_approved(
     req = _request("forbidden")
     async with _worker(env, task_queue, audit):
         handle = await _start(env, req, task_queue)
-        status = await _phase(handle, Phase.BLOCKED)
+        status = await until_phase(handle, Phase.BLOCKED)
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
                 "approve", _approval(status, "bob"), result_type=ApprovalResult
@@ -211,7 +202,7 @@ async def test_stale_report_hash_refused(
     req = _request()
     async with _worker(env, task_queue, audit):
         handle = await _start(env, req, task_queue)
-        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
         stale = _approval(status, "bob").model_copy(update={"report_hash": "0000"})
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update("approve", stale, result_type=ApprovalResult)
@@ -245,16 +236,16 @@ async def test_expired_approval_must_be_renewed_before_a_later_wave(
     req = _request(use="timing-switch", waves=["1", "100%"], bake="2h")
     async with _worker(env, task_queue, audit):
         handle = await _start(env, req, task_queue)
-        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
         await handle.execute_update(
             "approve",
             _approval(status, "bob", "timing-switch", expires_in="1h"),
             result_type=ApprovalResult,
         )
-        await _phase(handle, Phase.BAKING)
+        await until_phase(handle, Phase.BAKING)
         assert len(reset.applied) == 1
         await env.sleep(timedelta(hours=2, minutes=1))
-        again = await _phase(handle, Phase.AWAITING_APPROVAL)
+        again = await until_phase(handle, Phase.AWAITING_APPROVAL)
         assert again.still_needed == {"timing-switch": 1}
         assert len(reset.applied) == 1
         await handle.execute_update(
@@ -287,7 +278,7 @@ async def test_unexpired_approval_carries_over_to_the_next_wave(
     req = _request(use="timing-switch", waves=["1", "100%"], bake="1h")
     async with _worker(env, task_queue, audit):
         handle = await _start(env, req, task_queue)
-        status = await _phase(handle, Phase.AWAITING_APPROVAL)
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
         await handle.execute_update(
             "approve",
             _approval(status, "bob", "timing-switch", expires_in="4h"),

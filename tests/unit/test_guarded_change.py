@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
-import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
-from temporalio.client import WorkflowFailureError, WorkflowHandle
+from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from tests.helpers import until_phase
 from worker.main import build_worker
 from workflows.models import (
     ChangeRequest,
@@ -50,15 +50,6 @@ def _request(*, deadline: datetime | None = None, opt_out: Any = None) -> Change
     )
 
 
-async def _until_phase(handle: WorkflowHandle[Any, Any], *phases: Phase) -> ChangeStatus:
-    for _ in range(400):
-        status = await handle.query("status", result_type=ChangeStatus)
-        if status.phase in phases:
-            return status
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"never reached {phases}; last {status.phase}: {status.message}")
-
-
 async def test_blocked_change_mutates_nothing_until_recheck_passes(
     env: WorkflowEnvironment, task_queue: str, reset: Ledger
 ) -> None:
@@ -70,7 +61,7 @@ async def test_blocked_change_mutates_nothing_until_recheck_passes(
         handle = await env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        blocked = await _until_phase(handle, Phase.BLOCKED)
+        blocked = await until_phase(handle, Phase.BLOCKED)
         assert reset.applied == []
         assert blocked.awaiting_from == []
         assert (
@@ -78,7 +69,7 @@ async def test_blocked_change_mutates_nothing_until_recheck_passes(
         )
 
         await handle.signal("recheck", RecheckInput(requested_by="bob"))
-        await _until_phase(handle, Phase.BLOCKED)
+        await until_phase(handle, Phase.BLOCKED)
         assert reset.applied == []
 
         Switch.outcome = "pass"
@@ -99,7 +90,7 @@ async def test_approvable_failure_awaits_named_groups(
         handle = await env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        status = await _until_phase(handle, Phase.AWAITING_APPROVAL)
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
         await handle.cancel()
         # Let the cancel finish inside this worker: an orphaned workflow task would stop the
         # time-skipping server from ever skipping time again, hanging later tests.
@@ -135,7 +126,7 @@ async def test_wait_then_proceed(env: WorkflowEnvironment, task_queue: str, rese
         handle = await env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        waiting = await _until_phase(handle, Phase.WAITING)
+        waiting = await until_phase(handle, Phase.WAITING)
         assert reset.applied == []
         Switch.outcome = "pass"
         result = await handle.result()
@@ -156,7 +147,7 @@ async def test_recheck_without_payload_still_rechecks(
         handle = await env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        await _until_phase(handle, Phase.BLOCKED)
+        await until_phase(handle, Phase.BLOCKED)
         Switch.outcome = "pass"
         await handle.signal("recheck")
         result = await handle.result()
@@ -198,7 +189,7 @@ async def test_cancel_while_gating_mutates_nothing(
         handle = await env.client.start_workflow(
             "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
         )
-        await _until_phase(handle, Phase.GATING)
+        await until_phase(handle, Phase.GATING)
         await handle.cancel()
         with pytest.raises(WorkflowFailureError) as info:
             await handle.result()

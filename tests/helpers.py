@@ -1,0 +1,36 @@
+"""Helpers the suites share (phase polling)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from temporalio.client import WorkflowHandle
+
+from workflows.models import ChangeStatus, Phase
+
+
+async def until_status(
+    handle: WorkflowHandle[Any, Any], ready: Callable[[ChangeStatus], bool], *, within: float = 20
+) -> ChangeStatus:
+    """Poll the ``status`` query until ``ready``; fail with the last phase and message."""
+    loop = asyncio.get_running_loop()
+    end = loop.time() + within
+    while True:
+        status: ChangeStatus = await handle.query("status", result_type=ChangeStatus)
+        if ready(status):
+            return status
+        if loop.time() > end:
+            raise AssertionError(
+                f"{handle.id}: condition not met within {within:g}s; "
+                f"last {status.phase.value}: {status.message}"
+            )
+        await asyncio.sleep(0.05)
+
+
+async def until_phase(
+    handle: WorkflowHandle[Any, Any], *phases: Phase, within: float = 20
+) -> ChangeStatus:
+    """Poll the ``status`` query until the change is in one of ``phases``."""
+    return await until_status(handle, lambda s: s.phase in phases, within=within)
