@@ -15,8 +15,10 @@ from typing import Any
 
 from pydantic import ValidationError
 from rich.markup import escape
+from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.client import (
     Client,
+    WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
     WorkflowUpdateFailedError,
@@ -46,6 +48,7 @@ from workflows.models import (
     GuardrailReport,
     OperatorAction,
     OperatorActionResult,
+    PendingWork,
     Phase,
     RecheckInput,
 )
@@ -178,7 +181,37 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     desc = await handle.describe()
     if desc.status is WorkflowExecutionStatus.CANCELED and status.phase not in TERMINAL_PHASES:
         status.phase = Phase.ABORTED
+    status.pending = pending_work(desc)
     return _show_status(status, settings, as_json=args.json)
+
+
+def pending_work(desc: WorkflowExecutionDescription) -> list[PendingWork]:
+    """The change's activities the server is running or retrying, with the last failure.
+
+    This is where a worker's circuit breaker shows up for operators: a mutation retrying with
+    ``CircuitOpen: … retry in 12s`` is refused by the breaker, not by the target.
+    """
+    now = datetime.now(UTC)
+    out = []
+    for p in desc.raw_description.pending_activities:
+        failure = p.last_failure
+        message = ""
+        if failure.message:
+            kind = failure.application_failure_info.type if failure.application_failure_info else ""
+            message = f"{kind}: {failure.message}" if kind else failure.message
+        next_in = None
+        if p.HasField("next_attempt_schedule_time"):
+            next_in = max(0.0, (p.next_attempt_schedule_time.ToDatetime(UTC) - now).total_seconds())
+        out.append(
+            PendingWork(
+                activity=p.activity_type.name,
+                attempt=p.attempt,
+                state=PendingActivityState.Name(p.state).removeprefix("PENDING_ACTIVITY_STATE_"),
+                last_failure=message,
+                next_attempt_in_s=next_in,
+            )
+        )
+    return out
 
 
 async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:

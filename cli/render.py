@@ -107,6 +107,14 @@ def status_table(status: ChangeStatus, url: str) -> Table:
         table.add_row("paged", page)
     for failure in status.audit_failures:
         table.add_row(Text("audit failed", style="red"), failure)
+    for work in status.pending:
+        retry = f", next try in {work.next_attempt_in_s:.0f}s" if work.next_attempt_in_s else ""
+        failure = f": last failure {work.last_failure}" if work.last_failure else ""
+        style = "yellow" if work.last_failure else ""
+        table.add_row(
+            Text(f"pending {work.activity}", style=style),
+            f"{work.state.lower()}, attempt {work.attempt}{retry}{failure}",
+        )
     table.add_row("gate runs", str(status.gate_runs))
     table.add_row("web UI", url)
     return table

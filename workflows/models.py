@@ -581,6 +581,16 @@ class WaveProgress(BaseModel):
     state: str = "pending"
 
 
+class PendingWork(BaseModel):
+    """An activity the server is still running or retrying for a change (from describe)."""
+
+    activity: str
+    attempt: int = 1
+    state: str = ""
+    last_failure: str = ""
+    next_attempt_in_s: float | None = None
+
+
 class ChangeStatus(BaseModel):
     """The ``status`` query: everything an operator needs to see at once."""
 
@@ -612,6 +622,10 @@ class ChangeStatus(BaseModel):
     pages: list[str] = Field(default_factory=list, description="pages sent, as one line each")
     audit_failures: list[str] = Field(
         default_factory=list, description="audit writes that failed from signal handlers"
+    )
+    pending: list[PendingWork] = Field(
+        default_factory=list,
+        description="filled by clients from the server (not by the workflow): retrying activities",
     )
     updated_at: datetime | None = None
 

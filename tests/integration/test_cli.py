@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from pathlib import Path
 
@@ -118,3 +119,26 @@ async def test_unknown_change_ids_exit_2_without_a_traceback(cli: Cli) -> None:
         assert res.code == 2, (args, res.stderr)
         assert "no running change with id 'no-such-change'" in res.stderr, args
         assert "Traceback" not in res.stderr
+
+
+async def test_status_shows_retrying_mutations_and_the_open_breaker(
+    cli: Cli, worker: None, fleet: FleetServer, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """While the target API fails, status lists the retrying mutations; the breaker's refusals too."""
+    async with httpx.AsyncClient(base_url=fleet.url) as http:
+        (await http.post("/admin/faults", json={"fail_next": 1000})).raise_for_status()
+    change_id = f"brk-{uuid.uuid4().hex[:8]}"
+    path = write_change(
+        tmp_path / "c.yaml", fleet.url, change_id, rollout={"waves": ["100%"], "max_parallel": 4}
+    )
+    assert (await cli("start", str(path))).code == 0
+    seen: set[str] = set()
+    for _ in range(60):
+        doc = (await cli("status", change_id, "--json")).json()
+        seen |= {w["last_failure"].split(":")[0] for w in doc["pending"] if w["last_failure"]}
+        if "CircuitOpen" in seen:
+            break
+        await asyncio.sleep(0.5)
+    await dev_env.client.get_workflow_handle(change_id).terminate("test done")
+    assert {"TargetUnavailable", "CircuitOpen"} <= seen
+    assert all(w["activity"] == "apply_change" for w in doc["pending"])
