@@ -19,6 +19,7 @@ from temporalio.client import Client
 from temporalio.contrib.pydantic import pydantic_data_converter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.audit import AuditActivities, SqliteAuditStore
 from worker.client import ensure_search_attributes
 from worker.devserver import temporal_binary
 from workflows import search_attributes as sa
@@ -106,6 +107,27 @@ async def dev_env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvir
 def task_queue() -> str:
     """A task queue of the test's own, so workers of different tests never share work."""
     return f"test-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture
+def operators() -> str:
+    """The operator directory (YAML) the ``audit`` fixture's worker reads; modules override it."""
+    return "operators: {}\n"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[SqliteAuditStore]:
+    """A fresh SQLite audit store for one test."""
+    s = SqliteAuditStore(tmp_path / "audit.db")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def audit(tmp_path: Path, store: SqliteAuditStore, operators: str) -> AuditActivities:
+    """The audit activities over ``store``, reading ``operators`` as the operator directory."""
+    (tmp_path / "operators.yaml").write_text(operators)
+    return AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ import json
 import socket
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -168,13 +168,6 @@ def reset() -> Ledger:
     RecordingKind.ledger = Ledger()
     Switch.outcome = "fail"
     return RecordingKind.ledger
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteAuditStore]:
-    s = SqliteAuditStore(tmp_path / "audit.db")
-    yield s
-    s.close()
 
 
 @pytest.fixture

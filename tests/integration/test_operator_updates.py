@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from temporalio.client import WorkflowUpdateFailedError
@@ -33,19 +31,6 @@ def reset() -> Ledger:
     RecordingKind.ledger = Ledger()
     Switch.outcome = "pass"
     return RecordingKind.ledger
-
-
-@pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteAuditStore]:
-    s = SqliteAuditStore(tmp_path / "audit.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def audit(tmp_path: Path, store: SqliteAuditStore) -> AuditActivities:
-    (tmp_path / "operators.yaml").write_text("operators: {}\n")
-    return AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
 
 
 def _request(*, waves: list[str], bake: str) -> ChangeRequest:

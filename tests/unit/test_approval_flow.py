@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -46,16 +44,8 @@ def reset() -> Ledger:
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[SqliteAuditStore]:
-    s = SqliteAuditStore(tmp_path / "audit.db")
-    yield s
-    s.close()
-
-
-@pytest.fixture
-def audit(tmp_path: Path, store: SqliteAuditStore) -> AuditActivities:
-    (tmp_path / "operators.yaml").write_text(OPERATORS)
-    return AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
+def operators() -> str:
+    return OPERATORS
 
 
 def _request(
