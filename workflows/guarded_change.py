@@ -160,16 +160,7 @@ class GuardedChangeWorkflow(BakeMixin):
     @abort.validator
     def validate_abort(self, action: OperatorAction) -> None:
         """Refuse when the change is already ending."""
-        if (
-            self._status.phase in TERMINAL_PHASES
-            or self._status.phase is Phase.ROLLING_BACK
-            or self._stop is not None
-        ):
-            raise ApplicationError(
-                f"the change is already {self._status.phase.value}; there is nothing to abort",
-                type=errors.REFUSED,
-                non_retryable=True,
-            )
+        self._refuse_if_ending("there is nothing to abort")
 
     @workflow.update(name="rollback")
     async def rollback(self, action: OperatorAction) -> OperatorActionResult:
@@ -179,16 +170,7 @@ class GuardedChangeWorkflow(BakeMixin):
     @rollback.validator
     def validate_rollback(self, action: OperatorAction) -> None:
         """Refuse before any mutation (use abort) or when the change is already ending."""
-        if (
-            self._stop is not None
-            or self._status.phase in TERMINAL_PHASES
-            or self._status.phase is Phase.ROLLING_BACK
-        ):
-            raise ApplicationError(
-                f"the change is already {self._status.phase.value}",
-                type=errors.REFUSED,
-                non_retryable=True,
-            )
+        self._refuse_if_ending("there is nothing to roll back")
         if not self._status.applied:
             raise ApplicationError(
                 "nothing has been applied yet; use abort to stop this change",
@@ -217,6 +199,19 @@ class GuardedChangeWorkflow(BakeMixin):
     def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
         """The exception that stops the rollout and compensates (used by the bake)."""
         return _Unwind(outcome, message)
+
+    def _refuse_if_ending(self, consequence: str) -> None:
+        """Validators: refuse once the change is unwinding or over."""
+        if (
+            self._stop is not None
+            or self._status.phase in TERMINAL_PHASES
+            or self._status.phase is Phase.ROLLING_BACK
+        ):
+            raise ApplicationError(
+                f"the change is already {self._status.phase.value}; {consequence}",
+                type=errors.REFUSED,
+                non_retryable=True,
+            )
 
     async def _stop_with(
         self, audit: AuditAction, outcome: Outcome, action: OperatorAction

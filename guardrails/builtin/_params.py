@@ -1,4 +1,4 @@
-"""Param types the built-in guardrails share: http(s) URLs and positive durations."""
+"""What the built-in guardrails share: http(s) URL and positive-duration params, body excerpts."""
 
 from __future__ import annotations
 
@@ -40,3 +40,13 @@ def positive(value: timedelta) -> timedelta:
     if value <= timedelta(0):
         raise PydanticCustomError("duration", "the duration must be positive, e.g. '10s'")
     return value
+
+
+BODY_EXCERPT = 200
+"""How many characters of an unexpected answer's body a reason or remedy quotes."""
+
+
+def excerpt(text: str) -> str:
+    """A body on one line, cut to :data:`BODY_EXCERPT` characters (``…`` when cut)."""
+    flat = " ".join(text.split())
+    return flat[:BODY_EXCERPT] + ("…" if len(flat) > BODY_EXCERPT else "")

@@ -20,7 +20,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 from pydantic_core import PydanticCustomError
 
 from guardrails.base import CheckContext, Guardrail
-from guardrails.builtin._params import http_url, positive
+from guardrails.builtin._params import excerpt, http_url, positive
 from workflows.models import Category, CheckResult, Duration
 
 MAX_ALERTS_IN_REASON = 10
@@ -29,8 +29,6 @@ MAX_LABELS_PER_ALERT = 4
 """How many labels besides ``alertname`` a listed alert shows."""
 KEY_LABELS = ("severity", "service", "team", "environment", "env", "host", "instance", "job")
 """Labels shown first when an alert is listed, in this order; others fill the remaining places."""
-BODY_EXCERPT = 200
-"""How many characters of an unexpected answer a result quotes."""
 
 _MATCHER = re.compile(
     r'^\s*[A-Za-z_][A-Za-z0-9_]*\s*(=~|!~|!=|=)\s*("(?:[^"\\]|\\.)*"|[^"\s]*)\s*$'
@@ -98,11 +96,6 @@ def describe_alert(alert: dict[str, Any]) -> str:
     return f"{text}: {summary}" if summary else text
 
 
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat[:BODY_EXCERPT] + ("…" if len(flat) > BODY_EXCERPT else "")
-
-
 class NoFiringAlerts(Guardrail[NoFiringAlertsParams]):
     """Fail while an alert matching the policy's matchers fires in Alertmanager."""
 
@@ -149,7 +142,7 @@ class NoFiringAlerts(Guardrail[NoFiringAlertsParams]):
             )
             return ctx.error(
                 f"Alertmanager at {params.url} answered {response.status_code} without a list "
-                f"of alerts: {_excerpt(response.text) or '(empty body)'}",
+                f"of alerts: {excerpt(response.text) or '(empty body)'}",
                 remedy=remedy,
                 evidence={**evidence, "http_status": response.status_code},
             )

@@ -16,12 +16,8 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from guardrails.base import CheckContext, Guardrail
-from guardrails.builtin._params import http_url
+from guardrails.builtin._params import excerpt, http_url
 from workflows.models import Category, CheckResult, Duration
-
-BODY_EXCERPT = 200
-"""How many characters of an unexpected answer's body the remedy quotes."""
-
 
 HealthUrl = Annotated[str, AfterValidator(http_url("http://service:8080/healthz"))]
 
@@ -41,11 +37,6 @@ class HttpHealthParams(BaseModel):
         if v <= timedelta(0):
             raise PydanticCustomError("timeout", "the timeout must be positive, e.g. '5s'")
         return v
-
-
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat[:BODY_EXCERPT] + ("…" if len(flat) > BODY_EXCERPT else "")
 
 
 class HttpHealth(Guardrail[HttpHealthParams]):
@@ -78,7 +69,7 @@ class HttpHealth(Guardrail[HttpHealthParams]):
         evidence: dict[str, Any] = {"status": response.status_code, "latency_ms": latency_ms}
         if response.status_code == expected:
             return ctx.passed(f"GET {url} answered {expected}", evidence=evidence)
-        body = _excerpt(response.text)
+        body = excerpt(response.text)
         return ctx.failed(
             f"GET {url} answered {response.status_code}, expected {expected}",
             remedy=f"restore {url} so that it answers {expected} "

@@ -33,7 +33,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 from pydantic_core import PydanticCustomError
 
 from guardrails.base import CheckContext, Guardrail
-from guardrails.builtin._params import http_url, positive
+from guardrails.builtin._params import excerpt, http_url, positive
 from workflows.models import Category, ChangeContext, CheckResult, Duration, format_duration
 
 MAX_SAMPLES_IN_EVIDENCE = 20
@@ -42,8 +42,6 @@ MAX_SERIES_IN_REASON = 10
 """How many offending series a failure's reason lists."""
 MAX_SERIES_IN_REMEDY = 3
 """How many offending series a failure's remedy names."""
-BODY_EXCERPT = 200
-"""How many characters of an unexpected answer a result quotes."""
 
 Comparison = Literal["<", "<=", ">", ">=", "==", "!="]
 
@@ -119,11 +117,6 @@ def render_labels(labels: dict[str, str]) -> str:
         f'{k}="{promql_string(v)}"' for k, v in sorted(labels.items()) if k != "__name__"
     )
     return f"{name}{{{pairs}}}"
-
-
-def _excerpt(text: str) -> str:
-    flat = " ".join(text.split())
-    return flat[:BODY_EXCERPT] + ("…" if len(flat) > BODY_EXCERPT else "")
 
 
 class _BadAnswer(Exception):
@@ -206,14 +199,14 @@ class PrometheusQuery(Guardrail[PrometheusQueryParams]):
         if not isinstance(body, dict):
             return ctx.error(
                 f"Prometheus at {params.url} answered {response.status_code} without a JSON "
-                f"query result: {_excerpt(response.text) or '(empty body)'}",
+                f"query result: {excerpt(response.text) or '(empty body)'}",
                 remedy=f"check that {params.url} is the base URL of a Prometheus server",
                 evidence={**evidence, "http_status": response.status_code},
             )
         if body.get("warnings"):
             evidence["warnings"] = list(body["warnings"])
         if body.get("status") != "success":
-            kind, text = body.get("errorType", "error"), body.get("error", _excerpt(response.text))
+            kind, text = body.get("errorType", "error"), body.get("error", excerpt(response.text))
             remedy = (
                 f"fix the query `{params.query}` in the policy"
                 if kind == "bad_data"
