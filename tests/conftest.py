@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from worker.converter import data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
@@ -62,13 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 
 async def _external(target: str) -> WorkflowEnvironment:
-    client = await Client.connect(target, data_converter=pydantic_data_converter)
+    client = await Client.connect(target, data_converter=data_converter)
     return WorkflowEnvironment.from_client(client)
 
 
 async def _local() -> WorkflowEnvironment:
     return await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(sa.ALL),
         dev_server_log_level="error",
@@ -82,7 +82,7 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
     choice = request.config.getoption("--workflow-environment")
     if choice == "time-skipping":
         environment = await WorkflowEnvironment.start_time_skipping(
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter,
             test_server_existing_path=temporal_binary("temporal-test-server"),
         )
         await ensure_search_attributes(environment.client, "default", check=False)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from temporalio.client import Client
-from temporalio.contrib.pydantic import pydantic_data_converter
+from worker.converter import data_converter
 from temporalio.service import RPCError
 
 from worker.settings import Settings
@@ -33,7 +33,7 @@ async def connect(
     try:
         return await Client.connect(
             target,
-            data_converter=pydantic_data_converter,
+            data_converter=data_converter,
             plugins=client_plugins(),
             runtime=runtime(settings.metrics_bind if serve_metrics else None),
             **options,

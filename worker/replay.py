@@ -27,7 +27,7 @@ from typing import Any
 import temporalio.worker
 from google.protobuf import json_format
 from temporalio.client import Client, WorkflowHistory
-from temporalio.contrib.pydantic import pydantic_data_converter
+from worker.converter import data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
@@ -107,7 +107,7 @@ def build_replayer(*, workflows: Sequence[type] | None = None) -> Replayer:
     return Replayer(
         workflows=list(registry.WORKFLOWS if workflows is None else workflows),
         interceptors=registry.interceptors(),
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         plugins=worker_plugins(),
         runtime=_quiet_runtime(),
     )

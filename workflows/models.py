@@ -12,10 +12,9 @@ import hashlib
 import json
 import math
 import re
-import uuid
 from datetime import datetime, timedelta
 from enum import StrEnum
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
@@ -24,6 +23,7 @@ from pydantic import (
 )
 
 from workflows.rollout_models import SignalReading
+from workflows.types import NAME_MAX, TEXT_MAX, Name, Text
 from workflows.types import Duration as Duration
 from workflows.types import Strict as Strict
 from workflows.types import format_duration as format_duration
@@ -114,24 +114,41 @@ TERMINAL_PHASES = frozenset(
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
 _WAVE = re.compile(r"^(\d+)(%?)$")
+ID_RULE = (
+    "1-128 characters of letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
+)
+
+ShortName = Annotated[Name, Field(min_length=1, max_length=NAME_MAX)]
+"""A bounded name (person, team, environment, kind, rule id)."""
+Reason = Annotated[Text, Field(min_length=1, max_length=TEXT_MAX)]
+"""A bounded, non-empty free-text reason."""
+LabelKey = Annotated[Name, Field(min_length=1, max_length=63)]
+LabelValue = Annotated[Name, Field(max_length=256)]
+
+REQUEST_MAX_BYTES = 1_000_000
+"""A change request larger than this (as JSON) is refused: Temporal refuses payloads over 2 MB,
+and the request's parts travel again in the gate's and batches' inputs."""
+
+
+def valid_id(value: str) -> bool:
+    """Whether a change or target id has the accepted shape (see :data:`ID_RULE`)."""
+    return bool(_ID.match(value))
 
 
 class Target(Strict):
     """One thing a change mutates (a host, a service, a database)."""
 
     id: str
-    environment: str | None = Field(
+    environment: ShortName | None = Field(
         default=None, description="defaults to the change's environment"
     )
-    labels: dict[str, str] = Field(default_factory=dict)
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict, max_length=64)
 
     @field_validator("id")
     @classmethod
     def _id_shape(cls, v: str) -> str:
         if not _ID.match(v):
-            raise ValueError(
-                "target id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
-            )
+            raise ValueError(f"target id must be {ID_RULE}")
         return v
 
 
@@ -141,9 +158,17 @@ class Rollout(Strict):
     waves: list[str] = Field(
         default_factory=lambda: ["1", "25%", "100%"],
         description="cumulative sizes: a target count ('1') or a share of all targets ('25%')",
+        max_length=20,
     )
     max_parallel: int = Field(default=5, ge=1, le=100)
     bake: Duration = timedelta(seconds=0)
+
+    @field_validator("bake")
+    @classmethod
+    def _bake_bound(cls, v: timedelta) -> timedelta:
+        if v > timedelta(days=7):
+            raise ValueError("bake must be at most 7d")
+        return v
 
     @field_validator("waves", mode="before")
     @classmethod
@@ -156,7 +181,7 @@ class Rollout(Strict):
         if not v:
             raise ValueError("at least one wave is needed, e.g. ['1', '25%', '100%']")
         for w in v:
-            m = _WAVE.match(w.strip())
+            m = _WAVE.match(w.strip()) if len(w) <= 12 else None
             if not m or int(m.group(1)) == 0 or (m.group(2) and int(m.group(1)) > 100):
                 raise ValueError(
                     f"wave {w!r} must be a positive target count ('3') or a share 1-100% ('25%')"
@@ -184,19 +209,31 @@ def plan_waves(target_ids: list[str], waves: list[str]) -> list[list[str]]:
 
 
 class ChangeRequest(Strict):
-    """A request to change some targets; the input of the ``GuardedChange`` workflow."""
+    """A request to change some targets; the input of the ``GuardedChange`` workflow.
 
-    change_id: str = Field(default_factory=lambda: f"chg-{uuid.uuid4().hex[:12]}")
-    kind: str
-    summary: str = Field(min_length=1, max_length=500)
-    requester: str = Field(min_length=1)
-    team: str = Field(min_length=1)
-    environment: str = Field(min_length=1)
+    ``change_id`` is the workflow id. It may be omitted (the workflow takes its own id); when given
+    it must equal the workflow id. Nothing here draws a random or time-based default: such a
+    default would be drawn again at every decode of the input, and differ on replay. Ids are
+    generated at the edge (the CLI, the client library) only.
+    """
+
+    change_id: str | None = Field(
+        default=None, description="the workflow id; omitted, the workflow's own id is used"
+    )
+    kind: ShortName
+    summary: Text = Field(min_length=1, max_length=500)
+    requester: ShortName
+    team: ShortName
+    environment: ShortName
     targets: list[Target] = Field(min_length=1, max_length=10_000)
     params: dict[str, Any] = Field(default_factory=dict)
     rollout: Rollout = Field(default_factory=Rollout)
-    policy: str | dict[str, Any] | None = Field(
-        default=None, description="a policy file path (read by the worker) or the policy inline"
+    policy: dict[str, Any] | None = Field(
+        default=None,
+        description=(
+            "rules and signals this change adds to the platform's policy bundle, inline (the CLI "
+            "inlines a file); workers never read a path from a request"
+        ),
     )
     deadline: datetime | None = Field(
         default=None, description="when the gate must have passed; default 24h after start"
@@ -204,10 +241,18 @@ class ChangeRequest(Strict):
 
     @field_validator("change_id")
     @classmethod
-    def _change_id_shape(cls, v: str) -> str:
-        if not _ID.match(v) or "/" in v:
+    def _change_id_shape(cls, v: str | None) -> str | None:
+        if v is not None and not _ID.match(v):
+            raise ValueError(f"change_id must be {ID_RULE}")
+        return v
+
+    @field_validator("policy", mode="before")
+    @classmethod
+    def _policy_inline(cls, v: Any) -> Any:
+        if isinstance(v, str):
             raise ValueError(
-                "change_id must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+                "policy must be the rules inline (a mapping); workers never read a path from a "
+                "request (the changeguard CLI inlines a file for you)"
             )
         return v
 
@@ -231,6 +276,11 @@ class ChangeRequest(Strict):
         """The environment a target lives in (its own, else the change's)."""
         return target.environment or self.environment
 
+    def digest(self) -> str:
+        """A stable digest of the request, for the ledger (what exactly was asked)."""
+        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(canonical.encode()).hexdigest()[:32]
+
 
 class ChangeContext(BaseModel):
     """What a guardrail or change kind may know about the change it is judging."""
@@ -246,10 +296,12 @@ class ChangeContext(BaseModel):
     deadline: datetime | None = None
 
     @classmethod
-    def of(cls, request: ChangeRequest) -> ChangeContext:
-        """Build the context from a validated request."""
+    def of(cls, request: ChangeRequest, change_id: str | None = None) -> ChangeContext:
+        """Build the context from a validated request (``change_id``: the workflow id)."""
+        cid = change_id or request.change_id
+        assert cid is not None, "a change's context needs its id (the workflow id)"
         return cls(
-            change_id=request.change_id,
+            change_id=cid,
             kind=request.kind,
             summary=request.summary,
             requester=request.requester,
@@ -278,6 +330,11 @@ class OptOutRule(Strict):
 class CheckSpec(BaseModel):
     """One applicable check, fully resolved from the policy and the guardrail's defaults."""
 
+    rule: str = Field(default="", description="the policy rule's id (default: the plug-in name)")
+    source: str = Field(default="platform", description="'platform' (the bundle) or 'request'")
+    note: str = Field(
+        default="", description="the bundle's reason: for a floor rule it shadows or opens up"
+    )
     guardrail: str
     category: Category
     params: dict[str, Any] = Field(default_factory=dict)
@@ -289,10 +346,12 @@ class CheckSpec(BaseModel):
 
 
 class ResolvePolicyInput(BaseModel):
-    """Input of ``resolve_policy``."""
+    """Input of ``resolve_policy``: the change, and the rules its request adds to the bundle."""
 
     change: ChangeContext
-    policy: str | dict[str, Any] | None = None
+    policy: dict[str, Any] | None = Field(
+        default=None, description="the request's additions to the platform bundle"
+    )
     categories: list[Category] | None = Field(
         default=None, description="only checks of these categories (re-checks before a wave)"
     )
@@ -304,6 +363,7 @@ class ResolvedPolicy(BaseModel):
     policy_hash: str
     checks: list[CheckSpec]
     source: str = "inline"
+    bundle_hash: str = Field(default="", description="the platform bundle's hash")
 
 
 class RunCheckInput(BaseModel):
@@ -318,6 +378,9 @@ class RunCheckInput(BaseModel):
 class CheckResult(BaseModel):
     """One guardrail's verdict; every non-passing result says why, what would pass, and who owns it."""
 
+    rule: str = Field(default="", description="the policy rule's id; approvals name it")
+    source: str = "platform"
+    note: str = ""
     guardrail: str
     category: Category
     status: CheckStatus
@@ -339,6 +402,11 @@ class CheckResult(BaseModel):
         """True for ``pass``."""
         return self.status is CheckStatus.PASS
 
+    @property
+    def rule_id(self) -> str:
+        """The rule id (results recorded before rule ids existed use the plug-in name)."""
+        return self.rule or self.guardrail
+
 
 class GuardrailReport(BaseModel):
     """Every check's result and the one decision drawn from them."""
@@ -349,6 +417,7 @@ class GuardrailReport(BaseModel):
     checks: list[CheckResult]
     policy_hash: str = ""
     retry_after: datetime | None = None
+    bundle_hash: str = Field(default="", description="the platform bundle the gate judged by")
 
     @property
     def failures(self) -> list[CheckResult]:
@@ -369,7 +438,7 @@ def report_hash(checks: list[CheckResult], policy_hash: str) -> str:
     """
     material = [
         {
-            "g": c.guardrail,
+            "g": c.rule_id,
             "s": c.status.value,
             "m": c.mode.value,
         }
@@ -386,7 +455,7 @@ class GateInput(BaseModel):
     """Input of the ``GuardrailGate`` workflow."""
 
     change: ChangeContext
-    policy: str | dict[str, Any] | None = None
+    policy: dict[str, Any] | None = None
     categories: list[Category] | None = None
     probe_only: bool = Field(
         default=False,
@@ -426,6 +495,15 @@ class ApplyResult(BaseModel):
     detail: str = ""
     before: dict[str, Any] = Field(default_factory=dict)
     after: dict[str, Any] = Field(default_factory=dict)
+    replayed: bool = Field(
+        default=False,
+        description="an earlier attempt with this idempotency key already had the effect",
+    )
+
+    @property
+    def took_effect(self) -> bool:
+        """The effect of this key is in place: made now (``applied``) or by an earlier attempt."""
+        return self.applied or self.replayed
 
 
 class DescribeInput(BaseModel):
@@ -459,10 +537,14 @@ class Approval(BaseModel):
     directory and the policy; deployments authenticate callers in front of Temporal (docs/approvals.md).
     """
 
-    guardrails: list[str] = Field(min_length=1, description="names of the failing checks approved")
-    approver: str = Field(min_length=1)
-    reason: str = Field(min_length=1)
-    report_hash: str = Field(min_length=1, description="the report this approval is bound to")
+    guardrails: list[ShortName] = Field(
+        min_length=1, max_length=50, description="rule ids of the failing checks approved"
+    )
+    approver: ShortName
+    reason: Reason
+    report_hash: str = Field(
+        min_length=1, max_length=64, description="the report this approval is bound to"
+    )
     expires_in: Duration = Field(
         default=timedelta(hours=1), description="capped by the policy's max_duration"
     )
@@ -483,11 +565,16 @@ class GrantedApproval(BaseModel):
 
 
 class RejectedApproval(BaseModel):
-    """An approval that was refused, and why (signals cannot be refused to the caller)."""
+    """An approval (signal) that was refused, and why: signals cannot be refused to the caller.
 
-    approval: Approval
+    Fields are excerpts (bounded) of what was sent, which may not even have been an approval.
+    """
+
+    approver: str = ""
+    guardrails: list[str] = Field(default_factory=list)
     why: str
     at: datetime
+    payload: str = Field(default="", description="an excerpt of a payload that did not decode")
 
 
 class ApprovalResult(BaseModel):
@@ -524,7 +611,7 @@ class LoadDirectoryInput(BaseModel):
 
 
 class AuditAction(StrEnum):
-    """What an audit record records."""
+    """What an audit (change ledger) record records."""
 
     APPROVAL = "approval"
     APPROVAL_REJECTED = "approval_rejected"
@@ -533,6 +620,13 @@ class AuditAction(StrEnum):
     ROLLBACK = "rollback"
     ABORT = "abort"
     DEADLINE = "deadline"
+    STARTED = "started"  # the claim of a change id: one per change id, ever
+    REFUSED = "refused"  # a start refused before any check: invalid input, a used change id
+    GATE = "gate"  # one gate decision: report hash, failing rule ids
+    MUTATION = "mutation"  # a mutation that took effect on one target
+    COMPENSATION = "compensation"  # a compensation that took effect on one target
+    OUTCOME = "outcome"  # the change's one terminal outcome
+    REFUSED_ACTION = "refused_action"  # a signal or operator action refused (payload excerpt)
 
 
 class AuditRecord(BaseModel):
@@ -550,6 +644,30 @@ class AuditRecord(BaseModel):
     reason: str = ""
     expires_at: datetime | None = None
     detail: dict[str, Any] = Field(default_factory=dict)
+
+
+class ClaimChangeInput(BaseModel):
+    """Input of ``claim_change``: take a change id for one run chain, once and for all.
+
+    ``run_id`` is the run chain's first run (``workflow.info().first_execution_run_id``), which a
+    Temporal reset keeps: a reset run continues its change under the same claim.
+    """
+
+    change_id: str
+    run_id: str
+    at: datetime
+    requester: str = ""
+    team: str = ""
+    request_digest: str = ""
+
+
+class ClaimChangeResult(BaseModel):
+    """Output of ``claim_change``: whether this run chain holds the id, and who claimed it."""
+
+    claimed: bool
+    run_id: str = Field(description="the run chain that holds the id")
+    at: datetime | None = Field(default=None, description="when it was claimed")
+    bundle_hash: str = Field(default="", description="the platform bundle the worker holds")
 
 
 class AuditQuery(BaseModel):
@@ -640,6 +758,9 @@ class ChangeResult(BaseModel):
     applied: list[str] = Field(default_factory=list)
     reverted: list[str] = Field(default_factory=list)
     compensation_failures: list[CompensationFailure] = Field(default_factory=list)
+    needs_repair: list[str] = Field(
+        default_factory=list, description="targets left changed that need a human (outcome failed)"
+    )
 
 
 class ValidateChangeInput(BaseModel):
@@ -679,6 +800,9 @@ class TargetLockInput(BaseModel):
     target_id: str
     holder: LockHolder
     watch_every: Duration = timedelta(seconds=60)
+    queue: list[LockHolder] = Field(
+        default_factory=list, description="changes waiting for this lock, first come first served"
+    )
 
 
 class ReleaseLocksInput(BaseModel):
@@ -686,6 +810,9 @@ class ReleaseLocksInput(BaseModel):
 
     change_id: str
     target_ids: list[str] = Field(default_factory=list)
+    leave_queue: bool = Field(
+        default=False, description="also leave each lock's queue (the change is ending)"
+    )
 
 
 class HolderAliveInput(BaseModel):
@@ -715,8 +842,8 @@ class BatchResult(BaseModel):
 class OperatorAction(BaseModel):
     """Payload of the ``abort``, ``rollback`` and ``resume`` updates: who acts, and why."""
 
-    operator: str = Field(min_length=1)
-    reason: str = Field(min_length=1)
+    operator: ShortName
+    reason: Reason
 
 
 class OperatorActionResult(BaseModel):
@@ -730,5 +857,5 @@ class OperatorActionResult(BaseModel):
 class RecheckInput(BaseModel):
     """Payload of the ``recheck`` signal."""
 
-    requested_by: str = ""
-    reason: str = ""
+    requested_by: Annotated[Name, Field(max_length=NAME_MAX)] = ""
+    reason: Annotated[Text, Field(max_length=TEXT_MAX)] = ""

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import math
 import re
 from datetime import timedelta
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 # --------------------------------------------------------------------------------------------------
 # Durations: "90s", "30m", "4h", "1h30m", "2d", or a number of seconds.
@@ -14,6 +15,14 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, PlainSerializer
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+MAX_DURATION = timedelta(days=3650)
+"""No duration changeguard accepts is longer (fields set tighter bounds of their own)."""
+
+
+def _bounded(seconds: float) -> timedelta:
+    if not math.isfinite(seconds) or seconds > MAX_DURATION.total_seconds():
+        raise ValueError("a duration must be finite and at most 3650d (ten years)")
+    return timedelta(seconds=seconds)
 
 
 def parse_duration(value: Any) -> timedelta:
@@ -23,25 +32,30 @@ def parse_duration(value: Any) -> timedelta:
         ValueError: the value is not a duration; the message shows the accepted forms.
     """
     if isinstance(value, timedelta):
+        if abs(value) > MAX_DURATION:
+            raise ValueError("a duration must be at most 3650d (ten years)")
         return value
     if isinstance(value, bool):
         raise ValueError("expected a duration such as '30s', '10m', '4h' or '1h30m'")
     if isinstance(value, int | float):
         if value < 0:
             raise ValueError("a duration cannot be negative")
-        return timedelta(seconds=value)
-    if isinstance(value, str):
+        return _bounded(float(value))
+    if isinstance(value, str) and len(value) <= 64:
         text = value.strip().lower().replace(" ", "")
         if text.startswith("p"):  # ISO 8601, as pydantic serialises timedelta
-            from pydantic import TypeAdapter
+            from pydantic import TypeAdapter, ValidationError
 
-            return TypeAdapter(timedelta).validate_python(value)
+            try:
+                parsed = TypeAdapter(timedelta).validate_python(value)
+            except (ValidationError, OverflowError):
+                raise ValueError(f"{value!r} is not an ISO 8601 duration") from None
+            return parse_duration(parsed)
         parts = _DURATION_PART.findall(text)
         if parts and "".join(n + u for n, u in parts) == text:
-            return timedelta(seconds=sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
-    raise ValueError(
-        f"{value!r} is not a duration; use forms such as '30s', '10m', '4h' or '1h30m'"
-    )
+            return _bounded(sum(float(n) * _UNIT_SECONDS[u] for n, u in parts))
+    shown = repr(value) if len(repr(value)) <= 40 else repr(value)[:37] + "..."
+    raise ValueError(f"{shown} is not a duration; use forms such as '30s', '10m', '4h' or '1h30m'")
 
 
 def format_duration(value: timedelta) -> str:
@@ -68,3 +82,42 @@ class Strict(BaseModel):
     """Base for models people write by hand: unknown fields are errors, not silently dropped."""
 
     model_config = ConfigDict(extra="forbid")
+
+
+# --------------------------------------------------------------------------------------------------
+# Bounded text: every string a client sends is bounded, so that nothing it sends can push a search
+# attribute, the status, a report or the audit store past what they accept (docs/design.md, I10).
+# --------------------------------------------------------------------------------------------------
+
+NAME_MAX = 128
+TEXT_MAX = 2000
+
+
+def _no_control(value: str) -> str:
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (NUL, newline, tab …)")
+    return value
+
+
+def _no_nul(value: str) -> str:
+    if "\x00" in value:
+        raise ValueError("must not contain NUL characters")
+    return value
+
+
+Name = Annotated[
+    str,
+    BeforeValidator(lambda v: v.strip() if isinstance(v, str) else v),
+    AfterValidator(_no_control),
+]
+"""A person, team, environment or kind name; length bounds are set per field (1-128)."""
+
+Text = Annotated[str, AfterValidator(_no_nul)]
+"""Free text (reasons, summaries); length bounds are set per field."""
+
+
+def excerpt(value: object, limit: int = 200) -> str:
+    """A bounded, printable rendering of any value, for refusals that quote what was sent."""
+    text = value if isinstance(value, str) else repr(value)
+    text = "".join(c if c.isprintable() else "?" for c in text[: limit * 4])
+    return text if len(text) <= limit else text[: limit - 1] + "…"

@@ -26,7 +26,7 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Locator, Page, Route, async_playwright, expect
 from temporalio.client import WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
+from worker.converter import data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
@@ -101,7 +101,7 @@ async def ui_server() -> AsyncIterator[UiServer]:
     """A dev server with the Web UI on a free loopback port (changeguard's search attributes)."""
     port = _free_port()
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(sa.ALL),
         dev_server_log_level="error",

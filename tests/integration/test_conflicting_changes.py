@@ -11,7 +11,7 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
+from worker.converter import data_converter
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
@@ -247,7 +247,7 @@ async def test_visibility_rpc_error_is_an_error(dev_env: WorkflowEnvironment) ->
     client = await Client.connect(
         dev_env.client.service_client.config.target_host,
         namespace=f"missing-{uuid.uuid4().hex[:6]}",
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
     )
     result = await run({}, make_ctx(["web-01"], client=client))
     assert result.status is CheckStatus.ERROR

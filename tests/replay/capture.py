@@ -36,7 +36,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from temporalio.contrib.pydantic import pydantic_data_converter
+from worker.converter import data_converter
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
@@ -610,7 +610,7 @@ async def _capture(state: Path, out: Path, branches: list[Branch], *, verbose: b
         task_queue=TASK_QUEUE,
     )
     env = await WorkflowEnvironment.start_local(
-        data_converter=pydantic_data_converter,
+        data_converter=data_converter,
         plugins=client_plugins(),
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(sa.ALL),
