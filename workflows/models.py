@@ -364,6 +364,9 @@ class ResolvedPolicy(BaseModel):
     checks: list[CheckSpec]
     source: str = "inline"
     bundle_hash: str = Field(default="", description="the platform bundle's hash")
+    bundle_warning: str = Field(
+        default="", description="why the worker still judges by an older bundle (a refused edit)"
+    )
 
 
 class RunCheckInput(BaseModel):
@@ -418,6 +421,9 @@ class GuardrailReport(BaseModel):
     policy_hash: str = ""
     retry_after: datetime | None = None
     bundle_hash: str = Field(default="", description="the platform bundle the gate judged by")
+    bundle_warning: str = Field(
+        default="", description="why the worker still judges by an older bundle (a refused edit)"
+    )
 
     @property
     def failures(self) -> list[CheckResult]:
