@@ -1,4 +1,4 @@
-"""Lock activities: release a change's target locks; tell a lock whether its holder still runs."""
+"""Lock activities: release a change's target locks (and leave their queues); is a holder alive."""
 
 from __future__ import annotations
 
@@ -24,6 +24,9 @@ class LockActivities:
     @activity.defn(name="release_target_locks")
     async def release_target_locks(self, inp: ReleaseLocksInput) -> int:
         """Signal ``release`` to each target's lock; locks held by others ignore it.
+
+        With ``leave_queue`` (the change is ending) a lock where the change waits removes it from
+        its queue instead; the payload is passed through as it is.
 
         Returns:
             How many lock workflows received the signal (missing or finished ones are skipped).
