@@ -1,0 +1,244 @@
+"""The TargetLock queue alone: first come first served, hand-over, leaving, hostile input."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from temporalio import workflow
+from temporalio.api.common.v1 import Payload
+from temporalio.api.enums.v1 import EventType
+from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.common import RawValue
+from temporalio.exceptions import ApplicationError
+from temporalio.testing import WorkflowEnvironment
+from temporalio.worker import UnsandboxedWorkflowRunner, Worker
+
+from activities.locks import LockActivities
+from workflows import errors
+from workflows.models import LockHolder, ReleaseLocksInput, TargetLockInput, lock_id
+from workflows.target_lock import TargetLockWorkflow
+
+
+@workflow.defn(name="FakeChange")
+class FakeChange:
+    """Stands in for a GuardedChange: runs until told to finish, records its rechecks."""
+
+    def __init__(self) -> None:
+        self.rechecks: list[Any] = []
+        self.done = False
+
+    @workflow.run
+    async def run(self) -> None:
+        await workflow.wait_condition(lambda: self.done)
+
+    @workflow.signal(name="recheck")
+    def recheck(self, payload: Any) -> None:
+        self.rechecks.append(payload)
+
+    @workflow.signal(name="finish")
+    def finish(self) -> None:
+        self.done = True
+
+    @workflow.query(name="rechecks")
+    def seen(self) -> list[Any]:
+        return self.rechecks
+
+
+@dataclass
+class Lab:
+    client: Client
+    task_queue: str
+    prefix: str
+
+    async def change(self, name: str) -> WorkflowHandle[Any, Any]:
+        return await self.client.start_workflow(
+            "FakeChange", id=f"{self.prefix}-{name}", task_queue=self.task_queue
+        )
+
+    def cid(self, name: str) -> str:
+        return f"{self.prefix}-{name}"
+
+    async def lock(self, holder: str, *, watch: str = "1h") -> WorkflowHandle[Any, Any]:
+        return await self.client.start_workflow(
+            "TargetLock",
+            TargetLockInput(
+                target_id=self.prefix,
+                holder=LockHolder(change_id=self.cid(holder), team="t"),
+                watch_every=watch,  # type: ignore[arg-type]
+            ),
+            id=lock_id(self.prefix),
+            task_queue=self.task_queue,
+        )
+
+    def handle(self) -> WorkflowHandle[Any, Any]:
+        return self.client.get_workflow_handle(lock_id(self.prefix))
+
+    async def enqueue(self, name: str) -> None:
+        await self.handle().signal("enqueue", LockHolder(change_id=self.cid(name)))
+
+    async def release(self, name: str, *, leave_queue: bool = False) -> None:
+        await self.handle().signal(
+            "release", ReleaseLocksInput(change_id=self.cid(name), leave_queue=leave_queue)
+        )
+
+    async def state(self) -> tuple[str, list[str]]:
+        """The holder and the queue, as short names."""
+        s: TargetLockInput = await self.handle().query("state", result_type=TargetLockInput)
+        cut = len(self.prefix) + 1
+        return s.holder.change_id[cut:], [w.change_id[cut:] for w in s.queue]
+
+    async def until(
+        self, ready: Callable[[tuple[str, list[str]]], bool], within: float = 15
+    ) -> tuple[str, list[str]]:
+        for _ in range(int(within * 20)):
+            try:
+                got = await self.state()
+                if ready(got):
+                    return got
+            except Exception:  # between runs of a continue-as-new
+                pass
+            await asyncio.sleep(0.05)
+        raise AssertionError(f"lock state never matched; last {await self.state()}")
+
+
+@pytest.fixture
+async def lab(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Lab]:
+    """A worker with the real TargetLock and holder_alive, and FakeChange as the changes."""
+    async with Worker(
+        env.client,
+        task_queue=task_queue,
+        workflows=[TargetLockWorkflow, FakeChange],
+        activities=[LockActivities(env.client).holder_alive],
+        workflow_runner=UnsandboxedWorkflowRunner(),
+        max_cached_workflows=0,
+    ):
+        yield Lab(env.client, task_queue, f"q{uuid.uuid4().hex[:8]}")
+
+
+async def _task_failures(handle: WorkflowHandle[Any, Any]) -> list[str]:
+    out = []
+    async for event in handle.fetch_history_events():
+        if event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED:
+            out.append(event.workflow_task_failed_event_attributes.failure.message)
+    return out
+
+
+async def _rechecks(change: WorkflowHandle[Any, Any]) -> list[Any]:
+    got: list[Any] = await change.query("rechecks")
+    return got
+
+
+async def test_hand_over_in_arrival_order_skipping_closed_waiters(lab: Lab) -> None:
+    """Release hands the lock to waiters in arrival order, skips closed ones, tells each one."""
+    a, b, c, d = [await lab.change(n) for n in "abcd"]
+    await lab.lock("a")
+    for name in ("b", "c", "d", "b", "a"):  # b again keeps its place; the holder is not queued
+        await lab.enqueue(name)
+    assert await lab.until(lambda s: len(s[1]) == 3) == ("a", ["b", "c", "d"])
+    await c.signal("finish")
+    await c.result()
+    await lab.release("b")  # not the holder, not leaving: ignored
+    await lab.release("a")
+    assert await lab.until(lambda s: s[0] == "b") == ("b", ["c", "d"])
+    assert await _rechecks(b) == [
+        {"requested_by": "target-lock", "reason": f"lock of {lab.prefix} handed over by {a.id}"}
+    ]
+    await lab.release("b")
+    assert await lab.until(lambda s: s[0] == "d") == ("d", [])
+    assert [r["reason"] for r in await _rechecks(d)] == [
+        f"lock of {lab.prefix} handed over by {b.id}"
+    ]
+    assert await _rechecks(c) == []
+    await lab.release("d", leave_queue=True)  # from the holder, leave_queue still releases
+    assert await lab.handle().result() == f"released by {d.id}"
+
+
+async def test_leave_queue_and_expiry_hand_over(lab: Lab) -> None:
+    """A waiter that leaves is skipped; an expired holder's lock goes to the next waiter."""
+    a, b, c = [await lab.change(n) for n in "abc"]
+    await lab.lock("a", watch="1s")
+    for name in ("b", "c"):
+        await lab.enqueue(name)
+    await lab.until(lambda s: s[1] == ["b", "c"])
+    await lab.release("b", leave_queue=True)
+    assert await lab.until(lambda s: s[1] == ["c"]) == ("a", ["c"])
+    await a.terminate("test: holder gone")
+    assert await lab.until(lambda s: s[0] == "c") == ("c", [])
+    assert len(await _rechecks(c)) == 1
+    assert await _rechecks(b) == []
+    await c.signal("finish")
+    await c.result()
+    assert await lab.handle().result() == f"expired: {c.id} is no longer running"
+
+
+def _raw(data: bytes, encoding: bytes = b"json/plain") -> RawValue:
+    return RawValue(Payload(metadata={"encoding": encoding}, data=data))
+
+
+async def test_hostile_signals_and_queries_never_fail_a_task(lab: Lab) -> None:
+    """Garbage signals and queries are ignored; the lock keeps working and no task ever fails."""
+    await lab.change("a")
+    b = await lab.change("b")
+    lock = await lab.lock("a")
+    garbage: list[list[Any]] = [
+        [],
+        [None],
+        [42],
+        ["x"],
+        [{"change_id": lab.cid("b")}, {"change_id": lab.cid("b")}],
+        [_raw(b"\xff\xfe not json", b"binary/plain")],
+        [_raw(b"{not json")],
+        [{"change_id": "x" * 10_000}],
+        [{"change_id": [lab.cid("b")], "leave_queue": "maybe"}],
+    ]
+    for args in garbage:
+        for name in ("enqueue", "release"):
+            await lock.signal(name, args=args)
+    await lock.query("holder", args=[None, 3])
+    assert await lab.state() == ("a", [])
+    await lab.enqueue("b")
+    await lab.release("a")
+    assert await lab.until(lambda s: s[0] == "b") == ("b", [])
+    assert len(await _rechecks(b)) == 1
+    assert await _task_failures(lock) == []  # the run that got the garbage
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        [None],
+        [7],
+        [{"target_id": "elsewhere", "holder": {"change_id": "a"}}],
+        [{"holder": {"change_id": "a"}}],
+        [{"target_id": "same", "holder": {"change_id": ""}}],
+        [{"target_id": "same", "holder": {"change_id": "a"}}, {}],
+    ],
+    ids=["none", "null", "number", "other-target", "no-target", "no-holder", "two-args"],
+)
+async def test_bad_lock_input_ends_the_lock_at_once(lab: Lab, args: list[Any]) -> None:
+    """A lock started with a bad input fails at once with InvalidInput, never a failed task."""
+    args = [
+        {**a, "target_id": lab.prefix} if isinstance(a, dict) and a.get("target_id") == "same" else a
+        for a in args
+    ]
+    handle = await lab.client.start_workflow(
+        "TargetLock",
+        args=args,
+        id=lock_id(lab.prefix),
+        task_queue=lab.task_queue,
+        execution_timeout=timedelta(minutes=5),
+    )
+    with pytest.raises(WorkflowFailureError) as info:
+        await handle.result()
+    cause = info.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.type == errors.INVALID_INPUT
+    assert cause.message.startswith("lock refused: ")
+    assert await _task_failures(handle) == []
