@@ -6,7 +6,7 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -20,8 +20,22 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.locks import LockActivities
+from guardrails.base import CheckContext
+from guardrails.builtin.target_lock import TargetLock
 from workflows import errors
-from workflows.models import LockHolder, ReleaseLocksInput, TargetLockInput, lock_id
+from workflows.models import (
+    Category,
+    ChangeContext,
+    CheckResult,
+    CheckSpec,
+    CheckStatus,
+    LockHolder,
+    OptOut,
+    ReleaseLocksInput,
+    Target,
+    TargetLockInput,
+    lock_id,
+)
 from workflows.target_lock import TargetLockWorkflow
 
 
@@ -225,7 +239,9 @@ async def test_hostile_signals_and_queries_never_fail_a_task(lab: Lab) -> None:
 async def test_bad_lock_input_ends_the_lock_at_once(lab: Lab, args: list[Any]) -> None:
     """A lock started with a bad input fails at once with InvalidInput, never a failed task."""
     args = [
-        {**a, "target_id": lab.prefix} if isinstance(a, dict) and a.get("target_id") == "same" else a
+        {**a, "target_id": lab.prefix}
+        if isinstance(a, dict) and a.get("target_id") == "same"
+        else a
         for a in args
     ]
     handle = await lab.client.start_workflow(
@@ -242,3 +258,115 @@ async def test_bad_lock_input_ends_the_lock_at_once(lab: Lab, args: list[Any]) -
     assert cause.type == errors.INVALID_INPUT
     assert cause.message.startswith("lock refused: ")
     assert await _task_failures(handle) == []
+
+
+# ------------------------------------------------------------------ the guardrail against real locks
+
+
+def _ctx(
+    lab: Lab,
+    name: str,
+    targets: list[str],
+    *,
+    probe: bool = False,
+    deadline: datetime | None = None,
+) -> CheckContext:
+    change = ChangeContext(
+        change_id=lab.cid(name),
+        kind="recording",
+        team=f"team-{name}",
+        environment="prod",
+        targets=[Target(id=f"{lab.prefix}.{t}") for t in targets],
+        deadline=deadline,
+    )
+    spec = CheckSpec(
+        guardrail="target-lock",
+        category=Category.CONCURRENCY,
+        owner="release-eng",
+        opt_out=OptOut.FORBIDDEN,
+    )
+    return CheckContext(
+        change=change,
+        spec=spec,
+        now=datetime.now(UTC).replace(microsecond=0),
+        services={"temporal_client": lab.client, "task_queue": lab.task_queue},
+        probe_only=probe,
+    )
+
+
+async def _check(ctx: CheckContext, **params: Any) -> CheckResult:
+    guardrail = TargetLock()
+    return await guardrail.check(guardrail.parse_params(params), ctx)
+
+
+async def _queue_of(lab: Lab, target: str) -> tuple[str, list[str]] | None:
+    handle = lab.client.get_workflow_handle(lock_id(f"{lab.prefix}.{target}"))
+    desc = await handle.describe()
+    if desc.status is not desc.status.RUNNING:
+        return None
+    s: TargetLockInput = await handle.query("state", result_type=TargetLockInput)
+    cut = len(lab.prefix) + 1
+    return s.holder.change_id[cut:], [w.change_id[cut:] for w in s.queue]
+
+
+async def test_check_queues_behind_the_holder_and_passes_once_handed_over(lab: Lab) -> None:
+    """Conflicts wait in arrival order with the holder's phase; probing looks; hand-over passes."""
+    x, y, _z, _w = [await lab.change(n) for n in "xyzw"]
+    t = f"{lab.prefix}.t"
+    held = await _check(_ctx(lab, "x", ["t"]))
+    assert (held.status, held.reason) == (
+        CheckStatus.PASS,
+        "all 1 target lock(s) are held by this change",
+    )
+    first = _ctx(lab, "y", ["t"])
+    queued = await _check(first, requeue_every="45s")
+    since = first.now.isoformat(timespec="seconds")
+    assert (queued.status, queued.reason, queued.retry_after) == (
+        CheckStatus.WAIT,
+        f"{t} is locked by change {x.id} (team team-x, recording, phase running) since {since}; "
+        "this change is number 1 of 1 in its queue",
+        first.now + timedelta(seconds=45),
+    )
+    assert x.id in queued.remedy
+    assert (queued.evidence["position"], queued.evidence["queue_length"]) == (1, 1)
+    assert (await _check(_ctx(lab, "z", ["t"]))).reason.endswith("number 2 of 2 in its queue")
+    assert (await _check(_ctx(lab, "y", ["t"]))).reason.endswith("number 1 of 2 in its queue")
+    probe = await _check(_ctx(lab, "w", ["t"], probe=True))
+    assert probe.status is CheckStatus.WAIT
+    assert probe.reason.endswith("; 2 change(s) queued behind it")
+    assert await _queue_of(lab, "t") == ("x", ["y", "z"])  # the probe queued nothing
+
+    await lab.client.get_workflow_handle(lock_id(t)).signal(
+        "release", ReleaseLocksInput(change_id=x.id, target_ids=[t], leave_queue=True)
+    )
+    for _ in range(200):
+        if (await _rechecks(y)) and (await _queue_of(lab, "t") or ("", []))[0] == "y":
+            break
+        await asyncio.sleep(0.05)
+    assert await _queue_of(lab, "t") == ("y", ["z"])
+    assert (await _check(_ctx(lab, "y", ["t"]))).status is CheckStatus.PASS
+
+
+async def test_a_conflict_leaves_every_later_lock_and_waits_short_of_the_deadline(
+    lab: Lab,
+) -> None:
+    """Queued on a lower target, a change leaves later queues; retry_after stops before deadline."""
+    for n in "xyw":
+        await lab.change(n)
+    assert (await _check(_ctx(lab, "x", ["b"]))).status is CheckStatus.PASS
+    got = await _check(_ctx(lab, "y", ["a", "b"]))
+    assert got.status is CheckStatus.WAIT and got.evidence["target"] == f"{lab.prefix}.b"
+    assert await _queue_of(lab, "b") == ("x", ["y"])
+    for _ in range(100):  # y gave back a, taken in that attempt
+        if await _queue_of(lab, "a") is None:
+            break
+        await asyncio.sleep(0.05)
+    assert await _queue_of(lab, "a") is None
+    assert (await _check(_ctx(lab, "w", ["a"]))).status is CheckStatus.PASS
+    ctx = _ctx(lab, "y", ["a", "b"], deadline=datetime.now(UTC) + timedelta(seconds=10))
+    assert ctx.change.deadline is not None
+    got = await _check(ctx)
+    assert (got.status, got.evidence["target"]) == (CheckStatus.WAIT, f"{lab.prefix}.a")
+    assert got.retry_after == ctx.change.deadline - timedelta(seconds=1)
+    assert await _queue_of(lab, "a") == ("w", ["y"])
+    assert await _queue_of(lab, "b") == ("x", [])
