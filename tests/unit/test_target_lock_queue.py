@@ -13,7 +13,12 @@ import pytest
 from temporalio import workflow
 from temporalio.api.common.v1 import Payload
 from temporalio.api.enums.v1 import EventType
-from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+)
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
@@ -84,7 +89,7 @@ class Lab:
             TargetLockInput(
                 target_id=self.prefix,
                 holder=LockHolder(change_id=self.cid(holder), team="t"),
-                watch_every=watch,  # type: ignore[arg-type]
+                watch_every=watch,
             ),
             id=lock_id(self.prefix),
             task_queue=self.task_queue,
@@ -302,7 +307,7 @@ async def _check(ctx: CheckContext, **params: Any) -> CheckResult:
 async def _queue_of(lab: Lab, target: str) -> tuple[str, list[str]] | None:
     handle = lab.client.get_workflow_handle(lock_id(f"{lab.prefix}.{target}"))
     desc = await handle.describe()
-    if desc.status is not desc.status.RUNNING:
+    if desc.status is not WorkflowExecutionStatus.RUNNING:
         return None
     s: TargetLockInput = await handle.query("state", result_type=TargetLockInput)
     cut = len(lab.prefix) + 1
