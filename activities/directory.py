@@ -1,0 +1,198 @@
+"""The operator directory: who is in which approver group, read again on every load.
+
+The directory maps operators to groups. It is a YAML file (``yaml:PATH``) or a plug-in
+(``plugin:NAME``, entry-point group ``changeguard.directories``), read again on every
+``load_directory`` call, because membership changes while changes wait for approval.
+
+Errors::
+
+    Exception
+    └── DirectoryError    a directory spec is malformed, a file is missing or invalid, or a
+                          plug-in is unknown; ``problems`` lists every problem found
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from pathlib import Path
+from typing import Annotated, Any, Protocol
+
+import yaml
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import ValidationError as PydanticValidationError
+
+from guardrails.plugins import PluginRegistry
+from workflows.models import Directory
+
+DEFAULT_DIRECTORY = "yaml:.changeguard/operators.yaml"
+DIRECTORY_GROUP = "changeguard.directories"
+
+
+class DirectoryError(Exception):
+    """A directory spec, file or plug-in is unusable; ``problems`` lists every problem found."""
+
+    def __init__(self, problems: list[str], *, source: str) -> None:
+        self.problems = list(problems)
+        self.source = source
+        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
+        super().__init__(
+            f"operator directory {source} is unusable ({count}):\n"
+            + "\n".join(f"  - {p}" for p in self.problems)
+        )
+
+
+class DirectorySource(Protocol):
+    """Where the operator directory comes from; plug-ins implement this (and are built bare)."""
+
+    name: str
+
+    async def load(self) -> Directory:
+        """Read the directory as it is now."""
+        ...
+
+
+_Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1)]
+
+
+def _no_groups(value: Any) -> Any:
+    return [] if value is None else value  # "carol:" with nothing after it: no groups
+
+
+class _DirectoryFile(BaseModel):
+    """The YAML file: ``operators: {alice: [web-team], bob: [sre-leads, release-managers]}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operators: dict[_Name, Annotated[list[_Name], BeforeValidator(_no_groups)]] = Field(
+        default_factory=dict
+    )
+
+
+class YamlDirectory:
+    """The operator directory kept in a YAML file, read again on every :meth:`load`.
+
+    Args:
+        path: the file (relative paths are relative to the working directory).
+        missing_ok: a missing file is an empty directory rather than an error.
+    """
+
+    name = "yaml"
+
+    def __init__(self, path: str | Path, *, missing_ok: bool = False) -> None:
+        self.path = Path(path)
+        self.missing_ok = missing_ok
+
+    async def load(self) -> Directory:
+        """Read and validate the file (in a thread)."""
+        return await asyncio.to_thread(self.read)
+
+    def read(self) -> Directory:
+        """Read and validate the file.
+
+        Raises:
+            DirectoryError: the file is missing (unless ``missing_ok``), unreadable or invalid;
+                each problem is located (``operators.bob.1: ...``) and the message names the file.
+        """
+        label = str(self.path)
+        source = f"yaml:{label}"
+        try:
+            text = self.path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            if self.missing_ok:
+                return Directory(source=source)
+            raise DirectoryError([f"{label}: no such file"], source=label) from None
+        except (OSError, UnicodeDecodeError) as exc:
+            raise DirectoryError([f"{label}: cannot read: {exc}"], source=label) from None
+        try:
+            raw = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            mark = getattr(exc, "problem_mark", None)
+            where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
+            problem = getattr(exc, "problem", None) or str(exc)
+            raise DirectoryError([f"{where}: invalid YAML: {problem}"], source=label) from None
+        if raw is not None and not isinstance(raw, dict):
+            raise DirectoryError(
+                [
+                    f"{label}: expected a mapping such as 'operators: {{alice: [web-team]}}', "
+                    f"not a {type(raw).__name__}"
+                ],
+                source=label,
+            )
+        try:
+            parsed = _DirectoryFile.model_validate(raw or {})
+        except PydanticValidationError as exc:
+            raise DirectoryError(
+                [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()], source=label
+            ) from None
+        operators = {name: list(dict.fromkeys(groups)) for name, groups in parsed.operators.items()}
+        return Directory(operators=operators, source=source)
+
+
+def _where(loc: tuple[int | str, ...]) -> str:
+    """A pydantic error location as written in YAML: ``operators.bob[1]``, ``operators.'' (name)``."""
+    parts: list[str] = []
+    for part in loc:
+        if part == "[key]" and parts:
+            parts[-1] += " (name)"
+        elif isinstance(part, int) and parts:
+            parts[-1] += f"[{part}]"
+        else:
+            text = str(part)
+            parts.append(text if text.strip() and text.isprintable() else repr(text))
+    return ".".join(parts)
+
+
+def _validate_directory(cls: type[DirectorySource]) -> list[str]:
+    if not isinstance(cls, type):
+        return ["it must be a class"]
+    if not inspect.iscoroutinefunction(getattr(cls, "load", None)):
+        return ["it must define 'async def load(self) -> Directory'"]
+    return []
+
+
+def new_directory_registry() -> PluginRegistry[DirectorySource]:
+    """An empty registry of directory plug-ins (tests use their own)."""
+    return PluginRegistry(
+        kind="operator directory", group=DIRECTORY_GROUP, validate=_validate_directory
+    )
+
+
+def default_directory_registry() -> PluginRegistry[DirectorySource]:
+    """A registry with every directory plug-in advertised through entry points."""
+    registry = new_directory_registry()
+    registry.load_entry_points()
+    return registry
+
+
+def open_directory(
+    spec: str = DEFAULT_DIRECTORY, *, registry: PluginRegistry[DirectorySource] | None = None
+) -> DirectorySource:
+    """The directory a spec names: ``yaml:PATH`` or ``plugin:NAME``.
+
+    Only the default file (:data:`DEFAULT_DIRECTORY`) may be missing (an empty directory: nobody
+    may approve); a file named explicitly must exist.
+
+    Args:
+        spec: the directory spec.
+        registry: where ``plugin:NAME`` is looked up (default: the entry points).
+
+    Raises:
+        DirectoryError: the spec has another form, or no plug-in has that name.
+    """
+    kind, _, rest = spec.partition(":")
+    if kind == "yaml" and rest:
+        return YamlDirectory(rest, missing_ok=spec == DEFAULT_DIRECTORY)
+    if kind == "plugin" and rest:
+        plugins = registry if registry is not None else default_directory_registry()
+        try:
+            return plugins.get(rest)
+        except KeyError as exc:
+            raise DirectoryError([str(exc.args[0])], source=spec) from None
+    raise DirectoryError(
+        [
+            f"{spec!r} is not a directory spec; use 'yaml:PATH' (e.g. {DEFAULT_DIRECTORY!r}) or "
+            f"'plugin:NAME' (a plug-in registered under the entry-point group {DIRECTORY_GROUP!r})"
+        ],
+        source=spec,
+    )
