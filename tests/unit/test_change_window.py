@@ -1,4 +1,4 @@
-"""The change-window guardrail: windows, freezes, deadlines and daylight saving."""
+"""The change-window guardrail: windows, freezes, holidays, deadlines, daylight saving, openings."""
 
 from __future__ import annotations
 
@@ -9,7 +9,19 @@ import pytest
 import yaml
 
 from guardrails.base import CheckContext, new_registry, params_errors
-from guardrails.builtin.change_window import ChangeWindow, ChangeWindowParams, parse_window
+from guardrails.builtin.change_window import (
+    SEARCH_DAYS,
+    ChangeWindow,
+    ChangeWindowParams,
+    Opening,
+    build_schedule,
+    earliest_common_opening,
+    intersect,
+    next_opening,
+    opening_end,
+    parse_freeze,
+    parse_window,
+)
 from workflows.models import (
     Category,
     ChangeContext,
@@ -63,6 +75,25 @@ async def run(params: dict[str, Any], ctx: CheckContext) -> CheckResult:
     return await guardrail.check(guardrail.parse_params(params), ctx)
 
 
+def parse(params: dict[str, Any]) -> ChangeWindowParams:
+    return ChangeWindowParams.model_validate(params)
+
+
+def span(what: str, start: datetime, end: datetime, **kw: str) -> dict[str, str]:
+    """A span as the evidence shows it."""
+    return {
+        "what": what,
+        "source": kw.get("source", "policy"),
+        "timezone": kw.get("timezone", BERLIN),
+        "start": start.isoformat(),
+        "end": end.isoformat(),
+    }
+
+
+def without_openings(evidence: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in evidence.items() if k not in ("openings", "openings_until")}
+
+
 async def test_inside_window_passes() -> None:
     """A Thursday 10:00 Berlin change inside Mon-Thu 09:00-16:00 passes and names the window."""
     now = utc(2026, 6, 11, 8, 0)  # Thu 10:00 CEST
@@ -73,12 +104,21 @@ async def test_inside_window_passes() -> None:
         status=CheckStatus.PASS,
         reason="Thu 10:00 Europe/Berlin is inside the allowed window Mon-Thu 09:00-16:00",
         owner="release-eng",
-        evidence={
-            "timezone": BERLIN,
-            "local_time": "2026-06-11T10:00:00+02:00",
-            "next_opening": None,
-        },
+        evidence=result.evidence,
     )
+    assert without_openings(result.evidence) == {
+        "timezone": BERLIN,
+        "local_time": "2026-06-11T10:00:00+02:00",
+        "next_opening": None,
+        "window": span("Mon-Thu 09:00-16:00", utc(2026, 6, 11, 7), utc(2026, 6, 11, 14)),
+        "freeze": None,
+        "opening_end": utc(2026, 6, 11, 14).isoformat(),
+    }
+    assert result.evidence["openings"][:2] == [
+        [now.isoformat(), utc(2026, 6, 11, 14).isoformat()],
+        [utc(2026, 6, 15, 7).isoformat(), utc(2026, 6, 15, 14).isoformat()],
+    ]
+    assert result.evidence["openings_until"] == utc(2026, 7, 9, 8).isoformat()
 
 
 async def test_weekend_waits_until_monday_morning() -> None:
@@ -100,12 +140,16 @@ async def test_weekend_waits_until_monday_morning() -> None:
         approvers=["sre-leads"],
         approval=ctx.spec.opt_out_rule,
         retry_after=monday,
-        evidence={
-            "timezone": BERLIN,
-            "local_time": "2026-06-13T10:00:00+02:00",
-            "next_opening": monday.isoformat(),
-        },
+        evidence=result.evidence,
     )
+    assert without_openings(result.evidence) == {
+        "timezone": BERLIN,
+        "local_time": "2026-06-13T10:00:00+02:00",
+        "next_opening": monday.isoformat(),
+        "window": None,
+        "freeze": None,
+        "next_window": span("Mon-Thu 09:00-16:00", monday, utc(2026, 6, 15, 14)),
+    }
 
 
 async def test_no_deadline_waits() -> None:
@@ -225,7 +269,7 @@ async def test_no_opening_within_search_horizon_fails() -> None:
 def test_unquoted_yaml_date_is_a_freeze() -> None:
     """An unquoted YAML date (read as a date object) is accepted as a single-day freeze."""
     params = ChangeWindow().parse_params(yaml.safe_load("{timezone: UTC, freeze: [2026-12-25]}"))
-    assert params.freeze == ["2026-12-25"]
+    assert [f.freeze for f in params.freeze] == ["2026-12-25"]
 
 
 def test_window_syntax_variants() -> None:
@@ -242,8 +286,13 @@ def test_bad_timezone_and_window_are_params_errors_naming_the_entry() -> None:
         ChangeWindow(),
         {
             "timezone": "Mars/Base",
-            "allow": ["Mon-Thu 09:00-16:00", "Mon-Thx 09:00-16:00", "Fri 17:00-09:00"],
-            "freeze": ["2026-12-40"],
+            "allow": [
+                "Mon-Thu 09:00-16:00",
+                "Mon-Thx 09:00-16:00",
+                "Fri 09:00-09:00",
+                "Mon,Tue 22:00-Wed 06:00",
+            ],
+            "freeze": ["2026-12-40", "2026-12-24T12:00"],
         },
     )
     assert problems == [
@@ -251,10 +300,14 @@ def test_bad_timezone_and_window_are_params_errors_naming_the_entry() -> None:
         "'Europe/Berlin' or 'UTC'",
         "params.allow.1: 'Mon-Thx 09:00-16:00': 'Thx' is not a day; "
         "use Mon, Tue, Wed, Thu, Fri, Sat, Sun",
-        "params.allow.2: 'Fri 17:00-09:00': the window must end after it starts; split windows "
-        "that cross midnight, e.g. 'Fri 22:00-24:00' and 'Sat 00:00-02:00'",
-        "params.freeze.0: '2026-12-40' is not a freeze; write a date '2026-12-25' or an "
-        "inclusive range '2026-12-20/2027-01-04'",
+        "params.allow.2: 'Fri 09:00-09:00': the window is empty; for a whole day write e.g. "
+        "'Mon 00:00-24:00'",
+        "params.allow.3: 'Mon,Tue 22:00-Wed 06:00': a window that ends on a named day starts on "
+        "one day only",
+        "params.freeze.0: '2026-12-40' is not a freeze; write a date '2026-12-25', an "
+        "inclusive range '2026-12-20/2027-01-04' or local times '2026-12-24T12:00/2026-12-27T08:00'",
+        "params.freeze.1: '2026-12-24T12:00' is not a freeze; write a date '2026-12-25', an "
+        "inclusive range '2026-12-20/2027-01-04' or local times '2026-12-24T12:00/2026-12-27T08:00'",
     ]
 
 
@@ -296,3 +349,277 @@ def test_registers_against_the_contract() -> None:
         guardrail.default_timeout,
         guardrail.params_model,
     ) == (Category.TIMING, "release-eng", timedelta(seconds=10), ChangeWindowParams)
+
+
+# --- windows across midnight and the week -------------------------------------------------------
+
+
+def test_window_forms_across_midnight_and_the_week() -> None:
+    """An end at or before the start runs into the next day; an end day runs across the week."""
+    night, explicit = parse_window("Fri 22:00-06:00"), parse_window("Fri 22:00-Sat 06:00")
+    assert (night.days, night.start, night.end) == (explicit.days, explicit.start, explicit.end)
+    assert (parse_window("Fri 22:00-06:00").start, parse_window("Fri 22:00-06:00").end) == (
+        22 * 60,
+        30 * 60,
+    )
+    assert parse_window("Sun 22:00-Mon 06:00").end == 30 * 60
+    weekend = parse_window("Fri 22:00 - Mon 06:00")
+    assert (weekend.text, weekend.days, weekend.end) == (
+        "Fri 22:00 - Mon 06:00",
+        frozenset({4}),
+        (3 * 24 + 6) * 60,
+    )
+    assert parse_window("Mon-Fri 23:00-01:00").days == {0, 1, 2, 3, 4}
+
+
+async def test_window_across_midnight_passes_after_midnight_and_waits_after_it_ends() -> None:
+    """'Fri 22:00-06:00' is open on Saturday 03:00 and, after 06:00, reopens the next Friday."""
+    params = {"timezone": BERLIN, "allow": ["Fri 22:00-06:00"]}
+    inside = await run(params, make_ctx(utc(2026, 6, 13, 1, 0)))  # Sat 03:00 CEST
+    assert (inside.status, inside.reason) == (
+        CheckStatus.PASS,
+        "Sat 03:00 Europe/Berlin is inside the allowed window Fri 22:00-06:00",
+    )
+    assert inside.evidence["window"] == span(
+        "Fri 22:00-06:00", utc(2026, 6, 12, 20), utc(2026, 6, 13, 4)
+    )
+    assert inside.evidence["opening_end"] == utc(2026, 6, 13, 4).isoformat()
+    after = await run(params, make_ctx(utc(2026, 6, 13, 5, 0)))  # Sat 07:00 CEST
+    assert (after.status, after.retry_after) == (CheckStatus.WAIT, utc(2026, 6, 19, 20, 0))
+
+
+async def test_window_across_sunday_to_monday() -> None:
+    """'Sun 22:00-Mon 06:00' is open on Monday 05:00 and, from Monday 07:00, waits for Sunday."""
+    params = {"timezone": BERLIN, "allow": ["Sun 22:00-Mon 06:00"]}
+    monday = await run(params, make_ctx(utc(2026, 6, 15, 3, 0)))  # Mon 05:00 CEST
+    assert (monday.status, monday.evidence["opening_end"]) == (
+        CheckStatus.PASS,
+        utc(2026, 6, 15, 4).isoformat(),
+    )
+    later = await run(params, make_ctx(utc(2026, 6, 15, 5, 0)))  # Mon 07:00 CEST
+    assert (later.status, later.retry_after) == (CheckStatus.WAIT, utc(2026, 6, 21, 20, 0))
+
+
+async def test_weekend_window_spans_three_nights() -> None:
+    """'Fri 22:00 - Mon 06:00' is open all Sunday and closes Monday 06:00 local."""
+    params = {"timezone": BERLIN, "allow": ["Fri 22:00 - Mon 06:00"]}
+    result = await run(params, make_ctx(utc(2026, 6, 14, 12, 0)))
+    assert (result.status, result.evidence["opening_end"]) == (
+        CheckStatus.PASS,
+        utc(2026, 6, 15, 4).isoformat(),
+    )
+
+
+def test_night_window_on_spring_forward_night_is_an_hour_shorter() -> None:
+    """'Sat 22:00-06:00' over the spring-forward night ends 06:00 CEST: 7 real hours, not 8."""
+    params = parse({"timezone": BERLIN, "allow": ["Sat 22:00-06:00"]})
+    assert opening_end(params, utc(2026, 3, 28, 23, 0)) == utc(2026, 3, 29, 4, 0)
+    assert next_opening(params, utc(2026, 3, 29, 12, 0)) == Opening(
+        utc(2026, 4, 4, 20, 0), utc(2026, 4, 5, 4, 0)
+    )
+
+
+# --- freezes with times, time zones per entry ---------------------------------------------------
+
+
+def test_freeze_forms() -> None:
+    """Dates are inclusive; times are local and the end is exclusive; the two may be mixed."""
+    day = datetime(2026, 12, 24, 12, 0)
+    assert (
+        parse_freeze("2026-12-24T12:00/2026-12-27T08:00").start,
+        parse_freeze("2026-12-24T12:00/2026-12-27T08:00").end,
+    ) == (day, datetime(2026, 12, 27, 8, 0))
+    assert parse_freeze("2026-12-24T12:00/2026-12-26").end == datetime(2026, 12, 27)
+    assert parse_freeze("2026-12-24 12:00/2026-12-24 18:30").end == datetime(2026, 12, 24, 18, 30)
+    assert parse_freeze("2026-12-20/2027-01-04").end == datetime(2027, 1, 5)
+
+
+async def test_timed_freeze_waits_until_its_end_time() -> None:
+    """A freeze from Dec 24 12:00 to Dec 27 08:00 blocks 13:00 and reopens at 08:00 local."""
+    params = {"timezone": BERLIN, "freeze": ["2026-12-24T12:00/2026-12-27T08:00"]}
+    before = await run(params, make_ctx(utc(2026, 12, 24, 10, 0)))  # 11:00 CET
+    assert (before.status, before.evidence["opening_end"]) == (
+        CheckStatus.PASS,
+        utc(2026, 12, 24, 11).isoformat(),
+    )
+    inside = await run(params, make_ctx(utc(2026, 12, 24, 12, 0)))  # 13:00 CET
+    assert (inside.status, inside.retry_after, inside.reason) == (
+        CheckStatus.WAIT,
+        utc(2026, 12, 27, 7, 0),
+        "2026-12-24 13:00 Europe/Berlin is inside the freeze 2026-12-24T12:00/2026-12-27T08:00",
+    )
+    assert inside.evidence["freeze"] == span(
+        "2026-12-24T12:00/2026-12-27T08:00", utc(2026, 12, 24, 11), utc(2026, 12, 27, 7)
+    )
+
+
+async def test_one_rule_mixes_time_zones() -> None:
+    """A New York window and a Berlin window in one rule: each is read in its own zone."""
+    params = {
+        "timezone": BERLIN,
+        "allow": [
+            "Mon-Fri 09:00-12:00",
+            {"window": "Mon-Fri 09:00-17:00", "timezone": "America/New_York"},
+        ],
+        "freeze": [{"freeze": "2026-06-16", "timezone": "America/New_York", "name": "NY offsite"}],
+    }
+    gap = await run(params, make_ctx(utc(2026, 6, 15, 12, 30)))  # 14:30 Berlin, 08:30 New York
+    assert (gap.status, gap.retry_after, gap.reason) == (
+        CheckStatus.WAIT,
+        utc(2026, 6, 15, 13, 0),
+        "Mon 14:30 Europe/Berlin is outside the allowed windows Mon-Fri 09:00-12:00, "
+        "Mon-Fri 09:00-17:00 (America/New_York)",
+    )
+    new_york = await run(params, make_ctx(utc(2026, 6, 15, 20, 0)))  # 16:00 New York
+    assert (new_york.status, new_york.reason) == (
+        CheckStatus.PASS,
+        "Mon 22:00 Europe/Berlin is inside the allowed window Mon-Fri 09:00-17:00 (America/New_York)",
+    )
+    # The New York freeze covers Tuesday 00:00-24:00 New York = 04:00 Tue - 04:00 Wed UTC, so the
+    # Berlin window of Wednesday 09:00 (07:00 UTC) is the next opening.
+    frozen = await run(params, make_ctx(utc(2026, 6, 16, 8, 0)))
+    assert (frozen.status, frozen.retry_after) == (CheckStatus.WAIT, utc(2026, 6, 17, 7, 0))
+    assert frozen.reason == (
+        "2026-06-16 10:00 Europe/Berlin is inside the freeze NY offsite (America/New_York)"
+    )
+    assert frozen.evidence["freeze"] == span(
+        "NY offsite", utc(2026, 6, 16, 4), utc(2026, 6, 17, 4), timezone="America/New_York"
+    )
+
+
+# --- public holidays ----------------------------------------------------------------------------
+
+
+async def test_public_holiday_freezes_the_whole_local_day() -> None:
+    """Labour Day in Berlin (Fri 2026-05-01) is frozen; the next opening is Monday 09:00."""
+    params = {
+        "timezone": BERLIN,
+        "allow": ["Mon-Fri 09:00-16:00"],
+        "freeze_holidays": {"country": "DE", "subdivision": "BE"},
+    }
+    result = await run(params, make_ctx(utc(2026, 5, 1, 8, 0)))
+    assert (result.status, result.retry_after, result.reason) == (
+        CheckStatus.WAIT,
+        utc(2026, 5, 4, 7, 0),
+        "2026-05-01 10:00 Europe/Berlin is inside the freeze 'Labor Day' (holidays DE-BE)",
+    )
+    assert result.evidence["freeze"] == span(
+        "Labor Day", utc(2026, 4, 30, 22), utc(2026, 5, 1, 22), source="holidays DE-BE"
+    )
+
+
+def test_holiday_freezes_for_a_country_and_year() -> None:
+    """Every public holiday of Berlin in 2026 is one frozen local day, and nothing else is."""
+    params = parse(
+        {"timezone": BERLIN, "freeze_holidays": [{"country": "DE", "subdivision": "BE"}]}
+    )
+    schedule = build_schedule(params, utc(2025, 12, 31, 23, 0), days=365)
+    frozen = [
+        (s.what, s.start.astimezone(params.zone).date().isoformat(), s.end - s.start)
+        for s in schedule.freezes
+        if s.start.astimezone(params.zone).year == 2026
+    ]
+    day = timedelta(days=1)
+    assert frozen == [
+        ("New Year's Day", "2026-01-01", day),
+        ("Women's Day", "2026-03-08", day),
+        ("Good Friday", "2026-04-03", day),
+        ("Easter Monday", "2026-04-06", day),
+        ("Labor Day", "2026-05-01", day),
+        ("Ascension Day", "2026-05-14", day),
+        ("Pentecost Monday", "2026-05-25", day),
+        ("German Unity Day", "2026-10-03", day),
+        ("Christmas Day", "2026-12-25", day),
+        ("Second Day of Christmas", "2026-12-26", day),
+    ]
+
+
+async def test_several_holiday_sources_and_observed_days() -> None:
+    """A list of countries: the US observes Independence Day 2026 on Friday July 3."""
+    params = {
+        "timezone": "America/New_York",
+        "freeze_holidays": [{"country": "DE", "subdivision": "BE"}, {"country": "US"}],
+    }
+    result = await run(params, make_ctx(utc(2026, 7, 3, 15, 0)))
+    assert (result.status, result.retry_after) == (CheckStatus.WAIT, utc(2026, 7, 5, 4, 0))
+    assert result.evidence["freeze"]["what"] == "Independence Day (observed)"
+    assert (await run(params, make_ctx(utc(2026, 7, 6, 15, 0)))).status is CheckStatus.PASS
+
+
+def test_unknown_holiday_country_or_subdivision_is_a_params_error() -> None:
+    """The holidays package's refusal is the params error, located at the entry."""
+    problems = params_errors(
+        ChangeWindow(),
+        {
+            "timezone": BERLIN,
+            "freeze_holidays": [{"country": "XX"}, {"country": "DE", "subdivision": "ZZ"}],
+        },
+    )
+    assert problems == [
+        "params.freeze_holidays.0: holidays: Country XX not available",
+        "params.freeze_holidays.1: holidays: Entity `DE` does not have subdivision ZZ",
+    ]
+
+
+# --- the pure questions: next opening of a length, end of the current opening, intersection -----
+
+
+def test_next_opening_of_a_minimum_length_skips_short_openings() -> None:
+    """A one-hour gap before a freeze is too short for a two-hour wave; the afternoon is not."""
+    params = parse({**WEEKDAYS, "freeze": ["2026-06-15T10:00/2026-06-15T11:00"]})
+    after = utc(2026, 6, 15, 6, 0)  # Mon 08:00 CEST
+    assert next_opening(params, after) == Opening(utc(2026, 6, 15, 7), utc(2026, 6, 15, 8))
+    assert next_opening(params, after, timedelta(hours=2)) == Opening(
+        utc(2026, 6, 15, 9), utc(2026, 6, 15, 14)
+    )
+    assert next_opening(params, after, timedelta(hours=8)) is None  # no window is that long
+
+
+def test_opening_end_inside_closed_and_unbounded() -> None:
+    """Inside: when it closes; closed: the instant itself; never closing: None."""
+    params = parse({**WEEKDAYS, "freeze": ["2026-06-15T10:00/2026-06-15T11:00"]})
+    assert opening_end(params, utc(2026, 6, 15, 7, 30)) == utc(2026, 6, 15, 8, 0)
+    assert opening_end(params, utc(2026, 6, 15, 8, 30)) == utc(2026, 6, 15, 8, 30)
+    assert opening_end(parse({"timezone": "UTC"}), utc(2026, 6, 15)) is None
+
+
+def test_intersection_of_two_rules_first_overlaps_in_a_later_week() -> None:
+    """Two rules whose next openings never overlap until the third Monday: that is the answer."""
+    berlin = parse(
+        {"timezone": BERLIN, "allow": ["Mon 09:00-10:00"], "freeze": ["2026-06-22"]}
+    )  # 07:00-08:00 UTC on Mondays, but not June 22
+    new_york = parse(
+        {"timezone": "America/New_York", "allow": ["Mon 03:30-04:30"], "freeze": ["2026-06-15"]}
+    )  # 07:30-08:30 UTC on Mondays, but not June 15
+    after = utc(2026, 6, 13, 12, 0)
+    singles = [next_opening(berlin, after), next_opening(new_york, after)]
+    assert [o.start for o in singles if o] == [utc(2026, 6, 15, 7), utc(2026, 6, 22, 7, 30)]
+    rules = [build_schedule(p, after).openings for p in (berlin, new_york)]
+    assert earliest_common_opening(rules, after) == Opening(
+        utc(2026, 6, 29, 7, 30), utc(2026, 6, 29, 8, 0)
+    )
+    assert earliest_common_opening(rules, after, timedelta(minutes=31)) is None
+    assert intersect(*rules)[:2] == [
+        Opening(utc(2026, 6, 29, 7, 30), utc(2026, 6, 29, 8, 0)),
+        Opening(utc(2026, 7, 6, 7, 30), utc(2026, 7, 6, 8, 0)),
+    ]
+
+
+async def test_result_openings_read_back_for_the_intersection() -> None:
+    """The openings a result lists read back into the same intersection the schedules give."""
+    after = utc(2026, 6, 13, 12, 0)
+    first = await run({**WEEKDAYS, "freeze": ["2026-06-15/2026-06-17"]}, make_ctx(after))
+    second = await run({"timezone": "UTC", "allow": ["Wed-Fri 12:00-13:00"]}, make_ctx(after))
+    lists = [[Opening.from_evidence(p) for p in r.evidence["openings"]] for r in (first, second)]
+    assert earliest_common_opening(lists, after) == Opening(
+        utc(2026, 6, 18, 12), utc(2026, 6, 18, 13)
+    )
+
+
+def test_search_horizon_is_documented_constant() -> None:
+    """The horizon a schedule covers is SEARCH_DAYS; an opening reaching it has no end."""
+    schedule = build_schedule(parse({"timezone": "UTC"}), utc(2026, 1, 1))
+    assert (schedule.end - schedule.start, schedule.openings) == (
+        timedelta(days=SEARCH_DAYS),
+        [Opening(utc(2026, 1, 1), None)],
+    )
