@@ -453,3 +453,21 @@ def test_calendar_params_accept_one_or_many_and_refuse_bad_urls() -> None:
     problems = guardrail.params_model.model_validate
     with pytest.raises(ValueError, match="is not an http\\(s\\) URL"):
         problems({"timezone": "UTC", "allow_calendars": ["https://"]})
+
+
+async def test_cache_keeps_a_bounded_number_of_calendars(server: Served) -> None:
+    """Past its size the cache forgets the copy fetched longest ago."""
+    cache = CalendarCache(max_entries=2)
+    for name in ("a", "b", "c"):
+        server.routes[f"/{name}.ics"] = (200, calendar(event(name, date(2026, 12, 24))), {})
+    now = utc(2026, 12, 1, 9, 0)
+    for minute, name in enumerate(("a", "b", "c")):
+        params = {"timezone": BERLIN, "freeze_calendars": [server.url(f"/{name}.ics")]}
+        await run(params, now + timedelta(minutes=minute), cache)
+    again = await run(
+        {"timezone": BERLIN, "freeze_calendars": [server.url("/a.ics")]},
+        now + timedelta(minutes=3),
+        cache,
+    )
+    assert again.evidence["calendars"][0]["cached"] is False
+    assert [path for path, _ in server.requests] == ["/a.ics", "/b.ics", "/c.ics", "/a.ics"]

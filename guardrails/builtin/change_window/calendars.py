@@ -25,6 +25,7 @@ import httpx
 import icalendar
 import recurring_ical_events  # type: ignore[import-untyped]  # ships no py.typed marker
 
+from guardrails.builtin._params import excerpt
 from guardrails.builtin.change_window.spans import Span, wall_to_utc
 
 
@@ -32,6 +33,7 @@ class CalendarError(Exception):
     """A calendar could not be read or parsed; ``detail`` says what went wrong."""
 
     def __init__(self, source: str, detail: str) -> None:
+        detail = excerpt(detail)  # parser messages quote the input; keep reasons short
         super().__init__(f"{source}: {detail}")
         self.source = source
         self.detail = detail
@@ -78,8 +80,9 @@ class CalendarCache:
     answer, because a freeze added since must not be missed.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, *, max_entries: int = 256) -> None:
         self._entries: dict[str, _Entry] = {}
+        self._max_entries = max_entries
 
     def clear(self) -> None:
         """Forget every cached copy."""
@@ -126,6 +129,8 @@ class CalendarCache:
             raise CalendarError(url, f"the server answered {status}")
         calendar = parse(url, body)
         self._entries[url] = _Entry(calendar, now, validators)
+        while len(self._entries) > self._max_entries:  # rules a request adds may name many URLs
+            del self._entries[min(self._entries, key=lambda u: self._entries[u].fetched_at)]
         return LoadedCalendar(url, calendar, now, cached=False)
 
 
