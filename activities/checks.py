@@ -1,14 +1,15 @@
-"""Gate activities: resolve the policy, and run one guardrail check.
+"""Gate activities: resolve the effective policy, and run one guardrail check.
 
-Thin entry points: the logic lives in ``guardrails/``. Both turn business failures (a bad policy, an
-unknown guardrail, bad params, a plug-in breaking its contract) into non-retryable errors, so no
-retry loop hammers a mistake that only a person can fix.
+Thin entry points: the logic lives in ``guardrails/``. The effective policy is the platform bundle
+the worker holds *at that moment* (:class:`~guardrails.bundle.BundleHolder`) plus the request's
+additions. Business failures (a refused addition, a change no platform rule governs, an unknown
+guardrail, bad params, a plug-in breaking its contract) are non-retryable errors, so no retry loop
+hammers a mistake that only a person can fix.
 """
 
 from __future__ import annotations
 
 import time
-from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -16,8 +17,16 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from guardrails.base import CheckContext, Guardrail, default_registry
+from guardrails.bundle import Bundle, BundleHolder
 from guardrails.plugins import PluginRegistry
-from guardrails.policy import PolicyError, load_policy, resolve_checks
+from guardrails.policy import (
+    PolicyError,
+    PolicyFile,
+    effective_hash,
+    merge_additions,
+    parse_additions,
+    resolve_checks,
+)
 from workflows import errors
 from workflows.models import (
     CheckResult,
@@ -30,56 +39,66 @@ from workflows.rollout_models import RolloutPolicy
 
 
 class CheckActivities:
-    """The gate's activities, bound to a guardrail registry and shared services.
+    """The gate's activities, bound to a guardrail registry, the platform bundle and services.
 
     Args:
         guardrails: the registry checks are looked up in (default: every entry point).
+        bundle: the platform bundle in force (read at every resolution).
         services: worker-wide resources guardrails may use, by name (``temporal_client`` …).
-        policy_dir: where relative policy paths are read from (default: the working directory).
     """
 
     def __init__(
         self,
         guardrails: PluginRegistry[Guardrail[Any]] | None = None,
         *,
+        bundle: BundleHolder,
         services: dict[str, Any] | None = None,
-        policy_dir: Path | None = None,
     ) -> None:
         self.guardrails = guardrails if guardrails is not None else default_registry()
+        self.bundle = bundle
         self.services = services or {}
-        self.policy_dir = policy_dir
+
+    def _effective(self, inp: ResolvePolicyInput) -> tuple[Bundle, PolicyFile, PolicyFile | None]:
+        bundle = self.bundle.current()
+        try:
+            additions = parse_additions(inp.policy, self.guardrails)
+            effective = merge_additions(bundle.policy, additions, origins=bundle.origins)
+        except PolicyError as exc:
+            raise _refused(exc) from exc
+        return bundle, effective, additions
 
     @activity.defn(name="resolve_policy")
     async def resolve_policy(self, inp: ResolvePolicyInput) -> ResolvedPolicy:
-        """Load and validate the policy, and list the checks that apply to this change."""
+        """Merge the bundle in force with the request's additions; list the checks that apply."""
+        bundle, effective, additions = self._effective(inp)
+        source = f"bundle {bundle.source}" + (" + request" if additions else "")
         try:
-            policy, digest = load_policy(inp.policy, base_dir=self.policy_dir)
             resolved = resolve_checks(
-                policy, digest, inp.change, self.guardrails, categories=inp.categories
+                effective,
+                effective_hash(bundle.hash, additions),
+                inp.change,
+                self.guardrails,
+                categories=inp.categories,
+                source=source,
+                platform_rules=len(bundle.policy.guardrails),
+                unmatched=bundle.policy.unmatched,
             )
         except PolicyError as exc:
-            raise ApplicationError(
-                str(exc), exc.problems, type=errors.POLICY_INVALID, non_retryable=True
-            ) from exc
-        if isinstance(inp.policy, str):
-            resolved.source = inp.policy
+            raise _refused(exc) from exc
+        resolved.bundle_hash = bundle.hash
+        resolved.bundle_warning = self.bundle.warning
         return resolved
 
     @activity.defn(name="resolve_rollout")
     async def resolve_rollout(self, inp: ResolvePolicyInput) -> RolloutPolicy:
-        """The bake's part of the policy: signals to observe, responses, the pager."""
-        try:
-            policy, digest = load_policy(inp.policy, base_dir=self.policy_dir)
-        except PolicyError as exc:
-            raise ApplicationError(
-                str(exc), exc.problems, type=errors.POLICY_INVALID, non_retryable=True
-            ) from exc
+        """The bake's part of the effective policy: signals to observe, responses, the pager."""
+        bundle, effective, additions = self._effective(inp)
         return RolloutPolicy(
-            signals=policy.signals,
-            responses=policy.responses,
-            pager=policy.pager,
-            page_on_reject=policy.page_on_reject,
-            policy_hash=digest,
+            signals=effective.signals,
+            responses=effective.responses,
+            pager=effective.pager,
+            page_on_reject=effective.page_on_reject,
+            policy_hash=effective_hash(bundle.hash, additions),
         )
 
     @activity.defn(name="run_check")
@@ -109,7 +128,6 @@ class CheckActivities:
         )
         started = time.monotonic()
         result = await guardrail.check(params, ctx)
-        result.duration_ms = int((time.monotonic() - started) * 1000)
         problems = contract_problems(result, inp)
         if problems:
             raise ApplicationError(
@@ -117,7 +135,21 @@ class CheckActivities:
                 type=errors.CONTRACT_VIOLATION,
                 non_retryable=True,
             )
+        result.duration_ms = int((time.monotonic() - started) * 1000)
+        # Which rule this is comes from the policy, never from the plug-in.
+        result.rule, result.source, result.note = (
+            spec.rule or spec.guardrail,
+            spec.source,
+            spec.note,
+        )
         return result
+
+
+def _refused(exc: PolicyError) -> ApplicationError:
+    """A refused resolution: one line naming every problem, and the problems as details."""
+    return ApplicationError(
+        exc.one_line(), exc.problems, type=errors.POLICY_INVALID, non_retryable=True
+    )
 
 
 def contract_problems(result: CheckResult, inp: RunCheckInput) -> list[str]:

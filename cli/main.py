@@ -27,14 +27,17 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+from activities.audit import AuditStoreError
 from cli import exitcodes
 from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
 from cli.render import console, err, print_json, report_table, status_table
+from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
 from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
 from worker.devserver import DevServerError
+from worker.main import PolicyMissing
 from worker.settings import Settings, SettingsError
 from workflows.models import (
     TERMINAL_PHASES,
@@ -59,32 +62,46 @@ POLL_INTERVAL = 0.5
 # ------------------------------------------------------------------------------------------ start
 
 
+def new_change_id() -> str:
+    """A fresh change id, drawn here at the edge (never by a wire model: it would differ on replay)."""
+    return f"chg-{uuid.uuid4().hex[:12]}"
+
+
+def with_change_id(request: ChangeRequest) -> tuple[ChangeRequest, str]:
+    """The request with its change id: the file's own, else a new one."""
+    if request.change_id is not None:
+        return request, request.change_id
+    change_id = new_change_id()
+    return request.model_copy(update={"change_id": change_id}), change_id
+
+
 async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     """Validate a change file, start the change, optionally follow it to its end."""
-    request = load_change(Path(args.file))
+    request, change_id = with_change_id(load_change(Path(args.file)))
     client = await connect(settings)
     run_id = await start_change(client, request, settings, quiet=args.json)
     if not args.wait:
         if args.json:
-            url = settings.workflow_url(request.change_id)
-            print_json({"change_id": request.change_id, "run_id": run_id, "url": url})
+            url = settings.workflow_url(change_id)
+            print_json({"change_id": change_id, "run_id": run_id, "url": url})
         return exitcodes.OK
-    return await follow(client, request.change_id, settings, as_json=args.json)
+    return await follow(client, change_id, settings, as_json=args.json)
 
 
 async def start_change(
     client: Client, request: ChangeRequest, settings: Settings, *, quiet: bool = False
 ) -> str | None:
-    """Start a validated change; returns its run id.
+    """Start a validated change; returns its run id (a change without an id gets a new one).
 
     Raises:
         ChangeFileError: a change with that id exists already.
     """
+    request, change_id = with_change_id(request)
     try:
         handle = await client.start_workflow(
             "GuardedChange",
             request,
-            id=request.change_id,
+            id=change_id,
             task_queue=settings.task_queue,
             result_type=ChangeResult,
             # A change id is used once: a second run would reuse its idempotency keys and the
@@ -93,16 +110,16 @@ async def start_change(
         )
     except WorkflowAlreadyStartedError as exc:
         raise ChangeFileError(
-            Path(request.change_id),
+            Path(change_id),
             [
-                f"change_id: a change with id {request.change_id!r} exists or existed already; "
+                f"change_id: a change with id {change_id!r} exists or existed already; "
                 "every change needs a new id (omit change_id to generate one)"
             ],
         ) from exc
     if not quiet:
         console.print(
-            f"Started change [bold]{request.change_id}[/] ({request.kind}, "
-            f"{len(request.targets)} targets)\n  {settings.workflow_url(request.change_id)}"
+            f"Started change [bold]{change_id}[/] ({request.kind}, "
+            f"{len(request.targets)} targets)\n  {settings.workflow_url(change_id)}"
         )
     return handle.result_run_id
 
@@ -152,17 +169,22 @@ def _show_status(status: ChangeStatus, settings: Settings, *, as_json: bool) -> 
 
 async def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
     """Run the gate alone (no mutation) and print its report."""
-    request = load_change(Path(args.file))
+    request, change_id = with_change_id(load_change(Path(args.file)))
     client = await connect(settings)
     deadline = request.deadline or datetime.now(UTC) + timedelta(hours=24)
-    ctx = ChangeContext.of(request).model_copy(update={"deadline": deadline})
-    report = await client.execute_workflow(
-        "GuardrailGate",
-        GateInput(change=ctx, policy=request.policy, probe_only=True),
-        id=f"{request.change_id}/checks-{uuid.uuid4().hex[:8]}",
-        task_queue=settings.task_queue,
-        result_type=GuardrailReport,
-    )
+    ctx = ChangeContext.of(request, change_id).model_copy(update={"deadline": deadline})
+    try:
+        report = await client.execute_workflow(
+            "GuardrailGate",
+            GateInput(change=ctx, policy=request.policy, probe_only=True),
+            id=f"{change_id}/checks-{uuid.uuid4().hex[:8]}",
+            task_queue=settings.task_queue,
+            result_type=GuardrailReport,
+        )
+    except WorkflowFailureError as exc:
+        # The workers' bundle refused the request's additions, or governs nothing here.
+        err.print(f"[bold red]the gate refused the change:[/] {escape(_root_message(exc))}")
+        return exitcodes.BLOCKED
     if args.json:
         print_json(report)
     else:
@@ -276,6 +298,13 @@ async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     return exitcodes.OK
 
 
+def _root_message(exc: BaseException) -> str:
+    """The innermost failure's message (a workflow's failure wraps its activity's)."""
+    while exc.__cause__ is not None or getattr(exc, "cause", None) is not None:
+        exc = getattr(exc, "cause", None) or exc.__cause__  # type: ignore[assignment]
+    return exc.message if isinstance(exc, ApplicationError) else str(exc)
+
+
 def _refusal(exc: WorkflowUpdateFailedError) -> str:
     """The validator's reason, without the error type in front of it."""
     cause = exc.cause
@@ -296,13 +325,14 @@ async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
     """Run the embedded dev server, the demo fleet and a worker until Ctrl-C."""
     import demo
-    from demo.stack import DevStack
+    from demo.stack import DEMO_BUNDLE, DevStack
 
     demo_operators = os.path.join(os.path.dirname(demo.__file__), "operators.yaml")
     directory = (
         settings.directory if os.environ.get("CHANGEGUARD_DIRECTORY") else f"yaml:{demo_operators}"
     )
     async with DevStack(
+        policy=settings.policy or DEMO_BUNDLE,  # the demo's platform bundle unless told otherwise
         port=args.port,
         ui_port=args.ui_port,
         db=Path(args.db),
@@ -438,6 +468,18 @@ def main(argv: list[str] | None = None) -> int:
     except DevServerError as exc:
         err.print(f"[bold red]cannot start the dev server:[/] {escape(str(exc))}")
         return exitcodes.INVALID
+    except PolicyMissing as exc:
+        err.print(f"[bold red]cannot start the worker:[/] {escape(exc.problems[0])}")
+        return exitcodes.INVALID
+    except BundleError as exc:
+        err.print(f"[bold red]cannot start the worker:[/] {escape(str(exc))}")
+        return exitcodes.INVALID
+    except AuditStoreError as exc:
+        err.print(
+            f"[bold red]audit store unusable:[/] {escape(str(exc))}; fix CHANGEGUARD_AUDIT_URL "
+            "(sqlite:///PATH or postgresql://USER@HOST:PORT/DATABASE) or start the database"
+        )
+        return exitcodes.UNREACHABLE
     except TemporalUnreachable as exc:
         err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")
         return exitcodes.UNREACHABLE

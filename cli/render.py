@@ -11,6 +11,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workflows.models import ChangeStatus, CheckStatus, Decision, GuardrailReport, Mode, Outcome
+from workflows.report import check_reason, rule_label
 
 console = Console()
 err = Console(stderr=True)
@@ -35,17 +36,18 @@ def print_json(model: BaseModel | dict[str, object]) -> None:
 
 
 def report_table(report: GuardrailReport) -> Table:
-    """The report as a table: one row per check, failures explained."""
+    """The report as a table: one row per rule, failures explained, the bundle named."""
     title = Text.assemble(
         "Guardrail report: ", (report.decision.value, _DECISION_STYLE[report.decision])
     )
-    table = Table(
-        title=title,
-        caption=f"report {report.report_hash} · policy {report.policy_hash}",
-        show_lines=True,
-        expand=True,
+    caption = Text(
+        f"report {report.report_hash} · policy {report.policy_hash} · "
+        f"bundle {report.bundle_hash or 'none'}"
     )
-    table.add_column("guardrail", no_wrap=True)
+    if report.bundle_warning:
+        caption.append(f"\npolicy bundle: {report.bundle_warning}", style="bold yellow")
+    table = Table(title=title, caption=caption, show_lines=True, expand=True)
+    table.add_column("rule", no_wrap=True)
     table.add_column("status", no_wrap=True)
     table.add_column("reason", ratio=3)
     table.add_column("remedy", ratio=3)
@@ -60,7 +62,7 @@ def report_table(report: GuardrailReport) -> Table:
             if c.passing
             else c.opt_out.value + (f" ({', '.join(c.approvers)})" if c.approvers else "")
         )
-        table.add_row(c.guardrail, status, c.reason, c.remedy, c.owner, opt)
+        table.add_row(rule_label(c), status, check_reason(c), c.remedy, c.owner, opt)
     if not report.checks:
         table.add_row("—", "", "no guardrail applies to this change", "", "", "")
     return table
@@ -88,7 +90,7 @@ def status_table(status: ChangeStatus, url: str) -> Table:
             f"{a.guardrail} by {a.approver} until {a.expires_at:%Y-%m-%d %H:%M} UTC: {a.reason}",
         )
     for r in status.rejected_approvals:
-        table.add_row(Text("refused approval", style="red"), f"{r.approval.approver}: {r.why}")
+        table.add_row(Text("refused approval", style="red"), f"{r.approver or '?'}: {r.why}")
     for w in status.waves:
         table.add_row(
             f"wave {w.index + 1}",

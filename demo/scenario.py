@@ -1,23 +1,31 @@
-"""The demo: five changes against the demo fleet that show what changeguard is for.
+"""The demo: six changes against the demo fleet that show what changeguard is for.
 
 Run by ``changeguard demo`` (and ``make demo``) on a fresh stack: the Temporal dev server in memory
-with its Web UI, the fleet (six hosts on 1.0.0, a fresh SQLite file), a worker in this process, the
-operator directory ``demo/operators.yaml``, an audit store in a temporary directory, and the
-:class:`~demo.stack.StandIns` (the session store's health endpoint, the on-call pager's inbox).
+with its Web UI, the fleet (six hosts on 1.0.0, a fresh SQLite file), a worker in this process
+holding the platform's policy bundle (a copy of ``demo/platform`` the demo edits as the platform
+team would), the operator directory ``demo/operators.yaml``, an audit store in a temporary
+directory, and the :class:`~demo.stack.StandIns` (the session store's health endpoint, the on-call
+pager's inbox).
 
-1. A change during a freeze is blocked with three failures at once; a fix and a recheck leave
-   two; approving the forbidden one is refused; the change is aborted (audited).
-2. A change before its maintenance window waits on a durable timer, then proceeds.
-3. A hotfix during the freeze needs an approval: the requester's own is refused (four eyes), a
+1. The platform declares an incident freeze (a file added to the bundle, live). A change is
+   blocked with three failures at once; a fix and a recheck leave two; approving the forbidden
+   one is refused; the change is aborted (audited).
+2. A hotfix during the freeze needs an approval: the requester's own is refused (four eyes), a
    second sre-lead's is accepted; the audit store shows both.
+3. The freeze is lifted. A change before its own maintenance window waits on a durable timer,
+   then proceeds.
 4. A good version rolls out in waves, each baking while the worker watches the error rate.
 5. A bad version: the error rate rises, the policy pages, nobody answers in time, and every host
    is rolled back to the version it ran before (checked against the fleet itself).
+6. An emergency freeze reaches a running change: declared while its first wave bakes, it stops
+   the change at the gate before its second wave (the report names the new bundle); the change
+   is aborted and its first wave undone.
 
 Each step checks what it promised; the run exits 0 when all did, else 1 naming the steps that did
-not. The change files are ``demo/changes/*.yaml``; the demo points them at the ports it uses, moves
-the freeze to today and opens the window a few seconds ahead. Ports: ``CHANGEGUARD_DEMO_PORT``
-(7233), ``CHANGEGUARD_DEMO_UI_PORT`` (8233), ``CHANGEGUARD_DEMO_FLEET_PORT`` (8800).
+not. The change files are ``demo/changes/*.yaml``; the demo points them and the bundle at the ports
+it uses, moves the freeze (``demo/freeze.yaml``) to today and opens the window a few seconds ahead.
+Ports: ``CHANGEGUARD_DEMO_PORT`` (7233), ``CHANGEGUARD_DEMO_UI_PORT`` (8233),
+``CHANGEGUARD_DEMO_FLEET_PORT`` (8800).
 """
 
 from __future__ import annotations
@@ -45,7 +53,7 @@ from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 
 from activities.audit import open_audit_store
-from demo.stack import DevStack, StandIns
+from demo.stack import DEMO_BUNDLE, FLEET_IN_FILES, DevStack, StandIns, copy_bundle
 from worker.settings import Settings
 from workflows.models import (
     TERMINAL_PHASES,
@@ -64,14 +72,25 @@ from workflows.models import (
     Phase,
     RecheckInput,
 )
+from workflows.report import rule_label
 
 HERE = Path(__file__).parent
 CHANGES = HERE / "changes"
 OPERATORS = HERE / "operators.yaml"
-FLEET_IN_FILES = "http://127.0.0.1:8800"
+FREEZE = HERE / "freeze.yaml"
+FREEZE_FILE = "20-freeze.yaml"
+OPERATOR_ACTIONS = {
+    AuditAction.APPROVAL.value,
+    AuditAction.APPROVAL_REJECTED.value,
+    AuditAction.RECHECK.value,
+    AuditAction.RESUME.value,
+    AuditAction.ROLLBACK.value,
+    AuditAction.ABORT.value,
+}
+"""The audit records people cause (the ledger also records starts, gates, effects, outcomes)."""
 SESSIONS_IN_FILES = "http://127.0.0.1:8801"
 WINDOW_LEAD = timedelta(seconds=8)
-"""Step 2's window opens at the first whole minute at least this far ahead (windows are minutes)."""
+"""Step 3's window opens at the first whole minute at least this far ahead (windows are minutes)."""
 POLL = 0.2
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 PORTS = {"port": 7233, "ui_port": 8233, "fleet_port": 8800}
@@ -206,7 +225,7 @@ class Watch:
         if gate is not None and (
             old is None or old.last_gate is None or gate.evaluated_at != old.last_gate.evaluated_at
         ):
-            checks = ", ".join(f"{c.guardrail} {c.status.value}" for c in gate.checks)
+            checks = ", ".join(f"{c.rule_id} {c.status.value}" for c in gate.checks)
             self._say(f"gate run {new.gate_runs}: [bold]{gate.decision.value}[/] ({checks})")
         phase_changed = old is None or (new.phase, new.message) != (old.phase, old.message)
         phase_first = new.phase in (Phase.EXECUTING, Phase.ROLLING_BACK)
@@ -301,6 +320,7 @@ class Demo:
     tmp: Path
     start_file: Start
     audit: Audit
+    bundle_dir: Path
     results: list[StepResult] = field(default_factory=list)
 
     @property
@@ -312,20 +332,59 @@ class Demo:
     async def start(
         self, name: str, change_id: str, patch: Callable[[dict[str, Any]], None] | None = None
     ) -> WorkflowHandle[Any, Any]:
-        """Start ``demo/changes/<name>`` as ``change_id`` through the CLI's own validation."""
+        """Start ``demo/changes/<name>`` as ``change_id`` through the CLI's own validation.
+
+        ``patch`` edits the change's own additions to the platform bundle (its ``policy``).
+        """
         change = yaml.safe_load(self._localise((CHANGES / name).read_text()))
-        policy = yaml.safe_load(self._localise((CHANGES / change["policy"]).read_text()))
-        if policy.get("pager") == "log":
-            policy["pager"] = "webhook"  # the demo's pager inbox, so that pages can be shown
         if patch is not None:
-            patch(policy)
-        change.update(change_id=change_id, policy=policy)
+            patch(change["policy"])
+        change.update(change_id=change_id)
         path = self.tmp / "changes" / f"{change_id}.yaml"
         path.parent.mkdir(exist_ok=True)
         path.write_text(yaml.safe_dump(change, sort_keys=False))
         console.print(f"[dim]change file demo/changes/{name}[/]")
         await self.start_file(self.client, path, self.stack.settings, change_id)
         return self.client.get_workflow_handle(change_id)
+
+    @property
+    def bundle_hash(self) -> str:
+        """The hash of the bundle the worker holds now."""
+        assert self.stack.bundle is not None
+        return self.stack.bundle.current_hash()
+
+    async def edit_bundle(self, edit: Callable[[], object], what: str) -> str:
+        """Edit the bundle's files as the platform team would; wait until the worker holds it."""
+        before = self.bundle_hash
+        edit()
+        limit = time.monotonic() + 15
+        while self.bundle_hash == before:
+            if time.monotonic() > limit:
+                raise StepFailed(f"the worker did not pick up {what} within 15s")
+            await asyncio.sleep(POLL)
+        return self.bundle_hash
+
+    async def declare_freeze(self) -> str:
+        """The platform adds an incident freeze (today and the next two days) to its bundle."""
+        today = datetime.now(UTC).date()
+        freeze = yaml.safe_load(FREEZE.read_text())
+        freeze["guardrails"][0]["params"]["freeze"] = [_days(today, today + timedelta(days=2))]
+        path = self.bundle_dir / FREEZE_FILE
+        operator(f"cp demo/freeze.yaml $CHANGEGUARD_POLICY/{FREEZE_FILE}   # the platform team")
+        new = await self.edit_bundle(
+            lambda: path.write_text(yaml.safe_dump(freeze, sort_keys=False)), "the freeze"
+        )
+        say(f"  the worker now holds bundle [bold]{new}[/] (with incident-freeze), no restart")
+        return new
+
+    async def lift_freeze(self) -> str:
+        """The platform deletes its freeze from the bundle."""
+        operator(f"rm $CHANGEGUARD_POLICY/{FREEZE_FILE}   # the platform team")
+        new = await self.edit_bundle(
+            lambda: (self.bundle_dir / FREEZE_FILE).unlink(missing_ok=True), "the lifted freeze"
+        )
+        say(f"  the worker now holds bundle [bold]{new}[/] (no freeze)")
+        return new
 
     def _localise(self, text: str) -> str:
         return text.replace(FLEET_IN_FILES, self.stack.fleet.url).replace(
@@ -354,7 +413,7 @@ class Demo:
             records = await asyncio.to_thread(store.list, AuditQuery(change_id=change_id))
         finally:
             store.close()
-        return [(r.action.value, r.actor) for r in records]
+        return [(r.action.value, r.actor) for r in records if r.action.value in OPERATOR_ACTIONS]
 
     def show_report(self, report: GuardrailReport | None) -> None:
         """Print a gate report: each check, and for each failure why, the fix, and who owns it."""
@@ -367,6 +426,7 @@ class Demo:
                 (report.report_hash, "bold"),
                 " decided ",
                 (report.decision.value, style),
+                (f"  (platform bundle {report.bundle_hash})", "dim"),
             )
         )
         grid = Table.grid(padding=(0, 1))
@@ -377,7 +437,7 @@ class Demo:
             mark, mark_style = _CHECK_MARK[c.status]
             grid.add_row(
                 Text(f"    {mark}", style=mark_style),
-                Text(c.guardrail, style="bold"),
+                Text(rule_label(c), style="bold"),
                 Text.assemble((c.status.value, mark_style), f"  {c.reason}"),
             )
             if c.passing:
@@ -395,22 +455,16 @@ class Demo:
         console.print(grid)
 
 
-def _freeze_today(policy: dict[str, Any]) -> None:
-    """Move the change-window freeze to today and the next two days (UTC)."""
-    today = datetime.now(UTC).date()
-    _rule(policy, "change-window")["params"]["freeze"] = [_days(today, today + timedelta(days=2))]
-
-
 def _days(first: date, last: date) -> str:
     return f"{first.isoformat()}/{last.isoformat()}"
 
 
-def _rule(policy: dict[str, Any], use: str) -> dict[str, Any]:
-    return next(r for r in policy["guardrails"] if r["use"] == use)
+def _rule(policy: dict[str, Any], rule_id: str) -> dict[str, Any]:
+    return next(r for r in policy["guardrails"] if r.get("id", r["use"]) == rule_id)
 
 
 def _failing(report: GuardrailReport | None) -> set[str]:
-    return set() if report is None else {c.guardrail for c in report.failures}
+    return set() if report is None else {c.rule_id for c in report.failures}
 
 
 def _blocked(s: ChangeStatus) -> bool:
@@ -421,20 +475,26 @@ def _blocked(s: ChangeStatus) -> bool:
 
 
 async def step_freeze(d: Demo, r: StepResult) -> None:
-    """Step 1: three failures at once; fix one and recheck; a forbidden approval; abort."""
+    """Step 1: a freeze is declared; three failures at once; a fix, a recheck; refusal; abort."""
+    say(
+        "An incident is under way. The platform team declares a freeze by adding one file to the "
+        "policy bundle the workers hold; they pick it up within seconds, without a restart:"
+    )
+    await d.declare_freeze()
     d.stand_ins.healthy = False
     say(
-        "alice wants web 1.0.1 on web-01, web-02 and the staging canary stg-web-01, in one "
-        "change. But today is inside an incident freeze, and the session store the web tier "
-        "depends on is failing over (its health endpoint answers 503)."
+        "\nalice wants web 1.0.1 on web-01, web-02 and the staging canary stg-web-01, in one "
+        "change. Her team's change file adds one rule of its own to the platform's: session-store "
+        "checks the session store the web tier depends on, which is failing over right now (its "
+        "health endpoint answers 503)."
     )
-    handle = await d.start("freeze-blocked.yaml", r.change_id, _freeze_today)
+    handle = await d.start("freeze-blocked.yaml", r.change_id)
     w = Watch(handle, "1.0.1")
     s = await w.until(_blocked, "the gate's decision")
     d.show_report(s.report)
     expect(
-        _failing(s.report) == {"change-window", "http-health", "environment-boundary"},
-        f"the gate should fail change-window, http-health and environment-boundary; "
+        _failing(s.report) == {"incident-freeze", "session-store", "environment-boundary"},
+        f"the gate should fail incident-freeze, session-store and environment-boundary; "
         f"it failed {sorted(_failing(s.report))}",
     )
     assert s.report is not None
@@ -444,10 +504,11 @@ async def step_freeze(d: Demo, r: StepResult) -> None:
     )
     expect(s.phase is Phase.BLOCKED, f"the change should be Blocked, not {s.phase.value}")
     say(
-        "The gate ran every guardrail of the policy in parallel and did not stop at the first "
-        "failure: [bold]one report, three failures[/], each saying why, what would make it pass "
-        "and who owns the fix. environment-boundary may never be approved (opt-out forbidden), "
-        "so the change is [bold red]Blocked[/], not AwaitingApproval: nobody can sign it off."
+        "The gate ran every rule in parallel, the platform's and the team's, and did not stop at "
+        "the first failure: [bold]one report, three failures[/], each saying why, what would make "
+        "it pass and who owns the fix. environment-boundary is a platform floor rule that may "
+        "never be approved (opt-out forbidden), so the change is [bold red]Blocked[/], not "
+        "AwaitingApproval: nobody can sign it off, and no request can switch it off."
     )
 
     say("\nThe data team finishes the failover: the session store answers 200 again.")
@@ -459,11 +520,11 @@ async def step_freeze(d: Demo, r: StepResult) -> None:
     s = await w.until(lambda s: s.gate_runs >= 2 and _blocked(s), "the re-check's report")
     d.show_report(s.report)
     expect(
-        _failing(s.report) == {"change-window", "environment-boundary"},
-        f"after the fix only change-window and environment-boundary should fail; "
+        _failing(s.report) == {"incident-freeze", "environment-boundary"},
+        f"after the fix only incident-freeze and environment-boundary should fail; "
         f"{sorted(_failing(s.report))} did",
     )
-    say("http-health passes now; the re-check shows what is left: the freeze and the boundary.")
+    say("session-store passes now; the re-check shows what is left: the freeze and the boundary.")
 
     say("\nbob, an sre-lead, tries to approve environment-boundary anyway:")
     assert s.report is not None
@@ -512,16 +573,19 @@ async def step_freeze(d: Demo, r: StepResult) -> None:
 
 
 async def step_window(d: Demo, r: StepResult) -> None:
-    """Step 2: a change before its window waits on a durable timer, then proceeds."""
+    """Step 3: the freeze is lifted; a change before its window waits on a timer, then proceeds."""
+    say("The incident is over. The platform team lifts the freeze by deleting its file:")
+    await d.lift_freeze()
     now = datetime.now(UTC)
     opening = (now + WINDOW_LEAD).replace(second=0, microsecond=0) + timedelta(minutes=1)
     window = f"{DAYS[opening.weekday()]} {opening:%H:%M}-24:00"
 
     def open_soon(policy: dict[str, Any]) -> None:
-        _rule(policy, "change-window")["params"]["allow"] = [window]
+        _rule(policy, "maintenance-window")["params"]["allow"] = [window]
 
     say(
-        f"carol's change for web-01..web-03 may only run in the maintenance window "
+        f"\ncarol's change for web-01..web-03 adds its team's own rule, maintenance-window: it "
+        f"may only run in the window "
         f"[bold]{window} UTC[/], which opens in {(opening - now).total_seconds():.0f} s. "
         "She starts it now anyway."
     )
@@ -530,7 +594,8 @@ async def step_window(d: Demo, r: StepResult) -> None:
     s = await w.until(lambda s: s.phase is Phase.WAITING, "a wait for the window")
     d.show_report(s.report)
     say(
-        "change-window answered [yellow]wait[/], not fail: the opening comes before the change's "
+        "maintenance-window answered [yellow]wait[/], not fail: the opening comes before the "
+        "change's "
         "deadline. The workflow now sleeps on a durable Temporal timer until then: no worker is "
         "busy and no one polls, and it would survive a restart of the worker or the server. "
         "Open the change's Web UI link above to see the timer in its history."
@@ -556,19 +621,19 @@ async def step_window(d: Demo, r: StepResult) -> None:
 
 
 async def step_approval(d: Demo, r: StepResult) -> None:
-    """Step 3: four eyes: the requester's approval is refused, a second sre-lead's accepted."""
+    """Step 2: four eyes: the requester's approval is refused, a second sre-lead's accepted."""
     say(
-        "web 1.0.1 has a session-cookie bug. alice wants hotfix 1.0.2 on web-04..web-06 now, "
-        "during the freeze. The policy lets an sre-lead lift the freeze for one change, but never "
-        "for their own (distinct_from_requester)."
+        "web 1.0.0 has a session-cookie bug. alice wants hotfix 1.0.2 on web-04..web-06 now, "
+        "during the freeze. The platform's freeze rule lets an sre-lead lift it for one change, "
+        "but never for their own (distinct_from_requester)."
     )
-    handle = await d.start("hotfix-approval.yaml", r.change_id, _freeze_today)
+    handle = await d.start("hotfix-approval.yaml", r.change_id)
     w = Watch(handle, "1.0.2")
     s = await w.until(lambda s: s.phase is Phase.AWAITING_APPROVAL, "a request for approval")
     d.show_report(s.report)
     expect(
-        _failing(s.report) == {"change-window"},
-        f"only change-window should fail; {sorted(_failing(s.report))} did",
+        _failing(s.report) == {"incident-freeze"},
+        f"only incident-freeze should fail; {sorted(_failing(s.report))} did",
     )
     expect(s.awaiting_from == ["sre-leads"], f"awaiting {s.awaiting_from}, not ['sre-leads']")
     assert s.report is not None
@@ -583,11 +648,11 @@ async def step_approval(d: Demo, r: StepResult) -> None:
     )
     operator(
         f"temporal workflow signal --workflow-id {r.change_id} --name approve_signal --input "
-        f'\'{{"guardrails": ["change-window"], "approver": "alice", "reason": "urgent", '
+        f'\'{{"guardrails": ["incident-freeze"], "approver": "alice", "reason": "urgent", '
         f'"report_hash": "{s.report.report_hash}"}}\''
     )
     own = Approval(
-        guardrails=["change-window"],
+        guardrails=["incident-freeze"],
         approver="alice",
         reason="urgent",
         report_hash=s.report.report_hash,
@@ -601,13 +666,13 @@ async def step_approval(d: Demo, r: StepResult) -> None:
 
     say("\nbob, the second pair of eyes, reads the report and approves:")
     operator(
-        f"changeguard approve {r.change_id} --guardrail change-window --approver bob "
+        f"changeguard approve {r.change_id} --guardrail incident-freeze --approver bob "
         "--reason 'cookie bug hurts customers; hotfix reviewed' --expires-in 1h"
     )
     result = await handle.execute_update(
         "approve",
         Approval(
-            guardrails=["change-window"],
+            guardrails=["incident-freeze"],
             approver="bob",
             reason="cookie bug hurts customers; hotfix reviewed",
             report_hash=s.report.report_hash,
@@ -642,7 +707,7 @@ async def step_good(d: Demo, r: StepResult) -> None:
     """Step 4: waves with bakes on the fleet's error rate, and completion."""
     before = await d.hosts()
     say(
-        "Outside any freeze (policy demo/policies/prod.yaml), alice rolls web 1.1.0 out to all "
+        "Outside any freeze (the platform bundle alone), alice rolls web 1.1.0 out to all "
         "six hosts in waves of 1 host, 50 % and 100 %, at most 3 at once. After each wave the "
         "change bakes for 2 s while the worker reads the fleet's per-host error rate; before "
         "each later wave the timing guardrails run again (the world may have caught fire)."
@@ -671,7 +736,7 @@ async def step_bad(d: Demo, r: StepResult) -> None:
     say(
         "Then web 1.2.0 goes out the same way. It has a bug that only shows under real traffic: "
         "once wave 2 starts, the demo marks 1.2.0 bad on the fleet, and every host running it "
-        "fails 20 % of its requests. The policy answers a degraded error rate (at or above 1 %) "
+        "fails 20 % of its requests. The platform answers a degraded error rate (at or above 1 %) "
         "with pause_and_page (5 s to answer, then rollback) and a critical one with rollback."
     )
     handle = await d.start("deploy-bad.yaml", r.change_id)
@@ -706,6 +771,56 @@ async def step_bad(d: Demo, r: StepResult) -> None:
     )
 
 
+async def step_frozen(d: Demo, r: StepResult) -> None:
+    """Step 6: an emergency freeze declared while a wave bakes stops the change before the next."""
+    before = await d.hosts()
+    say(
+        "alice rolls web 1.3.0 out in two waves (1 host, then the rest), baking 8 s after the "
+        "first. While web-01 bakes, an incident starts and the platform declares a freeze again."
+    )
+    handle = await d.start("deploy-frozen.yaml", r.change_id)
+    w = Watch(handle, "1.3.0")
+    s = await w.until(
+        lambda s: s.phase is Phase.BAKING and bool(s.waves) and s.waves[0].state != "pending",
+        "the first wave's bake",
+        within=60,
+    )
+    frozen = await d.declare_freeze()
+    s = await w.until(
+        lambda s: _blocked(s) and "incident-freeze" in _failing(s.report),
+        "the freeze at the gate before wave 2",
+        within=60,
+    )
+    d.show_report(s.report)
+    assert s.report is not None
+    expect(
+        s.report.bundle_hash == frozen,
+        f"the gate judged by bundle {s.report.bundle_hash}, not the new {frozen}",
+    )
+    expect(
+        s.waves[0].applied == ["web-01"] and not (len(s.waves) > 1 and s.waves[1].applied),
+        f"only wave 1 (web-01) should be applied; the waves are {s.waves}",
+    )
+    say(
+        "The re-check before wave 2 judged the change by the bundle the worker holds now, "
+        f"[bold]{frozen}[/], and the freeze stopped it: wave 2 never started. The change did not "
+        "have to be restarted or told; no request can opt out of the platform's rules."
+    )
+    say("\nalice will not wait the incident out: she aborts, and the first wave is undone.")
+    operator(f"changeguard abort {r.change_id} --operator alice --reason 'incident freeze'")
+    await handle.execute_update(
+        "abort",
+        OperatorAction(operator="alice", reason="incident freeze"),
+        result_type=OperatorActionResult,
+    )
+    s = await w.end(within=60)
+    r.outcome = s.outcome
+    hosts = await d.hosts()
+    expect(hosts == before, f"every host should run what it ran before; the fleet says {hosts}")
+    expect(s.reverted == ["web-01"], f"web-01 should have been reverted, not {s.reverted}")
+    await d.lift_freeze()
+
+
 def _fleet_table(
     title: str,
     before: Mapping[str, str],
@@ -729,24 +844,24 @@ def _fleet_table(
 STEPS: list[tuple[str, str, Outcome, str, Callable[[Demo, StepResult], Awaitable[None]]]] = [
     (
         "demo1-freeze",
-        "A change during a freeze is blocked, every reason explained",
+        "The platform declares a freeze; a change is blocked, every reason explained",
         Outcome.ABORTED,
         "3 failures in one report; fix + recheck; forbidden approval refused; abort",
         step_freeze,
     ),
     (
-        "demo2-window",
-        "A change before its window waits for it, then proceeds",
-        Outcome.COMPLETED,
-        "Waiting on a durable timer, then gate passes at the opening",
-        step_window,
-    ),
-    (
-        "demo3-hotfix",
+        "demo2-hotfix",
         "A hotfix during the freeze needs a second pair of eyes",
         Outcome.COMPLETED,
         "own approval refused (four eyes); bob approves; audited",
         step_approval,
+    ),
+    (
+        "demo3-window",
+        "The freeze is lifted; a change waits for its window, then proceeds",
+        Outcome.COMPLETED,
+        "Waiting on a durable timer, then gate passes at the opening",
+        step_window,
     ),
     (
         "demo4-good",
@@ -761,6 +876,13 @@ STEPS: list[tuple[str, str, Outcome, str, Callable[[Demo, StepResult], Awaitable
         Outcome.ROLLED_BACK,
         "error rate rose; paged; rolled back; fleet restored",
         step_bad,
+    ),
+    (
+        "demo6-frozen",
+        "An emergency freeze stops a running change before its next wave",
+        Outcome.ABORTED,
+        "bundle edited mid-bake; wave 2 gate blocked; aborted; wave 1 undone",
+        step_frozen,
     ),
 ]
 
@@ -784,23 +906,29 @@ def _intro(d: Demo) -> None:
     say(
         "changeguard runs risky changes (deployments, config pushes, migrations, flag flips) as "
         "durable Temporal workflows. Before a change touches anything, a [bold]gate[/] runs every "
-        "guardrail of its policy at once and decides: proceed, wait, or block, explaining every "
-        "failure. Then it applies the change in [bold]waves[/], watches health while each wave "
-        "[bold]bakes[/], and undoes everything it applied when the world says no.\n"
+        "rule of the platform's policy bundle (plus any the change adds) at once and decides: "
+        "proceed, wait, or block, explaining every failure. Then it applies the change in "
+        "[bold]waves[/], watches health while each wave [bold]bakes[/], and undoes everything it "
+        "applied when the world says no.\n"
     )
-    say("Five changes follow, against a small fleet of six web hosts (web-01..web-06, on 1.0.0):")
+    say("Six changes follow, against a small fleet of six web hosts (web-01..web-06, on 1.0.0):")
     grid = Table.grid(padding=(0, 2))
     grid.add_row("  Temporal", f"{s.server.address}, in memory (fresh every run)")
     grid.add_row("  Web UI", f"[bold]{s.server.ui_url}[/]  open it to follow each change")
     grid.add_row("  Fleet", f"{s.fleet.url}  (GET /hosts shows each host's version)")
     grid.add_row("  Worker", f"in this process, task queue {s.settings.task_queue}")
+    grid.add_row(
+        "  Policy",
+        f"platform bundle {d.bundle_hash}: a copy of demo/platform at {d.bundle_dir} "
+        "(environment-boundary, target-lock, release-window, fleet-health)",
+    )
     grid.add_row("  Operators", "demo/operators.yaml: alice (web-team, sre-leads), bob (sre-leads)")
     grid.add_row("  Audit store", s.settings.audit_url)
     console.print(grid)
 
 
 def _summary(results: list[StepResult], elapsed: float) -> bool:
-    table = Table(title="The five changes", title_justify="left")
+    table = Table(title="The six changes", title_justify="left")
     for column in ("#", "change", "what it showed", "outcome", "expected", ""):
         table.add_column(column)
     for r in results:
@@ -823,7 +951,7 @@ def _summary(results: list[StepResult], elapsed: float) -> bool:
 
 
 async def run_demo(*, start: Start, audit: Audit, keep_running: bool) -> int:
-    """Run the five steps; return 0 when every step behaved as expected, else 1.
+    """Run the six steps; return 0 when every step behaved as expected, else 1.
 
     Args:
         start: starts a change file on a client (``start(client, path, settings, change_id)``),
@@ -839,7 +967,18 @@ async def run_demo(*, start: Start, audit: Audit, keep_running: bool) -> int:
         return 2
     with TemporaryDirectory(prefix="changeguard-demo-") as tmp_name, StandIns() as stand_ins:
         tmp = Path(tmp_name)
+        # The platform's bundle as this run's worker holds it: the fleet's port, the demo's pager.
+        bundle_dir = copy_bundle(
+            DEMO_BUNDLE,
+            tmp / "platform",
+            {
+                FLEET_IN_FILES: f"http://127.0.0.1:{ports['fleet_port']}",
+                "pager: log": "pager: webhook",
+            },
+        )
         stack = DevStack(
+            policy=bundle_dir,
+            bundle_interval=0.5,
             **ports,
             db=None,
             fleet_db=tmp / "fleet.db",
@@ -858,7 +997,7 @@ async def run_demo(*, start: Start, audit: Audit, keep_running: bool) -> int:
             )
             return 1
         try:
-            d = Demo(stack, stand_ins, tmp, start, audit)
+            d = Demo(stack, stand_ins, tmp, start, audit, bundle_dir)
             _intro(d)
             for number, (change_id, title, expected, showed, step) in enumerate(STEPS, 1):
                 console.print()
@@ -877,7 +1016,7 @@ async def run_demo(*, start: Start, audit: Audit, keep_running: bool) -> int:
                 operator(f"TEMPORAL_ADDRESS={stack.server.address} changeguard status demo5-bad")
                 operator(
                     f"CHANGEGUARD_AUDIT_URL={stack.settings.audit_url} changeguard audit "
-                    "--change demo3-hotfix"
+                    "--change demo2-hotfix"
                 )
                 say("Ctrl-C stops everything.")
                 await stack.wait_for_interrupt()

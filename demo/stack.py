@@ -1,12 +1,15 @@
 """Everything ``changeguard dev`` and the demo run locally: dev server, Web UI, fleet, worker.
 
-Also the demo's :class:`StandIns`: the two outside services its story needs besides the fleet.
+The worker holds the platform's policy bundle: ``demo/platform`` unless told otherwise, watched
+for edits. Also the demo's :class:`StandIns`: the two outside services its story needs besides the
+fleet.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import shutil
 import signal
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,10 +21,30 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from demo.fleet import FleetServer
+from guardrails.base import default_registry
+from guardrails.bundle import BundleHolder, bundle_files
 from worker.client import connect
 from worker.devserver import DevServer
 from worker.main import build_worker
 from worker.settings import Settings
+
+DEMO_BUNDLE = Path(__file__).parent / "platform"
+"""The demo's platform bundle: what ``changeguard dev`` and ``changeguard demo`` workers hold."""
+FLEET_IN_FILES = "http://127.0.0.1:8800"
+"""The fleet's address as the demo's files spell it (the default ``--fleet-port``)."""
+
+
+def copy_bundle(src: Path, dest: Path, replacements: dict[str, str]) -> Path:
+    """Copy a bundle (file or directory) to ``dest``, replacing text (ports) in every file."""
+    if dest.exists():
+        shutil.rmtree(dest) if dest.is_dir() else dest.unlink()
+    dest.mkdir(parents=True)
+    for file in bundle_files(src):
+        text = file.read_text()
+        for old, new in replacements.items():
+            text = text.replace(old, new)
+        (dest / file.name).write_text(text)
+    return dest
 
 
 class DevStack:
@@ -37,6 +60,9 @@ class DevStack:
         audit_url: the worker's audit store (default: the settings' default, under ``.changeguard``).
         directory: the worker's operator directory spec, e.g. ``yaml:demo/operators.yaml``.
         pagers: each pager's params by name, e.g. ``{"webhook": {"url": ...}}``.
+        policy: the platform bundle the worker holds (a file or directory; default: the demo's,
+            with the fleet's address put in when ``fleet_port`` is not 8800).
+        bundle_interval: seconds between the worker's looks at the bundle's files.
     """
 
     def __init__(
@@ -51,7 +77,13 @@ class DevStack:
         audit_url: str | None = None,
         directory: str | None = None,
         pagers: dict[str, dict[str, Any]] | None = None,
+        policy: Path | None = None,
+        bundle_interval: float = 2.0,
     ) -> None:
+        self.state_dir = state_dir
+        self.policy = policy or DEMO_BUNDLE
+        self.bundle_interval = bundle_interval
+        self.bundle: BundleHolder | None = None
         self.server = DevServer(
             port=port, ui_port=ui_port, db=db, log_file=state_dir / "temporal.log"
         )
@@ -70,12 +102,27 @@ class DevStack:
         self.client: Client | None = None
         self._worker: Worker | None = None
 
+    def _load_bundle(self) -> BundleHolder:
+        policy = self.policy
+        if policy.resolve() == DEMO_BUNDLE.resolve() and self.fleet.port != 8800:
+            url = f"http://127.0.0.1:{self.fleet.port}"
+            policy = copy_bundle(policy, self.state_dir / "platform", {FLEET_IN_FILES: url})
+        holder = BundleHolder.load(policy, registry=self._guardrails)
+        holder.interval = self.bundle_interval
+        return holder
+
     async def __aenter__(self) -> DevStack:
+        self._guardrails = default_registry()
+        # An invalid bundle stops everything before any server starts.
+        await asyncio.to_thread(BundleHolder.load, self.policy, registry=self._guardrails)
         await asyncio.to_thread(self.server.start)
         try:
             await asyncio.to_thread(self.fleet.start)
+            self.bundle = await asyncio.to_thread(self._load_bundle)  # the fleet's port is known
             self.client = await connect(self.settings)
-            self._worker = build_worker(self.client, self.settings)
+            self._worker = build_worker(
+                self.client, self.settings, bundle=self.bundle, guardrails=self._guardrails
+            )
             await self._worker.__aenter__()
         except BaseException:
             await self._close()
@@ -102,6 +149,8 @@ class DevStack:
             f"  Web UI        {self.server.ui_url}\n"
             f"  Demo fleet    {self.fleet.url}\n"
             f"  Worker        task queue {self.settings.task_queue}\n"
+            f"  Policy        {self.bundle.path if self.bundle else self.policy} "
+            f"(bundle {self.bundle.current_hash() if self.bundle else '?'}; edits apply live)\n"
             "Press Ctrl-C to stop."
         )
 

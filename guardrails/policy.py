@@ -1,20 +1,30 @@
-"""The policy file: which guardrails apply to which changes, and how health signals are answered.
+"""The policy: which guardrail rules apply to which changes, and how health signals are answered.
 
-Pure code (no Temporal, no network): the ``resolve_policy`` activity calls :func:`load_policy` and
-:func:`resolve_checks`; the CLI calls them to validate a policy before anything starts. Every
-problem is reported at once, each prefixed by its location in the file
-(``guardrails[1].params.timezone: unknown time zone 'Mars/Base'``), so a policy author fixes a file
-in one pass rather than one error per run.
+Two authors write policy. The **platform** writes the bundle the workers hold
+(:class:`PlatformBundle`, loaded by :mod:`guardrails.bundle`); a **request** may only *add* rules,
+signals and responses (its ``policy``). :func:`merge_additions` refuses any addition that would
+remove, replace, shadow or relax a platform rule, and :func:`resolve_checks` refuses a change that no
+platform rule governs (fail closed) unless the bundle says ``unmatched: allow``.
 
-A policy looks like::
+Pure code (no Temporal, no network). Every problem is reported at once, each prefixed by its
+location (``guardrails[1].params.timezone: unknown time zone 'Mars/Base'``), so an author fixes a
+file in one pass rather than one error per run.
+
+A rule looks like::
 
     guardrails:
-      - use: change-window
+      - id: business-hours          # the rule id (default: the plug-in name); unique
+        use: change-window          # the plug-in
         applies_to: {environments: [prod]}
         params: {timezone: Europe/Berlin, allow: ["Mon-Thu 09:00-16:00"]}
         opt_out: {approvers: [sre-leads], max_duration: 4h}
     responses:
       - {signal: error-rate, state: critical, do: rollback}
+
+*Floor* guardrails (those whose ``default_opt_out`` is ``forbidden``: ``environment-boundary``,
+``target-lock``, any plug-in that declares it) may be put in ``mode: shadow`` or given an
+``opt_out:`` rule only by the platform bundle, and then only with a ``reason:`` that every report
+shows.
 """
 
 from __future__ import annotations
@@ -45,14 +55,23 @@ from workflows.models import (
 from workflows.rollout_models import ResponseRule, SignalSpec
 
 __all__ = [
+    "ADDITION_FIELDS",
     "AppliesTo",
     "GuardrailRule",
+    "IdentityPolicy",
+    "PlatformBundle",
     "PolicyError",
     "PolicyFile",
     "ResponseRule",
+    "effective_hash",
+    "floor_problems",
     "load_policy",
+    "merge_additions",
+    "parse_additions",
     "policy_hash",
     "resolve_checks",
+    "rule_problems",
+    "ungoverned",
     "validate_against",
 ]
 
@@ -64,13 +83,18 @@ class PolicyError(Exception):
     file name when the file itself is the problem.
     """
 
-    def __init__(self, problems: list[str], *, source: str = "inline") -> None:
+    def __init__(
+        self, problems: list[str], *, source: str = "inline", headline: str | None = None
+    ) -> None:
         self.problems = list(problems)
         self.source = source
         count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
-        super().__init__(
-            f"policy {source} is invalid ({count}):\n" + "\n".join(f"  - {p}" for p in problems)
-        )
+        self.headline = headline or f"policy {source} is invalid ({count})"
+        super().__init__(f"{self.headline}:\n" + "\n".join(f"  - {p}" for p in problems))
+
+    def one_line(self) -> str:
+        """The headline and every problem on one line (for a workflow's failure message)."""
+        return f"{self.headline}: " + "; ".join(self.problems)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -99,6 +123,8 @@ OptOutSetting = Annotated[
 """``forbidden`` or an :class:`OptOutRule`; a tagged union so errors name one shape, not both."""
 
 NonEmpty = Annotated[str, Field(min_length=1)]
+RULE_ID = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$"
+"""A rule id: 1-64 letters, digits, '.', '_' or '-' (it names activities and approvals)."""
 
 
 class AppliesTo(Strict):
@@ -140,6 +166,11 @@ class GuardrailRule(Strict):
     by nobody until the policy names approvers (its spec carries ``opt_out_rule=None``).
     """
 
+    id: str | None = Field(
+        default=None,
+        pattern=RULE_ID,
+        description="the rule id, unique in the effective policy (default: the plug-in name)",
+    )
     use: NonEmpty = Field(description="the guardrail's registered name, e.g. change-window")
     applies_to: AppliesTo = Field(default_factory=AppliesTo)
     owner: NonEmpty | None = None
@@ -147,6 +178,17 @@ class GuardrailRule(Strict):
     mode: Mode = Mode.ENFORCE
     params: dict[str, Any] = Field(default_factory=dict)
     opt_out: OptOutSetting | None = None
+    reason: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=500,
+        description="why the platform relaxes a floor guardrail (shadow or an opt_out rule)",
+    )
+
+    @property
+    def rule_id(self) -> str:
+        """The rule's id: ``id`` when given, else the plug-in name."""
+        return self.id or self.use
 
     @field_validator("timeout")
     @classmethod
@@ -183,6 +225,28 @@ class PolicyFile(Strict):
         if clashes:
             raise ValueError("; ".join(clashes))
         return self
+
+
+class IdentityPolicy(Strict):
+    """Where a signature is required (accepted and stored; enforcement comes later)."""
+
+    approvals: Literal["optional", "required"] = "optional"
+    operator_actions: Literal["optional", "required"] = "optional"
+    requests: Literal["optional", "required"] = "optional"
+
+
+class PlatformBundle(PolicyFile):
+    """The platform's policy bundle: a policy plus the settings only the platform may make."""
+
+    unmatched: Literal["reject", "allow"] = Field(
+        default="reject",
+        description="what happens to a change no platform rule governs; `allow` must be explicit",
+    )
+    identity: IdentityPolicy = Field(default_factory=IdentityPolicy)
+
+
+ADDITION_FIELDS = ("guardrails", "signals", "responses")
+"""What a request's ``policy`` may hold: additions only."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -267,6 +331,7 @@ def load_policy(
         base_dir: where relative paths are resolved.
         registry: when given, the policy is also checked against it (see
             :func:`validate_against`), and its problems are listed with the shape problems.
+            Rule ids are checked for uniqueness either way.
 
     Returns:
         The policy and its :func:`policy_hash`.
@@ -304,19 +369,9 @@ def load_policy(
         policy = PolicyFile.model_validate(raw)
     except ValidationError as exc:
         problems.extend(_pydantic_problems(exc))
-    if registry is not None:
-        rules = raw.get("guardrails")
-        if isinstance(rules, list):
-            problems.extend(
-                _registry_problems(
-                    [
-                        (i, r.get("use"), r.get("params", {}))
-                        for i, r in enumerate(rules)
-                        if isinstance(r, dict)
-                    ],
-                    registry,
-                )
-            )
+    rules = raw.get("guardrails")
+    if isinstance(rules, list):
+        problems.extend(rule_problems(list(enumerate(rules)), registry))
     if problems or policy is None:
         raise PolicyError(sorted(problems, key=_problem_order), source=label)
     return policy, policy_hash(policy)
@@ -328,21 +383,78 @@ def load_policy(
 
 GuardrailRegistry = PluginRegistry[Guardrail[Any]]
 
+Origin = Literal["platform", "request"]
 
-def _registry_problems(rules: list[tuple[int, Any, Any]], registry: GuardrailRegistry) -> list[str]:
-    """Problems of ``(index, use, params)`` triples against the registry; raw or validated."""
+
+def floor_problems(
+    where: str, rule: GuardrailRule, guardrail: Guardrail[Any], origin: Origin
+) -> list[str]:
+    """Problems of a rule that relaxes a floor guardrail (one forbidden to opt out of by default).
+
+    The platform may shadow it or open it to approval, and must then say why (``reason:``); a
+    request may add one only enforced and forbidden.
+    """
+    if guardrail.default_opt_out is not OptOut.FORBIDDEN:
+        return []
+    relaxed = []
+    if rule.mode is Mode.SHADOW:
+        relaxed.append("mode: shadow")
+    if isinstance(rule.opt_out, OptOutRule):
+        relaxed.append("an opt_out rule")
+    if not relaxed:
+        return []
+    how = " and ".join(relaxed)
+    if origin == "request":
+        return [
+            f"{where}: {guardrail.name} is a floor guardrail (never approvable by default); a "
+            f"request may add it only enforced with opt_out: forbidden, not with {how}: remove "
+            "mode and opt_out (only the platform bundle may relax it)"
+        ]
+    if rule.reason is None:
+        return [
+            f"{where}: rule {rule.rule_id!r} relaxes the floor guardrail {guardrail.name} "
+            f"({how}); say why with reason: '…' (every report shows it)"
+        ]
+    return []
+
+
+def rule_problems(
+    rules: list[tuple[int, Any]],
+    registry: GuardrailRegistry | None,
+    *,
+    origin: Origin = "platform",
+) -> list[str]:
+    """Problems of ``(index, rule)`` pairs against the registry, the floor and each other.
+
+    A rule may be a validated :class:`GuardrailRule` or the raw mapping (then the floor is not
+    judged: the shape problems come from the model). Listed: rule ids used twice (both
+    locations), and with a registry unknown guardrails (with the known names), params problems
+    and floor relaxations.
+    """
     problems: list[str] = []
-    first_use: dict[str, int] = {}
-    for i, use, params in rules:
-        if not isinstance(use, str) or not use:
-            continue  # a shape problem, reported by the model
+    first_id: dict[str, int] = {}
+    for i, rule in rules:
         where = f"guardrails[{i}]"
-        j = first_use.setdefault(use, i)
-        if j != i:
-            problems.append(
-                f"{where}.use: {use!r} is already used by guardrails[{j}]; "
-                "each guardrail may appear once per policy"
-            )
+        use: Any
+        rule_id: Any
+        if isinstance(rule, GuardrailRule):
+            use, params, rule_id = rule.use, rule.params, rule.rule_id
+        elif isinstance(rule, dict):
+            use, params = rule.get("use"), rule.get("params", {})
+            rid = rule.get("id")
+            rule_id = rid if isinstance(rid, str) and rid else use
+        else:
+            continue
+        if isinstance(rule_id, str) and rule_id:
+            j = first_id.setdefault(rule_id, i)
+            if j != i:
+                field = "id" if (rule_id != use) else "use"
+                problems.append(
+                    f"{where}.{field}: rule id {rule_id!r} is already used by guardrails[{j}]; "
+                    "give each rule its own id (id: …), e.g. to use one guardrail twice"
+                )
+        if not isinstance(use, str) or not use or registry is None:
+            continue  # a shape problem, reported by the model
         try:
             guardrail = registry.get(use)
         except KeyError as exc:
@@ -350,26 +462,181 @@ def _registry_problems(rules: list[tuple[int, Any, Any]], registry: GuardrailReg
             continue
         if isinstance(params, dict):
             problems.extend(f"{where}.{p}" for p in params_errors(guardrail, params))
+        if isinstance(rule, GuardrailRule):
+            problems.extend(floor_problems(where, rule, guardrail, origin))
+            if origin == "request" and rule.reason is not None:
+                problems.append(
+                    f"{where}.reason: only the platform bundle gives reasons (for relaxing a "
+                    "floor rule); remove it"
+                )
     return problems
 
 
 def validate_against(
-    policy: PolicyFile, registry: GuardrailRegistry, *, source: str = "inline"
+    policy: PolicyFile,
+    registry: GuardrailRegistry,
+    *,
+    source: str = "inline",
+    origin: Origin = "platform",
 ) -> None:
-    """Check a policy against the registered guardrails.
+    """Check a policy against the registered guardrails (see :func:`rule_problems`).
 
     Raises:
-        PolicyError: listing every unknown guardrail (with the known names), every params problem
-            and every guardrail used twice (results must stay distinguishable by name).
+        PolicyError: listing every problem.
 
     """
-    rules = [(i, r.use, r.params) for i, r in enumerate(policy.guardrails)]
-    problems = _registry_problems(rules, registry)
+    problems = rule_problems(list(enumerate(policy.guardrails)), registry, origin=origin)
     if problems:
         raise PolicyError(problems, source=source)
 
 
-def _spec(rule: GuardrailRule, guardrail: Guardrail[Any]) -> CheckSpec:
+def parse_additions(raw: Any, registry: GuardrailRegistry | None = None) -> PolicyFile | None:
+    """Validate a request's ``policy``: additions only (rules, signals, responses).
+
+    Every problem is located under ``policy.`` (``policy.guardrails[0].mode: …``) and names the fix.
+
+    Raises:
+        PolicyError: the additions do not validate, set something only the platform may set, or
+            (with ``registry``) name unknown guardrails, bad params or relax a floor guardrail.
+
+    """
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise PolicyError(
+            [
+                f"policy: must be a mapping of additions ({', '.join(ADDITION_FIELDS)}), "
+                f"not {type(raw).__name__}"
+            ],
+            source="request",
+            headline="the request's policy is refused",
+        )
+    problems = [
+        f"policy.{key}: a request cannot set {key!r}; only the platform bundle does (remove it, "
+        f"or ask the platform team); a request may add {', '.join(ADDITION_FIELDS)}"
+        for key in raw
+        if key not in ADDITION_FIELDS
+    ]
+    kept = {k: v for k, v in raw.items() if k in ADDITION_FIELDS}
+    additions: PolicyFile | None = None
+    try:
+        additions = PolicyFile.model_validate(kept)
+    except ValidationError as exc:
+        problems.extend(f"policy.{p}" for p in _pydantic_problems(exc))
+    if registry is not None and additions is not None:
+        problems.extend(
+            f"policy.{p}"
+            for p in rule_problems(
+                list(enumerate(additions.guardrails)), registry, origin="request"
+            )
+        )
+    if problems or additions is None:
+        raise PolicyError(
+            sorted(problems, key=_problem_order),
+            source="request",
+            headline="the request's policy is refused",
+        )
+    return additions
+
+
+def merge_additions(
+    bundle: PlatformBundle, additions: PolicyFile | None, *, origins: dict[str, str] | None = None
+) -> PolicyFile:
+    """The effective policy: the bundle's rules, then the request's additions.
+
+    Args:
+        bundle: the platform's bundle.
+        additions: the request's validated additions (:func:`parse_additions`), or ``None``.
+        origins: where each platform rule id is written (``platform/10-prod.yaml:4``), for messages.
+
+    Raises:
+        PolicyError: an addition reuses a platform rule id or signal name, or answers a signal it
+            does not define itself (the platform's, or ``*``).
+
+    """
+    effective = PolicyFile(
+        guardrails=list(bundle.guardrails),
+        responses=list(bundle.responses),
+        signals=list(bundle.signals),
+        pager=bundle.pager,
+        page_on_reject=bundle.page_on_reject,
+    )
+    if additions is None:
+        return effective
+    origins = origins or {}
+    problems: list[str] = []
+    platform_ids = {r.rule_id for r in bundle.guardrails}
+    for i, rule in enumerate(additions.guardrails):
+        if rule.rule_id in platform_ids:
+            at = f" ({origins[rule.rule_id]})" if rule.rule_id in origins else ""
+            field = "id" if rule.id is not None else "use"
+            problems.append(
+                f"policy.guardrails[{i}].{field}: {rule.rule_id!r} is a platform rule{at}; a "
+                "request can only add rules, never replace one: give yours another id "
+                f"(id: {additions_id(rule)})"
+            )
+    platform_signals = {s.name for s in bundle.signals} | {
+        r.signal for r in bundle.responses if r.signal != "*"
+    }
+    own_signals = {s.name for s in additions.signals}
+    for i, sig in enumerate(additions.signals):
+        if sig.name in platform_signals:
+            problems.append(
+                f"policy.signals[{i}].name: {sig.name!r} is a platform signal; a request cannot "
+                "redefine it: give yours another name"
+            )
+    for i, resp in enumerate(additions.responses):
+        if resp.signal == "*":
+            problems.append(
+                f"policy.responses[{i}].signal: a request may answer only the signals it defines "
+                "itself, not '*' (which would answer the platform's too): name your signal"
+            )
+        elif resp.signal in platform_signals:
+            problems.append(
+                f"policy.responses[{i}].signal: {resp.signal!r} is answered by the platform; a "
+                "request cannot change how the platform's signals are answered"
+            )
+        elif resp.signal not in own_signals:
+            problems.append(
+                f"policy.responses[{i}].signal: {resp.signal!r} is not a signal of this request; "
+                "define it under policy.signals first"
+            )
+    if problems:
+        raise PolicyError(problems, source="request", headline="the request's policy is refused")
+    effective.guardrails += additions.guardrails
+    effective.signals += additions.signals
+    effective.responses += additions.responses
+    return effective
+
+
+def additions_id(rule: GuardrailRule) -> str:
+    """A suggestion for a request rule's own id."""
+    return f"{rule.rule_id}-2"
+
+
+def effective_hash(bundle_hash: str, additions: PolicyFile | None) -> str:
+    """The effective policy's hash: the bundle's own when the request adds nothing."""
+    if additions is None or additions == PolicyFile():
+        return bundle_hash
+    canonical = json.dumps(
+        {"bundle": bundle_hash, "request": additions.model_dump(mode="json")},
+        sort_keys=True,
+        separators=(",", ":"),
+    )
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def ungoverned(change: ChangeContext) -> str:
+    """The fail-closed reason for a change that no platform rule governs."""
+    envs = sorted({t.environment for t in change.targets if t.environment} - {change.environment})
+    extra = f" (targets in {', '.join(envs)})" if envs else ""
+    return (
+        f"no platform policy governs environment {change.environment}{extra}, kind {change.kind}, "
+        f"team {change.team or '—'}; ask the platform team to add a rule (or set unmatched: allow)"
+    )
+
+
+def _spec(rule: GuardrailRule, guardrail: Guardrail[Any], origin: Origin) -> CheckSpec:
     if rule.opt_out == "forbidden":
         opt_out, opt_out_rule = OptOut.FORBIDDEN, None
     elif isinstance(rule.opt_out, OptOutRule):
@@ -377,6 +644,9 @@ def _spec(rule: GuardrailRule, guardrail: Guardrail[Any]) -> CheckSpec:
     else:
         opt_out, opt_out_rule = guardrail.default_opt_out, None
     return CheckSpec(
+        rule=rule.rule_id,
+        source=origin,
+        note=(rule.reason or "") if origin == "platform" else "",
         guardrail=guardrail.name,
         category=guardrail.category,
         params=dict(rule.params),
@@ -396,29 +666,45 @@ def resolve_checks(
     categories: list[Category] | None = None,
     *,
     source: str = "inline",
+    platform_rules: int | None = None,
+    unmatched: Literal["reject", "allow"] = "allow",
 ) -> ResolvedPolicy:
     """Resolve the checks that apply to one change, in policy order, defaults filled in.
 
     Args:
-        policy: a loaded policy.
+        policy: a loaded policy (the effective one: the bundle's rules first).
         policy_hash: its hash, carried into the result (and from there into every report).
         change: the change being judged.
         registry: the guardrails available.
         categories: only checks of these categories (re-checks before a wave); ``None`` for all.
-        source: where the policy came from (a path or ``inline``), for the record.
+        source: where the policy came from, for the record.
+        platform_rules: how many of the leading rules are the platform's (``None``: all); the rest
+            are the request's additions.
+        unmatched: ``reject`` fails closed when no platform rule's ``applies_to`` matches the
+            change (whatever ``categories`` asks for).
 
     Raises:
         PolicyError: the policy does not validate against the registry (see
-            :func:`validate_against`).
+            :func:`validate_against`), or no platform rule governs the change and ``unmatched``
+            is ``reject``.
 
     """
-    validate_against(policy, registry, source=source)
+    n_platform = len(policy.guardrails) if platform_rules is None else platform_rules
+    platform = policy.guardrails[:n_platform]
+    problems = rule_problems(list(enumerate(platform)), registry, origin="platform")
+    problems += rule_problems(
+        list(enumerate(policy.guardrails[n_platform:], n_platform)), registry, origin="request"
+    )
+    if problems:
+        raise PolicyError(problems, source=source)
+    if unmatched == "reject" and not any(r.applies_to.matches(change) for r in platform):
+        raise PolicyError([ungoverned(change)], source=source, headline="the change is refused")
     wanted = None if categories is None else set(categories)
     checks = []
-    for rule in policy.guardrails:
+    for i, rule in enumerate(policy.guardrails):
         guardrail = registry.get(rule.use)
         if wanted is not None and guardrail.category not in wanted:
             continue
         if rule.applies_to.matches(change):
-            checks.append(_spec(rule, guardrail))
+            checks.append(_spec(rule, guardrail, "platform" if i < n_platform else "request"))
     return ResolvedPolicy(policy_hash=policy_hash, checks=checks, source=source)

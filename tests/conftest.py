@@ -13,6 +13,7 @@ import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from temporalio.client import Client
@@ -44,13 +45,38 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Workers built from settings write their audit trail to a session-private SQLite file."""
+    """Workers built from settings audit into a session-private SQLite file, and hold the suite's
+    default policy bundle (:data:`tests.helpers.OPEN_BUNDLE`) unless a test passes its own.
+
+    Workers fail closed without a bundle; most tests judge a change by the rules its request
+    adds, so the suite's default is explicit: no platform rules, ``unmatched: allow``. It reaches
+    workers built from ``Settings.from_env()`` through ``CHANGEGUARD_POLICY`` (CLI processes
+    inherit it), and workers built from settings without a policy (``Settings.from_env(env={})``)
+    through :func:`worker.main.load_holder`, which the suite wraps.
+    """
     import tempfile
+
+    import yaml
+
+    import worker.main
+    from guardrails.bundle import BundleHolder
+    from tests.helpers import OPEN_BUNDLE
 
     state = Path(tempfile.mkdtemp(prefix="changeguard-tests-"))
     os.environ.setdefault("CHANGEGUARD_AUDIT_URL", f"sqlite:///{state / 'audit.db'}")
     os.environ.setdefault("CHANGEGUARD_DIRECTORY", f"yaml:{state / 'operators.yaml'}")
     (state / "operators.yaml").write_text("operators: {}\n")
+    (state / "policy.yaml").write_text(yaml.safe_dump(OPEN_BUNDLE))
+    os.environ.setdefault("CHANGEGUARD_POLICY", str(state / "policy.yaml"))
+
+    strict = worker.main.load_holder
+
+    def load_holder(settings: Any, guardrails: Any) -> BundleHolder:
+        if settings.policy is None:
+            return BundleHolder.fixed(OPEN_BUNDLE)
+        return strict(settings, guardrails)
+
+    worker.main.load_holder = load_holder  # type: ignore[assignment]
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -1,4 +1,4 @@
-"""Helpers the suites share (phase polling)."""
+"""Helpers the suites share (phase polling, the suite's default policy bundle)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,11 @@ from typing import Any
 from temporalio.client import WorkflowHandle
 
 from workflows.models import ChangeStatus, Phase
+
+OPEN_BUNDLE: dict[str, Any] = {"unmatched": "allow"}
+"""The suite's default platform bundle: no rules, and ``unmatched: allow`` said explicitly, so a
+test's change is judged by the rules its request adds (tests of the platform's authority bring
+their own bundle)."""
 
 
 async def until_status(

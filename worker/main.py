@@ -1,4 +1,9 @@
-"""Build and run the changeguard worker."""
+"""Build and run the changeguard worker.
+
+A worker holds the platform's policy bundle (``CHANGEGUARD_POLICY``): it refuses to start without
+one, or with one that does not validate (fail closed), and watches its files while it runs so that
+an edit reaches running changes at their next gate.
+"""
 
 from __future__ import annotations
 
@@ -9,12 +14,76 @@ from typing import Any
 
 import structlog
 from temporalio.client import Client
+from temporalio.runtime import Runtime
 from temporalio.worker import Worker
 
+from guardrails.base import Guardrail, default_registry
+from guardrails.bundle import Bundle, BundleError, BundleHolder
+from guardrails.plugins import PluginRegistry
 from worker import registry
 from worker.settings import Settings
 
 log = structlog.get_logger(__name__)
+
+POLICY_MISSING = (
+    "no platform policy bundle: set CHANGEGUARD_POLICY to its YAML file or directory "
+    "(e.g. CHANGEGUARD_POLICY=demo/platform); workers fail closed without one"
+)
+REFUSED_METRIC = "changeguard_policy_bundle_refused"
+
+
+class PolicyMissing(BundleError):
+    """The worker was given no policy bundle at all."""
+
+    def __init__(self) -> None:
+        super().__init__([POLICY_MISSING], source="CHANGEGUARD_POLICY")
+
+
+BundleSpec = BundleHolder | Bundle | dict[str, Any]
+"""What ``build_worker(bundle=...)`` takes: a holder, a loaded bundle, or a bundle mapping."""
+
+
+def load_holder(settings: Settings, guardrails: PluginRegistry[Guardrail[Any]]) -> BundleHolder:
+    """The bundle the settings name (``CHANGEGUARD_POLICY``), validated against ``guardrails``.
+
+    Raises:
+        PolicyMissing: no bundle is configured.
+        BundleError: the bundle is invalid (every problem, located).
+
+    """
+    if settings.policy is None:
+        raise PolicyMissing()
+    return BundleHolder.load(settings.policy, registry=guardrails)
+
+
+def _holder(spec: BundleSpec) -> BundleHolder:
+    return spec if isinstance(spec, BundleHolder) else BundleHolder.fixed(spec)
+
+
+class ChangeguardWorker(Worker):
+    """A Temporal worker that watches its policy bundle while it runs."""
+
+    bundle: BundleHolder
+
+    async def run(self) -> None:
+        """Run the worker (and the bundle's watcher) until it is shut down."""
+        self.bundle.start()
+        try:
+            await super().run()
+        finally:
+            await self.bundle.stop()
+
+
+def _count_refusals(client: Client, holder: BundleHolder) -> None:
+    """Count refused bundle edits in the runtime's metrics (Prometheus when it is served)."""
+    try:
+        runtime = client.service_client.config.runtime or Runtime.default()
+        counter = runtime.metric_meter.create_counter(
+            REFUSED_METRIC, "policy bundle edits refused (the last good bundle stayed in force)"
+        )
+    except Exception:  # a client without a runtime (a test double): logs still say it
+        return
+    holder.on_refused = lambda: counter.add(1)
 
 
 def build_worker(
@@ -23,21 +92,33 @@ def build_worker(
     *,
     task_queue: str | None = None,
     max_cached_workflows: int = 1000,
+    bundle: BundleSpec | None = None,
     **activity_options: Any,
-) -> Worker:
+) -> ChangeguardWorker:
     """A worker for every workflow and activity in :mod:`worker.registry`.
 
     Args:
         client: a client made by :func:`worker.client.connect` (pydantic converter, tracing).
-        settings: task queue, policy directory and slot counts (default: from the environment).
+        settings: task queue, policy bundle and slot counts (default: from the environment).
         task_queue: overrides the settings' task queue (tests use one per test).
         max_cached_workflows: 0 makes every workflow task replay from history (tests use it).
+        bundle: the platform bundle to hold (a holder, a bundle, or a mapping); default: the one
+            ``settings.policy`` names, watched for edits.
         activity_options: registries and services passed to :func:`worker.registry.activities`.
+
+    Raises:
+        PolicyMissing: neither ``bundle`` nor ``settings.policy`` names a bundle.
+        BundleError: the bundle is invalid.
+
     """
     settings = settings or Settings.from_env()
     queue = task_queue or settings.task_queue
+    guardrails = activity_options.get("guardrails")
+    if guardrails is None:
+        guardrails = activity_options["guardrails"] = default_registry()
+    holder = load_holder(settings, guardrails) if bundle is None else _holder(bundle)
+    _count_refusals(client, holder)
     activity_options.setdefault("services", {"temporal_client": client, "task_queue": queue})
-    activity_options.setdefault("policy_dir", settings.policy_dir)
     activity_options.setdefault("pager_params", settings.pagers)
     if "audit" not in activity_options:
         from activities.audit import AuditActivities, open_audit_store
@@ -45,35 +126,56 @@ def build_worker(
         activity_options["audit"] = AuditActivities(
             open_audit_store(settings.audit_url), settings.directory
         )
-    return Worker(
+    worker = ChangeguardWorker(
         client,
         task_queue=queue,
         workflows=list(registry.WORKFLOWS),
-        activities=registry.activities(**activity_options),
+        activities=registry.activities(bundle=holder, **activity_options),
         interceptors=registry.interceptors(),
         max_cached_workflows=max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+    worker.bundle = holder
+    return worker
 
 
-async def run_worker(client: Client, settings: Settings, stop: asyncio.Event) -> None:
-    """Run a worker until ``stop`` is set, then shut it down gracefully."""
-    worker = build_worker(client, settings)
-    log.info("worker started", task_queue=settings.task_queue, address=settings.address)
+async def run_worker(
+    client: Client, settings: Settings, stop: asyncio.Event, **options: Any
+) -> None:
+    """Run a worker until ``stop`` is set, then shut it down gracefully.
+
+    ``options`` go to :func:`build_worker` (``bundle``, registries).
+    """
+    worker = build_worker(client, settings, **options)
+    log.info(
+        "worker started",
+        task_queue=settings.task_queue,
+        address=settings.address,
+        policy=str(settings.policy),
+        bundle_hash=worker.bundle.current_hash(),
+    )
     async with worker:
         await stop.wait()
     log.info("worker stopped")
 
 
 async def serve(settings: Settings) -> None:
-    """The ``changeguard worker`` command: connect and run until SIGINT/SIGTERM."""
+    """The ``changeguard worker`` command: connect and run until SIGINT/SIGTERM.
+
+    Raises:
+        PolicyMissing: no ``CHANGEGUARD_POLICY`` (checked before connecting).
+        BundleError: the bundle is invalid.
+
+    """
     from worker.client import connect, ensure_search_attributes
 
+    guardrails = default_registry()
+    holder = load_holder(settings, guardrails)  # before connecting: a bad bundle is exit 2
     client = await connect(settings, serve_metrics=True)
     await ensure_search_attributes(client, settings.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_worker(client, settings, stop)
+    await run_worker(client, settings, stop, bundle=holder, guardrails=guardrails)

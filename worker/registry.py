@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from temporalio.worker import Interceptor
@@ -14,6 +13,7 @@ from activities.kinds.base import ChangeKind
 from activities.monitoring import MonitoringActivities
 from activities.pagers import PagerActivities
 from guardrails.base import Guardrail
+from guardrails.bundle import BundleHolder
 from guardrails.plugins import PluginRegistry
 from worker.logging import LoggingInterceptor
 from workflows.batch import TargetBatchWorkflow
@@ -40,28 +40,30 @@ def activities(
     guardrails: PluginRegistry[Guardrail[Any]] | None = None,
     kinds: PluginRegistry[ChangeKind[Any]] | None = None,
     services: dict[str, Any] | None = None,
-    policy_dir: Path | None = None,
+    bundle: BundleHolder,
     audit: AuditActivities,
     pager_params: dict[str, dict[str, Any]] | None = None,
 ) -> list[Callable[..., Any]]:
     """Every activity, bound to the given registries (default: the entry-point plug-ins).
 
     Guardrails receive ``services``; ``change_kinds`` is always among them, so a guardrail such as
-    ``target-state`` can ask a change kind to describe a target.
+    ``target-state`` can ask a change kind to describe a target. ``bundle`` holds the platform's
+    policy bundle that every gate and bake resolves against at that moment.
     """
     from activities.checks import CheckActivities
     from activities.kinds.base import default_registry as default_kinds
 
     kinds = kinds if kinds is not None else default_kinds()
     services = {**(services or {}), "change_kinds": kinds}
-    checks = CheckActivities(guardrails, services=services, policy_dir=policy_dir)
-    change = ChangeActivities(kinds)
+    checks = CheckActivities(guardrails, bundle=bundle, services=services)
+    change = ChangeActivities(kinds, ledger=audit.store)  # effects go to the change ledger
     locks = [] if "temporal_client" not in services else _lock_activities(services)
     monitoring = MonitoringActivities()
     pagers = PagerActivities(pager_params=pager_params)
     return [
         *locks,
         audit.record_audit,
+        audit.claim_change,
         audit.load_directory,
         monitoring.observe_signals,
         pagers.page,

@@ -29,7 +29,8 @@ class Settings:
         connect: keyword arguments for ``Client.connect`` (address, namespace, TLS, API key).
         task_queue: the task queue workers poll and changes start on.
         ui_url: base URL of the Temporal Web UI, for links printed by the CLI.
-        policy_dir: where relative policy paths are resolved by the worker.
+        policy: the platform's policy bundle, a YAML file or a directory of them
+            (``CHANGEGUARD_POLICY``); a worker refuses to start without one (fail closed).
         log_format: ``console``, ``json`` or ``auto`` (console on a terminal).
         max_concurrent_activities: worker slots for activities.
         audit_url: the audit store, ``sqlite:///PATH`` or ``postgresql://...``
@@ -45,7 +46,7 @@ class Settings:
     connect: dict[str, Any] = field(default_factory=dict)
     task_queue: str = TASK_QUEUE
     ui_url: str = "http://localhost:8233"
-    policy_dir: Path | None = None
+    policy: Path | None = None
     log_format: str = "auto"
     max_concurrent_activities: int = 100
     audit_url: str = "sqlite:///.changeguard/audit.db"
@@ -75,12 +76,12 @@ class Settings:
         connect: dict[str, Any] = dict(profile.to_client_connect_config())
         connect.setdefault("target_host", DEFAULT_ADDRESS)
         connect.setdefault("namespace", DEFAULT_NAMESPACE)
-        policy_dir = env.get("CHANGEGUARD_POLICY_DIR")
+        policy = env.get("CHANGEGUARD_POLICY", "").strip()
         values: dict[str, Any] = {
             "connect": connect,
             "task_queue": env.get("CHANGEGUARD_TASK_QUEUE", TASK_QUEUE),
             "ui_url": env.get("CHANGEGUARD_UI_URL", _ui_guess(connect["target_host"])),
-            "policy_dir": Path(policy_dir) if policy_dir else None,
+            "policy": Path(policy) if policy else None,
             "log_format": env.get("CHANGEGUARD_LOG_FORMAT", "auto"),
             "max_concurrent_activities": int(env.get("CHANGEGUARD_MAX_ACTIVITIES", "100")),
             "audit_url": env.get("CHANGEGUARD_AUDIT_URL", cls.audit_url),

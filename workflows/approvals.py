@@ -2,9 +2,10 @@
 
 What an approval covers (the rule documented in docs/approvals.md):
 
-- An approval names failing guardrails of one report (``report_hash``) and is accepted only while
+- An approval names failing rules of one report (``report_hash``), by rule id (which is the
+  guardrail's name unless the policy gives the rule its own ``id``), and is accepted only while
   that report is the change's current one.
-- It keeps the *failure signature* of that report: which guardrails failed, and how.
+- It keeps the *failure signature* of that report: which rules failed, and how.
 - A later report (a recheck, or the re-check before a wave) is covered by earlier approvals only
   while its failures are a subset of the approved signature, each with the same status, and only
   until the approvals expire. A new failure, or a failure whose status changed, needs a new
@@ -28,8 +29,8 @@ from workflows.models import (
 
 
 def signature(report: GuardrailReport) -> dict[str, str]:
-    """The failures of a report: guardrail → status."""
-    return {c.guardrail: c.status.value for c in report.failures}
+    """The failures of a report: rule id → status."""
+    return {c.rule_id: c.status.value for c in report.failures}
 
 
 def approval_problem(
@@ -50,9 +51,9 @@ def approval_problem(
     if report is not None:
         # A forbidden failure is refused as such in every phase (I2): the reason names the fix.
         for failure in report.failures:
-            if failure.guardrail in approval.guardrails and failure.opt_out is OptOut.FORBIDDEN:
+            if failure.rule_id in approval.guardrails and failure.opt_out is OptOut.FORBIDDEN:
                 return (
-                    f"{failure.guardrail} is forbidden to opt out of; fix the cause instead: "
+                    f"{failure.rule_id} is forbidden to opt out of; fix the cause instead: "
                     f"{failure.remedy}"
                 )
     if not awaiting or report is None:
@@ -64,14 +65,14 @@ def approval_problem(
         )
     if directory is None:
         return "the operator directory is not loaded yet; retry in a moment"
-    failing = {c.guardrail: c for c in report.failures}
+    failing = {c.rule_id: c for c in report.failures}
     groups = set(directory.groups_of(approval.approver))
     if not groups:
         return f"approver {approval.approver!r} is not in the operator directory"
     for name in approval.guardrails:
         check = failing.get(name)
         if check is None:
-            if any(c.guardrail == name for c in report.checks):
+            if any(c.rule_id == name for c in report.checks):
                 return f"{name} is not failing: there is nothing to approve"
             return f"{name} is not a check of this report (failing: {', '.join(failing) or 'none'})"
         problem = _rule_problem(check, approval, groups, requester)
@@ -88,7 +89,7 @@ def approval_problem(
 def _rule_problem(
     check: CheckResult, approval: Approval, groups: set[str], requester: str
 ) -> str | None:
-    name, rule = check.guardrail, check.approval
+    name, rule = check.rule_id, check.approval
     if check.opt_out is OptOut.FORBIDDEN:
         return f"{name} is forbidden to opt out of; fix the cause instead: {check.remedy}"
     if rule is None:
@@ -104,8 +105,8 @@ def _rule_problem(
 
 
 def grant(approval: Approval, *, report: GuardrailReport, now: datetime) -> list[GrantedApproval]:
-    """The grants an accepted approval creates, one per guardrail, expiry capped by policy."""
-    failing = {c.guardrail: c for c in report.failures}
+    """The grants an accepted approval creates, one per rule, expiry capped by policy."""
+    failing = {c.rule_id: c for c in report.failures}
     out = []
     for name in approval.guardrails:
         rule = failing[name].approval
@@ -138,18 +139,18 @@ def still_needed(
     for check in report.failures:
         rule = check.approval
         if check.opt_out is OptOut.FORBIDDEN or rule is None:
-            needed[check.guardrail] = 1
+            needed[check.rule_id] = 1
             continue
         approvers = {
             g.approver
             for g in granted
-            if g.guardrail == check.guardrail
+            if g.guardrail == check.rule_id
             and g.expires_at > now
             and sig.items() <= g.signature.items()
         }
         missing = rule.required - len(approvers)
         if missing > 0:
-            needed[check.guardrail] = missing
+            needed[check.rule_id] = missing
     return needed
 
 

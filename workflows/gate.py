@@ -1,23 +1,29 @@
 """The ``GuardrailGate`` workflow: every applicable check, in parallel, rolled into one report.
 
-The policy is resolved in an activity (it may read files); each check then runs as its own activity
-with its own timeout. Nothing fails fast: a check that raises or times out becomes an ``error`` result
-carrying its owner (fail-closed), and every result lands in the report in policy order.
+The effective policy (the platform bundle the worker holds, plus the request's additions) is
+resolved in an activity; each rule's check then runs as its own activity (id ``check-<rule id>``)
+with its own timeout. Nothing fails fast: a check that raises or times out becomes an ``error``
+result carrying its owner (fail-closed), and every result lands in the report in policy order.
+
+Any client may start a gate: its input is decoded here, and a missing or malformed one fails the
+gate (non-retryable ``InvalidInput``, every problem named), never a workflow task.
 """
 
 from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.common import RetryPolicy
-from temporalio.exceptions import ActivityError, TimeoutError
+from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.checks import CheckActivities
-    from workflows.errors import NON_RETRYABLE
+    from workflows.errors import INVALID_INPUT, NON_RETRYABLE
+    from workflows.inputs import Refusal, decode
     from workflows.models import (
         CheckResult,
         CheckSpec,
@@ -53,6 +59,9 @@ def error_result(spec: CheckSpec, exc: BaseException) -> CheckResult:
         reason = f"the check raised {kind}: {message}"
         remedy = f"fix the cause reported by {spec.guardrail} (see the worker log), then recheck"
     return CheckResult(
+        rule=spec.rule or spec.guardrail,
+        source=spec.source,
+        note=spec.note,
         guardrail=spec.guardrail,
         category=spec.category,
         status=CheckStatus.ERROR,
@@ -78,8 +87,11 @@ class GuardrailGateWorkflow:
         self._report: GuardrailReport | None = None
 
     @workflow.run
-    async def run(self, inp: GateInput) -> GuardrailReport:
+    async def run(self, *args: Any) -> GuardrailReport:
         """Resolve the policy, fan out the checks, aggregate."""
+        inp = decode(GateInput, args, what="the gate's input")
+        if isinstance(inp, Refusal):  # a raw client's start: fail the gate, never its tasks
+            raise ApplicationError(inp.why, *inp.problems, type=INVALID_INPUT, non_retryable=True)
         workflow.set_current_details("Resolving the policy…")
         resolved = await workflow.execute_activity_method(
             CheckActivities.resolve_policy,
@@ -90,7 +102,13 @@ class GuardrailGateWorkflow:
         now = workflow.now()
         workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
         results = await asyncio.gather(*(self._check(spec, inp, now) for spec in resolved.checks))
-        self._report = aggregate(list(results), policy_hash=resolved.policy_hash, now=now)
+        self._report = aggregate(
+            list(results),
+            policy_hash=resolved.policy_hash,
+            now=now,
+            bundle_hash=resolved.bundle_hash,
+            bundle_warning=resolved.bundle_warning,
+        )
         workflow.set_current_details(report_markdown(self._report))
         return self._report
 
@@ -105,7 +123,7 @@ class GuardrailGateWorkflow:
             result = await workflow.execute_activity_method(
                 CheckActivities.run_check,
                 RunCheckInput(spec=spec, change=inp.change, now=now, probe_only=inp.probe_only),
-                activity_id=f"check-{spec.guardrail}",
+                activity_id=f"check-{spec.rule or spec.guardrail}",
                 start_to_close_timeout=spec.timeout,
                 schedule_to_close_timeout=spec.timeout * 2,
                 retry_policy=CHECK_RETRY,
@@ -114,4 +132,7 @@ class GuardrailGateWorkflow:
             result = error_result(spec, exc)
             elapsed = workflow.now() - started
             result.duration_ms = int(elapsed.total_seconds() * 1000)
-        return result
+        # The rule, its source and the platform's note come from the policy, not the plug-in.
+        return result.model_copy(
+            update={"rule": spec.rule or spec.guardrail, "source": spec.source, "note": spec.note}
+        )

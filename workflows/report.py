@@ -25,11 +25,19 @@ _ICON = {
 }
 
 
-def aggregate(checks: list[CheckResult], *, policy_hash: str, now: datetime) -> GuardrailReport:
+def aggregate(
+    checks: list[CheckResult],
+    *,
+    policy_hash: str,
+    now: datetime,
+    bundle_hash: str = "",
+    bundle_warning: str = "",
+) -> GuardrailReport:
     """Draw the one decision from every result.
 
     Any enforced ``fail`` or ``error`` blocks; else any enforced ``wait`` waits until the earliest
-    ``retry_after``; else the change may proceed. Shadow checks never decide.
+    ``retry_after``; else the change may proceed. Shadow checks never decide. The bundle's hash and
+    warning (a refused edit) are carried into the report.
     """
     enforced = [c for c in checks if c.mode is Mode.ENFORCE]
     retry_after = None
@@ -48,6 +56,8 @@ def aggregate(checks: list[CheckResult], *, policy_hash: str, now: datetime) -> 
         checks=checks,
         policy_hash=policy_hash,
         retry_after=retry_after,
+        bundle_hash=bundle_hash,
+        bundle_warning=bundle_warning,
     )
 
 
@@ -63,27 +73,44 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
+def rule_label(check: CheckResult) -> str:
+    """The rule id, with the plug-in name beside it where the two differ."""
+    rule = check.rule_id
+    return rule if rule == check.guardrail else f"{rule} ({check.guardrail})"
+
+
+def check_reason(check: CheckResult) -> str:
+    """The check's reason, and the platform's note where it relaxed a floor rule."""
+    if not check.note:
+        return check.reason
+    note = f"platform note: {check.note}"
+    return f"{check.reason} ({note})" if check.reason else note
+
+
 def report_markdown(report: GuardrailReport, *, title: str = "Guardrail report") -> str:
     """The report as a markdown table, for the Web UI's current details."""
     lines = [
         f"### {title}: **{report.decision.value}**",
         "",
         f"evaluated {report.evaluated_at.isoformat(timespec='seconds')} · "
-        f"report `{report.report_hash}` · policy `{report.policy_hash or 'none'}`",
+        f"report `{report.report_hash}` · policy `{report.policy_hash or 'none'}` · "
+        f"bundle `{report.bundle_hash or 'none'}`",
         "",
     ]
+    if report.bundle_warning:
+        lines += [f"> ⚠️ **policy bundle:** {_cell(report.bundle_warning)}", ""]
     if not report.checks:
         lines.append("_No guardrail applies to this change._")
         return "\n".join(lines)
     lines += [
-        "| guardrail | status | reason | remedy | owner | opt-out |",
+        "| rule | status | reason | remedy | owner | opt-out |",
         "|---|---|---|---|---|---|",
     ]
     for c in report.checks:
         status = _ICON[c.status] + (" (shadow)" if c.mode is Mode.SHADOW else "")
         opt = c.opt_out.value + (f" by {', '.join(c.approvers)}" if c.approvers else "")
         lines.append(
-            f"| {c.guardrail} | {status} | {_cell(c.reason)} | {_cell(c.remedy)} "
+            f"| {_cell(rule_label(c))} | {status} | {_cell(check_reason(c))} | {_cell(c.remedy)} "
             f"| {c.owner} | {opt if not c.passing else ''} |"
         )
     return "\n".join(lines)

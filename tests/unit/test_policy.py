@@ -1,4 +1,4 @@
-"""The policy file: parsing, validation against the registry, and resolution for a change."""
+"""The policy: parsing, registry checks, additions, the floor, rule ids, fail-closed resolution."""
 
 from __future__ import annotations
 
@@ -14,10 +14,14 @@ from guardrails.builtin.http_health import HttpHealth
 from guardrails.plugins import PluginRegistry
 from guardrails.policy import (
     AppliesTo,
+    PlatformBundle,
     PolicyError,
     PolicyFile,
     ResponseRule,
+    effective_hash,
     load_policy,
+    merge_additions,
+    parse_additions,
     resolve_checks,
     validate_against,
 )
@@ -126,6 +130,7 @@ def test_design_example_resolves(tmp_path: Path, registry: PluginRegistry[Guardr
         source="prod.yaml",
         checks=[
             CheckSpec(
+                rule="change-window",
                 guardrail="change-window",
                 category=Category.TIMING,
                 params=CHANGE_WINDOW_PARAMS,
@@ -135,6 +140,7 @@ def test_design_example_resolves(tmp_path: Path, registry: PluginRegistry[Guardr
                 opt_out_rule=OptOutRule(approvers=["sre-leads"], max_duration=timedelta(hours=4)),
             ),
             CheckSpec(
+                rule="environment-boundary",
                 guardrail="environment-boundary",
                 category=Category.TARGET_STATE,
                 owner="platform",
@@ -142,6 +148,7 @@ def test_design_example_resolves(tmp_path: Path, registry: PluginRegistry[Guardr
                 opt_out=OptOut.FORBIDDEN,
             ),
             CheckSpec(
+                rule="http-health",
                 guardrail="http-health",
                 category=Category.HEALTH,
                 params={"url": "http://127.0.0.1:8800/healthz"},
@@ -222,15 +229,46 @@ def test_pause_and_page_needs_timeout_and_responses_do_not_clash() -> None:
     ]
 
 
-def test_duplicate_use_is_refused(registry: PluginRegistry[Guardrail[Any]]) -> None:
-    """The same guardrail twice in one policy is a problem (results are keyed by name)."""
-    policy, _ = load_policy({"guardrails": [{"use": "environment-boundary"}] * 2})
-    with pytest.raises(PolicyError) as caught:
-        validate_against(policy, registry)
-    assert caught.value.problems == [
-        "guardrails[1].use: 'environment-boundary' is already used by guardrails[0]; "
-        "each guardrail may appear once per policy"
+def test_duplicate_rule_ids_are_refused_with_both_locations() -> None:
+    """Two rules with one id (explicit, or both defaulting to the plug-in name) are refused."""
+    source = {
+        "guardrails": [
+            {"use": "environment-boundary"},
+            {"use": "environment-boundary"},
+            {"id": "latency", "use": "http-health", "params": {"url": "http://a/"}},
+            {"id": "latency", "use": "http-health", "params": {"url": "http://b/"}},
+        ]
+    }
+    assert problems_of(source) == [
+        "guardrails[1].use: rule id 'environment-boundary' is already used by guardrails[0]; "
+        "give each rule its own id (id: …), e.g. to use one guardrail twice",
+        "guardrails[3].id: rule id 'latency' is already used by guardrails[2]; "
+        "give each rule its own id (id: …), e.g. to use one guardrail twice",
     ]
+
+
+def test_one_guardrail_twice_under_two_ids(registry: PluginRegistry[Guardrail[Any]]) -> None:
+    """One plug-in may back many rules; each spec carries its rule id and its own params."""
+    policy, digest = load_policy(
+        {
+            "guardrails": [
+                {"id": "web-health", "use": "http-health", "params": {"url": "http://web/"}},
+                {"id": "db-health", "use": "http-health", "params": {"url": "http://db/"}},
+            ]
+        },
+        registry=registry,
+    )
+    checks = resolve_checks(policy, digest, change(), registry).checks
+    assert [(c.rule, c.guardrail, c.params["url"]) for c in checks] == [
+        ("web-health", "http-health", "http://web/"),
+        ("db-health", "http-health", "http://db/"),
+    ]
+
+
+def test_rule_ids_have_a_bounded_shape() -> None:
+    """A rule id names activities and approvals: letters, digits, '.', '_', '-', at most 64."""
+    [problem] = problems_of({"guardrails": [{"id": "no spaces", "use": "a"}]})
+    assert problem.startswith("guardrails[0].id: String should match pattern")
 
 
 def test_resolve_refuses_an_invalid_policy(registry: PluginRegistry[Guardrail[Any]]) -> None:
@@ -344,3 +382,248 @@ def test_non_mapping_is_refused(tmp_path: Path) -> None:
     assert problems_of({"guardrails": "change-window"}) == [
         "guardrails: Input should be a valid list"
     ]
+
+
+# --------------------------------------------------------------------------------------------------
+# The platform bundle and the request's additions
+# --------------------------------------------------------------------------------------------------
+
+
+class TargetLock(Guardrail[EmptyParams]):
+    """A stand-in for target-lock: the second floor guardrail."""
+
+    name = "target-lock"
+    category = Category.CONCURRENCY
+    default_owner = "platform"
+    default_opt_out = OptOut.FORBIDDEN
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        return ctx.passed()
+
+
+@pytest.fixture
+def floor_registry(registry: PluginRegistry[Guardrail[Any]]) -> PluginRegistry[Guardrail[Any]]:
+    registry.register(TargetLock)
+    return registry
+
+
+PLATFORM = {
+    "guardrails": [
+        {"use": "environment-boundary"},
+        {"use": "target-lock"},
+        {
+            "id": "business-hours",
+            "use": "change-window",
+            "applies_to": {"environments": ["prod"]},
+            "params": {"timezone": "UTC"},
+        },
+    ],
+    "signals": [{"name": "error-rate", "degraded_above": 0.01, "critical_above": 0.5}],
+    "responses": [{"signal": "error-rate", "state": "critical", "do": "rollback"}],
+}
+
+
+def platform(**overrides: Any) -> PlatformBundle:
+    return PlatformBundle.model_validate({**PLATFORM, **overrides})
+
+
+def refused(
+    raw: Any, registry: PluginRegistry[Guardrail[Any]], bundle: PlatformBundle
+) -> list[str]:
+    with pytest.raises(PolicyError) as caught:
+        merge_additions(bundle, parse_additions(raw, registry))
+    assert caught.value.headline == "the request's policy is refused"
+    return caught.value.problems
+
+
+def test_a_request_may_only_add(floor_registry: PluginRegistry[Guardrail[Any]]) -> None:
+    """Settings only the platform makes, and unknown fields, are refused with the field and fix."""
+    problems = refused(
+        {"unmatched": "allow", "pager": "log", "identity": {}, "guardrails": []},
+        floor_registry,
+        platform(),
+    )
+    assert problems == [
+        f"policy.{key}: a request cannot set {key!r}; only the platform bundle does (remove it, "
+        "or ask the platform team); a request may add guardrails, signals, responses"
+        for key in ("identity", "pager", "unmatched")
+    ]
+
+
+def test_a_request_cannot_reuse_a_platform_rule_id(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """Re-using a platform rule's id (explicitly, or by the plug-in name) is refused."""
+    problems = refused(
+        {
+            "guardrails": [
+                {"use": "environment-boundary"},
+                {"id": "business-hours", "use": "change-window", "params": {"timezone": "UTC"}},
+            ]
+        },
+        floor_registry,
+        platform(),
+    )
+    assert problems == [
+        "policy.guardrails[0].use: 'environment-boundary' is a platform rule; a request can only "
+        "add rules, never replace one: give yours another id (id: environment-boundary-2)",
+        "policy.guardrails[1].id: 'business-hours' is a platform rule; a request can only add "
+        "rules, never replace one: give yours another id (id: business-hours-2)",
+    ]
+
+
+def test_a_request_cannot_relax_a_floor_guardrail(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """Shadowing a floor guardrail or giving it an opt-out rule is refused, even under a new id."""
+    problems = refused(
+        {
+            "guardrails": [
+                {"id": "eb-2", "use": "environment-boundary", "mode": "shadow"},
+                {"id": "tl-2", "use": "target-lock", "opt_out": {"approvers": ["me"]}},
+                {"id": "eb-3", "use": "environment-boundary", "reason": "trust me"},
+            ]
+        },
+        floor_registry,
+        platform(),
+    )
+    assert problems == [
+        "policy.guardrails[0]: environment-boundary is a floor guardrail (never approvable by "
+        "default); a request may add it only enforced with opt_out: forbidden, not with mode: "
+        "shadow: remove mode and opt_out (only the platform bundle may relax it)",
+        "policy.guardrails[1]: target-lock is a floor guardrail (never approvable by default); a "
+        "request may add it only enforced with opt_out: forbidden, not with an opt_out rule: "
+        "remove mode and opt_out (only the platform bundle may relax it)",
+        "policy.guardrails[2].reason: only the platform bundle gives reasons (for relaxing a "
+        "floor rule); remove it",
+    ]
+
+
+def test_a_request_answers_only_its_own_signals(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """Redefining a platform signal, answering it, or answering '*' is refused."""
+    problems = refused(
+        {
+            "signals": [{"name": "error-rate", "degraded_above": 1, "critical_above": 2}],
+            "responses": [
+                {"signal": "error-rate", "state": "critical", "do": "proceed"},
+                {"signal": "*", "state": "degraded", "do": "proceed"},
+                {"signal": "mine", "state": "degraded", "do": "rollback"},
+            ],
+        },
+        floor_registry,
+        platform(),
+    )
+    assert [p.split(":")[0] for p in problems] == [
+        "policy.signals[0].name",
+        "policy.responses[0].signal",
+        "policy.responses[1].signal",
+        "policy.responses[2].signal",
+    ]
+    assert "is answered by the platform" in problems[1]
+    assert "not '*'" in problems[2]
+    assert "define it under policy.signals first" in problems[3]
+
+
+def test_additions_run_after_the_platform_rules(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """The effective policy is the bundle's rules, then the request's; sources say whose."""
+    bundle = platform()
+    additions = parse_additions(
+        {
+            "guardrails": [
+                {"id": "session-store", "use": "http-health", "params": {"url": "http://s/"}},
+                {"id": "eb-strict", "use": "environment-boundary"},
+            ],
+            "signals": [{"name": "latency", "degraded_above": 1, "critical_above": 2}],
+            "responses": [{"signal": "latency", "state": "critical", "do": "rollback"}],
+        },
+        floor_registry,
+    )
+    effective = merge_additions(bundle, additions)
+    digest = effective_hash("b" * 16, additions)
+    resolved = resolve_checks(
+        effective, digest, change(), floor_registry, platform_rules=3, unmatched="reject"
+    )
+    assert [(c.rule, c.source) for c in resolved.checks] == [
+        ("environment-boundary", "platform"),
+        ("target-lock", "platform"),
+        ("business-hours", "platform"),
+        ("session-store", "request"),
+        ("eb-strict", "request"),
+    ]
+    assert [s.name for s in effective.signals] == ["error-rate", "latency"]
+    assert (digest != "b" * 16, effective_hash("b" * 16, None)) == (True, "b" * 16)
+
+
+def test_the_platform_relaxes_a_floor_rule_only_with_a_reason(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """A bundle's shadowed floor rule needs reason:, which becomes every spec's note."""
+    rules = [{"use": "target-lock", "mode": "shadow"}]
+    policy = PlatformBundle.model_validate({"guardrails": rules})
+    with pytest.raises(PolicyError) as caught:
+        validate_against(policy, floor_registry)
+    assert caught.value.problems == [
+        "guardrails[0]: rule 'target-lock' relaxes the floor guardrail target-lock (mode: "
+        "shadow); say why with reason: '…' (every report shows it)"
+    ]
+    rules[0]["reason"] = "locks move to the new lock service this week (PLAT-42)"
+    policy = PlatformBundle.model_validate({"guardrails": rules})
+    [spec] = resolve_checks(policy, "h", change(), floor_registry).checks
+    assert (spec.mode, spec.note) == (Mode.SHADOW, rules[0]["reason"])
+
+
+def test_an_ungoverned_change_is_refused_unless_unmatched_allow(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """No platform rule's applies_to matches: fail closed; `unmatched: allow` lets it through."""
+    bundle = PlatformBundle.model_validate(
+        {
+            "guardrails": [
+                {
+                    "use": "change-window",
+                    "applies_to": {"environments": ["prod"]},
+                    "params": {"timezone": "UTC"},
+                }
+            ]
+        }
+    )
+    staging = change(environment="staging", team="web")
+    request_rule = parse_additions({"guardrails": [{"id": "mine", "use": "target-lock"}]})
+    effective = merge_additions(bundle, request_rule)
+    with pytest.raises(PolicyError) as caught:
+        resolve_checks(
+            effective, "h", staging, floor_registry, platform_rules=1, unmatched="reject"
+        )
+    assert caught.value.problems == [
+        "no platform policy governs environment staging, kind http-deploy, team web; ask the "
+        "platform team to add a rule (or set unmatched: allow)"
+    ]
+    # A re-check of other categories is still judged by every platform rule's applies_to.
+    resolved = resolve_checks(
+        effective,
+        "h",
+        change(),
+        floor_registry,
+        [Category.CONCURRENCY],
+        platform_rules=1,
+        unmatched="reject",
+    )
+    assert [c.rule for c in resolved.checks] == ["mine"]
+    allowed = resolve_checks(
+        effective, "h", staging, floor_registry, platform_rules=1, unmatched="allow"
+    )
+    assert [c.rule for c in allowed.checks] == ["mine"]
+
+
+def test_the_bundle_defaults_fail_closed() -> None:
+    """`unmatched` defaults to reject; identity settings are accepted and stored."""
+    bundle = PlatformBundle.model_validate({"identity": {"approvals": "required"}})
+    assert (bundle.unmatched, bundle.identity.approvals, bundle.identity.requests) == (
+        "reject",
+        "required",
+        "optional",
+    )

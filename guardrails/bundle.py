@@ -1,0 +1,483 @@
+"""The platform's policy bundle: loaded from files, validated, hashed, held, and reloaded.
+
+Workers read the bundle from ``CHANGEGUARD_POLICY``: one YAML file, or a directory whose ``*.yaml``
+and ``*.yml`` files are merged in file-name order (``guardrails``, ``signals`` and ``responses``
+concatenated; each other setting, such as ``unmatched``, ``pager`` or ``identity``, may be set by
+one file, or by several only to the same value). Every problem is reported at once, located by file
+and line (``platform/10-prod.yaml:7: guardrails[1].params.timezone: unknown time zone``).
+
+A :class:`BundleHolder` keeps the bundle in force. Every gate's ``resolve_policy`` and every bake's
+``resolve_rollout`` read it at that moment, so an edit reaches running changes at their next gate.
+Its watcher polls the files every two seconds: an edit that validates replaces the bundle; one that
+does not is refused, logged with every problem, counted, and reported in every report
+(``bundle_warning``) while the last good bundle stays in force.
+
+Pure of Temporal; the file I/O runs in a thread when the watcher runs in an event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import structlog
+import yaml
+from pydantic import ValidationError
+
+from guardrails.policy import (
+    GuardrailRegistry,
+    GuardrailRule,
+    PlatformBundle,
+    PolicyError,
+    _pydantic_problems,
+    policy_hash,
+    rule_problems,
+)
+from workflows.types import excerpt
+
+__all__ = [
+    "LIST_SECTIONS",
+    "POLL_INTERVAL",
+    "Bundle",
+    "BundleError",
+    "BundleHolder",
+    "bundle_files",
+    "bundle_from_mapping",
+    "load_bundle",
+]
+
+log = structlog.get_logger(__name__)
+
+LIST_SECTIONS = ("guardrails", "signals", "responses")
+"""Sections concatenated across the files of a bundle directory; everything else is a setting."""
+POLL_INTERVAL = 2.0
+"""Seconds between two looks at the bundle's files."""
+WARNING_MAX = 600
+
+
+class BundleError(PolicyError):
+    """The bundle is missing, unreadable or invalid; ``problems`` lists each, located."""
+
+    def __init__(self, problems: list[str], *, source: str) -> None:
+        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
+        super().__init__(
+            problems, source=source, headline=f"policy bundle {source} is invalid ({count})"
+        )
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A validated platform bundle and where it came from.
+
+    Attributes:
+        policy: the merged, validated bundle.
+        hash: its :func:`~guardrails.policy.policy_hash` (comments and key order do not count).
+        source: the path it was loaded from, or ``inline``.
+        files: the files merged, in order.
+        origins: each platform rule id → where it is written (``file:line``), for messages.
+    """
+
+    policy: PlatformBundle
+    hash: str
+    source: str = "inline"
+    files: tuple[str, ...] = ()
+    origins: dict[str, str] = field(default_factory=dict)
+
+
+# --------------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------------
+
+
+def bundle_files(path: Path) -> list[Path]:
+    """The files a bundle path stands for: the file itself, or a directory's YAML files by name."""
+    if path.is_dir():
+        return sorted(
+            (p for p in path.iterdir() if p.suffix in (".yaml", ".yml") and p.is_file()),
+            key=lambda p: p.name,
+        )
+    return [path]
+
+
+def _lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
+    """Record the 1-based line of every key and item under ``node``."""
+    if isinstance(node, yaml.MappingNode):
+        for key, value in node.value:
+            here = (*path, key.value)
+            out[here] = key.start_mark.line + 1
+            _lines(value, here, out)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            here = (*path, i)
+            out[here] = item.start_mark.line + 1
+            _lines(item, here, out)
+
+
+@dataclass
+class _Merge:
+    """The merged document and, for every part of it, the file and line it came from."""
+
+    doc: dict[str, Any] = field(default_factory=dict)
+    problems: list[str] = field(default_factory=list)
+    lines: dict[str, dict[tuple[Any, ...], int]] = field(default_factory=dict)
+    items: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
+    """Per list section: merged index → (file, index in that file)."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """Per setting: the file that set it."""
+
+    def line(self, label: str, path: tuple[Any, ...]) -> int | None:
+        lines = self.lines.get(label, {})
+        for n in range(len(path), 0, -1):
+            if path[:n] in lines:
+                return lines[path[:n]]
+        return None
+
+    def add(self, label: str, raw: Any, lines: dict[tuple[Any, ...], int]) -> None:
+        self.lines[label] = lines
+        if raw is None:
+            return  # an empty file adds nothing
+        if not isinstance(raw, dict):
+            self.problems.append(
+                f"{label}:1: a bundle file must be a mapping (guardrails, signals, responses, "
+                f"unmatched, pager, page_on_reject, identity), not {type(raw).__name__}"
+            )
+            return
+        for key, value in raw.items():
+            key = str(key)
+            if key in LIST_SECTIONS:
+                if not isinstance(value, list):
+                    line = self.line(label, (key,))
+                    self.problems.append(
+                        f"{label}:{line}: {key}: must be a list, not {type(value).__name__}"
+                    )
+                    continue
+                index = self.items.setdefault(key, [])
+                for i, item in enumerate(value):
+                    index.append((label, i))
+                    self.doc.setdefault(key, []).append(item)
+            elif key in self.settings and self.doc.get(key) != value:
+                first = self.settings[key]
+                self.problems.append(
+                    f"{label}:{self.line(label, (key,))}: {key}: set to {excerpt(value, 60)} here, "
+                    f"but {first}:{self.line(first, (key,))} sets {excerpt(self.doc[key], 60)}; "
+                    f"set {key} in one file only"
+                )
+            else:
+                self.settings.setdefault(key, label)
+                self.doc[key] = value
+
+    def where(self, merged: tuple[Any, ...]) -> tuple[str | None, tuple[Any, ...]]:
+        """The file and the file's own path of a location in the merged document."""
+        if not merged:
+            return None, merged
+        head = merged[0]
+        index = merged[1] if len(merged) > 1 else None
+        if head in self.items and isinstance(index, int) and index < len(self.items[head]):
+            label, local = self.items[head][index]
+            return label, (head, local, *merged[2:])
+        if head in self.settings:
+            return self.settings[head], merged
+        return None, merged
+
+    def locate(self, problem: str, default: str) -> str:
+        """Prefix a ``path: message`` problem with the file and line it is about."""
+        where, sep, message = problem.partition(": ")
+        if not sep or not _PATH.fullmatch(where):
+            return f"{default}: {problem}"
+        label, local = self.where(_parse_path(where))
+        if label is None:
+            return f"{default}: {problem}"
+        message = _SIBLING.sub(lambda m: self._sibling(m), message)
+        line = self.line(label, local)
+        at = f"{label}:{line}" if line is not None else label
+        return f"{at}: {_format_path(local)}: {message}"
+
+    def _sibling(self, m: re.Match[str]) -> str:
+        """``guardrails[3]`` in a message (the other half of a clash) → its file and line."""
+        label, local = self.where((m[1], int(m[2])))
+        if label is None:
+            return m[0]
+        return f"{_format_path(local)} ({label}:{self.line(label, local)})"
+
+
+_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\[\d+\]|\.[\w-]+)*")
+_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
+_SIBLING = re.compile(r"\b(guardrails|signals|responses)\[(\d+)\]")
+
+
+def _parse_path(where: str) -> tuple[Any, ...]:
+    return tuple(int(m[1]) if m[1] is not None else m[2] for m in _TOKEN.finditer(where))
+
+
+def _format_path(path: tuple[Any, ...]) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out
+
+
+def _read(path: Path, label: str, merge: _Merge) -> None:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        merge.problems.append(f"{label}: no such file or directory")
+        return
+    except (OSError, UnicodeDecodeError) as exc:
+        merge.problems.append(f"{label}: cannot read: {exc}")
+        return
+    try:
+        raw = yaml.safe_load(text)
+        lines: dict[tuple[Any, ...], int] = {}
+        _lines(yaml.compose(text, Loader=yaml.SafeLoader), (), lines)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        problem = getattr(exc, "problem", None) or str(exc)
+        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
+        merge.problems.append(f"{where}: invalid YAML: {problem}")
+        return
+    merge.add(label, raw, lines)
+
+
+def _validate(merge: _Merge, source: str, registry: GuardrailRegistry | None) -> Bundle:
+    problems = list(merge.problems)
+    policy: PlatformBundle | None = None
+    try:
+        policy = PlatformBundle.model_validate(merge.doc)
+    except ValidationError as exc:
+        problems += [merge.locate(p, source) for p in _pydantic_problems(exc)]
+    rules: list[Any] = list(policy.guardrails) if policy else _each_rule(merge.doc)
+    problems += [
+        merge.locate(p, source)
+        for p in rule_problems(list(enumerate(rules)), registry, origin="platform")
+    ]
+    if problems or policy is None:
+        raise BundleError(_ordered(problems, merge), source=source)
+    origins = {}
+    for i, rule in enumerate(policy.guardrails):
+        label, local = merge.where(("guardrails", i))
+        if label is not None:
+            origins[rule.rule_id] = f"{label}:{merge.line(label, local)}"
+    return Bundle(
+        policy=policy,
+        hash=policy_hash(policy),
+        source=source,
+        files=tuple(merge.lines),
+        origins=origins,
+    )
+
+
+def _each_rule(doc: dict[str, Any]) -> list[Any]:
+    """Each rule validated on its own where it can be (so the floor is judged despite others)."""
+    out: list[Any] = []
+    for raw in doc.get("guardrails", []):
+        try:
+            out.append(GuardrailRule.model_validate(raw))
+        except ValidationError:
+            out.append(raw)
+    return out
+
+
+def _ordered(problems: list[str], merge: _Merge) -> list[str]:
+    """Problems in file order, then line order."""
+    order = {label: i for i, label in enumerate(merge.lines)}
+
+    def key(problem: str) -> tuple[int, int, str]:
+        label, _, rest = problem.partition(":")
+        line = rest.split(":", 1)[0]
+        return (order.get(label, -1), int(line) if line.isdigit() else 0, problem)
+
+    return sorted(problems, key=key)
+
+
+def load_bundle(path: str | Path, *, registry: GuardrailRegistry | None = None) -> Bundle:
+    """Load, merge and validate the bundle at ``path`` (a file or a directory of YAML files).
+
+    Args:
+        path: the bundle file or directory (``CHANGEGUARD_POLICY``).
+        registry: when given, every rule is checked against it (unknown guardrails, params,
+            floor relaxations without a reason).
+
+    Raises:
+        BundleError: with every problem, each located by file and line.
+
+    """
+    root = Path(path).expanduser()
+    source = str(path)
+    merge = _Merge()
+    if not root.exists():
+        raise BundleError([f"{source}: no such file or directory"], source=source)
+    files = bundle_files(root)
+    if not files:
+        raise BundleError([f"{source}: the directory holds no *.yaml or *.yml file"], source=source)
+    for file in files:
+        _read(file, str(file) if root.is_dir() else source, merge)
+    return _validate(merge, source, registry)
+
+
+def bundle_from_mapping(
+    raw: dict[str, Any], *, registry: GuardrailRegistry | None = None, source: str = "inline"
+) -> Bundle:
+    """A bundle given as a mapping (tests, embedded uses); validated as a file would be.
+
+    Raises:
+        BundleError: with every problem, located by path.
+
+    """
+    merge = _Merge()
+    merge.add(source, raw, {})
+    return _validate(merge, source, registry)
+
+
+# --------------------------------------------------------------------------------------------------
+# Holding and reloading
+# --------------------------------------------------------------------------------------------------
+
+
+def _fingerprint(path: Path) -> tuple[tuple[str, str], ...]:
+    """What the watcher compares: each file's name and content digest (or why it is unreadable)."""
+    out = []
+    try:
+        files = bundle_files(path) if path.exists() else []
+    except OSError as exc:
+        return (("!", str(exc)),)
+    for file in files:
+        try:
+            digest = hashlib.sha256(file.read_bytes()).hexdigest()
+        except OSError as exc:
+            digest = f"! {exc}"
+        out.append((str(file), digest))
+    return tuple(out)
+
+
+class BundleHolder:
+    """The bundle in force in one worker, and the watcher that reloads it.
+
+    Args:
+        bundle: the bundle to start with (validated).
+        path: where it was loaded from; ``None`` for a fixed bundle (no reloading).
+        registry: the guardrails reloaded bundles are checked against.
+        on_refused: called once per refused edit (the worker counts it in a metric).
+        interval: seconds between two looks at the files.
+    """
+
+    def __init__(
+        self,
+        bundle: Bundle,
+        *,
+        path: Path | None = None,
+        registry: GuardrailRegistry | None = None,
+        on_refused: Callable[[], None] | None = None,
+        interval: float = POLL_INTERVAL,
+    ) -> None:
+        self._bundle = bundle
+        self.path = path
+        self.registry = registry
+        self.on_refused = on_refused
+        self.interval = interval
+        self.warning = ""
+        self.refused = 0
+        self._seen = _fingerprint(path) if path is not None else ()
+        self._task: asyncio.Task[None] | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, *, registry: GuardrailRegistry | None = None) -> BundleHolder:
+        """Load the bundle at ``path`` and hold it, ready to watch.
+
+        Raises:
+            BundleError: the bundle is invalid (a worker must not start).
+
+        """
+        root = Path(path).expanduser()
+        return cls(load_bundle(root, registry=registry), path=root, registry=registry)
+
+    @classmethod
+    def fixed(cls, bundle: Bundle | dict[str, Any]) -> BundleHolder:
+        """Hold a bundle that never changes (tests; a mapping is validated first)."""
+        return cls(bundle if isinstance(bundle, Bundle) else bundle_from_mapping(bundle))
+
+    def current(self) -> Bundle:
+        """The bundle in force now."""
+        return self._bundle
+
+    def current_hash(self) -> str:
+        """The hash of the bundle in force now (the audit records it)."""
+        return self._bundle.hash
+
+    def replace(self, bundle: Bundle) -> None:
+        """Put another (validated) bundle in force."""
+        self._bundle = bundle
+        self.warning = ""
+
+    def check(self) -> bool:
+        """Look at the files once; reload them if they changed. Returns whether the bundle changed.
+
+        An edit that does not validate is refused once (logged, counted, kept as :attr:`warning`)
+        and the bundle in force stays; a later valid edit, or the files put back, clears it.
+        """
+        if self.path is None:
+            return False
+        seen = _fingerprint(self.path)
+        if seen == self._seen:
+            return False
+        self._seen = seen
+        old = self._bundle
+        try:
+            new = load_bundle(self.path, registry=self.registry)
+        except BundleError as exc:
+            self.refused += 1
+            at = datetime.now(UTC).isoformat(timespec="seconds")
+            self.warning = excerpt(
+                f"an edit of the policy bundle at {at} was refused ({len(exc.problems)} "
+                f"problem(s): {'; '.join(exc.problems)}); still judging by bundle {old.hash}",
+                WARNING_MAX,
+            )
+            log.error(
+                "policy bundle edit refused; the last good bundle stays in force",
+                source=str(self.path),
+                bundle_hash=old.hash,
+                problems=exc.problems,
+            )
+            if self.on_refused is not None:
+                with contextlib.suppress(Exception):  # a metric must never stop the watcher
+                    self.on_refused()
+            return False
+        self.replace(new)
+        if new.hash != old.hash:
+            log.info(
+                "policy bundle reloaded",
+                source=str(self.path),
+                bundle_hash=new.hash,
+                previous=old.hash,
+                rules=len(new.policy.guardrails),
+            )
+        return new.hash != old.hash
+
+    async def _watch(self) -> None:
+        while True:
+            await asyncio.sleep(self.interval)
+            try:
+                await asyncio.to_thread(self.check)
+            except Exception:  # the watcher outlives any surprise; the bundle in force stays
+                log.exception("policy bundle watcher failed to look at the files")
+
+    def start(self) -> None:
+        """Start watching the files from the running event loop (no-op for a fixed bundle)."""
+        if self.path is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(
+                self._watch(), name="policy-bundle-watcher"
+            )
+
+    async def stop(self) -> None:
+        """Stop watching."""
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
