@@ -14,6 +14,7 @@ the rule's time zone (or the calendar entry's ``timezone``). Cancelled events ar
 from __future__ import annotations
 
 import asyncio
+import functools
 from dataclasses import dataclass, field
 from datetime import UTC, date, datetime, time, timedelta
 from pathlib import Path
@@ -274,18 +275,29 @@ def holiday_spans(
     language: str = "en_US",
 ) -> list[Span]:
     """Every public holiday of a country (and subdivision) in ``[start, end)`` as whole local days."""
+    spans: list[Span] = []
+    for year in range(start.astimezone(zone).year, end.astimezone(zone).year + 1):
+        spans += _holiday_spans(country, subdivision, year, language, zone.key)
+    return [s for s in spans if s.start < end and s.end > start]
+
+
+@functools.lru_cache(maxsize=256)
+def _holiday_spans(
+    country: str, subdivision: str | None, year: int, language: str, zone_name: str
+) -> tuple[Span, ...]:
+    # Building a country's holidays costs milliseconds, paid on every check without this cache;
+    # a year's holidays do not change within one installed version of the package.
     source = "holidays " + (f"{country}-{subdivision}" if subdivision else country)
-    years = range(start.astimezone(zone).year, end.astimezone(zone).year + 1)
-    calendar = holidays.country_holidays(
-        country, subdiv=subdivision, years=years, language=language
-    )
+    zone = ZoneInfo(zone_name)
+    calendar = holidays.country_holidays(country, subdiv=subdivision, years=year, language=language)
     spans = []
     for day, name in sorted(calendar.items()):
         midnight = datetime.combine(day, time())
-        for s, e in wall_to_utc(zone, midnight, midnight + timedelta(days=1)):
-            if s < end and e > start:
-                spans.append(Span(s, e, name, source, zone.key))
-    return spans
+        spans += [
+            Span(s, e, name, source, zone_name)
+            for s, e in wall_to_utc(zone, midnight, midnight + timedelta(days=1))
+        ]
+    return tuple(spans)
 
 
 def check_holidays(country: str, subdivision: str | None) -> str | None:
