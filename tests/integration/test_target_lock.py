@@ -47,9 +47,9 @@ def _request(
         requester="alice",
         team=team,
         environment="prod",
-        targets=[{"id": t} for t in targets],  # type: ignore[misc]
+        targets=[{"id": t} for t in targets],
         params={"delay": delay},
-        rollout={"waves": ["100%"], "max_parallel": 5, "bake": bake},  # type: ignore[arg-type]
+        rollout={"waves": ["100%"], "max_parallel": 5, "bake": bake},
     )
 
 
@@ -82,9 +82,14 @@ def _worker(env: WorkflowEnvironment, task_queue: str, requeue_every: str = "1s"
     )
 
 
+def _cid(req: ChangeRequest) -> str:
+    assert req.change_id is not None
+    return req.change_id
+
+
 async def _start(env: WorkflowEnvironment, task_queue: str, req: ChangeRequest) -> Any:
     return await env.client.start_workflow(
-        "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        "GuardedChange", req, id=_cid(req), task_queue=task_queue, result_type=ChangeResult
     )
 
 
@@ -156,7 +161,7 @@ async def test_exactly_one_of_two_racing_changes_proceeds_the_other_queues(
         assert (lock.status, lock.opt_out.value) == (CheckStatus.WAIT, "forbidden")
         assert lock.reason.startswith(f"r2 is locked by change {wreq.change_id} (team {wreq.team}")
         assert lock.reason.endswith("this change is number 1 of 1 in its queue")
-        assert wreq.change_id in lock.remedy
+        assert _cid(wreq) in lock.remedy
 
         assert (await winner.result()).outcome is Outcome.COMPLETED
         assert (await loser.result()).outcome is Outcome.COMPLETED  # no recheck sent
