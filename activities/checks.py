@@ -61,7 +61,9 @@ class CheckActivities:
     def _effective(self, inp: ResolvePolicyInput) -> tuple[Bundle, PolicyFile, PolicyFile | None]:
         bundle = self.bundle.current()
         try:
-            additions = parse_additions(inp.policy, self.guardrails)
+            additions = parse_additions(
+                inp.policy, self.guardrails, bundle=bundle.policy, origins=bundle.origins
+            )
             effective = merge_additions(bundle.policy, additions, origins=bundle.origins)
         except PolicyError as exc:
             raise _refused(exc) from exc

@@ -490,14 +490,22 @@ def validate_against(
         raise PolicyError(problems, source=source)
 
 
-def parse_additions(raw: Any, registry: GuardrailRegistry | None = None) -> PolicyFile | None:
+def parse_additions(
+    raw: Any,
+    registry: GuardrailRegistry | None = None,
+    *,
+    bundle: PlatformBundle | None = None,
+    origins: dict[str, str] | None = None,
+) -> PolicyFile | None:
     """Validate a request's ``policy``: additions only (rules, signals, responses).
 
     Every problem is located under ``policy.`` (``policy.guardrails[0].mode: …``) and names the fix.
 
     Raises:
-        PolicyError: the additions do not validate, set something only the platform may set, or
-            (with ``registry``) name unknown guardrails, bad params or relax a floor guardrail.
+        PolicyError: the additions do not validate, set something only the platform may set,
+            (with ``registry``) name unknown guardrails, bad params or relax a floor guardrail, or
+            (with ``bundle``) collide with the platform's rules or signals (see
+            :func:`merge_additions`); every problem at once.
 
     """
     if raw is None:
@@ -530,12 +538,12 @@ def parse_additions(raw: Any, registry: GuardrailRegistry | None = None) -> Poli
                 list(enumerate(additions.guardrails)), registry, origin="request"
             )
         )
+    problems.sort(key=_problem_order)  # stable: a location's problems keep their order
+    if bundle is not None and additions is not None:
+        # First: what touches the platform's own rules is the heart of the refusal.
+        problems[:0] = _collisions(bundle, additions, origins or {})
     if problems or additions is None:
-        raise PolicyError(
-            sorted(problems, key=_problem_order),
-            source="request",
-            headline="the request's policy is refused",
-        )
+        raise PolicyError(problems, source="request", headline="the request's policy is refused")
     return additions
 
 
@@ -563,7 +571,19 @@ def merge_additions(
     )
     if additions is None:
         return effective
-    origins = origins or {}
+    problems = _collisions(bundle, additions, origins or {})
+    if problems:
+        raise PolicyError(problems, source="request", headline="the request's policy is refused")
+    effective.guardrails += additions.guardrails
+    effective.signals += additions.signals
+    effective.responses += additions.responses
+    return effective
+
+
+def _collisions(
+    bundle: PlatformBundle, additions: PolicyFile, origins: dict[str, str]
+) -> list[str]:
+    """Additions that would replace a platform rule or signal, or answer what is not theirs."""
     problems: list[str] = []
     platform_ids = {r.rule_id for r in bundle.guardrails}
     for i, rule in enumerate(additions.guardrails):
@@ -601,12 +621,7 @@ def merge_additions(
                 f"policy.responses[{i}].signal: {resp.signal!r} is not a signal of this request; "
                 "define it under policy.signals first"
             )
-    if problems:
-        raise PolicyError(problems, source="request", headline="the request's policy is refused")
-    effective.guardrails += additions.guardrails
-    effective.signals += additions.signals
-    effective.responses += additions.responses
-    return effective
+    return problems
 
 
 def additions_id(rule: GuardrailRule) -> str:
