@@ -453,6 +453,18 @@ class PostgresServer(_BinaryServer):
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
         return self.dsn_for(name)
 
+    def dsn_as(self, role: str, database: str) -> str:
+        """The connection URL of ``database`` as ``role`` (trust auth: no password)."""
+        return f"postgresql://{role}@127.0.0.1:{self.port}/{database}"
+
+    def ensure_role(self, name: str) -> str:
+        """Create a login role unless it exists (roles are cluster-wide); returns its name."""
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            found = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (name,)).fetchone()
+            if found is None:
+                conn.execute(sql.SQL("CREATE ROLE {} LOGIN").format(sql.Identifier(name)))
+        return name
+
     def _find_binary(self) -> str:
         return str(postgres_bindir() / "postgres")
 
