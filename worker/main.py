@@ -104,7 +104,9 @@ def build_worker(
         max_cached_workflows: 0 makes every workflow task replay from history (tests use it).
         bundle: the platform bundle to hold (a holder, a bundle, or a mapping); default: the one
             ``settings.policy`` names, watched for edits.
-        activity_options: registries and services passed to :func:`worker.registry.activities`.
+        activity_options: registries and services passed to :func:`worker.registry.activities`;
+            an ``audit`` given here records the bundle hash only if it was built with
+            ``bundle_hash=`` (the holder's ``current_hash``).
 
     Raises:
         PolicyMissing: neither ``bundle`` nor ``settings.policy`` names a bundle.
@@ -124,7 +126,9 @@ def build_worker(
         from activities.audit import AuditActivities, open_audit_store
 
         activity_options["audit"] = AuditActivities(
-            open_audit_store(settings.audit_url), settings.directory
+            open_audit_store(settings.audit_url),
+            settings.directory,
+            bundle_hash=holder.current_hash,  # each change's `started` record names the bundle
         )
     worker = ChangeguardWorker(
         client,

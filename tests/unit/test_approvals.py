@@ -208,3 +208,22 @@ def test_forbidden_failure_can_never_be_covered() -> None:
         for n in ("bob", "carol")
     ]
     assert still_needed(report, fake, NOW) == {"environment-boundary": 1}
+
+
+def test_approvals_name_rule_ids_not_plug_ins() -> None:
+    """Two rules of one guardrail: an approval names one by its id and covers only that one."""
+    report = _report(
+        _check("http-health", rule="web-health"),
+        _check("http-health", rule="db-health"),
+    )
+    by_plugin = _approve("bob", "http-health", report=report)
+    assert _problem(by_plugin, report=report) == (
+        "http-health is not a check of this report (failing: web-health, db-health)"
+    )
+    one = _approve("bob", "db-health", report=report)
+    assert _problem(one, report=report) is None
+    granted = grant(one, report=report, now=NOW)
+    assert [(g.guardrail, g.signature) for g in granted] == [
+        ("db-health", {"web-health": "fail", "db-health": "fail"})
+    ]
+    assert still_needed(report, granted, NOW) == {"web-health": 1}

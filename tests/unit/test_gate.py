@@ -6,6 +6,9 @@ import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+import pytest
+from temporalio.client import WorkflowFailureError
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
@@ -127,3 +130,79 @@ async def test_same_failures_same_hash(env: WorkflowEnvironment, task_queue: str
     c = await _gate(env, task_queue, _policy(**{"fake-timing": "fail", "fake-lock": "fail"}))
     assert a.report_hash == b.report_hash
     assert a.report_hash != c.report_hash
+
+
+async def test_rule_ids_name_results_and_activities(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """One guardrail under two rule ids runs twice; each result carries its rule and source."""
+    policy = {
+        "guardrails": [
+            {"id": "timing-a", "use": "fake-timing", "params": {"outcome": "pass"}},
+            {"id": "timing-b", "use": "fake-timing", "params": {"outcome": "raise"}},
+        ]
+    }
+    report = await _gate(env, task_queue, policy)
+    assert [(c.rule, c.guardrail, c.source, c.status) for c in report.checks] == [
+        ("timing-a", "fake-timing", "request", CheckStatus.PASS),
+        ("timing-b", "fake-timing", "request", CheckStatus.ERROR),
+    ]
+    assert report.bundle_hash != "" and report.policy_hash != report.bundle_hash
+
+
+async def test_platform_notes_reach_every_result_and_the_report(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A bundle rule's reason is the note of its result (error results too); hashes recorded."""
+    bundle = {
+        "unmatched": "allow",
+        "guardrails": [
+            {"id": "hang", "use": "fake-lock", "params": {"outcome": "raise"}, "reason": "why"},
+            {"use": "always-pass", "reason": "kept for the record"},
+        ],
+    }
+    async with build_worker(
+        env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(),
+        bundle=bundle,
+    ) as worker:
+        report = await env.client.execute_workflow(
+            "GuardrailGate",
+            GateInput(change=_change()),
+            id=f"gate-{uuid.uuid4().hex[:8]}",
+            task_queue=task_queue,
+            result_type=GuardrailReport,
+        )
+        bundle_hash = worker.bundle.current_hash()
+    assert [(c.rule, c.status, c.note, c.source) for c in report.checks] == [
+        ("hang", CheckStatus.ERROR, "why", "platform"),
+        ("always-pass", CheckStatus.PASS, "kept for the record", "platform"),
+    ]
+    assert (report.bundle_hash, report.policy_hash) == (bundle_hash, bundle_hash)
+
+
+async def test_a_raw_start_without_input_fails_the_gate_with_the_reason(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """No payload, null or a non-object: the gate fails non-retryably, naming the problem."""
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        for args, why in (
+            ([], "the gate's input is missing (no payload)"),
+            ([None], "the gate's input is missing (null)"),
+            (["x"], "the gate's input must be a JSON object, not str"),
+        ):
+            with pytest.raises(WorkflowFailureError) as caught:
+                await env.client.execute_workflow(
+                    "GuardrailGate",
+                    args=args,
+                    id=f"gate-{uuid.uuid4().hex[:8]}",
+                    task_queue=task_queue,
+                )
+            cause = caught.value.cause
+            assert isinstance(cause, ApplicationError)
+            assert (cause.type, cause.non_retryable) == ("InvalidInput", True)
+            assert cause.message.startswith(why)
