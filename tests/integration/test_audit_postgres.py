@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import sql
+from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
 from activities.audit import (
@@ -22,10 +24,13 @@ from activities.audit import (
     AuditStoreError,
     PostgresAuditStore,
     open_audit_store,
+    postgres_schema,
 )
+from activities.audit_chain import verify_chain
 from tests.servers import PostgresServer, free_port
-from tests.unit.test_audit_sqlite import AuditStoreContract, record
-from workflows.models import AuditQuery
+from tests.unit.test_audit_sqlite import T0, AuditStoreContract, record
+from workflows import errors
+from workflows.models import AuditQuery, ClaimChangeInput
 
 
 @pytest.fixture(scope="module")
@@ -128,3 +133,198 @@ def test_an_unreachable_server_is_named_without_its_password() -> None:
         f"cannot open the audit database postgresql://audit@127.0.0.1:{port}/audit: "
     )
     assert "s3cret" not in message
+
+
+# --------------------------------------------------------------------------------------------------
+# The owner / workers split, the chain and the claim on PostgreSQL
+# --------------------------------------------------------------------------------------------------
+
+SCHEMA_SQL = Path(__file__).resolve().parents[2] / "infra" / "postgres" / "audit-schema.sql"
+WORKER = "changeguard_worker"
+
+
+@pytest.fixture
+def split(dsn: str, postgres: PostgresServer) -> tuple[str, str]:
+    """A database whose audit table an owner role created with audit-schema.sql; (owner, worker)."""
+    database = dsn.rsplit("/", 1)[1]
+    owner = postgres.ensure_role(f"owner_{uuid.uuid4().hex[:8]}")
+    postgres.ensure_role(WORKER)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(database), sql.Identifier(owner)
+            )
+        )
+        conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
+    with psycopg.connect(postgres.dsn_as(owner, database), autocommit=True) as conn:
+        conn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+    return postgres.dsn_as(owner, database), postgres.dsn_as(WORKER, database)
+
+
+def test_the_schema_file_is_the_stores_own_ddl() -> None:
+    """infra/postgres/audit-schema.sql holds postgres_schema() verbatim, plus the grants."""
+    text = SCHEMA_SQL.read_text()
+    assert postgres_schema() in text
+    assert f"GRANT SELECT, INSERT ON audit_records TO {WORKER};" in text
+
+
+@pytest.mark.parametrize(
+    "statement",
+    [
+        "UPDATE audit_records SET actor = 'eve'",
+        "DELETE FROM audit_records",
+        "TRUNCATE audit_records",
+        "ALTER TABLE audit_records DISABLE TRIGGER ALL",
+        "ALTER TABLE audit_records DISABLE TRIGGER audit_records_append_only",
+        "DROP TRIGGER audit_records_append_only ON audit_records",
+        "DROP TABLE audit_records",
+        "SET session_replication_role = replica",
+        "CREATE OR REPLACE FUNCTION audit_records_refuse() RETURNS trigger LANGUAGE plpgsql AS "
+        "$$ BEGIN RETURN NEW; END $$",
+        "INSERT INTO audit_records (record_id, action, actor, at, change_id, run_id, guardrail, "
+        "policy_hash, report_hash, reason, detail) VALUES ('r0', 'approval', 'eve', now(), 'c', "
+        "'', '', '', '', 'x', '{}') ON CONFLICT (record_id) DO UPDATE SET actor = 'eve'",
+    ],
+    ids=[
+        "update",
+        "delete",
+        "truncate",
+        "disable-all",
+        "disable-one",
+        "drop-trigger",
+        "drop-table",
+        "replication-role",
+        "replace-function",
+        "upsert",
+    ],
+)
+def test_the_workers_role_cannot_rewrite_or_disable_anything(
+    split: tuple[str, str], statement: str
+) -> None:
+    """As the workers' role: no UPDATE, DELETE, TRUNCATE, trigger or function change, no upsert."""
+    _, worker = split
+    store = PostgresAuditStore(worker)
+    store.append(record("r0"))
+    with psycopg.connect(worker, autocommit=True) as conn, pytest.raises(psycopg.Error) as caught:
+        conn.execute(statement)  # type: ignore[arg-type]
+    assert isinstance(caught.value, psycopg.errors.InsufficientPrivilege), caught.value
+    assert store.list(AuditQuery()) == [record("r0")]
+    assert verify_chain(store.chain()).intact
+    store.close()
+
+
+def test_the_workers_role_appends_claims_lists_and_verifies(split: tuple[str, str]) -> None:
+    """Everything a worker and ``audit verify`` need works with INSERT and SELECT only."""
+    _, worker = split
+    store = open_audit_store(worker)
+    assert store.append(record("r0")) is True
+    assert store.append(record("r0")) is False
+    got = store.claim(ClaimChangeInput(change_id="chg-1", run_id="run-1", at=T0), bundle_hash="b")
+    again = store.claim(ClaimChangeInput(change_id="chg-1", run_id="run-2", at=T0))
+    assert (got.claimed, again.claimed, again.run_id, again.at) == (True, False, "run-1", T0)
+    report = verify_chain(store.chain())
+    assert (report.intact, report.checked) == (True, 2)
+    store.close()
+
+
+async def test_concurrent_workers_keep_one_chain(split: tuple[str, str]) -> None:
+    """Six workers' stores appending at once (an advisory lock per append) keep one chain."""
+    _, worker = split
+    stores = [PostgresAuditStore(worker) for _ in range(6)]
+    records = [record(f"c{i:03}", minutes=i) for i in range(90)]
+    await asyncio.gather(
+        *(asyncio.to_thread(stores[i % 6].append, r) for i, r in enumerate(records))
+    )
+    claims = await asyncio.gather(
+        *(
+            asyncio.to_thread(
+                stores[i % 6].claim, ClaimChangeInput(change_id="chg-x", run_id=f"run-{i}", at=T0)
+            )
+            for i in range(12)
+        )
+    )
+    report = verify_chain(stores[0].chain())
+    for s in stores:
+        s.close()
+    assert (report.intact, report.checked) == (True, 91)
+    assert sum(c.claimed for c in claims) == 1 and len({c.run_id for c in claims}) == 1
+
+
+@pytest.mark.parametrize(
+    ("statements", "expected"),
+    [
+        pytest.param(
+            ["UPDATE audit_records SET reason = 'nothing to see' WHERE record_id = 'r1'"],
+            "record 'r1' (#2) does not match its hash",
+            id="rewritten",
+        ),
+        pytest.param(
+            ["DELETE FROM audit_records WHERE record_id = 'r1'"],
+            "record 'r2' (#3) does not follow record 'r0' (#1)",
+            id="removed",
+        ),
+        pytest.param(
+            [
+                "WITH moved AS (DELETE FROM audit_records WHERE record_id = 'r1' RETURNING *) "
+                "INSERT INTO audit_records (record_id, action, actor, at, change_id, run_id, "
+                "guardrail, policy_hash, report_hash, reason, expires_at, detail, prev_hash, "
+                "record_hash) SELECT record_id, action, actor, at, change_id, run_id, guardrail, "
+                "policy_hash, report_hash, reason, expires_at, detail, prev_hash, record_hash "
+                "FROM moved"
+            ],
+            "record 'r2' (#3) does not follow record 'r0' (#1)",
+            id="reordered",
+        ),
+    ],
+)
+def test_tampering_by_the_owner_is_detected(
+    split: tuple[str, str], statements: list[str], expected: str
+) -> None:
+    """The owner can disable the triggers and rewrite; verify names the first bad record."""
+    owner, worker = split
+    store = PostgresAuditStore(worker)
+    for i in range(4):
+        store.append(record(f"r{i}", minutes=i))
+    with psycopg.connect(owner, autocommit=True) as conn:
+        conn.execute("ALTER TABLE audit_records DISABLE TRIGGER USER")
+        for statement in statements:
+            conn.execute(statement)  # type: ignore[arg-type]
+    report = verify_chain(store.chain())
+    store.close()
+    assert not report.intact
+    assert report.breaks[0].problem.startswith(expected), report.breaks[0].problem
+
+
+async def test_nul_and_odd_numbers_on_postgresql(dsn: str) -> None:
+    """NUL fails once (InvalidInput, non-retryable); odd detail numbers verify after JSONB."""
+    store = PostgresAuditStore(dsn)
+    activities = AuditActivities(store, DEFAULT_DIRECTORY)
+    with pytest.raises(ApplicationError) as caught:
+        await ActivityEnvironment().run(activities.record_audit, record("nul", reason="a\x00b"))
+    assert (caught.value.type, caught.value.non_retryable) == (errors.INVALID_INPUT, True)
+    odd = {
+        "big": 1e20,
+        "odd": 1.2345e20,
+        "neg": -0.0,
+        "small": 1e-7,
+        "huge": 2**70,
+        "u": "Zürich ✓",
+    }
+    store.append(record("odd", detail=odd))
+    assert verify_chain(store.chain()).intact
+    assert store.list(AuditQuery())[0].detail["odd"] == 123450000000000000000
+    store.close()
+
+
+def test_an_incomplete_schema_names_the_fix_for_a_role_without_ddl(
+    dsn: str, postgres: PostgresServer
+) -> None:
+    """A table from before the chain, opened by the workers' role, says to run audit-schema.sql."""
+    database = dsn.rsplit("/", 1)[1]
+    postgres.ensure_role(WORKER)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE audit_records (seq BIGINT PRIMARY KEY, record_id TEXT)")
+        conn.execute(f"GRANT SELECT, INSERT ON audit_records TO {WORKER}")
+    with pytest.raises(AuditStoreError) as caught:
+        PostgresAuditStore(postgres.dsn_as(WORKER, database))
+    assert "infra/postgres/audit-schema.sql" in str(caught.value)
