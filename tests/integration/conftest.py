@@ -46,13 +46,15 @@ class Cli:
     address: str
     task_queue: str
 
-    async def __call__(self, *args: str) -> CliResult:
+    async def __call__(self, *args: str, env: dict[str, str] | None = None) -> CliResult:
+        """Run ``changeguard *args``; ``env`` adds to (or, with "", blanks) the environment."""
         env = {
             **os.environ,
             "TEMPORAL_ADDRESS": self.address,
             "CHANGEGUARD_TASK_QUEUE": self.task_queue,
             "CHANGEGUARD_LOG_FORMAT": "json",
             "COLUMNS": "200",
+            **(env or {}),
         }
         proc = await asyncio.create_subprocess_exec(
             sys.executable,

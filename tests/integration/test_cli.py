@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import uuid
 from pathlib import Path
 
 import httpx
+import yaml
 from temporalio.testing import WorkflowEnvironment
 
 from demo.fleet import FleetServer
 from tests.integration.conftest import Cli, write_change
+from workflows.models import ChangeResult, Outcome
 
 
 async def test_change_completes_and_ledger_agrees(
@@ -146,3 +149,49 @@ async def test_status_shows_retrying_mutations_and_the_open_breaker(
     await dev_env.client.get_workflow_handle(change_id).terminate("test done")
     assert {"TargetUnavailable", "CircuitOpen"} <= seen
     assert all(w["activity"] == "apply_change" for w in doc["pending"])
+
+
+async def test_start_without_an_id_generates_one_at_the_edge(
+    cli: Cli, worker: None, fleet: FleetServer, tmp_path: Path, dev_env: WorkflowEnvironment
+) -> None:
+    """A change file without change_id starts as chg-<12 hex>, the workflow id and change id."""
+    path = write_change(tmp_path / "change.yaml", fleet.url, "unused")
+    doc = yaml.safe_load(path.read_text())
+    del doc["change_id"]
+    path.write_text(yaml.safe_dump(doc))
+    started = await cli("start", str(path), "--json")
+    assert started.code == 0, started.stderr
+    change_id = started.json()["change_id"]
+    assert re.fullmatch(r"chg-[0-9a-f]{12}", change_id)
+    result = await dev_env.client.get_workflow_handle(change_id, result_type=ChangeResult).result()
+    assert (result.change_id, result.outcome) == (change_id, Outcome.COMPLETED)
+
+
+async def test_a_worker_without_a_bundle_refuses_to_start(cli: Cli, tmp_path: Path) -> None:
+    """No CHANGEGUARD_POLICY: exit 2 with one line saying how to set it (fail closed)."""
+    res = await cli("worker", env={"CHANGEGUARD_POLICY": ""})
+    assert res.code == 2, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "set CHANGEGUARD_POLICY" in lines[0], res.stderr
+
+
+async def test_a_worker_with_an_invalid_bundle_lists_every_problem(
+    cli: Cli, tmp_path: Path
+) -> None:
+    """An invalid bundle: exit 2, every problem located by file and line."""
+    bundle = tmp_path / "platform"
+    bundle.mkdir()
+    (bundle / "a.yaml").write_text("unmatched: reject\nguardrails:\n  - use: nope\n")
+    (bundle / "b.yaml").write_text("unmatched: allow\n")
+    res = await cli("worker", env={"CHANGEGUARD_POLICY": str(bundle)})
+    assert res.code == 2, res.stderr
+    flat = " ".join(res.stderr.split())
+    assert "a.yaml:3: guardrails[0].use: no guardrail named 'nope'" in flat
+    assert "b.yaml:1: unmatched: set to allow here" in flat
+
+
+async def test_a_misconfigured_audit_store_exits_4_with_the_fix(cli: Cli, tmp_path: Path) -> None:
+    """An audit URL no store answers to: one line naming the fix, exit 4."""
+    res = await cli("worker", env={"CHANGEGUARD_AUDIT_URL": "redis://localhost/0"})
+    assert res.code == 4, res.stderr
+    assert "fix CHANGEGUARD_AUDIT_URL" in " ".join(res.stderr.split())
