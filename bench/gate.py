@@ -162,11 +162,11 @@ def ms(seconds: float) -> float:
 
 async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
     """Run the three measurements; print the table; return (gate/single, gate/sequential)."""
-    from worker.converter import data_converter
     from temporalio.testing import WorkflowEnvironment
 
     from activities.kinds.base import new_registry as new_kind_registry
     from guardrails.base import new_registry
+    from worker.converter import data_converter
     from worker.devserver import temporal_binary
     from workflows import search_attributes
 
@@ -206,6 +206,7 @@ async def measure(
     from temporalio.worker import Worker
 
     from activities.audit import AuditActivities, SqliteAuditStore
+    from guardrails.bundle import BundleHolder
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
@@ -218,8 +219,12 @@ async def measure(
     gate_queue = f"bench-gate-{run_id}"
     seq_queue = f"bench-seq-{run_id}"
 
-    # The gate runs on the worker changeguard itself builds.
-    gate_worker = build_worker(client, task_queue=gate_queue, guardrails=guardrails, kinds=kinds)
+    # The gate runs on the worker changeguard itself builds. Its platform bundle adds nothing and
+    # says `unmatched: allow`, so every rule measured is the request's.
+    bundle = BundleHolder.fixed({"unmatched": "allow"})
+    gate_worker = build_worker(
+        client, task_queue=gate_queue, guardrails=guardrails, kinds=kinds, bundle=bundle
+    )
     # The baseline needs its own workflow registered, so this worker is built by hand with the
     # same workflows, activities (bound to the same registries), interceptors and slot counts as
     # build_worker's, plus the bench workflow. Separate task queue: the two never share work.
@@ -232,7 +237,7 @@ async def measure(
             guardrails=guardrails,
             kinds=kinds,
             services={"temporal_client": client},
-            policy_dir=settings.policy_dir,
+            bundle=bundle,
             audit=AuditActivities(SqliteAuditStore(":memory:")),  # the bench writes no audit
         ),
         interceptors=worker_registry.interceptors(),

@@ -17,11 +17,11 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client
-from worker.converter import data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
 from worker.client import ensure_search_attributes
+from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from workflows import search_attributes as sa
 
@@ -45,8 +45,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """Workers built from settings audit into a session-private SQLite file, and hold the suite's
-    default policy bundle (:data:`tests.helpers.OPEN_BUNDLE`) unless a test passes its own.
+    """Workers audit into a session-private store and hold the suite's default bundle.
+
+    The default bundle is :data:`tests.helpers.OPEN_BUNDLE`, unless a test passes its own.
 
     Workers fail closed without a bundle; most tests judge a change by the rules its request
     adds, so the suite's default is explicit: no platform rules, ``unmatched: allow``. It reaches
