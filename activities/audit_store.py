@@ -65,6 +65,8 @@ STARTED = AuditAction.STARTED.value
 
 Records = list[AuditRecord]
 """A listing of audit records (an alias: the stores' ``list`` method shadows the builtin)."""
+Entries = list["AuditEntry"]
+"""A listing of stored records with their hashes."""
 
 _COLUMNS = (
     "record_id, action, actor, at, change_id, run_id, guardrail, policy_hash, report_hash, "
@@ -136,7 +138,7 @@ class AuditStore(Protocol):
         """The most recent ``query.limit`` records (of one change, if given), oldest first."""
         ...
 
-    def entries(self, query: AuditQuery) -> list[AuditEntry]:
+    def entries(self, query: AuditQuery) -> Entries:
         """As :meth:`list`, with each record's storage order and hashes."""
         ...
 
@@ -351,7 +353,7 @@ class SqliteAuditStore:
         except sqlite3.Error as exc:
             raise _sqlite_error(self.path, "read", exc) from exc
 
-    def entries(self, query: AuditQuery) -> list[AuditEntry]:
+    def entries(self, query: AuditQuery) -> Entries:
         """The most recent ``query.limit`` records (of one change, if given), oldest first."""
         where = "WHERE change_id = :change_id" if query.change_id is not None else ""
         sql = (
@@ -594,7 +596,7 @@ class PostgresAuditStore:
         with self._lock:
             return self._run(lambda c: c.execute(sql, params).fetchall(), "read")
 
-    def entries(self, query: AuditQuery) -> list[AuditEntry]:
+    def entries(self, query: AuditQuery) -> Entries:
         """The most recent ``query.limit`` records (of one change, if given), oldest first."""
         where = "WHERE change_id = %(change_id)s" if query.change_id is not None else ""
         sql = (

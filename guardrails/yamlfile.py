@@ -114,7 +114,7 @@ class _Loader(yaml.CSafeLoader):
         self.last_mark = node.start_mark
         return super().construct_object(node, deep=deep)
 
-    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:  # type: ignore[override]
+    def construct_mapping(self, node: Node, deep: bool = False) -> dict[Any, Any]:
         if isinstance(node, MappingNode):
             first: dict[str, int] = {}
             for key_node, _ in node.value:
@@ -146,7 +146,7 @@ class _Loader(yaml.CSafeLoader):
         mapping = super().construct_mapping(node, deep=deep)  # type: ignore[arg-type]
         return {k: v for k, v in mapping.items() if isinstance(k, str)}
 
-    def construct_yaml_int(self, node: ScalarNode) -> int:  # type: ignore[override]
+    def construct_yaml_int(self, node: ScalarNode) -> int:
         text = str(node.value)
         line, column = _at(node.start_mark)
         if len(text.replace("_", "")) > _INT_DIGITS:
@@ -160,7 +160,7 @@ class _Loader(yaml.CSafeLoader):
             return 0
         return value
 
-    def construct_yaml_float(self, node: ScalarNode) -> float:  # type: ignore[override]
+    def construct_yaml_float(self, node: ScalarNode) -> float:
         value = float(super().construct_yaml_float(node))
         if not math.isfinite(value):
             line, column = _at(node.start_mark)
@@ -316,6 +316,8 @@ def _read_file(path: Path, label: str, max_bytes: int) -> str:
         raise YamlError(label, [YamlIssue("no such file")]) from None
     except OSError as exc:
         raise YamlError(label, [YamlIssue(f"cannot read: {exc.strerror or exc}")]) from None
+    except ValueError as exc:  # a path with a NUL character in it
+        raise YamlError(label, [YamlIssue(f"cannot read: {exc}")]) from None
     if len(data) > max_bytes:
         raise YamlError(
             label, [YamlIssue(f"is larger than {max_bytes:,} bytes; a file this large is refused")]
@@ -326,14 +328,14 @@ def _read_file(path: Path, label: str, max_bytes: int) -> str:
 def _yaml_issue(exc: yaml.YAMLError, text: str) -> YamlIssue:
     if isinstance(exc, yaml.reader.ReaderError):
         before = text[: exc.position]
-        line = before.count("\n") + 1
-        column = exc.position - (before.rfind("\n") + 1) + 1
+        row = before.count("\n") + 1
+        col = exc.position - (before.rfind("\n") + 1) + 1
         char = exc.character if isinstance(exc.character, str) else chr(exc.character)
         return YamlIssue(
             f"character U+{ord(char):04X} is not allowed in YAML text (control characters are "
             "refused)",
-            line,
-            column,
+            row,
+            col,
         )
     mark = getattr(exc, "problem_mark", None) or getattr(exc, "context_mark", None)
     problem = getattr(exc, "problem", None) or str(exc)

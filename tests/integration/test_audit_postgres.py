@@ -157,7 +157,7 @@ def split(dsn: str, postgres: PostgresServer) -> tuple[str, str]:
         )
         conn.execute(sql.SQL("ALTER SCHEMA public OWNER TO {}").format(sql.Identifier(owner)))
     with psycopg.connect(postgres.dsn_as(owner, database), autocommit=True) as conn:
-        conn.execute(SCHEMA_SQL.read_text())  # type: ignore[arg-type]
+        conn.execute(SCHEMA_SQL.read_text())
     return postgres.dsn_as(owner, database), postgres.dsn_as(WORKER, database)
 
 
@@ -206,7 +206,7 @@ def test_the_workers_role_cannot_rewrite_or_disable_anything(
     store = PostgresAuditStore(worker)
     store.append(record("r0"))
     with psycopg.connect(worker, autocommit=True) as conn, pytest.raises(psycopg.Error) as caught:
-        conn.execute(statement)  # type: ignore[arg-type]
+        conn.execute(statement)
     assert isinstance(caught.value, psycopg.errors.InsufficientPrivilege), caught.value
     assert store.list(AuditQuery()) == [record("r0")]
     assert verify_chain(store.chain()).intact
@@ -288,7 +288,7 @@ def test_tampering_by_the_owner_is_detected(
     with psycopg.connect(owner, autocommit=True) as conn:
         conn.execute("ALTER TABLE audit_records DISABLE TRIGGER USER")
         for statement in statements:
-            conn.execute(statement)  # type: ignore[arg-type]
+            conn.execute(statement)
     report = verify_chain(store.chain())
     store.close()
     assert not report.intact

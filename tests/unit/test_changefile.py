@@ -23,6 +23,9 @@ from guardrails.yamlfile import YamlError, read_yaml
 from worker.client import TemporalUnreachable
 from workflows.models import REQUEST_MAX_BYTES
 
+Write = Callable[..., Path]
+"""The ``write`` fixture: ``write(content, name="change.yaml") -> Path``."""
+
 VALID: dict[str, Any] = {
     "kind": "http-deploy",
     "summary": "Roll out web 1.1.0",
@@ -44,7 +47,7 @@ def problems(path: Path) -> list[str]:
 
 
 @pytest.fixture
-def write(tmp_path: Path) -> Callable[[str | bytes, str], Path]:
+def write(tmp_path: Path) -> Write:
     """Write a change file (text or bytes) under tmp_path and return its path."""
 
     def _write(content: str | bytes, name: str = "change.yaml") -> Path:
@@ -76,7 +79,7 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 
 
 def test_a_valid_file_is_read_and_its_policy_path_inlined(
-    write: Callable[[str | bytes, str], Path],
+    write: Write,
 ) -> None:
     """A policy path is read relative to the change file and sent inline, as a mapping."""
     write(
@@ -154,15 +157,13 @@ def test_a_valid_file_is_read_and_its_policy_path_inlined(
         ),
     ],
 )
-def test_malformed_yaml_is_located(
-    write: Callable[[str | bytes, str], Path], content: str, expected: list[str]
-) -> None:
+def test_malformed_yaml_is_located(write: Write, content: str, expected: list[str]) -> None:
     """Each malformed file is refused with the problem located by line and column."""
     assert problems(write(content)) == expected
 
 
 def test_binary_non_utf8_and_oversized_files_are_refused(
-    write: Callable[[str | bytes, str], Path],
+    write: Write,
 ) -> None:
     """Binary, non-UTF-8 and over-2-MB files are refused, each with its reason."""
     assert problems(write(b"\x7fELF\x02\x01\x00\x00binary")) == [
@@ -207,9 +208,7 @@ def test_binary_non_utf8_and_oversized_files_are_refused(
         ({"bake": "8d"}, "rollout.bake: bake must be at most 7d"),
     ],
 )
-def test_absurd_durations_are_located(
-    write: Callable[[str | bytes, str], Path], rollout: dict[str, str], expected: str
-) -> None:
+def test_absurd_durations_are_located(write: Write, rollout: dict[str, str], expected: str) -> None:
     """Infinite, NaN, huge and over-long durations are refused at their place, never a traceback."""
     base = {k: v for k, v in VALID.items() if k != "rollout"}
     text = (
@@ -224,13 +223,13 @@ def test_absurd_durations_are_located(
     assert expected in problems(write(text))
 
 
-def test_nan_anywhere_is_refused(write: Callable[[str | bytes, str], Path]) -> None:
+def test_nan_anywhere_is_refused(write: Write) -> None:
     """NaN in params (which no JSON peer can read) is refused at its line."""
     found = problems(write(VALID_YAML + "deadline: .nan\n"))
     assert found[0].endswith(".nan is not a finite number (infinity and NaN are refused)")
 
 
-def test_a_deadline_in_the_past_is_refused(write: Callable[[str | bytes, str], Path]) -> None:
+def test_a_deadline_in_the_past_is_refused(write: Write) -> None:
     """A deadline that has passed is refused at the edge, naming when it was."""
     path = write(VALID_YAML + "deadline: 2020-01-01T00:00:00Z\n")
     now = datetime(2026, 6, 1, 12, tzinfo=UTC)
@@ -244,7 +243,7 @@ def test_a_deadline_in_the_past_is_refused(write: Callable[[str | bytes, str], P
 
 
 def test_a_request_over_the_payload_limit_is_refused_before_any_rpc(
-    write: Callable[[str | bytes, str], Path],
+    write: Write,
     capsys: pytest.CaptureFixture[str],
     offline: None,
 ) -> None:
@@ -260,7 +259,7 @@ def test_a_request_over_the_payload_limit_is_refused_before_any_rpc(
 
 
 def test_policy_problems_are_located_under_policy(
-    write: Callable[[str | bytes, str], Path],
+    write: Write,
 ) -> None:
     """A policy file's own problems (duplicate keys, a missing file, a list) are under policy."""
     write("guardrails: []\nguardrails: []\n", "dup.yaml")
@@ -279,7 +278,7 @@ def test_policy_problems_are_located_under_policy(
     assert found and all(p.startswith("policy") for p in found)
 
 
-def test_model_problems_are_listed_by_field(write: Callable[[str | bytes, str], Path]) -> None:
+def test_model_problems_are_listed_by_field(write: Write) -> None:
     """Wrong types and unknown fields are each named by their dotted path."""
     bad = {**VALID, "targets": [{"id": "web 01"}], "team": "x" * 500, "colour": "blue"}
     found = problems(write(yaml.safe_dump(bad)))
@@ -302,7 +301,7 @@ def test_model_problems_are_listed_by_field(write: Callable[[str | bytes, str], 
     ids=["binary", "utf16", "deep", "bomb", "dup", "inf", "past", "policy-enotdir", "policy-nul"],
 )
 def test_the_cli_exits_2_without_a_traceback(
-    write: Callable[[str | bytes, str], Path],
+    write: Write,
     capsys: pytest.CaptureFixture[str],
     offline: None,
     content: bytes,
@@ -316,7 +315,7 @@ def test_the_cli_exits_2_without_a_traceback(
 
 
 def test_a_valid_file_reaches_the_connection(
-    write: Callable[[str | bytes, str], Path],
+    write: Write,
     capsys: pytest.CaptureFixture[str],
     offline: None,
 ) -> None:
