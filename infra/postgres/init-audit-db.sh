@@ -5,7 +5,8 @@
 #                            indexes and append-only triggers with it (changeguard audit --limit 1);
 #   changeguard_worker       what the workers connect as: INSERT and SELECT on the tables the owner
 #                            creates (default privileges), nothing that could drop a trigger.
-# Temporal's role gets nothing here, and these roles nothing of Temporal's.
+# Temporal's role gets nothing here, and these roles nothing of Temporal's. Outside compose, create
+# the table with audit-schema.sql as the owner instead (it grants changeguard_worker explicitly).
 #
 # Run once by the postgres image on an empty data directory (/docker-entrypoint-initdb.d); also
 # by hand: PGHOST=... PGUSER=<superuser> CHANGEGUARD_AUDIT_OWNER_PASSWORD=... \
