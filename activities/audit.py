@@ -70,6 +70,7 @@ __all__ = [
     "DirectorySource",
     "PostgresAuditStore",
     "Records",
+    "as_activity_error",
     "SqliteAuditStore",
     "YamlDirectory",
     "default_directory_registry",
@@ -90,8 +91,12 @@ def _no_bundle() -> str:
     return ""
 
 
-def _store_failure(exc: AuditStoreError) -> ApplicationError | AuditStoreError:
-    """A store error as the activity raises it: non-retryable when retrying cannot help."""
+def as_activity_error(exc: AuditStoreError) -> ApplicationError | AuditStoreError:
+    """A store error as an activity should raise it: non-retryable when retrying cannot help.
+
+    ``raise as_activity_error(exc) from exc`` in any activity that appends to the store (the change
+    activities' ledger writes too): a record no store can keep fails once, as ``InvalidInput``.
+    """
     if exc.retryable:
         return exc  # a lost connection, a locked file: Temporal retries with backoff
     problems = exc.problems if isinstance(exc, AuditRecordInvalid) else []
@@ -144,7 +149,7 @@ class AuditActivities:
                 error=str(exc)[:500],
                 retryable=exc.retryable,
             )
-            raise _store_failure(exc) from exc
+            raise as_activity_error(exc) from exc
         log.info(
             "audit record written" if inserted else "audit record already present",
             record_id=record.record_id,
@@ -169,7 +174,7 @@ class AuditActivities:
         try:
             result = await asyncio.to_thread(self.store.claim, inp, bundle_hash=bundle)
         except AuditStoreError as exc:
-            raise _store_failure(exc) from exc
+            raise as_activity_error(exc) from exc
         log.info(
             "change id claimed" if result.claimed else "change id already used",
             change_id=inp.change_id,

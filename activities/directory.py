@@ -18,11 +18,11 @@ import inspect
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-import yaml
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
 from pydantic import ValidationError as PydanticValidationError
 
 from guardrails.plugins import PluginRegistry
+from guardrails.yamlfile import YamlError, read_yaml
 from workflows.models import Directory
 
 DEFAULT_DIRECTORY = "yaml:.changeguard/operators.yaml"
@@ -96,21 +96,12 @@ class YamlDirectory:
         """
         label = str(self.path)
         source = f"yaml:{label}"
+        if self.missing_ok and not self.path.exists():
+            return Directory(source=source)
         try:
-            text = self.path.read_text(encoding="utf-8")
-        except FileNotFoundError:
-            if self.missing_ok:
-                return Directory(source=source)
-            raise DirectoryError([f"{label}: no such file"], source=label) from None
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DirectoryError([f"{label}: cannot read: {exc}"], source=label) from None
-        try:
-            raw = yaml.safe_load(text)
-        except yaml.YAMLError as exc:
-            mark = getattr(exc, "problem_mark", None)
-            where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
-            problem = getattr(exc, "problem", None) or str(exc)
-            raise DirectoryError([f"{where}: invalid YAML: {problem}"], source=label) from None
+            raw = read_yaml(self.path, label)
+        except YamlError as exc:
+            raise DirectoryError(exc.problems, source=label) from None
         if raw is not None and not isinstance(raw, dict):
             raise DirectoryError(
                 [

@@ -135,7 +135,11 @@ async def test_malformed_file_lists_every_problem_with_its_location(tmp_path: Pa
     [
         (
             "operators:\n  alice: [web-team\n",
-            ":3:1: invalid YAML: expected ',' or ']', but got '<stream end>'",
+            ":3:1: invalid YAML: did not find expected ',' or ']' (while parsing a flow sequence)",
+        ),
+        (
+            "operators:\n  alice: [web-team]\n  alice: [sre-leads]\n",
+            ":3:3: duplicate key 'alice' (first at line 2)",
         ),
         ("- alice\n", ": expected a mapping such as 'operators: {alice: [web-team]}', not a list"),
     ],
