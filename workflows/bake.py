@@ -48,10 +48,12 @@ if TYPE_CHECKING:
 class BakeMixin:
     """Bake, observe, pause-and-page and page; state lives on the workflow instance."""
 
+    _change_id: str
     _request: ChangeRequest
     _status: ChangeStatus
     _resumed: bool
     _rollout: RolloutPolicy | None
+    _pages_sent: int
 
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
         raise NotImplementedError
@@ -128,7 +130,8 @@ class BakeMixin:
             self._rollout = await workflow.execute_activity_method(
                 CheckActivities.resolve_rollout,
                 ResolvePolicyInput(
-                    change=ChangeContext.of(self._request), policy=self._request.policy
+                    change=ChangeContext.of(self._request, self._change_id),
+                    policy=self._request.policy,
                 ),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(
@@ -147,7 +150,7 @@ class BakeMixin:
         return await workflow.execute_activity_method(
             MonitoringActivities.observe_signals,
             ObserveInput(
-                change_id=request.change_id,
+                change_id=self._change_id,
                 kind=request.kind,
                 params=request.params,
                 targets=list(self._status.applied),
@@ -163,7 +166,7 @@ class BakeMixin:
         """Page the owner, wait for resume or rollback, and apply ``then`` on timeout."""
         timeout = rule.timeout or timedelta(minutes=30)
         self._resumed = False
-        await self._page(f"{request.change_id} paused: {why}", within=timeout)
+        await self._page(f"{self._change_id} paused: {why}", within=timeout)
         self._set_phase(
             Phase.PAUSED,
             f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
@@ -184,12 +187,12 @@ class BakeMixin:
         request = self._request
         page = PageInput(
             pager=rollout.pager,
-            change_id=request.change_id,
+            change_id=self._change_id,
             owner=request.team,
             severity="critical",
             summary=summary,
             details={"requester": request.requester, "applied": len(self._status.applied)},
-            dedup_key=f"{request.change_id}:page:{len(self._status.pages)}",
+            dedup_key=f"{self._change_id}:page:{self._pages_sent}",
         )
         try:
             await workflow.execute_activity_method(
@@ -203,3 +206,5 @@ class BakeMixin:
         except ActivityError as exc:
             message, _ = failure_of(exc)
             self._status.pages.append(f"{rollout.pager} FAILED ({message}): {summary}")
+        self._pages_sent += 1
+        del self._status.pages[:-50]  # the status stays small (I10)

@@ -10,11 +10,15 @@ reverse order, continues past failures and reports them.
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import ValidationError
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
+    from workflows import errors
+    from workflows.inputs import Refusal, decode
     from workflows.models import BatchInput, BatchResult, CompensationFailure
     from workflows.mutations import apply_input, apply_targets, revert_input, revert_one
     from workflows.saga import Saga, failure_of
@@ -25,8 +29,11 @@ class TargetBatchWorkflow:
     """Apply or revert one batch of targets."""
 
     @workflow.run
-    async def run(self, inp: BatchInput) -> BatchResult:
+    async def run(self, *args: Any) -> BatchResult:
         """Apply (saga steps, stop at the first failure) or revert (all, reverse order)."""
+        inp = decode(BatchInput, args, what="the batch input")
+        if isinstance(inp, Refusal):  # a raw client's start: fail the run, never its tasks
+            raise ApplicationError(inp.why, type=errors.INVALID_INPUT, non_retryable=True)
         if inp.mode == "revert":
             return await self._revert(inp)
         done: list[str] = []
@@ -47,7 +54,7 @@ class TargetBatchWorkflow:
         for target in reversed(inp.targets):
             revert = revert_input(apply_input(inp.change_id, inp.kind, inp.params, target))
             try:
-                if (await revert_one(revert)).applied:
+                if (await revert_one(revert)).took_effect:
                     result.done.append(target.id)
             except BaseException as exc:  # keep going: every target gets its chance
                 message, kind = failure_of(exc)

@@ -13,6 +13,7 @@ The tree::
     │   ├── UnknownGuardrail        no guardrail is registered under that name
     │   ├── TargetRejected          the target API refused the mutation (4xx)
     │   ├── ContractViolation       a plug-in returned something its contract forbids
+    │   ├── NothingApplied          a mutation reported that it changed nothing (not a success)
     │   └── Refused                 an update's validator refused it (approval, abort, rollback…)
     └── transient failures — retried with jittered backoff
         ├── TargetUnavailable       the target API is unreachable or answered 5xx
@@ -28,6 +29,7 @@ UNKNOWN_CHANGE_KIND = "UnknownChangeKind"
 UNKNOWN_GUARDRAIL = "UnknownGuardrail"
 TARGET_REJECTED = "TargetRejected"
 CONTRACT_VIOLATION = "ContractViolation"
+NOTHING_APPLIED = "NothingApplied"
 REFUSED = "Refused"
 
 TARGET_UNAVAILABLE = "TargetUnavailable"
@@ -41,6 +43,7 @@ NON_RETRYABLE: tuple[str, ...] = (
     UNKNOWN_GUARDRAIL,
     TARGET_REJECTED,
     CONTRACT_VIOLATION,
+    NOTHING_APPLIED,
     REFUSED,
 )
 """Error types no retry policy retries; used as ``non_retryable_error_types``."""

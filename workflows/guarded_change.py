@@ -1,6 +1,6 @@
 """The ``GuardedChange`` workflow: gate, then apply in waves as a saga, then one terminal outcome.
 
-Life of a change (DESIGN.md): validate → gate (child workflow) → wait for the window, or stay blocked
+Life of a change (docs/design.md): validate → gate (child workflow) → wait for the window, or stay blocked
 until an operator rechecks, until the deadline → apply wave by wave with bounded parallelism, each
 mutation's compensation registered before it runs → bake → ``completed``. A failed mutation or a
 cancellation unwinds every applied step in reverse (``rolled_back``, or ``failed`` when a
@@ -9,14 +9,25 @@ compensation itself failed).
 Only failures Temporal reports (activity, child, cancellation, our ``ApplicationError``) unwind the
 saga. A bug in this code fails the workflow *task* instead, which Temporal retries until a fixed
 worker is deployed: nothing is compensated on the strength of a bug.
+
+Trust at the edge (docs/design.md, I8-I10): any Temporal client can start, signal, update and query
+a change, so every entry point takes ``*args`` and decodes its payload itself
+(:mod:`workflows.inputs`). No payload can fail a workflow task: a bad start ends ``rejected`` with
+the reason, a bad update is refused by its validator, a bad signal is recorded (status and ledger)
+and changes nothing else. The change id is the workflow id, claimed once in the ledger
+(``claim_change``): a second run under a used id, from any client, ends ``rejected`` before any
+check or mutation. A Temporal reset keeps the run chain's first run id, so a reset run continues
+its change under the same claim.
 """
 
 from __future__ import annotations
 
 import asyncio
 import functools
+import json
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -37,7 +48,9 @@ with workflow.unsafe.imports_passed_through():
     from workflows.bake import BakeMixin
     from workflows.batch import TargetBatchWorkflow
     from workflows.gate import GuardrailGateWorkflow
+    from workflows.inputs import Refusal, decode
     from workflows.models import (
+        REQUEST_MAX_BYTES,
         TERMINAL_PHASES,
         Approval,
         ApprovalResult,
@@ -50,6 +63,8 @@ with workflow.unsafe.imports_passed_through():
         ChangeRequest,
         ChangeResult,
         ChangeStatus,
+        ClaimChangeInput,
+        ClaimChangeResult,
         Decision,
         Directory,
         GateInput,
@@ -66,6 +81,7 @@ with workflow.unsafe.imports_passed_through():
         ValidateChangeInput,
         WaveProgress,
         plan_waves,
+        valid_id,
     )
     from workflows.mutations import apply_targets
     from workflows.report import approver_groups, report_markdown
@@ -73,6 +89,7 @@ with workflow.unsafe.imports_passed_through():
         RolloutPolicy,
     )
     from workflows.saga import Saga, failure_of
+    from workflows.types import excerpt
 
 DEFAULT_DEADLINE = timedelta(hours=24)
 BATCH_SIZE = 100
@@ -82,8 +99,17 @@ AUDIT_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=30),
     maximum_attempts=20,
 )
+CLAIM_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=10),
+    maximum_attempts=6,
+    non_retryable_error_types=list(errors.NON_RETRYABLE),
+)
+"""A change that cannot claim its id within about half a minute is refused, not left waiting."""
 REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
 """Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
+MAX_RECORDED = 20
+"""Refused approvals, pages and audit failures kept in the status (older ones are dropped)."""
 
 _OUTCOME_PHASE = {
     Outcome.COMPLETED: Phase.COMPLETED,
@@ -118,14 +144,82 @@ def _compensable(exc: BaseException) -> bool:
     )
 
 
+def _approval(args: tuple[Any, ...]) -> Approval | Refusal:
+    return decode(
+        Approval, args, what="the approval", record_fields=("approver", "guardrails", "reason")
+    )
+
+
+def _operator_action(args: tuple[Any, ...]) -> OperatorAction:
+    """The operator action of an update, or the refusal its validator raises."""
+    action = decode(OperatorAction, args, what="the operator action")
+    if isinstance(action, Refusal):
+        raise ApplicationError(
+            action.why + ' (send {"operator": "<you>", "reason": "<why>"})',
+            type=errors.REFUSED,
+            non_retryable=True,
+        )
+    return action
+
+
+def _placeholder(change_id: str, decoded: object) -> ChangeRequest:
+    """A stand-in request for a start that is refused: what the record can say about it."""
+    fields = decoded.fields if isinstance(decoded, Refusal) else {}
+    known = decoded.model_dump() if isinstance(decoded, ChangeRequest) else {}
+
+    def pick(name: str) -> str:
+        value = known.get(name) or fields.get(name) or ""
+        return excerpt(value, 128) if isinstance(value, str) else ""
+
+    return ChangeRequest.model_construct(
+        change_id=change_id,
+        kind=pick("kind"),
+        summary="",
+        requester=pick("requester"),
+        team=pick("team"),
+        environment=pick("environment"),
+        targets=[],
+        params={},
+        policy=None,
+        deadline=None,
+    )
+
+
+def _queued_only(report: GuardrailReport) -> bool:
+    """True when the report only waits on concurrency (a lock queue), nothing else stops it."""
+    stopping = [c for c in report.checks if c.mode.value == "enforce" and not c.passing]
+    return bool(stopping) and all(
+        c.category is Category.CONCURRENCY and c.status.value == "wait" for c in stopping
+    )
+
+
+def _keep_last(items: list[Any], limit: int = MAX_RECORDED) -> None:
+    """Drop the oldest entries beyond ``limit`` (the status must stay small: I10)."""
+    del items[: max(0, len(items) - limit)]
+
+
 @workflow.defn(name="GuardedChange", failure_exception_types=[ValidationError])
 class GuardedChangeWorkflow(BakeMixin):
     """Run one change behind the guardrail gate, as a compensating saga in waves."""
 
     @workflow.init
-    def __init__(self, request: ChangeRequest) -> None:
-        self._request = request
-        self._status = ChangeStatus(change_id=request.change_id, kind=request.kind)
+    def __init__(self, *args: Any) -> None:
+        # Decoded here, not by the SDK: a payload the SDK cannot decode would fail the task.
+        self._change_id = workflow.info().workflow_id
+        decoded = decode(
+            ChangeRequest,
+            args,
+            what="the change request",
+            record_fields=("requester", "team", "kind"),
+        )
+        self._refusal: Refusal | None = decoded if isinstance(decoded, Refusal) else None
+        if isinstance(decoded, ChangeRequest):
+            self._refusal = self._start_problem(decoded, args)
+        request = decoded if isinstance(decoded, ChangeRequest) else None
+        if request is not None and self._refusal is None:
+            request = request.model_copy(update={"change_id": self._change_id})
+        self._request: ChangeRequest = request or _placeholder(self._change_id, decoded)
+        self._status = ChangeStatus(change_id=self._change_id, kind=self._request.kind)
         self._recheck = False
         self._saga = Saga()
         self._holds_locks = False
@@ -134,18 +228,32 @@ class GuardedChangeWorkflow(BakeMixin):
         self._resumed = False  # set by the resume update while paused
         self._rollout: RolloutPolicy | None = None
         self._audit_seq = 0
+        self._needs_repair: list[str] = []
+        self._pages_sent = 0
 
     # ---------------------------------------------------------------- handlers
 
     @workflow.query(name="status")
-    def status(self) -> ChangeStatus:
-        """Where the change is, what it is waiting for, and what it has done."""
+    def status(self, *args: Any) -> ChangeStatus:
+        """Where the change is, what it is waiting for, and what it has done (input ignored)."""
         return self._status
 
     @workflow.signal(name="recheck")
-    async def recheck(self, inp: RecheckInput | None = None) -> None:
-        """Run the gate again now (after an operator fixed a cause); the payload is optional."""
-        inp = inp or RecheckInput()
+    async def recheck(self, *args: Any) -> None:
+        """Run the gate again now (after an operator fixed a cause); the payload is optional.
+
+        A malformed payload is recorded (status and ledger) and triggers nothing.
+        """
+        inp = decode(
+            RecheckInput,
+            args,
+            what="the recheck payload",
+            optional=True,
+            record_fields=("requested_by",),
+        )
+        if isinstance(inp, Refusal):
+            await self._record_refused_signal("recheck", inp, actor_field="requested_by")
+            return
         workflow.logger.info(f"recheck requested by {inp.requested_by or 'someone'}")
         self._recheck = True
         await self._audit_from_signal(
@@ -153,23 +261,26 @@ class GuardedChangeWorkflow(BakeMixin):
         )
 
     @workflow.update(name="abort")
-    async def abort(self, action: OperatorAction) -> OperatorActionResult:
+    async def abort(self, *args: Any) -> OperatorActionResult:
         """Stop the change and undo everything applied (outcome ``aborted``); audited."""
-        return await self._stop_with(AuditAction.ABORT, Outcome.ABORTED, action)
+        return await self._stop_with(AuditAction.ABORT, Outcome.ABORTED, _operator_action(args))
 
     @abort.validator
-    def validate_abort(self, action: OperatorAction) -> None:
-        """Refuse when the change is already ending."""
+    def validate_abort(self, *args: Any) -> None:
+        """Refuse a malformed payload, or when the change is already ending."""
+        _operator_action(args)
         self._refuse_if_ending("there is nothing to abort")
 
     @workflow.update(name="rollback")
-    async def rollback(self, action: OperatorAction) -> OperatorActionResult:
+    async def rollback(self, *args: Any) -> OperatorActionResult:
         """Undo everything applied (outcome ``rolled_back``); only once mutations have begun."""
+        action = _operator_action(args)
         return await self._stop_with(AuditAction.ROLLBACK, Outcome.ROLLED_BACK, action)
 
     @rollback.validator
-    def validate_rollback(self, action: OperatorAction) -> None:
-        """Refuse before any mutation (use abort) or when the change is already ending."""
+    def validate_rollback(self, *args: Any) -> None:
+        """Refuse a malformed payload, before any mutation (use abort), or when ending."""
+        _operator_action(args)
         self._refuse_if_ending("there is nothing to roll back")
         if not self._status.applied:
             raise ApplicationError(
@@ -179,15 +290,17 @@ class GuardedChangeWorkflow(BakeMixin):
             )
 
     @workflow.update(name="resume")
-    async def resume(self, action: OperatorAction) -> OperatorActionResult:
+    async def resume(self, *args: Any) -> OperatorActionResult:
         """Go on baking after a pause-and-page (the operator judged the signal harmless)."""
+        action = _operator_action(args)
         await self._audit(AuditAction.RESUME, action.operator, reason=action.reason)
         self._resumed = True
         return OperatorActionResult(phase=self._status.phase, message="resuming the bake")
 
     @resume.validator
-    def validate_resume(self, action: OperatorAction) -> None:
-        """Only a paused change can be resumed."""
+    def validate_resume(self, *args: Any) -> None:
+        """Only a paused change can be resumed (and only with a well-formed payload)."""
+        _operator_action(args)
         if self._status.phase is not Phase.PAUSED or self._stop is not None:
             raise ApplicationError(
                 f"the change is {self._status.phase.value}, not Paused; only a paused change "
@@ -236,20 +349,41 @@ class GuardedChangeWorkflow(BakeMixin):
         return True
 
     @workflow.update(name="approve")
-    async def approve(self, approval: Approval) -> ApprovalResult:
+    async def approve(self, *args: Any) -> ApprovalResult:
         """Approve opt-outable failures of the current report (validated first; audited)."""
+        approval = _approval(args)
+        if isinstance(approval, Refusal):  # the validator refused it already; belt and braces
+            raise ApplicationError(approval.why, type=errors.REFUSED, non_retryable=True)
         return await self._accept(approval)
 
     @approve.validator
-    def validate_approve(self, approval: Approval) -> None:
+    def validate_approve(self, *args: Any) -> None:
         """Refuse, with the reason the caller sees at once, what cannot be approved."""
-        problem = self._approval_problem(approval)
+        approval = _approval(args)
+        problem = (
+            approval.why if isinstance(approval, Refusal) else self._approval_problem(approval)
+        )
         if problem:
             raise ApplicationError(problem, type=errors.REFUSED, non_retryable=True)
 
     @workflow.signal(name="approve_signal")
-    async def approve_signal(self, approval: Approval) -> None:
+    async def approve_signal(self, *args: Any) -> None:
         """The ``approve`` payload for clients that can only signal; refusals are recorded."""
+        approval = _approval(args)
+        if isinstance(approval, Refusal):
+            self._reject_approval(
+                approval.why,
+                approver=str(approval.fields.get("approver", "")),
+                guardrails=list(approval.fields.get("guardrails", [])),
+                payload=approval.payload,
+            )
+            await self._audit_from_signal(
+                AuditAction.APPROVAL_REJECTED,
+                str(approval.fields.get("approver", "")) or "unknown",
+                reason=excerpt(approval.why, 2000),
+                detail={"payload": approval.payload},
+            )
+            return
         problem = self._approval_problem(approval)
         if problem is None:
             try:
@@ -257,14 +391,42 @@ class GuardedChangeWorkflow(BakeMixin):
                 return
             except ActivityError as exc:  # could not be audited: the approval is void
                 problem = f"the approval could not be audited ({failure_of(exc)[0]}); send it again"
-        rejected = RejectedApproval(approval=approval, why=problem, at=workflow.now())
-        self._status.rejected_approvals.append(rejected)
+        self._reject_approval(problem, approver=approval.approver, guardrails=approval.guardrails)
         await self._audit_from_signal(
             AuditAction.APPROVAL_REJECTED,
             approval.approver,
-            guardrail=",".join(approval.guardrails),
-            reason=f"{problem} (their reason: {approval.reason})",
+            guardrail=excerpt(",".join(approval.guardrails), 1000),
+            reason=excerpt(f"{problem} (their reason: {approval.reason})", 4000),
             report_hash=approval.report_hash,
+        )
+
+    def _reject_approval(
+        self, why: str, *, approver: str, guardrails: list[str], payload: str = ""
+    ) -> None:
+        """Keep a refused approval signal in the status, bounded (I10)."""
+        self._status.rejected_approvals.append(
+            RejectedApproval(
+                approver=excerpt(approver, 128),
+                guardrails=[excerpt(g, 128) for g in guardrails[:20]],
+                why=excerpt(why, 1000),
+                at=workflow.now(),
+                payload=payload,
+            )
+        )
+        _keep_last(self._status.rejected_approvals)
+
+    async def _record_refused_signal(
+        self, signal: str, refusal: Refusal, *, actor_field: str
+    ) -> None:
+        """A malformed signal changes nothing: it is recorded in the status and the ledger."""
+        actor = str(refusal.fields.get(actor_field, "")) or "unknown"
+        self._status.refused_signals.append(f"{signal} from {actor}: {excerpt(refusal.why, 500)}")
+        _keep_last(self._status.refused_signals)
+        await self._audit_from_signal(
+            AuditAction.REFUSED_ACTION,
+            actor,
+            reason=excerpt(f"{signal}: {refusal.why}", 2000),
+            detail={"signal": signal, "payload": refusal.payload},
         )
 
     def _approval_problem(self, approval: Approval) -> str | None:
@@ -305,7 +467,10 @@ class GuardedChangeWorkflow(BakeMixin):
             await self._audit(action, actor, **fields)
         except ActivityError as exc:
             message, _ = failure_of(exc)
-            self._status.audit_failures.append(f"{action.value} by {actor}: {message}")
+            self._status.audit_failures.append(
+                excerpt(f"{action.value} by {actor}: {message}", 500)
+            )
+            _keep_last(self._status.audit_failures)
             workflow.logger.error(f"audit write failed: {message}")
 
     async def _audit(self, action: AuditAction, actor: str, **fields: object) -> None:
@@ -314,14 +479,16 @@ class GuardedChangeWorkflow(BakeMixin):
         info = workflow.info()
         report = self._status.report
         fields.setdefault("report_hash", report.report_hash if report else "")
+        fields.setdefault(
+            "policy_hash", (report.bundle_hash or report.policy_hash) if report else ""
+        )
         record = AuditRecord(
-            record_id=f"{self._request.change_id}:{info.run_id}:{self._audit_seq}",
+            record_id=f"{self._change_id}:{info.run_id}:{self._audit_seq}",
             action=action,
             actor=actor,
             at=workflow.now(),
-            change_id=self._request.change_id,
+            change_id=self._change_id,
             run_id=info.run_id,
-            policy_hash=report.policy_hash if report else "",
             **fields,
         )
         await workflow.execute_activity(
@@ -335,13 +502,17 @@ class GuardedChangeWorkflow(BakeMixin):
     # ---------------------------------------------------------------- main line
 
     @workflow.run
-    async def run(self, request: ChangeRequest) -> ChangeResult:
-        """Gate, execute in waves, bake, and finish with one outcome."""
+    async def run(self, *args: Any) -> ChangeResult:
+        """Refuse a bad or reused start; else gate, execute in waves, bake, finish with one outcome."""
+        if self._refusal is not None:
+            workflow.upsert_search_attributes([sa.CHANGE_ID.value_set(self._change_id)])
+            return await self._refuse(self._refusal.why, payload=self._refusal.payload)
+        request = self._request
         deadline = request.deadline or workflow.now() + DEFAULT_DEADLINE
-        ctx = ChangeContext.of(request).model_copy(update={"deadline": deadline})
+        ctx = ChangeContext.of(request, self._change_id).model_copy(update={"deadline": deadline})
         workflow.upsert_search_attributes(
             [
-                sa.CHANGE_ID.value_set(request.change_id),
+                sa.CHANGE_ID.value_set(self._change_id),
                 sa.CHANGE_KIND.value_set(request.kind),
                 sa.CHANGE_ENVIRONMENT.value_set(request.environment),
                 sa.CHANGE_TEAM.value_set(request.team),
@@ -350,7 +521,21 @@ class GuardedChangeWorkflow(BakeMixin):
         )
         problems = await self._validate(request)
         if problems:
-            return await self._finish(Outcome.REJECTED, "invalid change: " + "; ".join(problems))
+            return await self._refuse("invalid change: " + "; ".join(problems))
+        try:
+            claim = await self._claim(request)
+        except ActivityError as exc:
+            message, _ = failure_of(exc)
+            return await self._refuse(
+                f"the change ledger could not record the start ({message}); nothing was done: "
+                "start the change again once the audit store is reachable"
+            )
+        if not claim.claimed:
+            at = claim.at.isoformat(timespec="seconds") if claim.at else "an earlier date"
+            return await self._refuse(
+                f"change id {self._change_id} was used by run {claim.run_id} on {at}; "
+                "choose a new id (a change id is used once)"
+            )
 
         try:
             report = await self._gate_until_proceed(ctx, deadline, categories=None)
@@ -364,6 +549,45 @@ class GuardedChangeWorkflow(BakeMixin):
         applied = len(self._status.applied)
         return await self._finish(Outcome.COMPLETED, f"applied to {applied} target(s)")
 
+    def _start_problem(self, request: ChangeRequest, args: tuple[Any, ...]) -> Refusal | None:
+        """What the model cannot check: the id against the workflow id, size, a past deadline."""
+        problems = []
+        if not valid_id(self._change_id):
+            problems.append(
+                f"the workflow id {excerpt(self._change_id, 80)!r} is not a valid change id: use "
+                "1-128 letters, digits, '.', '_', ':' or '-' (it is the change id)"
+            )
+        if request.change_id is not None and request.change_id != self._change_id:
+            problems.append(
+                f"change_id {request.change_id!r} differs from the workflow id "
+                f"{excerpt(self._change_id, 80)!r}: the change id is the workflow id (omit "
+                "change_id, or start the workflow with that id)"
+            )
+        size = len(json.dumps(args[0], default=str)) if args else 0
+        if size > REQUEST_MAX_BYTES:
+            problems.append(
+                f"the request is {size:,} bytes of JSON; at most {REQUEST_MAX_BYTES:,} are accepted"
+            )
+        if request.deadline is not None and request.deadline <= workflow.now():
+            problems.append(
+                f"deadline {request.deadline.isoformat()} is in the past; give a future time"
+            )
+        if not problems:
+            return None
+        return Refusal("the change request is invalid: " + "; ".join(problems), problems=problems)
+
+    async def _refuse(self, why: str, *, payload: str = "") -> ChangeResult:
+        """End ``rejected`` before any check or mutation; the refusal is in the ledger."""
+        why = excerpt(why, 4000)
+        detail: dict[str, Any] = {"payload": payload} if payload else {}
+        await self._audit_from_signal(
+            AuditAction.REFUSED,
+            excerpt(self._request.requester or "unknown", 128),
+            reason=why,
+            detail=detail,
+        )
+        return await self._finish(Outcome.REJECTED, why)
+
     async def _validate(self, request: ChangeRequest) -> list[str]:
         result = await workflow.execute_activity_method(
             ChangeActivities.validate_change,
@@ -372,6 +596,25 @@ class GuardedChangeWorkflow(BakeMixin):
             retry_policy=RetryPolicy(maximum_attempts=3),
         )
         return result.problems
+
+    async def _claim(self, request: ChangeRequest) -> ClaimChangeResult:
+        """Claim the change id for this run chain in the ledger (its ``started`` record)."""
+        info = workflow.info()
+        claim: ClaimChangeResult = await workflow.execute_activity(
+            "claim_change",
+            ClaimChangeInput(
+                change_id=self._change_id,
+                run_id=info.first_execution_run_id,
+                at=workflow.now(),
+                requester=request.requester,
+                team=request.team,
+                request_digest=request.digest(),
+            ),
+            result_type=ClaimChangeResult,
+            start_to_close_timeout=timedelta(seconds=30),
+            retry_policy=CLAIM_RETRY,
+        )
+        return claim
 
     # ---------------------------------------------------------------- gate
 
@@ -384,9 +627,10 @@ class GuardedChangeWorkflow(BakeMixin):
             report = await self._run_gate(ctx, categories)
             if report.decision is Decision.PROCEED:
                 return report
-            if categories is None:
+            if categories is None and not _queued_only(report):
                 # Before the first mutation, a change that cannot go on must not hold its targets;
-                # mid-rollout it keeps them, since they are half-changed.
+                # mid-rollout it keeps them, since they are half-changed. A change that only waits
+                # in a lock queue keeps the locks handed to it, or it would lose its turn.
                 await self._release_locks()
             now = workflow.now()
             if report.decision is Decision.WAIT and report.retry_after is not None:
@@ -402,11 +646,11 @@ class GuardedChangeWorkflow(BakeMixin):
                 )
                 until = report.retry_after
             else:
-                names = ", ".join(c.guardrail for c in report.failures)
+                names = ", ".join(c.rule_id for c in report.failures)
                 if approvable(report):
                     self._directory = await workflow.execute_activity(
                         "load_directory",
-                        LoadDirectoryInput(change_id=self._request.change_id),
+                        LoadDirectoryInput(change_id=self._change_id),
                         result_type=Directory,
                         start_to_close_timeout=timedelta(seconds=30),
                         retry_policy=AUDIT_RETRY,
@@ -448,7 +692,7 @@ class GuardedChangeWorkflow(BakeMixin):
         report = await workflow.execute_child_workflow(
             GuardrailGateWorkflow.run,
             GateInput(change=ctx, policy=self._request.policy, categories=categories),
-            id=f"{self._request.change_id}/gate-{self._status.gate_runs}",
+            id=f"{self._change_id}/gate-{self._status.gate_runs}",
         )
         # A re-check before a wave covers only some categories: it replaces the full report
         # only when it is what now stops the change.
@@ -458,6 +702,20 @@ class GuardedChangeWorkflow(BakeMixin):
             self._holds_locks = True
         self._status.last_gate = report
         workflow.set_current_details(self._details())
+        await self._audit(
+            AuditAction.GATE,
+            "changeguard",
+            reason=f"gate {self._status.gate_runs}: {report.decision.value}",
+            report_hash=report.report_hash,
+            policy_hash=report.bundle_hash or report.policy_hash,
+            detail={
+                "decision": report.decision.value,
+                "failing": [c.rule_id for c in report.failures][:50],
+                "waiting": [c.rule_id for c in report.checks if c.status.value == "wait"][:50],
+                "categories": [c.value for c in categories] if categories else "all",
+                "effective_policy_hash": report.policy_hash,
+            },
+        )
         return report
 
     # ---------------------------------------------------------------- execute
@@ -493,7 +751,7 @@ class GuardedChangeWorkflow(BakeMixin):
         if len(targets) <= BATCH_SIZE:
             await apply_targets(
                 self._saga,
-                change_id=request.change_id,
+                change_id=self._change_id,
                 kind=request.kind,
                 params=request.params,
                 targets=targets,
@@ -519,12 +777,12 @@ class GuardedChangeWorkflow(BakeMixin):
 
     async def _batch(self, request: ChangeRequest, batch: list[Target], mode: str) -> BatchResult:
         """Run one ``TargetBatch`` child; a revert batch's partial results are kept on failure."""
-        child_id = f"{request.change_id}/{mode}-{batch[0].id}"
+        child_id = f"{self._change_id}/{mode}-{batch[0].id}"
         try:
             result = await workflow.execute_child_workflow(
                 TargetBatchWorkflow.run,
                 BatchInput(
-                    change_id=request.change_id,
+                    change_id=self._change_id,
                     kind=request.kind,
                     params=request.params,
                     targets=batch,
@@ -538,6 +796,7 @@ class GuardedChangeWorkflow(BakeMixin):
             if mode == "revert" and isinstance(cause, ApplicationError) and cause.details:
                 partial = BatchResult.model_validate(cause.details[0])
                 self._status.reverted.extend(partial.done)
+                self._needs_repair.extend(f.step for f in partial.failures)
             raise
         if mode == "revert":
             self._status.reverted.extend(result.done)
@@ -567,6 +826,14 @@ class GuardedChangeWorkflow(BakeMixin):
             why += f"; {len(failures)} compensation(s) failed: " + ", ".join(
                 f.step for f in failures
             )
+            # Targets whose own revert failed; a failed batch names its targets in _needs_repair.
+            self._needs_repair.extend(f.step for f in failures if not f.step.startswith("batch "))
+            repair = ", ".join(self._needs_repair[:50]) or "see the compensation failures"
+            why += f"; needs a human: {repair}"
+            await self._page(
+                f"{self._change_id} FAILED: compensation failed; targets left changed that need "
+                f"a human: {repair}"
+            )
         result = await self._finish(outcome, why)
         if cancelled:
             raise asyncio.CancelledError(why)  # the run ends as cancelled, after compensating
@@ -593,7 +860,7 @@ class GuardedChangeWorkflow(BakeMixin):
         )
 
     def _details(self) -> str:
-        head = f"## {self._request.change_id}: {self._status.phase.value}\n\n{self._status.message}"
+        head = f"## {self._change_id}: {self._status.phase.value}\n\n{self._status.message}"
         report = self._status.report
         return head if report is None else head + "\n\n" + report_markdown(report)
 
@@ -602,7 +869,7 @@ class GuardedChangeWorkflow(BakeMixin):
         await self._audit(AuditAction.DEADLINE, "changeguard", reason=self._status.message)
         if (await self._rollout_policy()).page_on_reject:
             await self._page(
-                f"{self._request.change_id} did not pass its gate in time: {self._status.message}"
+                f"{self._change_id} did not pass its gate in time: {self._status.message}"
             )
 
     def _covered(self, report: GuardrailReport) -> bool:
@@ -613,15 +880,20 @@ class GuardedChangeWorkflow(BakeMixin):
             and not still_needed(report, self._status.approvals, workflow.now())
         )
 
-    async def _release_locks(self) -> None:
-        """Give back every target lock this change holds; shielded, and never fails the change."""
-        if not self._holds_locks:
+    async def _release_locks(self, *, ending: bool = False) -> None:
+        """Give back every target lock this change holds; shielded, and never fails the change.
+
+        ``ending``: the change is over, so it also leaves every lock queue it may wait in.
+        """
+        if not self._request.targets or not (self._holds_locks or ending):
             return
         self._holds_locks = False
         release = workflow.execute_activity_method(
             LockActivities.release_target_locks,
             ReleaseLocksInput(
-                change_id=self._request.change_id, target_ids=[t.id for t in self._request.targets]
+                change_id=self._change_id,
+                target_ids=[t.id for t in self._request.targets],
+                leave_queue=ending,
             ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=5),
@@ -633,16 +905,30 @@ class GuardedChangeWorkflow(BakeMixin):
             workflow.logger.warning("releasing target locks failed", extra={"error": str(exc)})
 
     async def _finish(self, outcome: Outcome, message: str) -> ChangeResult:
-        await self._release_locks()
+        await self._release_locks(ending=True)
         self._set_phase(_OUTCOME_PHASE[outcome], message)
         self._status.outcome = outcome
+        self._status.needs_repair = list(dict.fromkeys(self._needs_repair))
+        await self._audit_from_signal(
+            AuditAction.OUTCOME,
+            "changeguard",
+            reason=excerpt(message, 4000),
+            detail={
+                "outcome": outcome.value,
+                "applied": len(self._status.applied),
+                "reverted": len(self._status.reverted),
+                "compensation_failures": len(self._status.compensation_failures),
+                "needs_repair": self._status.needs_repair[:100],
+            },
+        )
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ChangeResult(
-            change_id=self._request.change_id,
+            change_id=self._change_id,
             outcome=outcome,
             message=message,
             report=self._status.report,
             applied=self._status.applied,
             reverted=self._status.reverted,
             compensation_failures=self._status.compensation_failures,
+            needs_repair=self._status.needs_repair,
         )

@@ -125,6 +125,8 @@ Reason = Annotated[Text, Field(min_length=1, max_length=TEXT_MAX)]
 LabelKey = Annotated[Name, Field(min_length=1, max_length=63)]
 LabelValue = Annotated[Name, Field(max_length=256)]
 
+TARGET_IDS_MAX_CHARS = 400_000
+"""The status and the result list applied and reverted target ids: they must stay under 2 MB."""
 REQUEST_MAX_BYTES = 1_000_000
 """A change request larger than this (as JSON) is refused: Temporal refuses payloads over 2 MB,
 and the request's parts travel again in the gate's and batches' inputs."""
@@ -269,7 +271,16 @@ class ChangeRequest(Strict):
         seen: set[str] = set()
         dupes = sorted({t.id for t in targets if t.id in seen or seen.add(t.id)})  # type: ignore[func-returns-value]
         if dupes:
-            raise ValueError(f"targets listed twice: {', '.join(dupes)}")
+            shown = ", ".join(dupes[:20]) + (
+                f" and {len(dupes) - 20} more" if len(dupes) > 20 else ""
+            )
+            raise ValueError(f"targets listed twice: {shown}")
+        total = sum(len(t.id) for t in targets)
+        if total > TARGET_IDS_MAX_CHARS:
+            raise ValueError(
+                f"the target ids take {total:,} characters together; at most "
+                f"{TARGET_IDS_MAX_CHARS:,} are accepted (the status and result list them)"
+            )
         return targets
 
     def target_environment(self, target: Target) -> str:
@@ -747,6 +758,12 @@ class ChangeStatus(BaseModel):
     audit_failures: list[str] = Field(
         default_factory=list, description="audit writes that failed from signal handlers"
     )
+    refused_signals: list[str] = Field(
+        default_factory=list, description="signals refused for a malformed payload (the latest)"
+    )
+    needs_repair: list[str] = Field(
+        default_factory=list, description="targets left changed that need a human (failed)"
+    )
     pending: list[PendingWork] = Field(
         default_factory=list,
         description="filled by clients from the server (not by the workflow): retrying activities",
@@ -792,11 +809,11 @@ def lock_id(target_id: str) -> str:
 
 
 class LockHolder(BaseModel):
-    """Who holds a target lock."""
+    """Who holds a target lock (or waits in its queue)."""
 
-    change_id: str
-    team: str = ""
-    kind: str = ""
+    change_id: str = Field(min_length=1, max_length=128, pattern=_ID.pattern)
+    team: str = Field(default="", max_length=NAME_MAX)
+    kind: str = Field(default="", max_length=NAME_MAX)
     since: datetime | None = None
 
 

@@ -108,7 +108,7 @@ async def apply_targets(
 
     async def compensate(inp: ApplyInput) -> None:
         result = await revert_one(inp)
-        if result.applied:
+        if result.took_effect:  # reverted now, or by an attempt that ended before a crash
             on_reverted(inp.target.id)
 
     async def one(target: Target) -> None:

@@ -1,6 +1,6 @@
 """A small typed compensation helper for workflow code.
 
-Rules it enforces (see TEMPORAL-NOTES.md, "Sagas and cancellation"):
+Rules it enforces (docs/design.md, "Architecture rules"):
 
 - a compensation is registered *before* its forward step runs, so a step that times out after
   taking effect is still undone (compensations must be ``revert_if_applied``-safe);

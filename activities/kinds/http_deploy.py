@@ -223,6 +223,7 @@ def _already(target: Target, entry: dict[str, Any], what: str) -> ApplyResult:
     return ApplyResult(
         target_id=target.id,
         applied=False,
+        replayed=True,
         detail=(
             f"already {what} by an earlier attempt: {entry['idempotency_key']} deployed "
             f"{before} -> {after} (ledger seq {entry['seq']}); nothing sent"
@@ -255,6 +256,7 @@ async def _deploy(
     return ApplyResult(
         target_id=target.id,
         applied=not replayed,
+        replayed=replayed,
         detail=detail,
         before={"version": before},
         after={"version": after},

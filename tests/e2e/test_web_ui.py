@@ -405,7 +405,7 @@ async def test_signals_from_the_web_ui_record_a_refusal_and_recheck(
             if status.rejected_approvals:
                 break
             await asyncio.sleep(0.05)
-        assert [(r.approval.approver, r.why) for r in status.rejected_approvals] == [
+        assert [(r.approver, r.why) for r in status.rejected_approvals] == [
             ("alice", "four eyes: alice requested this change and cannot approve switch")
         ]
 

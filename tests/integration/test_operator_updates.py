@@ -90,8 +90,13 @@ async def test_update_during_bake_reverts_in_reverse(
     assert reset.applied == ["t1", "t2"]
     assert reset.reverted == ["t2", "t1"]
     assert late.value.status is RPCStatusCode.NOT_FOUND
-    [record] = store.list(AuditQuery(change_id=req.change_id))
-    assert (record.action, record.actor, record.reason) == (action, "oscar", "error budget burning")
+    records = store.list(AuditQuery(change_id=req.change_id))
+    [record] = [r for r in records if r.action is action]
+    assert (record.actor, record.reason) == ("oscar", "error budget burning")
+    assert [r.detail["target"] for r in records if r.action is AuditAction.COMPENSATION] == [
+        "t2",
+        "t1",
+    ]
 
 
 async def test_rollback_refused_before_any_mutation_abort_accepted(

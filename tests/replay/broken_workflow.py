@@ -13,6 +13,7 @@ Both subclass the real workflow and override one hook, so they follow every othe
 from __future__ import annotations
 
 from datetime import timedelta
+from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
@@ -38,9 +39,9 @@ class BrokenGuardedChangeWorkflow(GuardedChangeWorkflow):
     """GuardedChange plus an unpatched new first step: not replay-compatible."""
 
     @workflow.run
-    async def run(self, request: ChangeRequest) -> ChangeResult:
+    async def run(self, *args: Any) -> ChangeResult:
         """The real main line."""
-        return await super().run(request)
+        return await super().run(*args)
 
     async def _validate(self, request: ChangeRequest) -> list[str]:
         await _describe_first_target(request)
@@ -52,9 +53,9 @@ class PatchedGuardedChangeWorkflow(GuardedChangeWorkflow):
     """The same new step behind ``workflow.patched``: old histories replay without it."""
 
     @workflow.run
-    async def run(self, request: ChangeRequest) -> ChangeResult:
+    async def run(self, *args: Any) -> ChangeResult:
         """The real main line."""
-        return await super().run(request)
+        return await super().run(*args)
 
     async def _validate(self, request: ChangeRequest) -> list[str]:
         if workflow.patched(PATCH_ID):

@@ -35,8 +35,13 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
-from temporalio.client import Client, WorkflowExecutionStatus, WorkflowFailureError, WorkflowHandle
-from worker.converter import data_converter
+from temporalio.client import (
+    Client,
+    WorkflowExecutionStatus,
+    WorkflowFailureError,
+    WorkflowHandle,
+    WorkflowUpdateFailedError,
+)
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
@@ -44,6 +49,7 @@ from guardrails.base import CheckContext, EmptyParams, Guardrail
 from guardrails.builtin.target_lock import TargetLock
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from worker.main import build_worker
 from worker.replay import history_files, replay_files
@@ -205,23 +211,67 @@ def cancel_when(ready: Callable[[ChangeStatus], bool]) -> Steer:
 
 
 async def lock_conflict(cap: Capture, branch: Branch) -> None:
-    """Two changes share a target: the second is blocked, then takes the released locks.
+    """Two changes share a target: the second queues behind the first and is handed the lock.
 
-    The first completes and releases its locks; a recheck of the second then takes them and it
-    completes too. The second starts once the first holds its locks, so the same change wins
-    every capture; the lease watch is longer than any hold, so no watch races a release.
+    The first completes and releases its locks; the lock of the shared target is handed to the
+    queued second change (a continue-as-new with the new holder, and a ``recheck`` signal), which
+    then takes its other lock and completes. No operator recheck is needed. The second starts once
+    the first holds its locks, so the same change wins every capture; the lease watch is longer
+    than any hold, so no watch races a release.
     """
     a = cap.request(branch, "a", targets=["t1", "t2"], params={"delay": 1.5})
     b = cap.request(branch, "b", targets=["t2", "t3"], params={"delay": 0.2})
     first = await cap.start(a)
     await cap.until(first, lambda s: s.phase is Phase.EXECUTING)
     second = await cap.start(b)
-    blocked = await cap.until(second, lambda s: s.phase is Phase.BLOCKED)
-    assert blocked.report is not None and "is locked by change" in blocked.report.checks[0].reason
+    queued = await cap.until(second, lambda s: s.phase is Phase.WAITING)
+    assert queued.report is not None and "is locked by change" in queued.report.checks[0].reason
     await cap.expect(first, Outcome.COMPLETED)
-    assert (await cap.lock_closed(f"{branch.name}.t2")).startswith("released")
-    await second.signal("recheck", RecheckInput(requested_by="capture"))
     await cap.expect(second, Outcome.COMPLETED)
+
+
+async def refused_start(cap: Capture, branch: Branch) -> None:
+    """A raw client's start that is no change request ends rejected at once (no task fails)."""
+    handle = await cap.client.start_workflow(
+        "GuardedChange",
+        {"kind": "recording", "team": "x" * 300},
+        id=f"{branch.name}.a",
+        task_queue=cap.task_queue,
+        result_type=ChangeResult,
+    )
+    await cap.expect(handle, Outcome.REJECTED)
+
+
+async def change_id_reused(cap: Capture, branch: Branch) -> None:
+    """A change completes; a second run under its id (any client) ends rejected before the gate."""
+    request = cap.request(branch)
+    await cap.expect(await cap.start(request), Outcome.COMPLETED)
+    again = await cap.client.start_workflow(
+        "GuardedChange",
+        request.model_dump(mode="json", exclude={"change_id"}),
+        id=request.change_id or "",
+        task_queue=cap.task_queue,
+        result_type=ChangeResult,
+    )
+    await cap.expect(again, Outcome.REJECTED)
+
+
+async def refused_signals(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
+    """Malformed signals and updates while awaiting approval are recorded or refused; then abort."""
+    await cap.until(handle, lambda s: s.phase is Phase.AWAITING_APPROVAL)
+    await handle.signal("approve_signal", args=[])
+    await handle.signal("recheck", 42)
+    await cap.until(
+        handle, lambda s: len(s.rejected_approvals) == 1 and len(s.refused_signals) == 1
+    )
+    try:
+        await handle.execute_update("abort", None)
+    except WorkflowUpdateFailedError:
+        pass
+    else:
+        raise AssertionError("a null abort must be refused")
+    action = OperatorAction(operator="capture", reason="replay capture: abort")
+    await handle.execute_update("abort", action, result_type=OperatorActionResult)
 
 
 async def lock_expired(cap: Capture, branch: Branch) -> None:
@@ -445,6 +495,9 @@ BRANCHES: list[Branch] = [
         waves=["1", "100%"],
         steer=approve_once,
     ),
+    Branch("refused_start", None, drive=refused_start),
+    Branch("change_id_reused", None, drive=change_id_reused),
+    Branch("refused_signals", Outcome.ABORTED, rules=APPROVABLE_FAILURE, steer=refused_signals),
     Branch(
         "batch_failure_reverts",
         Outcome.ROLLED_BACK,

@@ -129,8 +129,18 @@ async def test_four_eyes_then_qualified_approval_proceeds_and_is_audited(
         after = await handle.query("status", result_type=ChangeStatus)
     assert final.outcome is Outcome.COMPLETED
     assert sorted(reset.applied) == ["t1", "t2"]
-    assert [r.approval.approver for r in after.rejected_approvals] == ["dave"]
-    records = store.list(AuditQuery(change_id=req.change_id))
+    assert [r.approver for r in after.rejected_approvals] == ["dave"]
+    story = store.list(AuditQuery(change_id=req.change_id))
+    assert [r.action for r in story] == [
+        AuditAction.STARTED,
+        AuditAction.GATE,
+        AuditAction.APPROVAL_REJECTED,
+        AuditAction.APPROVAL,
+        AuditAction.OUTCOME,
+    ]
+    records = [
+        r for r in story if r.action in (AuditAction.APPROVAL_REJECTED, AuditAction.APPROVAL)
+    ]
     assert [(r.action, r.actor, r.guardrail) for r in records] == [
         (AuditAction.APPROVAL_REJECTED, "dave", "switch"),
         (AuditAction.APPROVAL, "bob", "switch"),
@@ -215,8 +225,10 @@ async def test_approval_deadline_ends_rejected_and_audited(
         result = await (await _start(env, req, task_queue)).result()
     assert result.outcome is Outcome.REJECTED
     assert reset.applied == []
-    [record] = store.list(AuditQuery(change_id=req.change_id))
-    assert (record.action, record.actor) == (AuditAction.DEADLINE, "changeguard")
+    records = store.list(AuditQuery(change_id=req.change_id))
+    [record] = [r for r in records if r.action is AuditAction.DEADLINE]
+    assert record.actor == "changeguard"
+    assert [r.action for r in records][-2:] == [AuditAction.DEADLINE, AuditAction.OUTCOME]
 
 
 async def test_expired_approval_must_be_renewed_before_a_later_wave(

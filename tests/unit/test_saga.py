@@ -121,20 +121,37 @@ async def test_cancel_while_baking_reverts(
     assert (final.phase, final.outcome) == (Phase.ABORTED, Outcome.ABORTED)
 
 
-async def test_undecodable_input_fails_the_workflow(
+async def test_undecodable_input_is_rejected_with_every_field(
     env: WorkflowEnvironment, task_queue: str
 ) -> None:
-    """A raw start with a payload that is not a ChangeRequest fails at once, never retries forever."""
+    """A raw start whose payload is not a ChangeRequest ends rejected at once, naming each field."""
     async with _worker(env, task_queue):
         handle = await env.client.start_workflow(
             "GuardedChange",
             {"kind": "recording"},
             id=f"raw-{uuid.uuid4().hex[:8]}",
             task_queue=task_queue,
+            result_type=ChangeResult,
         )
-        with pytest.raises(WorkflowFailureError) as info:
-            await asyncio.wait_for(handle.result(), timeout=30)
-    assert "validation error" in str(info.value.cause).lower()
+        result = await asyncio.wait_for(handle.result(), timeout=30)
+    assert result.outcome is Outcome.REJECTED
+    for field in ("summary", "requester", "team", "environment", "targets"):
+        assert f"{field}: Field required" in result.message
+
+
+async def test_failed_compensation_pages_and_names_the_targets_to_repair(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """Outcome failed pages the team and says which targets need a human."""
+    async with _worker(env, task_queue):
+        req = _request({"fail_apply": ["t4"], "fail_revert": ["t2"]})
+        handle = await _start(env, task_queue, req)
+        result = await handle.result()
+        status = await handle.query("status", result_type=ChangeStatus)
+    assert result.outcome is Outcome.FAILED
+    assert result.needs_repair == ["t2"] == status.needs_repair
+    assert "needs a human: t2" in result.message
+    assert [p for p in status.pages if "FAILED" in p and "t2" in p]
 
 
 async def test_unknown_kind_is_rejected_before_the_gate(

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo
 import holidays
 import httpx
 import icalendar
-import recurring_ical_events  # type: ignore[import-untyped]  # ships no py.typed marker
+import recurring_ical_events  # ships no py.typed marker: mypy override in pyproject.toml
 
 from guardrails.builtin._params import excerpt
 from guardrails.builtin.change_window.spans import Span, wall_to_utc
