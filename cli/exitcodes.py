@@ -1,4 +1,4 @@
-"""The CLI's exit codes: part of the public contract (DESIGN.md)."""
+"""The CLI's exit codes: part of the public contract (docs/design.md)."""
 
 from __future__ import annotations
 
