@@ -138,7 +138,7 @@ async def test_revert_of_never_applied_key_applies_nothing(
 async def test_apply_with_replayed_key_applies_nothing(
     params: HttpDeployParams, client: httpx.AsyncClient
 ) -> None:
-    """Applying the same key twice reports applied=False the second time; one ledger entry."""
+    """The same key twice: the second reports replayed (applied=False); one ledger entry."""
     await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
 
     again = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
@@ -149,6 +149,7 @@ async def test_apply_with_replayed_key_applies_nothing(
         detail=f"replayed: {APPLY_KEY} already deployed 1.0.0 -> 2.0.0; nothing applied",
         before={"version": "1.0.0"},
         after={"version": "2.0.0"},
+        replayed=True,
     )
     assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
@@ -391,6 +392,7 @@ async def test_retried_attempt_reports_ledger_without_posting(
         ),
         before={"version": "1.0.0"},
         after={"version": "2.0.0"},
+        replayed=True,
     )
     assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}
     assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
@@ -429,6 +431,7 @@ async def test_retried_revert_reports_ledger_without_posting(
         ),
         before={"version": "2.0.0"},
         after={"version": "1.0.0"},
+        replayed=True,
     )
     assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}
     assert len(await ledger(client)) == 2
