@@ -516,6 +516,14 @@ class ApplyResult(BaseModel):
         default=False,
         description="an earlier attempt with this idempotency key already had the effect",
     )
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="per step, what it did (workflows.progress_models.StepRecord as JSON)",
+    )
+    irreversible: list[str] = Field(
+        default_factory=list,
+        description="irreversible steps in effect on the target: past its point of no return",
+    )
 
     @property
     def took_effect(self) -> bool:
@@ -724,6 +732,18 @@ class PendingWork(BaseModel):
     state: str = ""
     last_failure: str = ""
     next_attempt_in_s: float | None = None
+    target: str = ""
+    stage: str = ""
+    progress: dict[str, Any] = Field(default_factory=dict, description="the last checkpoint")
+    last_heartbeat_s_ago: float | None = None
+    suspicious: bool = Field(default=False, description="no heartbeat for over two intervals")
+    stalled: bool = Field(
+        default=False, description="heartbeats continue but progress has not changed for long"
+    )
+    unchanged_for_s: float | None = None
+    paused: bool = False
+    handed_off: bool = False
+    note: str = ""
 
 
 class ChangeStatus(BaseModel):
@@ -798,6 +818,22 @@ class ValidateChangeResult(BaseModel):
 
     problems: list[str] = Field(default_factory=list)
     reversible: bool = True
+    start_to_close: timedelta | None = Field(
+        default=None, description="the kind's start-to-close timeout of one mutation"
+    )
+    heartbeat_interval: timedelta | None = Field(
+        default=None, description="the kind's heartbeat interval (the timeout is three intervals)"
+    )
+    stall_after: timedelta | None = Field(
+        default=None, description="progress unchanged this long, beats continuing, is 'stalled'"
+    )
+    steps: list[dict[str, Any]] = Field(
+        default_factory=list,
+        description="the kind's steps per target (workflows.progress_models.StepDeclaration)",
+    )
+    irreversible_steps: list[str] = Field(
+        default_factory=list, description="names of the steps that cannot be undone, in order"
+    )
 
 
 LOCK_PREFIX = "lock/"
