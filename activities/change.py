@@ -8,6 +8,17 @@ from here, keyed by its idempotency key: the record exists exactly when the effe
 attempt writes nothing new, and the workflow's history does not grow by an activity per target.
 A mutation that reports it changed nothing — neither now nor by an earlier attempt of the same key
 — fails that target (``NothingApplied``): an "applied to 2 targets" over unchanged hosts is a lie.
+
+Long-running mutations (docs/long-running-changes.md): every apply and revert runs inside a
+:class:`~activities.kinds.progress.Progress` handle (checkpointed heartbeats; a kind that takes the
+``progress`` keyword receives it). A Temporal activity *pause* arrives as a cancellation whose
+details say ``paused``: the attempt stops and fails retryably (``MutationPaused``, carrying the last
+checkpoint), the server schedules nothing until the activity is unpaused, and the next attempt
+resumes from that checkpoint; the workflow never sees it. A *cancel* propagates as a cancellation,
+and the workflow's saga compensates. A kind that hands its work to an external system ends the
+attempt with ``raise_complete_async``; the callback endpoint finishes it through
+:meth:`ChangeActivities.finish_handoff`, which applies the same NothingApplied rule and ledger
+write as a mutation that returns.
 """
 
 from __future__ import annotations
@@ -21,8 +32,9 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from activities.kinds.base import ChangeKind, default_registry
-from activities.resilience import Heartbeat
+from activities.audit import AuditStoreError, as_activity_error
+from activities.kinds.base import ChangeKind, accepts_progress, default_registry
+from activities.kinds.progress import Progress
 from guardrails.plugins import PluginRegistry, params_errors
 from workflows import errors
 from workflows.models import (
@@ -35,12 +47,16 @@ from workflows.models import (
     ValidateChangeInput,
     ValidateChangeResult,
 )
+from workflows.progress_models import HandoffTicket
 from workflows.types import excerpt
 
 if TYPE_CHECKING:
     from activities.audit import AuditStore
 
 log = structlog.get_logger(__name__)
+
+MUTATION_PAUSED = "MutationPaused"
+"""A mutation stopped because an operator paused its activity; retryable (resumes on unpause)."""
 
 
 class ChangeActivities:
@@ -61,18 +77,26 @@ class ChangeActivities:
         self.kinds = kinds if kinds is not None else default_registry()
         self.ledger = ledger
 
-    async def _record(self, action: AuditAction, inp: ApplyInput, result: ApplyResult) -> None:
+    async def _record(
+        self,
+        action: AuditAction,
+        inp: ApplyInput,
+        result: ApplyResult,
+        *,
+        run_id: str | None = None,
+    ) -> None:
         """Write the effect to the ledger, idempotently by its key (a retry adds nothing)."""
         if self.ledger is None or not result.took_effect:
             return
-        info = activity.info()
+        if run_id is None:
+            run_id = activity.info().workflow_run_id or ""
         record = AuditRecord(
             record_id=f"effect:{inp.idempotency_key}",
             action=action,
             actor="changeguard",
             at=datetime.now(UTC),
             change_id=inp.change_id,
-            run_id=info.workflow_run_id or "",
+            run_id=run_id,
             reason=excerpt(result.detail, 2000),
             detail={
                 "target": inp.target.id,
@@ -81,9 +105,13 @@ class ChangeActivities:
                 "by_earlier_attempt": result.replayed and not result.applied,
                 "before": {k: excerpt(v, 200) for k, v in list(result.before.items())[:10]},
                 "after": {k: excerpt(v, 200) for k, v in list(result.after.items())[:10]},
+                **({"irreversible": result.irreversible[:50]} if result.irreversible else {}),
             },
         )
-        await asyncio.to_thread(self.ledger.append, record)
+        try:
+            await asyncio.to_thread(self.ledger.append, record)
+        except AuditStoreError as exc:  # unkeepable: non-retryable; unreachable: retried
+            raise as_activity_error(exc) from exc
 
     def _kind(self, name: str) -> ChangeKind[Any]:
         try:
@@ -112,18 +140,72 @@ class ChangeActivities:
                 problems=[f"kind: no change kind named {inp.kind!r} (known: {known})"]
             )
         kind = self.kinds.get(inp.kind)
+        problems = params_errors(kind, inp.params)
+        if problems:
+            return ValidateChangeResult(problems=problems, reversible=kind.reversible)
+        params = kind.parse_params(inp.params)
+        options = kind.options(params)
+        steps = kind.steps(params)
         return ValidateChangeResult(
-            problems=params_errors(kind, inp.params), reversible=kind.reversible
+            reversible=kind.reversible and all(s.reversible for s in steps),
+            start_to_close=options.start_to_close,
+            heartbeat_interval=options.heartbeat_interval,
+            stall_after=options.stall_after,
+            steps=[s.model_dump(mode="json") for s in steps],
+            irreversible_steps=[s.name for s in steps if not s.reversible],
         )
+
+    def _progress(self, kind: ChangeKind[Any], params: Any, inp: ApplyInput) -> Progress[Any]:
+        return Progress(
+            kind=kind.name,
+            target=inp.target.id,
+            checkpoint_model=kind.checkpoint_model,
+            options=kind.options(params),
+            request=inp,
+            stage=inp.step,
+        )
+
+    @staticmethod
+    def _paused(progress: Progress[Any]) -> ApplicationError:
+        """The retryable failure of an attempt stopped by an activity pause (not a cancel)."""
+        at = progress.latest.model_dump(mode="json") if progress.latest is not None else None
+        return ApplicationError(
+            f"{progress.target}: the mutation was paused by an operator; it resumes from its last "
+            f"checkpoint ({at}) when the activity is unpaused",
+            progress.envelope.model_copy(update={"paused": True}).model_dump(mode="json"),
+            type=MUTATION_PAUSED,
+        )
+
+    def _nothing_applied(self, kind_name: str, inp_target: str, result: ApplyResult) -> None:
+        if not result.took_effect:
+            raise ApplicationError(
+                f"{inp_target}: {kind_name} reports that nothing was applied "
+                f"({excerpt(result.detail, 300) or 'no detail'}); the target is not changed",
+                type=errors.NOTHING_APPLIED,
+                non_retryable=True,
+            )
 
     @activity.defn(name="apply_change")
     async def apply_change(self, inp: ApplyInput) -> ApplyResult:
-        """Apply the change to one target, idempotently."""
+        """Apply the change to one target, idempotently, with checkpointed heartbeats."""
         kind = self._kind(inp.kind)
-        async with Heartbeat(target=inp.target.id, stage="apply"):
-            result = await kind.apply(
-                self._params(kind, inp.params), inp.target, idempotency_key=inp.idempotency_key
-            )
+        params = self._params(kind, inp.params)
+        progress = self._progress(kind, params, inp)
+        extra: dict[str, Any] = {"progress": progress} if accepts_progress(kind.apply) else {}
+        async with progress:
+            try:
+                result = await kind.apply(
+                    params, inp.target, idempotency_key=inp.idempotency_key, **extra
+                )
+            except asyncio.CancelledError:
+                if progress.stopping() == "paused":
+                    raise self._paused(progress) from None
+                raise
+        return await self._finish_apply(kind.name, inp, result)
+
+    async def _finish_apply(
+        self, kind_name: str, inp: ApplyInput, result: ApplyResult, *, run_id: str | None = None
+    ) -> ApplyResult:
         log.info(
             "applied",
             target=inp.target.id,
@@ -132,15 +214,32 @@ class ChangeActivities:
             replayed=result.replayed,
             detail=result.detail,
         )
-        if not result.took_effect:
-            raise ApplicationError(
-                f"{inp.target.id}: {kind.name} reports that nothing was applied "
-                f"({excerpt(result.detail, 300) or 'no detail'}); the target is not changed",
-                type=errors.NOTHING_APPLIED,
-                non_retryable=True,
-            )
-        await self._record(AuditAction.MUTATION, inp, result)
+        self._nothing_applied(kind_name, inp.target.id, result)
+        await self._record(AuditAction.MUTATION, inp, result, run_id=run_id)
         return result
+
+    async def finish_handoff(self, ticket: HandoffTicket, result: ApplyResult) -> ApplyResult:
+        """Finish a handed-off mutation or compensation from its callback (no activity context).
+
+        The same rules as a returning attempt: NothingApplied fails an apply, and the effect is
+        written to the ledger under its idempotency key before the activity completes.
+
+        Raises:
+            ApplicationError: ``NothingApplied`` (the callback fails the activity with it), or an
+                unkeepable ledger write.
+        """
+        inp = ApplyInput(
+            change_id=ticket.change_id,
+            kind=ticket.kind,
+            step=ticket.step,
+            target={"id": ticket.target_id},
+            idempotency_key=ticket.idempotency_key,
+            applied_key=ticket.applied_key,
+        )
+        if ticket.activity == "revert_change":
+            await self._record(AuditAction.COMPENSATION, inp, result, run_id=ticket.run_id)
+            return result
+        return await self._finish_apply(ticket.kind, inp, result, run_id=ticket.run_id)
 
     @activity.defn(name="revert_change")
     async def revert_change(self, inp: ApplyInput) -> ApplyResult:
@@ -150,13 +249,24 @@ class ChangeActivities:
             raise ApplicationError(
                 "revert_change needs applied_key", type=errors.INVALID_INPUT, non_retryable=True
             )
-        async with Heartbeat(target=inp.target.id, stage="revert"):
-            result = await kind.revert_if_applied(
-                self._params(kind, inp.params),
-                inp.target,
-                applied_key=inp.applied_key,
-                idempotency_key=inp.idempotency_key,
-            )
+        params = self._params(kind, inp.params)
+        progress = self._progress(kind, params, inp)
+        extra: dict[str, Any] = (
+            {"progress": progress} if accepts_progress(kind.revert_if_applied) else {}
+        )
+        async with progress:
+            try:
+                result = await kind.revert_if_applied(
+                    params,
+                    inp.target,
+                    applied_key=inp.applied_key,
+                    idempotency_key=inp.idempotency_key,
+                    **extra,
+                )
+            except asyncio.CancelledError:
+                if progress.stopping() == "paused":
+                    raise self._paused(progress) from None
+                raise
         log.info(
             "reverted",
             target=inp.target.id,

@@ -232,9 +232,9 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
     """Start the dev server and the fleet, run every series; return them and the runtime."""
     import tempfile
 
-    from worker.converter import data_converter
     from temporalio.testing import WorkflowEnvironment
 
+    from worker.converter import data_converter
     from worker.devserver import temporal_binary
     from worker.logging import configure
     from workflows import search_attributes
@@ -291,6 +291,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     from temporalio.worker import Worker
 
     from activities.audit import AuditActivities, SqliteAuditStore
+    from guardrails.bundle import BundleHolder
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
@@ -310,13 +311,18 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
 
     # GuardedChange runs on the worker changeguard builds. The baseline's worker is built by hand
     # with the same workflows, activities, interceptors and slot counts, plus its own workflow.
-    guarded_worker = build_worker(client, settings, task_queue=guarded_queue, audit=audit())
+    open_bundle = BundleHolder.fixed({"unmatched": "allow"})  # the bench measures, not judges
+    guarded_worker = build_worker(
+        client, settings, task_queue=guarded_queue, audit=audit(), bundle=open_bundle
+    )
     bare_worker = Worker(
         client,
         task_queue=bare_queue,
         workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
         activities=worker_registry.activities(
-            services={"temporal_client": client, "task_queue": bare_queue}, audit=audit()
+            services={"temporal_client": client, "task_queue": bare_queue},
+            audit=audit(),
+            bundle=open_bundle,
         ),
         interceptors=worker_registry.interceptors(),
         max_cached_workflows=1000,

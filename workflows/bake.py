@@ -66,6 +66,7 @@ class BakeMixin:
 
     async def _bake(self, request: ChangeRequest, wave: WaveProgress) -> None:
         """Observe the health signals for the bake time and answer each as the policy says."""
+        self._rollout = None  # each wave's bake answers by the bundle the worker holds now
         rollout = await self._rollout_policy()
         bake = request.rollout.bake
         if bake <= timedelta(0) and not rollout.signals:

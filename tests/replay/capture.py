@@ -49,6 +49,7 @@ from guardrails.base import CheckContext, EmptyParams, Guardrail
 from guardrails.builtin.target_lock import TargetLock
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from tests.helpers import OPEN_BUNDLE
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from worker.main import build_worker
@@ -674,7 +675,13 @@ async def _capture(state: Path, out: Path, branches: list[Branch], *, verbose: b
     )
     try:
         cap = Capture(env.client, state)
-        worker = build_worker(env.client, settings, guardrails=guardrails(), kinds=fakes.kinds())
+        worker = build_worker(
+            env.client,
+            settings,
+            guardrails=guardrails(),
+            kinds=fakes.kinds(),
+            bundle=OPEN_BUNDLE,  # branches bring their rules as request additions
+        )
         async with worker:
             outcomes = await asyncio.gather(
                 *(run_branch(cap, b) for b in branches), return_exceptions=True

@@ -136,6 +136,8 @@ async def test_four_eyes_then_qualified_approval_proceeds_and_is_audited(
         AuditAction.GATE,
         AuditAction.APPROVAL_REJECTED,
         AuditAction.APPROVAL,
+        AuditAction.MUTATION,
+        AuditAction.MUTATION,
         AuditAction.OUTCOME,
     ]
     records = [
@@ -260,11 +262,16 @@ async def test_expired_approval_must_be_renewed_before_a_later_wave(
 async def test_deadline_rejection_pages_when_the_policy_asks(
     env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
 ) -> None:
-    """With page_on_reject, a change rejected at its deadline pages its team once."""
+    """With the bundle's page_on_reject, a change rejected at its deadline pages its team once."""
     req = _request()
-    assert isinstance(req.policy, dict)
-    req.policy["page_on_reject"] = True
-    async with _worker(env, task_queue, audit):
+    async with build_worker(
+        env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(),
+        audit=audit,
+        bundle={"unmatched": "allow", "page_on_reject": True},  # a platform setting
+    ):
         handle = await _start(env, req, task_queue)
         result = await handle.result()
         status = await handle.query("status", result_type=ChangeStatus)
