@@ -18,9 +18,20 @@ API (JSON unless stated; errors are ``{"error": message, "code": slug}``)::
                                 fleet_host_version, fleet_error_ratio (all labelled by host)
     POST /versions/{version}    {"bad": bool}; hosts running a bad version fail 20% of requests
     GET  /versions              the marked versions
-    POST /admin/faults          {"fail_next": n, "deploy_delay_ms": ms} replaces the faults
-                                (omitted = 0): the next n deploys answer 503 before touching
-                                anything; each deploy waits ms (without blocking) first
+    POST /hosts/{id}/drain      {"duration_ms", "progress_every_ms", "callback_url"} with an
+                                Idempotency-Key header: starts an asynchronous drain job that
+                                posts {"event": "progress", "details": {"percent"}} to the
+                                callback URL every progress_every_ms and {"event": "done", ...}
+                                at the end (retried until the URL answers; 410 stops it). A
+                                replayed key runs nothing: the job's state is returned with
+                                "Idempotent-Replayed: true", and a running job reports to the
+                                new callback_url from then on (a retried activity attempt).
+    POST /hosts/{id}/undrain    with an Idempotency-Key header: ends the drain (synchronous)
+    GET  /drains[?key=]         drain jobs: {key, host, state, percent, runs, callbacks, ...}
+    POST /admin/faults          {"fail_next": n, "deploy_delay_ms": ms, "silent_drains": n}
+                                replaces the faults (omitted = 0): the next n deploys answer 503
+                                before touching anything; each deploy waits ms (without
+                                blocking) first; the next n drain jobs never call back
     GET  /admin/faults          the current faults
 
 Traffic is simulated lazily: each host serves ``request_rate`` requests a second, and the counters
@@ -81,6 +92,31 @@ class _Faults(BaseModel):
     model_config = ConfigDict(extra="forbid")
     fail_next: int = Field(default=0, ge=0)
     deploy_delay_ms: int = Field(default=0, ge=0, le=600_000)
+    silent_drains: int = Field(default=0, ge=0)
+
+
+class _DrainBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    duration_ms: int = Field(default=2000, ge=0, le=3_600_000)
+    progress_every_ms: int = Field(default=500, ge=10, le=600_000)
+    callback_url: str | None = Field(default=None, max_length=8192)
+
+
+CALLBACK_DEADLINE = 120.0
+"""Seconds a drain job keeps retrying a callback its URL does not take (a worker restarting)."""
+
+
+class _Drain(BaseModel):
+    key: str
+    host: str
+    state: str = "running"  # running | done
+    percent: int = 0
+    runs: int = 1
+    callbacks: int = 0
+    silent: bool = False
+    callback_url: str | None = None
+    duration_ms: int = 0
+    progress_every_ms: int = 500
 
 
 def _error(status: int, code: str, message: str) -> JSONResponse:
@@ -124,6 +160,10 @@ class _Fleet:
         self.faults = _Faults()
         self.rate = request_rate
         self.traffic: dict[str, list[float]] = {}  # host -> [requests, errors]
+        self.drains: dict[str, _Drain] = {}  # idempotency key -> job (in memory)
+        self.drained: dict[str, str] = {}  # host -> the key of the drain in effect
+        self.undrains: dict[str, str] = {}  # undrain key -> host
+        self._jobs: set[asyncio.Task[None]] = set()
         self.last = time.monotonic()
         with self.lock:
             self.conn.executescript(_SCHEMA)
@@ -249,6 +289,111 @@ class _Fleet:
             )
             return JSONResponse(_result(cur.fetchone()))
 
+    async def drain(self, request: Request) -> Response:
+        host_id = request.path_params["host_id"]
+        key = request.headers.get("idempotency-key", "").strip()
+        if not key:
+            return _error(400, "idempotency_key_missing", "the Idempotency-Key header is required")
+        try:
+            body = _DrainBody.model_validate_json(await request.body() or b"{}")
+        except ValidationError as e:
+            return _error(422, "invalid_body", f"body must be a drain request: {e.errors()[:3]}")
+        with self.lock:
+            if not self._hosts(host_id):
+                return _error(404, "unknown_host", f"unknown host {host_id!r}")
+            job = self.drains.get(key)
+            if job is not None:
+                if job.host != host_id:
+                    return _error(
+                        409, "idempotency_key_reused", f"{key!r} already drains {job.host}"
+                    )
+                if body.callback_url and job.state == "running":
+                    job.callback_url = body.callback_url  # a retried attempt listens now
+                return JSONResponse(job.model_dump(), headers={"Idempotent-Replayed": "true"})
+            silent = self.faults.silent_drains > 0
+            if silent:
+                self.faults.silent_drains -= 1
+            job = self.drains[key] = _Drain(
+                key=key,
+                host=host_id,
+                silent=silent,
+                callback_url=body.callback_url,
+                duration_ms=body.duration_ms,
+                progress_every_ms=body.progress_every_ms,
+            )
+        task = asyncio.create_task(self._run_drain(job))
+        self._jobs.add(task)
+        task.add_done_callback(self._jobs.discard)
+        return JSONResponse(job.model_dump(), status_code=202)
+
+    async def _run_drain(self, job: _Drain) -> None:
+        """Drain for ``duration_ms``, reporting progress, then report the end (retried)."""
+        started = time.monotonic()
+        async with httpx.AsyncClient(trust_env=False, timeout=5) as client:
+            while True:
+                elapsed = (time.monotonic() - started) * 1000
+                if elapsed >= job.duration_ms:
+                    break
+                await asyncio.sleep(min(job.progress_every_ms, job.duration_ms - elapsed) / 1000)
+                job.percent = min(
+                    100, int((time.monotonic() - started) * 100_000 / max(job.duration_ms, 1))
+                )
+                await self._report(
+                    client,
+                    job,
+                    {"event": "progress", "details": {"percent": job.percent}},
+                    retry=False,
+                )
+            with self.lock:
+                job.state, job.percent = "done", 100
+                self.drained[job.host] = job.key
+            done = {
+                "event": "done",
+                "details": {
+                    "applied": True,
+                    "detail": f"drained {job.host} in {job.duration_ms} ms ({job.key})",
+                    "before": {"drained": False},
+                    "after": {"drained": True},
+                },
+            }
+            await self._report(client, job, done, retry=True)
+
+    async def _report(
+        self, client: httpx.AsyncClient, job: _Drain, body: dict[str, Any], *, retry: bool
+    ) -> None:
+        deadline = time.monotonic() + CALLBACK_DEADLINE
+        while not job.silent and job.callback_url:
+            try:
+                response = await client.post(job.callback_url, json=body)
+                if response.status_code < 500:
+                    job.callbacks += 1
+                    return  # taken, or refused for good (403/410/422)
+            except httpx.HTTPError:
+                pass
+            if not retry or time.monotonic() > deadline:
+                return
+            await asyncio.sleep(0.2)
+
+    async def undrain(self, request: Request) -> Response:
+        host_id = request.path_params["host_id"]
+        key = request.headers.get("idempotency-key", "").strip()
+        if not key:
+            return _error(400, "idempotency_key_missing", "the Idempotency-Key header is required")
+        with self.lock:
+            if key in self.undrains:
+                return JSONResponse(
+                    {"host": host_id, "undrained": True}, headers={"Idempotent-Replayed": "true"}
+                )
+            self.undrains[key] = host_id
+            was = self.drained.pop(host_id, None)
+        return JSONResponse({"host": host_id, "undrained": was is not None})
+
+    async def list_drains(self, request: Request) -> Response:
+        key = request.query_params.get("key")
+        with self.lock:
+            jobs = [j.model_dump() for k, j in self.drains.items() if key is None or k == key]
+        return JSONResponse(jobs)
+
     async def deploys(self, request: Request) -> Response:
         where, args = [], []
         for column, param in (("host", "host"), ("idempotency_key", "key")):
@@ -314,7 +459,7 @@ class _Fleet:
         try:
             body = _Faults.model_validate_json(await request.body())
         except ValidationError as e:
-            return _invalid(e, '{"fail_next": n, "deploy_delay_ms": ms}')
+            return _invalid(e, '{"fail_next": n, "deploy_delay_ms": ms, "silent_drains": n}')
         with self.lock:
             self.faults = body
         return JSONResponse(body.model_dump())
@@ -366,6 +511,9 @@ def create_app(
         Route("/hosts", fleet.list_hosts),
         Route("/hosts/{host_id}", fleet.get_host),
         Route("/hosts/{host_id}/deploy", fleet.deploy, methods=["POST"]),
+        Route("/hosts/{host_id}/drain", fleet.drain, methods=["POST"]),
+        Route("/hosts/{host_id}/undrain", fleet.undrain, methods=["POST"]),
+        Route("/drains", fleet.list_drains),
         Route("/deploys", fleet.deploys),
         Route("/metrics", fleet.metrics),
         Route("/versions", fleet.versions),

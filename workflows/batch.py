@@ -6,6 +6,9 @@ batch applies its targets as saga steps and, on failure, stops starting new ones
 not unwind itself: the parent registered a ``revert`` batch over the same targets before starting
 this one, and reverting is ``revert_if_applied``-safe. In ``revert`` mode it reverts every target in
 reverse order, continues past failures and reports them.
+
+The kind's activity options travel in ``BatchInput.mutation_options`` (a field the parent fills
+from ``validate_change``); a batch started without them (older parents) uses the defaults.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.inputs import Refusal, decode
     from workflows.models import BatchInput, BatchResult, CompensationFailure
     from workflows.mutations import apply_input, apply_targets, revert_input, revert_one
+    from workflows.progress_models import MutationOptions
     from workflows.saga import Saga, failure_of
 
 
@@ -46,6 +50,7 @@ class TargetBatchWorkflow:
             max_parallel=inp.max_parallel,
             on_applied=done.append,
             on_reverted=lambda _: None,
+            options=_options(inp),
         )
         return BatchResult(done=done)
 
@@ -54,7 +59,7 @@ class TargetBatchWorkflow:
         for target in reversed(inp.targets):
             revert = revert_input(apply_input(inp.change_id, inp.kind, inp.params, target))
             try:
-                if (await revert_one(revert)).took_effect:
+                if (await revert_one(revert, _options(inp))).took_effect:
                     result.done.append(target.id)
             except BaseException as exc:  # keep going: every target gets its chance
                 message, kind = failure_of(exc)
@@ -70,3 +75,11 @@ class TargetBatchWorkflow:
                 non_retryable=True,
             )
         return result
+
+
+def _options(inp: BatchInput) -> MutationOptions | None:
+    """The kind's options the parent passed, if its ``BatchInput`` has the field (see above)."""
+    raw = getattr(inp, "mutation_options", None)
+    if raw is None:
+        return None
+    return raw if isinstance(raw, MutationOptions) else MutationOptions.model_validate(raw)

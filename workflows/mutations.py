@@ -3,6 +3,12 @@
 Each target's compensation (``revert_change``, which is ``revert_if_applied``-safe) is registered
 before its mutation runs; at most ``max_parallel`` run at once; after the first failure, or once
 ``should_stop`` says so, no further mutation starts and the in-flight ones are awaited.
+
+Activity options come from the change kind (:class:`~workflows.progress_models.MutationOptions`,
+learned from ``validate_change`` at the start of the change, :func:`options_from`): its
+start-to-close timeout, and a heartbeat timeout of three heartbeat intervals (a worker that misses
+three beats is presumed dead and the attempt retried, resuming from its last checkpoint). Without
+options (histories of older workers, callers that pass none) the historical 5 minutes / 10 s apply.
 """
 
 from __future__ import annotations
@@ -19,7 +25,14 @@ from temporalio.workflow import ActivityCancellationType
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
     from workflows import errors
-    from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
+    from workflows.models import (
+        ApplyInput,
+        ApplyResult,
+        Target,
+        ValidateChangeResult,
+        idempotency_key,
+    )
+    from workflows.progress_models import MutationOptions
     from workflows.saga import Saga
 
 MUTATION_TIMEOUT = timedelta(minutes=5)
@@ -38,6 +51,23 @@ COMPENSATION_RETRY = RetryPolicy(
     maximum_attempts=10,
     non_retryable_error_types=list(errors.NON_RETRYABLE),
 )
+
+
+def options_from(validation: ValidateChangeResult) -> MutationOptions | None:
+    """The kind's activity options from ``validate_change``'s result (None: an older worker's)."""
+    if validation.start_to_close is None or validation.heartbeat_interval is None:
+        return None
+    return MutationOptions(
+        start_to_close=validation.start_to_close,
+        heartbeat_interval=validation.heartbeat_interval,
+        stall_after=validation.stall_after,
+    )
+
+
+def _timeouts(options: MutationOptions | None) -> tuple[timedelta, timedelta]:
+    if options is None:
+        return MUTATION_TIMEOUT, MUTATION_HEARTBEAT
+    return options.start_to_close, options.heartbeat_timeout
 
 
 def apply_input(change_id: str, kind: str, params: dict[str, Any], target: Target) -> ApplyInput:
@@ -63,29 +93,31 @@ def revert_input(apply: ApplyInput) -> ApplyInput:
     )
 
 
-async def apply_one(inp: ApplyInput) -> ApplyResult:
+async def apply_one(inp: ApplyInput, options: MutationOptions | None = None) -> ApplyResult:
     """Run one mutation activity (heartbeating, retried with the change kind's backoff).
 
     On cancellation the workflow waits until the activity has really stopped (or finished):
     otherwise the compensation could run first and the mutation land after it (invariant I3).
     """
+    start_to_close, heartbeat = _timeouts(options)
     return await workflow.execute_activity_method(
         ChangeActivities.apply_change,
         inp,
-        start_to_close_timeout=MUTATION_TIMEOUT,
-        heartbeat_timeout=MUTATION_HEARTBEAT,
+        start_to_close_timeout=start_to_close,
+        heartbeat_timeout=heartbeat,
         retry_policy=MUTATION_RETRY,
         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
     )
 
 
-async def revert_one(inp: ApplyInput) -> ApplyResult:
+async def revert_one(inp: ApplyInput, options: MutationOptions | None = None) -> ApplyResult:
     """Run one compensation activity."""
+    start_to_close, heartbeat = _timeouts(options)
     return await workflow.execute_activity_method(
         ChangeActivities.revert_change,
         inp,
-        start_to_close_timeout=MUTATION_TIMEOUT,
-        heartbeat_timeout=MUTATION_HEARTBEAT,
+        start_to_close_timeout=start_to_close,
+        heartbeat_timeout=heartbeat,
         retry_policy=COMPENSATION_RETRY,
     )
 
@@ -101,13 +133,17 @@ async def apply_targets(
     on_applied: Callable[[str], None],
     on_reverted: Callable[[str], None],
     should_stop: Callable[[], bool] = lambda: False,
+    options: MutationOptions | None = None,
 ) -> None:
-    """Apply ``targets`` as saga steps; raise the first failure once in-flight ones settle."""
+    """Apply ``targets`` as saga steps; raise the first failure once in-flight ones settle.
+
+    ``options`` are the kind's activity options (:func:`options_from`); None keeps the defaults.
+    """
     limit = asyncio.Semaphore(max_parallel)
     failed: list[BaseException] = []
 
     async def compensate(inp: ApplyInput) -> None:
-        result = await revert_one(inp)
+        result = await revert_one(inp, options)
         if result.took_effect:  # reverted now, or by an attempt that ended before a crash
             on_reverted(inp.target.id)
 
@@ -118,7 +154,9 @@ async def apply_targets(
             apply = apply_input(change_id, kind, params, target)
             revert = revert_input(apply)
             try:
-                await saga.run(target.id, lambda: apply_one(apply), lambda: compensate(revert))
+                await saga.run(
+                    target.id, lambda: apply_one(apply, options), lambda: compensate(revert)
+                )
             except BaseException as exc:
                 failed.append(exc)
                 raise

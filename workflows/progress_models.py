@@ -97,6 +97,8 @@ class HandoffTicket(BaseModel):
     idempotency_key: str
     applied_key: str | None = None
     activity: str = "apply_change"
+    interval_s: float | None = Field(default=None, description="the kind's heartbeat interval")
+    stall_after_s: float | None = None
 
 
 class CallbackEvent(BaseModel):

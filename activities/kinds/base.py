@@ -4,18 +4,53 @@ A change kind is a class with ``name``, ``params_model``, ``reversible`` and thr
 Every mutation receives an idempotency key derived from (change id, step, target): applying the same
 key twice must apply nothing the second time. ``revert_if_applied`` must be correct whether or not
 the forward step took effect (the compensation is registered before the step runs).
+
+Long-running kinds (docs/long-running-changes.md) also declare:
+
+- ``options(params)``: the activity options of their mutations (``start_to_close``,
+  ``heartbeat_interval``, ``stall_after``), from the class attributes of the same names by default;
+  the workflow learns them from ``validate_change`` at the start of the change;
+- ``checkpoint_model``: the pydantic model of their progress checkpoints. ``apply`` and
+  ``revert_if_applied`` may take a keyword ``progress`` (a :class:`~activities.kinds.progress.Progress`):
+  ``progress.checkpoint(details)`` heartbeats typed details, and a retried attempt finds the last
+  one in ``progress.resumed_from`` (a hint: re-read the real state before continuing);
+- ``steps(params)``: the steps a change makes on each target and, per step, whether it can be
+  undone. The ``irreversible-steps`` guardrail fails any change with an irreversible step.
+
+A kind may hand a target's work to an external system and finish later: see
+:mod:`activities.kinds.handoff`.
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from datetime import timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel
 
+from activities.kinds.progress import Progress, current_progress
 from guardrails.plugins import PluginRegistry
 from workflows.models import ApplyResult, Target, TargetState
+from workflows.progress_models import (
+    DEFAULT_HEARTBEAT_INTERVAL,
+    DEFAULT_START_TO_CLOSE,
+    MutationOptions,
+    StepDeclaration,
+)
+
+__all__ = [
+    "CHANGE_KIND_GROUP",
+    "ChangeKind",
+    "MutationOptions",
+    "Progress",
+    "StepDeclaration",
+    "accepts_progress",
+    "current_progress",
+    "default_registry",
+    "new_registry",
+]
 
 P = TypeVar("P", bound=BaseModel)
 
@@ -29,10 +64,37 @@ class ChangeKind(ABC, Generic[P]):
     params_model: ClassVar[type[BaseModel]]
     reversible: ClassVar[bool] = True
     description: ClassVar[str] = ""
+    start_to_close: ClassVar[timedelta] = DEFAULT_START_TO_CLOSE
+    heartbeat_interval: ClassVar[timedelta] = DEFAULT_HEARTBEAT_INTERVAL
+    stall_after: ClassVar[timedelta | None] = None
+    checkpoint_model: ClassVar[type[BaseModel] | None] = None
 
     def parse_params(self, raw: dict[str, Any]) -> P:
         """Validate the change's ``params`` (raises ``pydantic.ValidationError``)."""
         return self.params_model.model_validate(raw)  # type: ignore[return-value]
+
+    def options(self, params: P) -> MutationOptions:
+        """The activity options of this change's mutations (override to derive them from params)."""
+        return MutationOptions(
+            start_to_close=self.start_to_close,
+            heartbeat_interval=self.heartbeat_interval,
+            stall_after=self.stall_after,
+        )
+
+    def handoff_result(self, target_id: str, details: dict[str, Any]) -> ApplyResult:
+        """The result of a handed-off job from its final callback's ``details``.
+
+        Default: the details are an ``ApplyResult`` (``target_id`` filled in). Kinds whose external
+        system reports in its own terms override this.
+        """
+        return ApplyResult.model_validate({"applied": True, **details, "target_id": target_id})
+
+    def steps(self, params: P) -> list[StepDeclaration]:
+        """The steps this change makes on each target, and whether each can be undone.
+
+        Default: one step, ``apply``, as reversible as the kind (``reversible``).
+        """
+        return [StepDeclaration(name="apply", reversible=self.reversible)]
 
     @abstractmethod
     async def apply(self, params: P, target: Target, *, idempotency_key: str) -> ApplyResult:
@@ -64,7 +126,25 @@ def _validate_kind(cls: type[ChangeKind[Any]]) -> list[str]:
         problems.append("params_model must be a pydantic model class")
     if not isinstance(getattr(cls, "reversible", None), bool):
         problems.append("reversible must be a bool")
+    for attr in ("start_to_close", "heartbeat_interval"):
+        value = getattr(cls, attr, None)
+        if not isinstance(value, timedelta) or value <= timedelta(0):
+            problems.append(f"{attr} must be a positive timedelta")
+    cm = getattr(cls, "checkpoint_model", None)
+    if cm is not None and not (isinstance(cm, type) and issubclass(cm, BaseModel)):
+        problems.append("checkpoint_model must be a pydantic model class or None")
     return problems
+
+
+def accepts_progress(method: Any) -> bool:
+    """Whether a kind's ``apply`` / ``revert_if_applied`` takes the ``progress`` keyword."""
+    try:
+        parameters = inspect.signature(method).parameters
+    except (TypeError, ValueError):
+        return False
+    return "progress" in parameters or any(
+        p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values()
+    )
 
 
 def new_registry() -> PluginRegistry[ChangeKind[Any]]:

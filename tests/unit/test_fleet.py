@@ -229,12 +229,12 @@ async def test_metrics_expose_versions_and_bad_version_error_ratio(
 async def test_fail_next_faults_answer_503_and_apply_nothing(client: httpx.AsyncClient) -> None:
     """With fail_next=2 the next two deploys are 503s that record nothing; the third applies."""
     set_faults = await client.post("/admin/faults", json={"fail_next": 2})
-    assert set_faults.json() == {"fail_next": 2, "deploy_delay_ms": 0}
+    assert set_faults.json() == {"fail_next": 2, "deploy_delay_ms": 0, "silent_drains": 0}
 
     statuses = [(await deploy(client, "web-01", "2.0.0")).status_code for _ in range(3)]
 
     assert statuses == [503, 503, 200]
-    assert (await client.get("/admin/faults")).json() == {"fail_next": 0, "deploy_delay_ms": 0}
+    assert (await client.get("/admin/faults")).json() == {"fail_next": 0, "deploy_delay_ms": 0, "silent_drains": 0}
     assert [e["seq"] for e in await ledger(client)] == [1]
 
 

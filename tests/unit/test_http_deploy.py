@@ -336,7 +336,7 @@ async def test_breaker_opens_after_repeated_503s(
         types.append(caught.value.type)
 
     assert types == [TARGET_UNAVAILABLE] * 3 + [CIRCUIT_OPEN]
-    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}  # 4th never sent
+    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}  # 4th never sent
     described = await deploy.describe(params, WEB1)
     assert (described.reachable, described.detail["error_type"]) == (False, CIRCUIT_OPEN)
 
@@ -394,7 +394,7 @@ async def test_retried_attempt_reports_ledger_without_posting(
         after={"version": "2.0.0"},
         replayed=True,
     )
-    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}
+    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}
     assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
 
@@ -433,7 +433,7 @@ async def test_retried_revert_reports_ledger_without_posting(
         after={"version": "1.0.0"},
         replayed=True,
     )
-    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0}
+    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}
     assert len(await ledger(client)) == 2
 
 

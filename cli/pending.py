@@ -1,0 +1,100 @@
+"""Is a running mutation alive and progressing? Pure functions over the server's describe() data.
+
+A mutation heartbeats a :class:`~workflows.progress_models.HeartbeatEnvelope` (its checkpoint,
+when the checkpoint last changed, its heartbeat interval and its kind's stall time). From one
+``describe`` of the workflow:
+
+- **suspicious**: the last heartbeat is older than two intervals (three is the heartbeat timeout,
+  when the server presumes the worker dead and retries the attempt); says how long ago;
+- **stalled**: heartbeats still arrive, but the checkpoint has not changed for the kind's
+  ``stall_after`` (a statement stuck on a lock, a job that stopped moving);
+- **paused** (Temporal's activity pause) and **handed off** (an external job reports through the
+  callback endpoint) are shown as such.
+
+``cli.main.pending_work`` builds each ``PendingWork`` with ``**liveness(p, now=now)``.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+from typing import Any
+
+from pydantic import ValidationError
+from temporalio.api.enums.v1 import PendingActivityState
+from temporalio.api.workflow.v1 import PendingActivityInfo
+
+from workflows.progress_models import SUSPICIOUS_AFTER, HeartbeatEnvelope
+
+__all__ = ["classify", "envelope_of", "liveness"]
+
+
+def envelope_of(p: PendingActivityInfo) -> HeartbeatEnvelope | None:
+    """The last heartbeat's envelope, if it is one (JSON payloads only; anything else: None)."""
+    if not p.HasField("heartbeat_details") or not p.heartbeat_details.payloads:
+        return None
+    payload = p.heartbeat_details.payloads[0]
+    if payload.metadata.get("encoding", b"") != b"json/plain":
+        return None
+    try:
+        raw = json.loads(payload.data)
+        return HeartbeatEnvelope.model_validate(raw) if isinstance(raw, dict) else None
+    except (ValueError, ValidationError):
+        return None
+
+
+def classify(
+    envelope: HeartbeatEnvelope | None,
+    *,
+    last_heartbeat: datetime | None,
+    now: datetime,
+    running: bool = True,
+    paused: bool = False,
+) -> dict[str, Any]:
+    """The liveness fields of ``PendingWork`` from an envelope and the server's last beat time."""
+    out: dict[str, Any] = {"paused": paused}
+    notes = []
+    silent = None if last_heartbeat is None else max(0.0, (now - last_heartbeat).total_seconds())
+    out["last_heartbeat_s_ago"] = None if silent is None else round(silent, 1)
+    if envelope is not None:
+        out.update(
+            target=envelope.target,
+            stage=envelope.stage,
+            progress=envelope.checkpoint or {},
+            handed_off=envelope.handed_off,
+        )
+        paused = paused or envelope.paused
+        out["paused"] = paused
+    interval = envelope.interval_s if envelope is not None else None
+    if running and not paused and silent is not None and interval:
+        out["suspicious"] = silent > SUSPICIOUS_AFTER * interval
+    if out.get("suspicious") and silent is not None and interval:
+        notes.append(
+            f"suspicious: no heartbeat for {silent:.0f}s (beats every {interval:g}s; "
+            f"retried after {3 * interval:g}s)"
+        )
+    if envelope is not None and envelope.changed_at is not None:
+        unchanged = max(0.0, (now - envelope.changed_at).total_seconds())
+        out["unchanged_for_s"] = round(unchanged, 1)
+        stall = envelope.stall_after_s
+        if running and not paused and not out.get("suspicious") and stall and unchanged > stall:
+            out["stalled"] = True
+            notes.append(
+                f"stalled: heartbeats continue but progress has not changed for {unchanged:.0f}s "
+                f"(stage {envelope.stage or '?'}; the kind allows {stall:g}s)"
+            )
+    if paused:
+        notes.append("paused: resumes from its last checkpoint when the activity is unpaused")
+    if envelope is not None and envelope.handed_off:
+        notes.append("handed off: an external job reports through the callback endpoint")
+    out["note"] = "; ".join(notes)
+    return out
+
+
+def liveness(p: PendingActivityInfo, *, now: datetime | None = None) -> dict[str, Any]:
+    """``PendingWork`` fields for one pending activity of ``describe().raw_description``."""
+    now = now or datetime.now(UTC)
+    last = p.last_heartbeat_time.ToDatetime(UTC) if p.HasField("last_heartbeat_time") else None
+    running = p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED  # only it beats
+    paused = bool(p.paused) or p.state == PendingActivityState.PENDING_ACTIVITY_STATE_PAUSED
+    return classify(envelope_of(p), last_heartbeat=last, now=now, running=running, paused=paused)
