@@ -220,7 +220,7 @@ async def lock_conflict(cap: Capture, branch: Branch) -> None:
     the first holds its locks, so the same change wins every capture; the lease watch is longer
     than any hold, so no watch races a release.
     """
-    a = cap.request(branch, "a", targets=["t1", "t2"], params={"delay": 1.5})
+    a = cap.request(branch, "a", targets=["t1", "t2"], params={"delay": 5})
     b = cap.request(branch, "b", targets=["t2", "t3"], params={"delay": 0.2})
     first = await cap.start(a)
     await cap.until(first, lambda s: s.phase is Phase.EXECUTING)
