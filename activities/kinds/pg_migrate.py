@@ -416,6 +416,11 @@ async def _down(
     return _record(step, "reverted", "ran down")
 
 
+def _literal(fragment: str) -> str:
+    """A request's SQL fragment inside a parameterised statement: its ``%`` is not a placeholder."""
+    return fragment.replace("%", "%%")
+
+
 def _batch_sql(fill: Backfill, first: bool) -> sql.Composed:
     """One batch: the next ``batch`` keys after ``%(last)s``, updated; returns (max key, count)."""
     table, key = _ident(fill.table), _ident(fill.key)
@@ -423,14 +428,14 @@ def _batch_sql(fill: Backfill, first: bool) -> sql.Composed:
     if not first:
         conditions.append(sql.SQL("{} > %(last)s").format(key))
     if fill.where:
-        conditions.append(sql.SQL("(") + sql.SQL(fill.where) + sql.SQL(")"))
+        conditions.append(sql.SQL("(") + sql.SQL(_literal(fill.where)) + sql.SQL(")"))
     where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
     return sql.SQL(
         "WITH cg_batch AS (SELECT {key} AS cg_key FROM {table}{where} ORDER BY {key} "
         "LIMIT %(batch)s), cg_done AS (UPDATE {table} AS cg_t SET {set} FROM cg_batch "
         "WHERE cg_t.{key} = cg_batch.cg_key RETURNING cg_batch.cg_key) "
         "SELECT max(cg_key), count(*) FROM cg_done"
-    ).format(key=key, table=table, where=where, set=sql.SQL(fill.set))
+    ).format(key=key, table=table, where=where, set=sql.SQL(_literal(fill.set)))
 
 
 async def _backfill(
