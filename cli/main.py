@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import logging
 import os
 import sys
@@ -37,8 +38,8 @@ from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
 from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
 from worker.devserver import DevServerError
-from worker.main import PolicyMissing
-from worker.settings import Settings, SettingsError
+from worker.main import DeploymentError, PolicyMissing
+from worker.settings import DEPLOYMENT, Settings, SettingsError
 from workflows.models import (
     TERMINAL_PHASES,
     Approval,
@@ -314,24 +315,60 @@ def _refusal(exc: WorkflowUpdateFailedError) -> str:
 # ------------------------------------------------------------------------------------------ servers
 
 
+def with_versioning(args: argparse.Namespace, settings: Settings, *, set_current: bool) -> Settings:
+    """The settings with the command line's ``--deployment``, ``--build-id``, ``--set-current``.
+
+    ``set_current`` is what an unset ``--set-current/--no-set-current`` means for this command.
+
+    Raises:
+        SettingsError: a name the server would refuse, or ``--set-current`` without a deployment.
+    """
+    deployment = args.deployment or settings.deployment
+    if args.versioned and deployment is None:
+        deployment = DEPLOYMENT
+    if deployment is None:
+        return dataclasses.replace(settings, set_current=bool(args.set_current))
+    return dataclasses.replace(
+        settings,
+        deployment=deployment,
+        build_id=args.build_id or settings.build_id,
+        set_current=set_current if args.set_current is None else args.set_current,
+    )
+
+
 async def cmd_worker(args: argparse.Namespace, settings: Settings) -> int:
-    """Run a worker until interrupted."""
+    """Run a worker until interrupted (versioned when a deployment is named)."""
     from worker.main import serve
 
+    try:
+        settings = with_versioning(args, settings, set_current=settings.set_current)
+    except SettingsError as exc:
+        err.print(f"[bold red]invalid settings:[/] {escape(str(exc))}")
+        return exitcodes.INVALID
     await serve(settings)
     return exitcodes.OK
 
 
 async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
-    """Run the embedded dev server, the demo fleet and a worker until Ctrl-C."""
+    """Run the embedded dev server, the demo fleet and a worker until Ctrl-C.
+
+    With ``--versioned`` (or a deployment in the settings) the stack's worker is versioned and,
+    being the only worker, is made the deployment's current version unless ``--no-set-current``.
+    """
     import demo
     from demo.stack import DEMO_BUNDLE, DevStack
+    from worker.main import set_current_version
 
+    try:
+        versioning = with_versioning(args, settings, set_current=True)
+    except SettingsError as exc:
+        err.print(f"[bold red]invalid settings:[/] {escape(str(exc))}")
+        return exitcodes.INVALID
     demo_operators = os.path.join(os.path.dirname(demo.__file__), "operators.yaml")
     directory = (
         settings.directory if os.environ.get("CHANGEGUARD_DIRECTORY") else f"yaml:{demo_operators}"
     )
-    async with DevStack(
+    stack = DevStack(
         policy=settings.policy or DEMO_BUNDLE,  # the demo's platform bundle unless told otherwise
         port=args.port,
         ui_port=args.ui_port,
@@ -340,8 +377,25 @@ async def cmd_dev(args: argparse.Namespace, settings: Settings) -> int:
         audit_url=settings.audit_url,
         directory=directory,  # the demo's operators unless CHANGEGUARD_DIRECTORY says otherwise
         pagers=settings.pagers,
-    ) as stack:
+    )
+    # The stack builds its worker from ``stack.settings``: carry the deployment version over.
+    stack.settings = dataclasses.replace(
+        stack.settings,
+        deployment=versioning.deployment,
+        build_id=versioning.build_id,
+        set_current=versioning.set_current,
+    )
+    async with stack:
         console.print(stack.banner())
+        version = stack.settings.deployment_version()
+        if version is None:
+            console.print("  Versioning    off (unversioned worker; --versioned to turn it on)")
+        else:
+            line = f"  Versioning    {version.to_canonical_string()}"
+            if stack.settings.set_current and stack.client is not None:
+                await set_current_version(stack.client, version)
+                line += " (current)"
+            console.print(line)
         await stack.wait_for_interrupt()
     return exitcodes.OK
 
@@ -421,7 +475,13 @@ def parser() -> argparse.ArgumentParser:
 
     add_audit_parser(sub)
 
-    s = sub.add_parser("worker", help="run a worker")
+    s = sub.add_parser(
+        "worker",
+        help="run a worker",
+        description="Run a worker. Unversioned unless a deployment is named (--deployment, "
+        "--versioned or CHANGEGUARD_DEPLOYMENT); see docs/versioning.md.",
+    )
+    _versioning_arguments(s, set_current="default: CHANGEGUARD_SET_CURRENT, else no")
     s.set_defaults(run=cmd_worker)
 
     s = sub.add_parser("dev", help="embedded dev server + Web UI + worker + demo fleet")
@@ -429,6 +489,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--ui-port", type=int, default=8233)
     s.add_argument("--db", default=".changeguard/temporal.db")
     s.add_argument("--fleet-port", type=int, default=8800)
+    _versioning_arguments(s, set_current="default: yes, when versioned")
     s.set_defaults(run=cmd_dev)
 
     s = sub.add_parser("demo", help="run the demo scenario on a fresh embedded stack")
@@ -437,6 +498,28 @@ def parser() -> argparse.ArgumentParser:
 
     replay_cli.add_parsers(sub)
     return p
+
+
+def _versioning_arguments(s: argparse.ArgumentParser, *, set_current: str) -> None:
+    g = s.add_argument_group("Worker Deployment Versioning (docs/versioning.md)")
+    g.add_argument(
+        "--versioned",
+        action="store_true",
+        help=f"join the Worker Deployment (default name {DEPLOYMENT!r}, or CHANGEGUARD_DEPLOYMENT)",
+    )
+    g.add_argument("--deployment", default=None, help="the deployment name (implies --versioned)")
+    g.add_argument(
+        "--build-id",
+        default=None,
+        help="this build's id (default: CHANGEGUARD_BUILD_ID, else the package version and a "
+        "hash of workflows/)",
+    )
+    g.add_argument(
+        "--set-current",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help=f"make this version the deployment's current one once it polls ({set_current})",
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -467,6 +550,9 @@ def main(argv: list[str] | None = None) -> int:
         raise
     except DevServerError as exc:
         err.print(f"[bold red]cannot start the dev server:[/] {escape(str(exc))}")
+        return exitcodes.INVALID
+    except DeploymentError as exc:
+        err.print(f"[bold red]worker versioning:[/] {escape(str(exc))}")
         return exitcodes.INVALID
     except PolicyMissing as exc:
         err.print(f"[bold red]cannot start the worker:[/] {escape(exc.problems[0])}")

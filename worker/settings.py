@@ -4,21 +4,32 @@ Connection: ``temporalio.envconfig`` profiles (``TEMPORAL_CONFIG_FILE``, ``TEMPO
 usual environment overrides (``TEMPORAL_ADDRESS``, ``TEMPORAL_NAMESPACE``, ``TEMPORAL_API_KEY``,
 ``TEMPORAL_TLS*``). With nothing configured, the default is the embedded dev server on
 ``localhost:7233``. changeguard's own settings use the ``CHANGEGUARD_`` prefix.
+
+Worker Deployment Versioning (``docs/versioning.md``) is off unless ``CHANGEGUARD_DEPLOYMENT`` names
+the deployment; the build id is then ``CHANGEGUARD_BUILD_ID`` or :func:`default_build_id`.
 """
 
 from __future__ import annotations
 
+import hashlib
+import importlib.metadata
+import importlib.util
 import os
+import re
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
+from temporalio.common import WorkerDeploymentVersion
 from temporalio.envconfig import ClientConfigProfile
 
 TASK_QUEUE = "changeguard"
 DEFAULT_ADDRESS = "localhost:7233"
 DEFAULT_NAMESPACE = "default"
 STATE_DIR = Path(".changeguard")
+DEPLOYMENT = "changeguard"
+"""The Worker Deployment name the docs and ``changeguard dev --versioned`` use."""
 
 
 @dataclass(frozen=True)
@@ -41,6 +52,15 @@ class Settings:
             (``CHANGEGUARD_METRICS_BIND``; unset: off; other commands never bind it).
         pagers: each pager's params by name, from ``CHANGEGUARD_PAGERS`` (JSON), e.g.
             ``{"webhook": {"url": "https://pager.example/hook"}}``.
+        deployment: the Worker Deployment this worker belongs to (``CHANGEGUARD_DEPLOYMENT``);
+            ``None`` (the default): the worker runs unversioned.
+        build_id: this build's id within the deployment (``CHANGEGUARD_BUILD_ID``; default
+            :func:`default_build_id`, from the package version and the workflow code).
+        set_current: once the worker polls, make its version the deployment's current one
+            (``CHANGEGUARD_SET_CURRENT=1``; ``changeguard worker --set-current``).
+
+    Raises:
+        SettingsError: a deployment name or build id the server would refuse.
     """
 
     connect: dict[str, Any] = field(default_factory=dict)
@@ -53,6 +73,28 @@ class Settings:
     directory: str = "yaml:.changeguard/operators.yaml"
     pagers: dict[str, dict[str, Any]] = field(default_factory=dict)
     metrics_bind: str | None = None
+    deployment: str | None = None
+    build_id: str | None = None
+    set_current: bool = False
+
+    def __post_init__(self) -> None:
+        _check_name("CHANGEGUARD_DEPLOYMENT", self.deployment, dots=False)
+        _check_name("CHANGEGUARD_BUILD_ID", self.build_id, dots=True)
+        if self.set_current and self.deployment is None:
+            raise SettingsError(
+                "CHANGEGUARD_SET_CURRENT needs a deployment: set CHANGEGUARD_DEPLOYMENT too"
+            )
+
+    @property
+    def versioned(self) -> bool:
+        """The worker opts into Worker Deployment Versioning."""
+        return self.deployment is not None
+
+    def deployment_version(self) -> WorkerDeploymentVersion | None:
+        """This worker's deployment version, or ``None`` when it runs unversioned."""
+        if self.deployment is None:
+            return None
+        return WorkerDeploymentVersion(self.deployment, self.build_id or default_build_id())
 
     @property
     def address(self) -> str:
@@ -88,6 +130,9 @@ class Settings:
             "directory": env.get("CHANGEGUARD_DIRECTORY", cls.directory),
             "pagers": _pagers(env.get("CHANGEGUARD_PAGERS", "")),
             "metrics_bind": env.get("CHANGEGUARD_METRICS_BIND") or None,
+            "deployment": env.get("CHANGEGUARD_DEPLOYMENT", "").strip() or None,
+            "build_id": env.get("CHANGEGUARD_BUILD_ID", "").strip() or None,
+            "set_current": _flag("CHANGEGUARD_SET_CURRENT", env.get("CHANGEGUARD_SET_CURRENT", "")),
         }
         values.update(overrides)
         return cls(**values)
@@ -102,6 +147,60 @@ class Settings:
 
 class SettingsError(ValueError):
     """A setting is malformed; the message names the variable and the expected form."""
+
+
+_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]{0,254}")
+_RESERVED_BUILD_IDS = {"__unversioned__"}
+
+
+def _check_name(variable: str, value: str | None, *, dots: bool) -> None:
+    """A deployment name or build id: letters, digits, ``_+-`` (and ``.`` in a build id), ≤ 255."""
+    if value is None:
+        return
+    if not _NAME.fullmatch(value) or (not dots and "." in value) or value in _RESERVED_BUILD_IDS:
+        allowed = "letters, digits, '_', '+', '-'" + (" and '.'" if dots else " (no '.')")
+        raise SettingsError(f"{variable}={value!r}: use 1-255 of {allowed}, starting alphanumeric")
+
+
+def _flag(variable: str, raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    if value in ("1", "true", "yes", "on"):
+        return True
+    raise SettingsError(f"{variable}={raw!r}: use 1/true/yes or 0/false/no")
+
+
+@cache
+def default_build_id() -> str:
+    """``<package version>-<12 hex>``: the version and a hash of the ``workflows/`` sources.
+
+    Only workflow code decides whether a running change replays, so two builds that differ only in
+    activities, guardrails or the CLI share a build id (and their workers one deployment version),
+    while any edit under ``workflows/`` makes a new one. Set ``CHANGEGUARD_BUILD_ID`` (e.g. to the
+    release's git commit) to version by release instead.
+    """
+    return f"{_package_version()}-{workflow_code_hash()[:12]}"
+
+
+def workflow_code_hash() -> str:
+    """SHA-256 over every ``*.py`` file of the ``workflows`` package (relative path and bytes)."""
+    spec = importlib.util.find_spec("workflows")
+    if spec is None or not spec.submodule_search_locations:
+        raise SettingsError("cannot find the workflows package to derive a build id")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def _package_version() -> str:
+    try:
+        return importlib.metadata.version("changeguard")
+    except importlib.metadata.PackageNotFoundError:
+        return "0+unknown"
 
 
 def _pagers(raw: str) -> dict[str, dict[str, Any]]:

@@ -1,0 +1,98 @@
+"""Versioning settings: off by default, a deployment turns it on, the build id follows the code."""
+
+from __future__ import annotations
+
+import argparse
+
+import pytest
+from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+
+from cli.main import parser, with_versioning
+from worker.devserver import DevServer
+from worker.main import deployment_config
+from worker.settings import Settings, SettingsError, default_build_id, workflow_code_hash
+
+
+def test_unversioned_by_default() -> None:
+    """Without CHANGEGUARD_DEPLOYMENT a worker runs unversioned (no deployment config)."""
+    settings = Settings.from_env(env={})
+    assert (settings.versioned, settings.deployment_version(), deployment_config(settings)) == (
+        False,
+        None,
+        None,
+    )
+
+
+def test_deployment_from_the_environment() -> None:
+    """CHANGEGUARD_DEPLOYMENT and CHANGEGUARD_BUILD_ID name the version; the default is Pinned."""
+    settings = Settings.from_env(
+        env={
+            "CHANGEGUARD_DEPLOYMENT": "changeguard",
+            "CHANGEGUARD_BUILD_ID": "0.2.0+abc",
+            "CHANGEGUARD_SET_CURRENT": "yes",
+        }
+    )
+    version = WorkerDeploymentVersion("changeguard", "0.2.0+abc")
+    config = deployment_config(settings)
+    assert config is not None
+    assert (settings.set_current, config.version, config.use_worker_versioning) == (
+        True,
+        version,
+        True,
+    )
+    assert config.default_versioning_behavior is VersioningBehavior.PINNED
+
+
+def test_default_build_id_is_version_and_workflow_hash() -> None:
+    """The default build id is the package version and the first 12 hex of the workflows/ hash."""
+    version = Settings.from_env(env={"CHANGEGUARD_DEPLOYMENT": "changeguard"}).deployment_version()
+    assert version is not None
+    assert version.build_id == default_build_id()
+    assert version.build_id.endswith(f"-{workflow_code_hash()[:12]}")
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        ({"CHANGEGUARD_DEPLOYMENT": "change.guard"}, "CHANGEGUARD_DEPLOYMENT"),
+        ({"CHANGEGUARD_DEPLOYMENT": "cg", "CHANGEGUARD_BUILD_ID": "a b"}, "CHANGEGUARD_BUILD_ID"),
+        ({"CHANGEGUARD_DEPLOYMENT": "cg", "CHANGEGUARD_BUILD_ID": "__unversioned__"}, "BUILD_ID"),
+        ({"CHANGEGUARD_SET_CURRENT": "1"}, "needs a deployment"),
+        ({"CHANGEGUARD_DEPLOYMENT": "cg", "CHANGEGUARD_SET_CURRENT": "maybe"}, "SET_CURRENT"),
+    ],
+)
+def test_bad_versioning_settings_are_refused(env: dict[str, str], problem: str) -> None:
+    """A name the server would refuse, or set-current without a deployment, is a SettingsError."""
+    with pytest.raises(SettingsError, match=problem):
+        Settings.from_env(env=env)
+
+
+def _args(*argv: str) -> argparse.Namespace:
+    return parser().parse_args(list(argv))
+
+
+def test_worker_and_dev_flags() -> None:
+    """'worker' sets current only when asked; 'dev' does by default once versioned."""
+    base = Settings.from_env(env={})
+    worker = with_versioning(
+        _args("worker", "--versioned", "--build-id", "b1"), base, set_current=False
+    )
+    assert (worker.deployment, worker.build_id, worker.set_current) == ("changeguard", "b1", False)
+    worker = with_versioning(
+        _args("worker", "--deployment", "cg", "--set-current"), base, set_current=False
+    )
+    assert (worker.deployment, worker.set_current) == ("cg", True)
+    dev = with_versioning(_args("dev", "--versioned"), base, set_current=True)
+    assert (dev.deployment, dev.set_current) == ("changeguard", True)
+    dev = with_versioning(_args("dev", "--versioned", "--no-set-current"), base, set_current=True)
+    assert dev.set_current is False
+    assert with_versioning(_args("dev"), base, set_current=True).deployment is None
+    with pytest.raises(SettingsError):
+        with_versioning(_args("worker", "--set-current"), base, set_current=False)
+
+
+def test_dev_server_gets_the_versioning_dynamic_config() -> None:
+    """'changeguard dev' starts the server with versioning on and fast drainage status."""
+    command = " ".join(DevServer().command())
+    assert "--dynamic-config-value system.enableDeploymentVersions=true" in command
+    assert "matching.wv.VersionDrainageStatusRefreshInterval" in command
