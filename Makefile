@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed-$(shell cat pyproject.toml | cksum | cut -d' ' -f1)
 
-.PHONY: install deps demo test dev lint unit integration e2e histories replay clean
+.PHONY: install deps demo test dev lint unit integration e2e chaos histories replay clean
 
 $(STAMP): pyproject.toml
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -31,6 +31,10 @@ integration: install deps
 
 e2e: install deps  ## the Web UI in headless Chromium
 	$(BIN)/pytest tests/e2e
+
+chaos: install deps  ## the long chaos campaign: 500 changes under random faults (SEED=n replays one, CHANGES=n)
+	TESTCONTAINERS_RYUK_DISABLED=true $(BIN)/python -m tests.chaos.campaign \
+		--changes $(or $(CHANGES),500) $(if $(SEED),--seed $(SEED))
 
 dev: install  ## dev server + Web UI (http://localhost:8233) + worker + demo fleet, until Ctrl-C
 	$(BIN)/changeguard dev

@@ -1,0 +1,435 @@
+"""The chaos campaign's world: every moving part as something a fault can hit.
+
+- the Temporal dev server: the ``infra/devserver`` image (FROM scratch, built here by its
+  ``build.sh``) run through ``testcontainers`` with its SQLite file on a bind-mounted volume, so a
+  crash is ``docker kill`` and a restart is ``docker start`` of the same container on the same
+  file and the same host port; without a Docker engine, ``temporal server start-dev
+  --db-filename`` as a process (SIGKILL, then the same command on the same file);
+- the demo fleet (``python -m demo.fleet``) as a process on a fixed port with its SQLite file:
+  SIGKILL and restart; ``/admin/faults`` for 5xx and slow answers;
+- PostgreSQL (the audit store) as a process on a fixed port and data directory: SIGQUIT
+  (immediate shutdown: crash recovery at the next start) and restart. No PostgreSQL image can be
+  built here (no registry, no Debian mirror), so it is not a container;
+- a :class:`TcpProxy` in front of the fleet and of PostgreSQL: the workers reach both only through
+  it, and a partition stops it forwarding anything in either direction (connections stay open,
+  bytes wait, new connections hang), as a lost link does until TCP gives up;
+- worker processes (``python -m cli.main worker``), SIGKILLed and respawned by a supervisor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psycopg
+
+from tests.servers import PostgresServer, ServerError, free_port, postgres_bindir
+from worker.devserver import temporal_binary
+from workflows import search_attributes as sa
+
+ROOT = Path(__file__).resolve().parents[2]
+DEVSERVER_TAG = "changeguard/devserver:chaos"
+UID = 10001  # the dev-server image's user (infra/devserver)
+
+
+def _wait(probe: Any, within: float, what: str) -> None:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        with contextlib.suppress(Exception):
+            if probe():
+                return
+        time.sleep(0.2)
+    raise ServerError(f"{what} did not happen within {within:g}s")
+
+
+def _tcp_open(port: int) -> bool:
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+# ---------------------------------------------------------------------------------- TCP proxy
+
+
+class TcpProxy:
+    """A loopback TCP forwarder on its own thread and event loop, which can be partitioned.
+
+    Args:
+        upstream_port: where connections are forwarded (127.0.0.1).
+        connect_delay: seconds each new connection waits before it is forwarded (a slow link).
+    """
+
+    def __init__(self, upstream_port: int, *, connect_delay: float = 0.0) -> None:
+        self.upstream_port = upstream_port
+        self.connect_delay = connect_delay
+        self.port = 0
+        self._loop = asyncio.new_event_loop()
+        self._open = asyncio.Event()
+        self._ready = threading.Event()
+        self._server: asyncio.Server | None = None
+        self._thread = threading.Thread(target=self._run, name="chaos-proxy", daemon=True)
+
+    def start(self) -> TcpProxy:
+        self._thread.start()
+        self._ready.wait(10)
+        return self
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self._loop)
+        self._open.set()
+        self._server = self._loop.run_until_complete(
+            asyncio.start_server(self._handle, "127.0.0.1", 0)
+        )
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        self._loop.run_forever()
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            if self.connect_delay:
+                await asyncio.sleep(self.connect_delay)
+            await self._open.wait()
+            try:
+                up_reader, up_writer = await asyncio.open_connection(
+                    "127.0.0.1", self.upstream_port
+                )
+            except OSError:
+                return
+            await asyncio.gather(
+                self._pump(reader, up_writer), self._pump(up_reader, writer), return_exceptions=True
+            )
+            up_writer.close()
+        finally:
+            writer.close()
+
+    async def _pump(self, src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+        try:
+            while True:
+                await self._open.wait()
+                data = await src.read(65536)
+                if not data:
+                    break
+                await self._open.wait()  # bytes read just before a partition wait for its end
+                dst.write(data)
+                await dst.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                dst.close()
+
+    @property
+    def partitioned(self) -> bool:
+        return not self._open.is_set()
+
+    def partition(self) -> None:
+        """Stop forwarding in both directions, for old and new connections alike."""
+        self._loop.call_soon_threadsafe(self._open.clear)
+
+    def heal(self) -> None:
+        """Forward again: what waited is delivered."""
+        self._loop.call_soon_threadsafe(self._open.set)
+
+    def close(self) -> None:
+        def stop() -> None:
+            if self._server is not None:
+                self._server.close()
+            self._loop.stop()
+
+        if self._thread.is_alive():
+            self._loop.call_soon_threadsafe(stop)
+            self._thread.join(5)
+
+
+# ------------------------------------------------------------------------------- fleet process
+
+
+class FleetProcess:
+    """The demo fleet as a process on a fixed port, over one SQLite file that survives kills."""
+
+    def __init__(self, directory: Path, *, hosts: int) -> None:
+        self.dir = directory
+        directory.mkdir(parents=True, exist_ok=True)
+        self.db = directory / "fleet.db"
+        self.hosts = hosts
+        self.port = free_port()
+        self.log = directory / "fleet.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> FleetProcess:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "demo.fleet",
+                    "--port",
+                    str(self.port),
+                    "--db",
+                    str(self.db),
+                    "--hosts",
+                    str(self.hosts),
+                ],
+                cwd=ROOT,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        _wait(
+            lambda: httpx.get(f"{self.url}/healthz", timeout=1, trust_env=False).status_code == 200,
+            30,
+            "the fleet answering",
+        )
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.proc = None
+
+    def faults(self, **faults: int) -> None:
+        """Replace the fleet's injected faults (``fail_next``, ``deploy_delay_ms``)."""
+        httpx.post(
+            f"{self.url}/admin/faults", json=faults, timeout=5, trust_env=False
+        ).raise_for_status()
+
+
+# ------------------------------------------------------------------------- PostgreSQL process
+
+
+class CrashablePostgres(PostgresServer):
+    """A PostgreSQL cluster that can crash (SIGQUIT) and start again on its port and data."""
+
+    def crash(self) -> None:
+        proc = self._proc
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(
+                signal.SIGQUIT
+            )  # immediate shutdown: no checkpoint, recovery next start
+            try:
+                proc.wait(10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        self._proc = None
+
+    def restart(self) -> None:
+        with self.log_path.open("ab") as log:
+            self._proc = subprocess.Popen(
+                self._args(str(postgres_bindir() / "postgres")),
+                cwd=self.dir,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                **self._popen_options(),
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with (
+                contextlib.suppress(psycopg.OperationalError),
+                psycopg.connect(self.dsn, connect_timeout=1),
+            ):
+                return
+            if self._proc.poll() is not None and "already in use" not in self.log_tail(5):
+                # A crashed postmaster's children may hold the port a moment: try again.
+                time.sleep(0.5)
+                return self.restart()
+            time.sleep(0.2)
+        raise ServerError(f"postgres did not come back:\n{self.log_tail()}")
+
+
+# ------------------------------------------------------------------------------- dev server
+
+
+class DevServer:
+    """The Temporal dev server on a fixed loopback port, over a SQLite file that survives kills."""
+
+    def __init__(self, directory: Path, *, container: bool) -> None:
+        self.dir = directory
+        self.port = free_port()
+        directory.mkdir(parents=True, exist_ok=True)
+        self.mode = "container" if container else "process"
+        self.log = directory / "devserver.log"
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._container: Any = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> DevServer:
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        if self.mode == "container":
+            os.environ.setdefault("TESTCONTAINERS_RYUK_DISABLED", "true")
+            from testcontainers.core.container import DockerContainer
+
+            os.chown(data, UID, UID)
+            self._container = (
+                DockerContainer(build_devserver_image())
+                .with_bind_ports(7233, self.port)
+                .with_volume_mapping(str(data), "/data", "rw")
+                .with_kwargs(labels={"io.changeguard.test": "chaos"})
+            )
+            self._container.start()
+        else:
+            self._spawn()
+        self.wait_up()
+        return self
+
+    def _spawn(self) -> None:
+        flags = sa.cli_flags()
+        with self.log.open("ab") as out:
+            self._proc = subprocess.Popen(
+                [
+                    temporal_binary("temporal"),
+                    "server",
+                    "start-dev",
+                    "--headless",
+                    "--ip",
+                    "127.0.0.1",
+                    "--port",
+                    str(self.port),
+                    "--log-level",
+                    "error",
+                    "--db-filename",
+                    str(self.dir / "data" / "temporal.db"),
+                    *flags,
+                ],
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def wait_up(self, within: float = 90) -> None:
+        _wait(lambda: _tcp_open(self.port), within, f"the dev server on {self.address}")
+
+    def kill(self) -> None:
+        """SIGKILL the server (the container's process, or the process)."""
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.get_wrapped_container().kill()
+        elif self._proc is not None and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGKILL)
+            self._proc.wait(10)
+
+    def restart(self) -> None:
+        """Start again on the same SQLite file (the same container, volume and port)."""
+        if self._container is not None:
+            self._container.get_wrapped_container().start()
+        else:
+            self._spawn()
+        self.wait_up()
+
+    def stop(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.stop()
+            self._container = None
+        elif self._proc is not None:
+            self.kill()
+
+
+def docker_available() -> bool:
+    """Whether a Docker engine answers, after ``infra/docker-engine.sh`` had its chance."""
+    if os.environ.get("CHANGEGUARD_CHAOS_NO_DOCKER"):
+        return False
+    script = ROOT / "infra" / "docker-engine.sh"
+    done = subprocess.run(["bash", str(script)], capture_output=True, timeout=300, check=False)
+    return done.returncode == 0 and shutil.which("docker") is not None
+
+
+def build_devserver_image() -> str:
+    """Build infra/devserver (FROM scratch, from local files only); the tag."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "infra" / "devserver" / "build.sh"), DEVSERVER_TAG],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"infra/devserver/build.sh failed:\n{done.stdout}{done.stderr}")
+    return DEVSERVER_TAG
+
+
+# ------------------------------------------------------------------------------------ workers
+
+
+class WorkerSlot:
+    """One worker process slot: killed by faults, respawned by the supervisor when let up."""
+
+    def __init__(self, name: str, env: dict[str, str], directory: Path) -> None:
+        self.name = name
+        self.env = env
+        self.log = directory / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.held_until = 0.0
+        self.spawns = 0
+
+    def spawn(self) -> None:
+        with self.log.open("ab") as out:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "cli.main", "worker"],
+                cwd=ROOT,
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.spawns += 1
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def kill(self, hold: float = 0.0) -> None:
+        """SIGKILL (no goodbye to the server); stay down for ``hold`` seconds."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+        self.held_until = time.monotonic() + hold
+
+    def tail(self, lines: int = 30) -> str:
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return f"--- {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
+
+    def crash_count(self) -> int:
+        """Start-ups that ended on their own (not by our SIGKILL): a traceback in the log."""
+        text = self.log.read_text(errors="replace") if self.log.exists() else ""
+        return text.count("Traceback (most recent call last)")
+
+
+def worker_env(
+    *, address: str, task_queue: str, audit_url: str, policy: Path, directory: Path
+) -> dict[str, str]:
+    """The environment of a campaign worker process."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "CHANGEGUARD_"))}
+    env.update(
+        TEMPORAL_ADDRESS=address,
+        TEMPORAL_NAMESPACE="default",
+        CHANGEGUARD_TASK_QUEUE=task_queue,
+        CHANGEGUARD_AUDIT_URL=audit_url,
+        CHANGEGUARD_DIRECTORY=f"yaml:{directory}",
+        CHANGEGUARD_POLICY=str(policy),
+        CHANGEGUARD_LOG_FORMAT="json",
+        PYTHONUNBUFFERED="1",
+    )
+    return env
