@@ -1,9 +1,14 @@
-"""Replay: every committed history replays; a broken workflow does not; the CLI reports both."""
+"""Replay: every committed history replays; a broken workflow does not; the CLI reports both.
+
+The corpus must also cover the branches: each branch docs/versioning.md names has a committed
+history, and each branch tests/replay/capture.py drives is named there.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import re
 import shutil
 import uuid
 from pathlib import Path
@@ -19,6 +24,7 @@ from tests.replay.broken_workflow import BrokenGuardedChangeWorkflow, PatchedGua
 from worker import registry
 from worker.main import build_worker
 from worker.replay import (
+    SAVED_PREFIX,
     ReplayReport,
     first_mismatch,
     history_files,
@@ -30,6 +36,9 @@ from worker.settings import Settings
 from workflows.models import ChangeRequest, ChangeResult, Outcome
 
 HISTORIES = Path(__file__).resolve().parent / "histories"
+VERSIONING_DOC = Path(__file__).resolve().parents[2] / "docs" / "versioning.md"
+BRANCH_SECTION = "## Branches the committed corpus covers"
+"""The heading of the table in docs/versioning.md whose rows start with `` | `branch` | ``."""
 FILES = history_files([HISTORIES])
 PROCEED = HISTORIES / "proceed__GuardedChange__1.json"
 FIRST_MISMATCH = (
@@ -78,12 +87,63 @@ def test_every_workflow_type_has_a_committed_history() -> None:
 
 
 def test_histories_name_their_workflow() -> None:
-    """Each file is named <branch>__<type>__<n> after the history's own type and workflow id."""
+    """Each file is named <branch>__<type>__<n> after the history's own type and workflow id.
+
+    Histories saved from a server (``replay --from-server --save``) are named after their shape,
+    ``server_<hash>``: their workflow ids are whatever production used.
+    """
     for path in FILES:
         workflow_id, workflow_type = history_ids(load_history(path))
         branch, type_in_name, _ = path.stem.split("__")
         assert type_in_name == workflow_type, path.name
-        assert workflow_id.removeprefix("lock/").startswith(f"{branch}."), path.name
+        if not branch.startswith(SAVED_PREFIX):
+            assert workflow_id.removeprefix("lock/").startswith(f"{branch}."), path.name
+
+
+def documented_branches(text: str | None = None) -> list[str]:
+    """The branch names of the table under :data:`BRANCH_SECTION` in docs/versioning.md."""
+    text = VERSIONING_DOC.read_text() if text is None else text
+    assert BRANCH_SECTION in text, f"docs/versioning.md lost its heading {BRANCH_SECTION!r}"
+    section = text.split(BRANCH_SECTION, 1)[1].split("\n## ", 1)[0]
+    return re.findall(r"^\|\s*`([a-z0-9_]+)`\s*\|", section, flags=re.MULTILINE)
+
+
+def committed_branches() -> set[str]:
+    """The branch part of every committed history's file name."""
+    return {p.name.split("__", 1)[0] for p in FILES}
+
+
+def test_every_documented_branch_has_a_committed_history() -> None:
+    """A branch docs/versioning.md names without a committed history fails the suite."""
+    documented = documented_branches()
+    assert len(documented) == len(set(documented)), "a branch is listed twice"
+    missing = sorted(set(documented) - committed_branches())
+    assert missing == [], (
+        f"docs/versioning.md names branch(es) {missing} with no history in tests/replay/histories: "
+        "capture them (python -m tests.replay.capture --only NAME) or take them out of the doc"
+    )
+
+
+def test_every_captured_branch_is_documented() -> None:
+    """A branch tests/replay/capture.py drives but docs/versioning.md does not name fails."""
+    from tests.replay.capture import BRANCHES
+
+    undocumented = sorted({b.name for b in BRANCHES} - set(documented_branches()))
+    assert undocumented == [], (
+        f"capture.py drives branch(es) {undocumented} that docs/versioning.md does not list "
+        f"under {BRANCH_SECTION!r}: add a row saying what each covers"
+    )
+
+
+def test_branch_table_parsing() -> None:
+    """The doc's table is read by its rows' first cell, and only under its heading."""
+    text = (
+        "| `not_this` | elsewhere |\n"
+        f"{BRANCH_SECTION}\n\n| Branch | Covers |\n|---|---|\n"
+        "| `proceed` | gates pass |\n| `lock_expired` | the lease ends |\n\n"
+        "## Next\n| `nor_this` | x |\n"
+    )
+    assert documented_branches(text) == ["proceed", "lock_expired"]
 
 
 # ------------------------------------------------------------------ the harness is live
