@@ -234,7 +234,11 @@ async def test_fail_next_faults_answer_503_and_apply_nothing(client: httpx.Async
     statuses = [(await deploy(client, "web-01", "2.0.0")).status_code for _ in range(3)]
 
     assert statuses == [503, 503, 200]
-    assert (await client.get("/admin/faults")).json() == {"fail_next": 0, "deploy_delay_ms": 0, "silent_drains": 0}
+    assert (await client.get("/admin/faults")).json() == {
+        "fail_next": 0,
+        "deploy_delay_ms": 0,
+        "silent_drains": 0,
+    }
     assert [e["seq"] for e in await ledger(client)] == [1]
 
 

@@ -336,7 +336,11 @@ async def test_breaker_opens_after_repeated_503s(
         types.append(caught.value.type)
 
     assert types == [TARGET_UNAVAILABLE] * 3 + [CIRCUIT_OPEN]
-    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}  # 4th never sent
+    assert await faults(client) == {
+        "fail_next": 1,
+        "deploy_delay_ms": 0,
+        "silent_drains": 0,
+    }  # 4th never sent
     described = await deploy.describe(params, WEB1)
     assert (described.reachable, described.detail["error_type"]) == (False, CIRCUIT_OPEN)
 
