@@ -20,6 +20,7 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.common import RetryPolicy
+from temporalio.exceptions import ApplicationError
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
@@ -134,10 +135,13 @@ async def apply_targets(
     on_reverted: Callable[[str], None],
     should_stop: Callable[[], bool] = lambda: False,
     options: MutationOptions | None = None,
+    on_result: Callable[[ApplyResult], None] | None = None,
 ) -> None:
     """Apply ``targets`` as saga steps; raise the first failure once in-flight ones settle.
 
     ``options`` are the kind's activity options (:func:`options_from`); None keeps the defaults.
+    ``on_result`` sees every mutation's result (``ApplyResult.irreversible`` names the steps that
+    put the target past its point of no return); a failure's are in :func:`irreversible_in`.
     """
     limit = asyncio.Semaphore(max_parallel)
     failed: list[BaseException] = []
@@ -154,14 +158,27 @@ async def apply_targets(
             apply = apply_input(change_id, kind, params, target)
             revert = revert_input(apply)
             try:
-                await saga.run(
+                result = await saga.run(
                     target.id, lambda: apply_one(apply, options), lambda: compensate(revert)
                 )
             except BaseException as exc:
                 failed.append(exc)
                 raise
+            if on_result is not None:
+                on_result(result)
             on_applied(target.id)
 
     await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
     if failed:
         raise failed[0]
+
+
+def irreversible_in(exc: BaseException) -> list[str]:
+    """Irreversible steps a failed mutation left in effect (from its error's details), if any."""
+    inner: BaseException | None = exc
+    while inner is not None and not isinstance(inner, ApplicationError):
+        inner = getattr(inner, "cause", None)
+    if inner is None or not inner.details or not isinstance(inner.details[0], dict):
+        return []
+    found = inner.details[0].get("irreversible", [])
+    return [str(s) for s in found] if isinstance(found, list) else []
