@@ -6,6 +6,7 @@ or ``temporal workflow start`` would send them; the worker replays every task.
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
@@ -29,8 +30,10 @@ from workflows.models import (
     AuditQuery,
     ChangeResult,
     ChangeStatus,
+    LockHolder,
     Outcome,
     Phase,
+    lock_id,
 )
 
 pytestmark = pytest.mark.integration
@@ -170,3 +173,32 @@ async def test_a_reset_run_continues_its_change_under_the_same_claim(
     assert (result.outcome, result.change_id) == (Outcome.COMPLETED, wid)
     assert actions(store, wid).count(AuditAction.STARTED) == 1
     assert await task_failures(new) == []
+
+
+async def test_a_raw_start_keeps_its_target_lock_through_a_long_bake(
+    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
+) -> None:
+    """Without change_id, the lock's lease watch finds its holder (the workflow id) all bake long."""
+    wid = f"lease-{uuid.uuid4().hex[:8]}"
+    doc = request(
+        rollout={"waves": ["100%"], "bake": "6s"},
+        policy={"guardrails": [{"use": "target-lock", "params": {"watch_every": "1s"}}]},
+    )
+    async with build_worker(
+        dev_env.client,
+        task_queue=task_queue,
+        kinds=fakes.kinds(),
+        audit=audit,
+        max_cached_workflows=0,
+    ):
+        handle = await start(dev_env.client, task_queue, wid, doc)
+        await until_phase(handle, Phase.BAKING)
+        lock = dev_env.client.get_workflow_handle(lock_id("t1"))
+        for _ in range(4):  # four lease watches (every 1 s) while the change bakes
+            holder = await lock.query("holder", result_type=LockHolder)
+            assert holder.change_id == wid
+            await asyncio.sleep(1.2)
+        assert (await handle.query("status", result_type=ChangeStatus)).phase is Phase.BAKING
+        result = await handle.result()
+    assert result.outcome is Outcome.COMPLETED
+    assert str(await lock.result()).startswith(f"released by {wid}")
