@@ -24,6 +24,7 @@ import argparse
 import asyncio
 import collections
 import contextlib
+import os
 import random
 import sys
 import tempfile
@@ -43,6 +44,7 @@ from temporalio.client import (
     WorkflowFailureError,
     WorkflowHandle,
     WorkflowUpdateFailedError,
+    WorkflowUpdateRPCTimeoutOrCancelledError,
 )
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import WorkflowAlreadyStartedError
@@ -52,9 +54,11 @@ from activities.audit import open_audit_store
 from tests.chaos.harness import (
     CrashablePostgres,
     DevServer,
+    FleetContainer,
     FleetProcess,
     TcpProxy,
     WorkerSlot,
+    build_fleet_image,
     docker_available,
     worker_env,
 )
@@ -245,7 +249,13 @@ async def retrying(op: Callable[[], Awaitable[T]], what: str, *, within: float =
     while True:
         try:
             return await op()
-        except (RPCError, TimeoutError, ConnectionError, httpx.HTTPError) as exc:
+        except (
+            RPCError,
+            TimeoutError,
+            ConnectionError,
+            httpx.HTTPError,
+            WorkflowUpdateRPCTimeoutOrCancelledError,  # the server went away mid-update
+        ) as exc:
             if time.monotonic() > deadline:
                 raise Transient(f"{what}: {exc}") from exc
             await asyncio.sleep(delay)
@@ -267,11 +277,23 @@ class Result:
     notes: list[str] = field(default_factory=list)
     traces: list[ChangeTrace] = field(default_factory=list)
 
+    def by_shape(self) -> dict[str, collections.Counter[str]]:
+        """Outcomes per shape."""
+        out: dict[str, collections.Counter[str]] = collections.defaultdict(collections.Counter)
+        for t in self.traces:
+            out[t.shape][t.outcome or "unknown"] += 1
+        return dict(out)
+
     def summary(self) -> str:
         lines = [
             f"chaos campaign seed={self.seed}: {len(self.traces)} changes in {self.seconds:.0f}s",
             "changes by outcome: "
             + ", ".join(f"{k} {v}" for k, v in sorted(self.outcomes.items())),
+            "by shape: "
+            + "; ".join(
+                f"{shape}: " + ", ".join(f"{k} {v}" for k, v in sorted(c.items()))
+                for shape, c in sorted(self.by_shape().items())
+            ),
             "faults injected: " + ", ".join(f"{k} {v}" for k, v in sorted(self.faults.items())),
             "violations: " + ", ".join(f"{k} {self.findings.counts[k]}" for k in INVARIANTS),
             f"longest fault end -> every affected change moving: {self.recovery[0]:.1f}s "
@@ -311,9 +333,17 @@ class Campaign:
 
     async def _setup(self) -> None:
         d = self.dir
-        self.server = DevServer(d / "temporal", container=await asyncio.to_thread(docker_available))
+        docker = await asyncio.to_thread(docker_available)
+        self.server = DevServer(d / "temporal", container=docker)
         await asyncio.to_thread(self.server.start)
-        self.fleet = await asyncio.to_thread(FleetProcess(d / "fleet", hosts=self.size.hosts).start)
+        fleet: FleetProcess = FleetProcess(d / "fleet", hosts=self.size.hosts)
+        if docker and os.environ.get("CHANGEGUARD_CHAOS_FLEET", "container") == "container":
+            try:
+                image = await asyncio.to_thread(build_fleet_image)
+                fleet = FleetContainer(d / "fleet", hosts=self.size.hosts, image=image)
+            except Exception as exc:  # the process is as good a fleet; say why
+                self.notes.append(f"fleet image not built, the fleet runs as a process: {exc}")
+        self.fleet = await asyncio.to_thread(fleet.start)
         self.fleet_link = TcpProxy(self.fleet.port).start()
         self.slow_link = TcpProxy(self.fleet_link.port, connect_delay=SLOW_LINK).start()
         self.pg = CrashablePostgres(d / "postgres")
@@ -342,7 +372,8 @@ class Campaign:
         self.free_hosts = [f"web-{i:02d}" for i in range(1, self.size.hosts + 1)]
         self.rng.shuffle(self.free_hosts)
         self.log(
-            f"chaos: dev server as a {self.server.mode} on {self.server.address}, fleet "
+            f"chaos: dev server as a {self.server.mode} on {self.server.address}, fleet as a "
+            f"{'container' if isinstance(self.fleet, FleetContainer) else 'process'} "
             f"{self.fleet.url} (via {self.fleet_link.port}), audit {self.audit_dsn} (via "
             f"{self.audit_link.port}), {len(self.slots)} workers, task queue {self.task_queue}, "
             f"logs in {d}"
@@ -356,6 +387,8 @@ class Campaign:
                 getattr(self, proxy).close()
         if hasattr(self, "fleet"):
             self.fleet.kill()
+            if isinstance(self.fleet, FleetContainer):
+                await asyncio.to_thread(self.fleet.remove)
         if hasattr(self, "pg"):
             await asyncio.to_thread(self.pg.stop)
         if hasattr(self, "server"):
@@ -404,6 +437,10 @@ class Campaign:
             await asyncio.to_thread(self.pg.crash)
             await asyncio.sleep(hold)
             await asyncio.to_thread(self.pg.restart)
+        elif kind == "fleet_partition" and isinstance(self.fleet, FleetContainer):
+            await asyncio.to_thread(self.fleet.pause)
+            await asyncio.sleep(hold)
+            await asyncio.to_thread(self.fleet.unpause)
         elif kind == "fleet_partition":
             self.fleet_link.partition()
             await asyncio.sleep(hold)
@@ -740,7 +777,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    import os
-
     code = main()
     os._exit(code)  # skip interpreter finalisation, where the SDK's native runtime can crash

@@ -5,14 +5,18 @@
   crash is ``docker kill`` and a restart is ``docker start`` of the same container on the same
   file and the same host port; without a Docker engine, ``temporal server start-dev
   --db-filename`` as a process (SIGKILL, then the same command on the same file);
-- the demo fleet (``python -m demo.fleet``) as a process on a fixed port with its SQLite file:
-  SIGKILL and restart; ``/admin/faults`` for 5xx and slow answers;
+- the demo fleet in the ``infra/fleet`` image (FROM scratch around this machine's own Python,
+  built by its ``build.sh``) through ``testcontainers``, its SQLite file on a volume: a crash is
+  ``docker kill`` + ``docker start``, a partition ``docker pause`` + ``unpause``; without Docker
+  (or with ``CHANGEGUARD_CHAOS_FLEET=process``) ``python -m demo.fleet`` as a process, SIGKILLed
+  and restarted, partitioned by its proxy; ``/admin/faults`` for 5xx and slow answers either way;
 - PostgreSQL (the audit store) as a process on a fixed port and data directory: SIGQUIT
   (immediate shutdown: crash recovery at the next start) and restart. No PostgreSQL image can be
   built here (no registry, no Debian mirror), so it is not a container;
 - a :class:`TcpProxy` in front of the fleet and of PostgreSQL: the workers reach both only through
   it, and a partition stops it forwarding anything in either direction (connections stay open,
-  bytes wait, new connections hang), as a lost link does until TCP gives up;
+  bytes wait, new connections hang), as a lost link does until TCP gives up; a second one with a
+  connect delay is the slow link of ``long`` changes;
 - worker processes (``python -m cli.main worker``), SIGKILLed and respawned by a supervisor.
 """
 
@@ -40,6 +44,7 @@ from workflows import search_attributes as sa
 
 ROOT = Path(__file__).resolve().parents[2]
 DEVSERVER_TAG = "changeguard/devserver:chaos"
+FLEET_TAG = "changeguard/fleet:chaos"
 UID = 10001  # the dev-server image's user (infra/devserver)
 
 
@@ -207,6 +212,76 @@ class FleetProcess:
         httpx.post(
             f"{self.url}/admin/faults", json=faults, timeout=5, trust_env=False
         ).raise_for_status()
+
+
+class FleetContainer(FleetProcess):
+    """The demo fleet in the ``infra/fleet`` image: crash = ``docker kill``, partition = pause.
+
+    The SQLite file lives on a bind-mounted volume and the port is fixed, so ``docker start`` of
+    the same container is a restart on the same ledger at the same address.
+    """
+
+    def __init__(self, directory: Path, *, hosts: int, image: str) -> None:
+        super().__init__(directory, hosts=hosts)
+        self.image = image
+        self._container: Any = None
+
+    def start(self) -> FleetContainer:
+        if self._container is None:
+            from testcontainers.core.container import DockerContainer
+
+            data = self.dir / "data"
+            data.mkdir(parents=True, exist_ok=True)
+            os.chown(data, UID, UID)
+            self.db = data / "fleet.db"
+            self._container = (
+                DockerContainer(self.image)
+                .with_bind_ports(8800, self.port)
+                .with_volume_mapping(str(data), "/data", "rw")
+                .with_command(str(self.hosts))
+                .with_kwargs(labels={"io.changeguard.test": "chaos"})
+            )
+            self._container.start()
+        else:
+            self._container.get_wrapped_container().start()
+        _wait(
+            lambda: httpx.get(f"{self.url}/healthz", timeout=1, trust_env=False).status_code == 200,
+            30,
+            "the fleet container answering",
+        )
+        return self
+
+    def kill(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.get_wrapped_container().kill()
+
+    def pause(self) -> None:
+        """Freeze the fleet: connections are accepted by the engine's proxy, and hang."""
+        self._container.get_wrapped_container().pause()
+
+    def unpause(self) -> None:
+        self._container.get_wrapped_container().unpause()
+
+    def remove(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.stop()
+            self._container = None
+
+
+def build_fleet_image() -> str:
+    """Build infra/fleet (FROM scratch around this machine's Python); the tag."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "infra" / "fleet" / "build.sh"), FLEET_TAG],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"infra/fleet/build.sh failed:\n{done.stdout}{done.stderr}")
+    return FLEET_TAG
 
 
 # ------------------------------------------------------------------------- PostgreSQL process

@@ -20,6 +20,7 @@ from workflows.models import AuditAction, AuditRecord
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
 
 
+@pytest.mark.integration
 @pytest.mark.timeout(420)
 async def test_short_campaign_keeps_every_invariant(tmp_path: Path) -> None:
     """30 changes of every shape under every fault type: no violation, no lost change."""

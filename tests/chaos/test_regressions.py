@@ -6,16 +6,28 @@ it belongs to (``activities/``); ``xfail(strict=True)`` keeps the suite honest e
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+import httpx
 import pytest
 from temporalio.api.failure.v1 import Failure
-from temporalio.testing import ActivityEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.audit import AuditActivities, AuditStoreError, SqliteAuditStore
+from demo.fleet import FleetServer
 from worker.converter import data_converter
-from workflows.models import AuditAction, AuditRecord
+from worker.main import build_worker
+from worker.settings import Settings
+from workflows.models import (
+    AuditAction,
+    AuditQuery,
+    AuditRecord,
+    ChangeRequest,
+    ChangeResult,
+    Outcome,
+)
 
 UNREACHABLE = "cannot write to the audit database postgresql://127.0.0.1:1/audit: connection lost"
 
@@ -63,3 +75,75 @@ async def test_a_retryable_audit_failure_reaches_temporal_with_its_own_message(
     failure = Failure()
     await data_converter.encode_failure(raised.value, failure)  # what the worker sends
     assert failure.message == UNREACHABLE
+
+
+class _LedgerDownForMutations(SqliteAuditStore):
+    """A store that refuses the first ``n`` mutation records (retryable), as a restarting PostgreSQL."""
+
+    refusals = 5  # MUTATION_RETRY's maximum_attempts: every attempt of one apply
+
+    def append(self, record: AuditRecord) -> bool:
+        if record.action is AuditAction.MUTATION and self.refusals > 0:
+            self.refusals -= 1
+            raise AuditStoreError(UNREACHABLE, retryable=True)
+        return super().append(record)
+
+
+@pytest.mark.integration
+@pytest.mark.xfail(
+    strict=True,
+    reason="activities/change.py: an effect whose every apply attempt failed at the ledger write "
+    "is reverted, but its mutation record is never written by anyone",
+)
+async def test_an_effect_whose_ledger_write_failed_on_the_last_attempt_is_still_recorded(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    """Audit store down during a mutation's last attempt: the effect still reaches the ledger.
+
+    Found by the long campaign (seed 4242, audit_restart): attempt 5 of apply_change deployed
+    web-94, then failed writing its ``mutation`` record; the change compensated (the revert's
+    record was written) but the ledger never learned of the deploy it reverted (I6).
+    """
+    (tmp_path / "operators.yaml").write_text("operators: {}\n")
+    store = _LedgerDownForMutations(tmp_path / "audit.db")
+    audit = AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
+    cid = f"ledger-{uuid.uuid4().hex[:8]}"
+    with FleetServer(tmp_path / "fleet.db", port=0, hosts=1) as fleet:
+        request = ChangeRequest.model_validate(
+            {
+                "change_id": cid,
+                "kind": "http-deploy",
+                "summary": "a deploy whose ledger write fails",
+                "requester": "alice",
+                "team": "web",
+                "environment": "prod",
+                "targets": [{"id": "web-01"}],
+                "params": {"base_url": fleet.url, "version": "2.0.0"},
+                "rollout": {"waves": ["100%"], "max_parallel": 1, "bake": "0s"},
+            }
+        )
+        settings = Settings.from_env(task_queue=task_queue)
+        async with build_worker(dev_env.client, settings, audit=audit):
+            result = await dev_env.client.execute_workflow(
+                "GuardedChange",
+                request,
+                id=cid,
+                task_queue=task_queue,
+                result_type=ChangeResult,
+                execution_timeout=timedelta(minutes=2),
+            )
+        async with httpx.AsyncClient(base_url=fleet.url, trust_env=False) as http:
+            deploys = (await http.get("/deploys")).json()
+    try:
+        records = store.list(AuditQuery(change_id=cid))
+    finally:
+        store.close()
+    assert (result.outcome, result.reverted) == (Outcome.ROLLED_BACK, ["web-01"])
+    took_effect = sorted(d["idempotency_key"] for d in deploys)
+    assert took_effect == [f"{cid}:apply:web-01", f"{cid}:revert:web-01"]
+    recorded = sorted(
+        str(r.detail["idempotency_key"])
+        for r in records
+        if r.action in (AuditAction.MUTATION, AuditAction.COMPENSATION)
+    )
+    assert recorded == took_effect
