@@ -25,12 +25,14 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
+import yaml
 from temporalio.api.enums.v1 import EventType, PendingActivityState
 from temporalio.client import WorkflowHandle
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
 from demo.fleet import FleetServer
+from tests.helpers import OPEN_BUNDLE
 from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
 
 HOSTS = 8
@@ -105,6 +107,8 @@ def spawn(
 ) -> Iterator[Callable[[str], WorkerProcess]]:
     """Start worker processes on the test's task queue; every one is killed at teardown."""
     (tmp_path / "operators.yaml").write_text("operators: {}\n")
+    # Workers fail closed without a platform bundle: the suite's open one (no platform rules).
+    (tmp_path / "policy.yaml").write_text(yaml.safe_dump(OPEN_BUNDLE))
     env = {k: v for k, v in os.environ.items() if not k.startswith(("TEMPORAL_", "CHANGEGUARD_"))}
     env.update(
         TEMPORAL_ADDRESS=dev_env.client.service_client.config.target_host,
@@ -112,6 +116,7 @@ def spawn(
         CHANGEGUARD_TASK_QUEUE=task_queue,
         CHANGEGUARD_AUDIT_URL=f"sqlite:///{tmp_path / 'audit.db'}",
         CHANGEGUARD_DIRECTORY=f"yaml:{tmp_path / 'operators.yaml'}",
+        CHANGEGUARD_POLICY=str(tmp_path / "policy.yaml"),
         CHANGEGUARD_LOG_FORMAT="json",
         PYTHONUNBUFFERED="1",
     )
@@ -213,7 +218,7 @@ async def test_sigkilled_worker_mid_wave_deploys_each_target_exactly_once(
     handle = await dev_env.client.start_workflow(
         "GuardedChange",
         request,
-        id=request.change_id,
+        id=str(request.change_id),  # _request always sets it
         task_queue=task_queue,
         result_type=ChangeResult,
         id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
