@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -21,12 +22,15 @@ from temporalio.client import (
 )
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.locks import LockActivities
 from guardrails.base import CheckContext
 from guardrails.builtin.target_lock import TargetLock
+from worker.converter import data_converter
+from worker.devserver import temporal_binary
 from workflows import errors
 from workflows.models import (
     Category,
@@ -74,8 +78,10 @@ class Lab:
     client: Client
     task_queue: str
     prefix: str
+    started: list[str] = field(default_factory=list)
 
     async def change(self, name: str) -> WorkflowHandle[Any, Any]:
+        self.started.append(name)
         return await self.client.start_workflow(
             "FakeChange", id=f"{self.prefix}-{name}", task_queue=self.task_queue
         )
@@ -126,6 +132,21 @@ class Lab:
         raise AssertionError(f"lock state never matched; last {await self.state()}")
 
 
+@pytest.fixture(scope="module")
+async def env() -> AsyncIterator[WorkflowEnvironment]:
+    """This module's own time-skipping server.
+
+    Hand-overs signal fake changes after a test's worker is gone; on the session's shared server
+    such a task, waiting in a queue nobody polls, would stop time skipping for every later test.
+    """
+    environment = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter,
+        test_server_existing_path=temporal_binary("temporal-test-server"),
+    )
+    yield environment
+    await environment.shutdown()
+
+
 @pytest.fixture
 async def lab(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Lab]:
     """A worker with the real TargetLock and holder_alive, and FakeChange as the changes."""
@@ -137,7 +158,13 @@ async def lab(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Lab]:
         workflow_runner=UnsandboxedWorkflowRunner(),
         max_cached_workflows=0,
     ):
-        yield Lab(env.client, task_queue, f"q{uuid.uuid4().hex[:8]}")
+        lab = Lab(env.client, task_queue, f"q{uuid.uuid4().hex[:8]}")
+        yield lab
+        # Nothing of this test may outlive its worker: the time-skipping server never skips time
+        # while a workflow task waits in a queue no worker polls, which would stall later tests.
+        for wid in (lock_id(lab.prefix), *(lab.cid(n) for n in lab.started)):
+            with contextlib.suppress(RPCError):  # already closed
+                await env.client.get_workflow_handle(wid).terminate("test over")
 
 
 async def _task_failures(handle: WorkflowHandle[Any, Any]) -> list[str]:
