@@ -14,11 +14,13 @@ The tree::
     │   ├── TargetRejected          the target API refused the mutation (4xx)
     │   ├── ContractViolation       a plug-in returned something its contract forbids
     │   ├── NothingApplied          a mutation reported that it changed nothing (not a success)
+    │   ├── IrreversibleStep        a revert reached a step that cannot be undone (needs a human)
     │   └── Refused                 an update's validator refused it (approval, abort, rollback…)
     └── transient failures — retried with jittered backoff
         ├── TargetUnavailable       the target API is unreachable or answered 5xx
         ├── CircuitOpen             the worker's breaker for that API is open; retry after a delay
-        └── CheckFailed             a guardrail raised (the gate turns it into an ``error`` result)
+        ├── CheckFailed             a guardrail raised (the gate turns it into an ``error`` result)
+        └── MutationPaused          the activity was paused (Temporal activity pause); resumes later
 """
 
 from __future__ import annotations
@@ -30,11 +32,13 @@ UNKNOWN_GUARDRAIL = "UnknownGuardrail"
 TARGET_REJECTED = "TargetRejected"
 CONTRACT_VIOLATION = "ContractViolation"
 NOTHING_APPLIED = "NothingApplied"
+IRREVERSIBLE_STEP = "IrreversibleStep"
 REFUSED = "Refused"
 
 TARGET_UNAVAILABLE = "TargetUnavailable"
 CIRCUIT_OPEN = "CircuitOpen"
 CHECK_FAILED = "CheckFailed"
+MUTATION_PAUSED = "MutationPaused"
 
 NON_RETRYABLE: tuple[str, ...] = (
     INVALID_INPUT,
@@ -44,6 +48,7 @@ NON_RETRYABLE: tuple[str, ...] = (
     TARGET_REJECTED,
     CONTRACT_VIOLATION,
     NOTHING_APPLIED,
+    IRREVERSIBLE_STEP,
     REFUSED,
 )
 """Error types no retry policy retries; used as ``non_retryable_error_types``."""

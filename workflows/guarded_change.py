@@ -83,7 +83,8 @@ with workflow.unsafe.imports_passed_through():
         plan_waves,
         valid_id,
     )
-    from workflows.mutations import apply_targets
+    from workflows.mutations import apply_targets, options_from
+    from workflows.progress_models import MutationOptions
     from workflows.report import approver_groups, report_markdown
     from workflows.rollout_models import (
         RolloutPolicy,
@@ -229,6 +230,7 @@ class GuardedChangeWorkflow(BakeMixin):
         self._rollout: RolloutPolicy | None = None
         self._audit_seq = 0
         self._needs_repair: list[str] = []
+        self._mutation_options: MutationOptions | None = None
         self._pages_sent = 0
 
     # ---------------------------------------------------------------- handlers
@@ -595,6 +597,7 @@ class GuardedChangeWorkflow(BakeMixin):
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=3),
         )
+        self._mutation_options = options_from(result)  # the kind's timeouts and heartbeats
         return result.problems
 
     async def _claim(self, request: ChangeRequest) -> ClaimChangeResult:
@@ -759,6 +762,7 @@ class GuardedChangeWorkflow(BakeMixin):
                 on_applied=applied,
                 on_reverted=self._status.reverted.append,
                 should_stop=lambda: self._stop is not None,
+                options=self._mutation_options,
             )
         else:
             for start in range(0, len(targets), BATCH_SIZE):
@@ -788,6 +792,11 @@ class GuardedChangeWorkflow(BakeMixin):
                     targets=batch,
                     max_parallel=request.rollout.max_parallel,
                     mode=mode,
+                    mutation_options=(
+                        self._mutation_options.model_dump(mode="json")
+                        if self._mutation_options
+                        else None
+                    ),
                 ),
                 id=child_id,
             )

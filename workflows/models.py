@@ -889,6 +889,9 @@ class BatchInput(BaseModel):
     targets: list[Target]
     max_parallel: int = 5
     mode: str = Field(default="apply", pattern="^(apply|revert)$")
+    mutation_options: dict[str, Any] | None = Field(
+        default=None, description="the change kind's activity options (MutationOptions as JSON)"
+    )
 
 
 class BatchResult(BaseModel):

@@ -119,7 +119,11 @@ class TargetLockWorkflow:
                 continue
             ended = None
         await workflow.wait_condition(workflow.all_handlers_finished)
-        workflow.continue_as_new(self._snapshot())
+        # A lock is long-lived: each new run moves to the current worker build (docs/versioning.md).
+        workflow.continue_as_new(
+            self._snapshot(),
+            initial_versioning_behavior=workflow.ContinueAsNewVersioningBehavior.AUTO_UPGRADE,
+        )
 
     # ---------------------------------------------------------------- holding
 

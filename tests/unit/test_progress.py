@@ -17,7 +17,7 @@ from temporalio.api.workflow.v1 import PendingActivityInfo
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment
 
-from activities.change import MUTATION_PAUSED, ChangeActivities
+from activities.change import ChangeActivities
 from activities.kinds import handoff
 from activities.kinds.base import new_registry
 from activities.kinds.pg_migrate import PgMigrate
@@ -26,6 +26,7 @@ from cli.pending import classify, liveness
 from guardrails.base import CheckContext
 from guardrails.builtin.irreversible import IrreversibleSteps
 from tests.fakes import RecordingKind
+from workflows.errors import MUTATION_PAUSED
 from workflows.models import (
     ApplyInput,
     Category,
