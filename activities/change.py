@@ -55,7 +55,6 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 
-MUTATION_PAUSED = "MutationPaused"
 """A mutation stopped because an operator paused its activity; retryable (resumes on unpause)."""
 
 
@@ -173,7 +172,7 @@ class ChangeActivities:
             f"{progress.target}: the mutation was paused by an operator; it resumes from its last "
             f"checkpoint ({at}) when the activity is unpaused",
             progress.envelope.model_copy(update={"paused": True}).model_dump(mode="json"),
-            type=MUTATION_PAUSED,
+            type=errors.MUTATION_PAUSED,
         )
 
     def _nothing_applied(self, kind_name: str, inp_target: str, result: ApplyResult) -> None:

@@ -49,7 +49,7 @@ from temporalio.exceptions import ApplicationError
 from activities.kinds.base import ChangeKind
 from activities.kinds.progress import Progress
 from activities.resilience import retryable_error
-from workflows.errors import TARGET_REJECTED, TARGET_UNAVAILABLE
+from workflows.errors import IRREVERSIBLE_STEP, TARGET_REJECTED, TARGET_UNAVAILABLE
 from workflows.models import ApplyResult, Target, TargetState
 from workflows.progress_models import MutationOptions, StepDeclaration, StepRecord
 from workflows.types import Duration
@@ -57,7 +57,6 @@ from workflows.types import Duration
 log = structlog.get_logger(__name__)
 
 TARGETS_ENV = "CHANGEGUARD_PG_TARGETS"
-IRREVERSIBLE_STEP = "IrreversibleStep"
 """A compensation reached a step that cannot be undone; non-retryable: a human decides."""
 TABLE = "changeguard_migrations"
 
