@@ -33,6 +33,7 @@ from cli import exitcodes
 from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
+from cli.pending import liveness
 from cli.render import console, err, print_json, report_table, status_table
 from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
@@ -232,6 +233,7 @@ def pending_work(desc: WorkflowExecutionDescription) -> list[PendingWork]:
                 state=PendingActivityState.Name(p.state).removeprefix("PENDING_ACTIVITY_STATE_"),
                 last_failure=message,
                 next_attempt_in_s=next_in,
+                **liveness(p, now=now),  # suspicious / stalled / paused / handed off, and why
             )
         )
     return out

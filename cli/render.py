@@ -112,11 +112,17 @@ def status_table(status: ChangeStatus, url: str) -> Table:
     for work in status.pending:
         retry = f", next try in {work.next_attempt_in_s:.0f}s" if work.next_attempt_in_s else ""
         failure = f": last failure {work.last_failure}" if work.last_failure else ""
-        style = "yellow" if work.last_failure else ""
+        note = f" — {work.note}" if work.note else ""
+        style = "red" if work.suspicious or work.stalled else "yellow" if work.last_failure else ""
+        target = f" {work.target}" if work.target else ""
         table.add_row(
-            Text(f"pending {work.activity}", style=style),
-            f"{work.state.lower()}, attempt {work.attempt}{retry}{failure}",
+            Text(f"pending {work.activity}{target}", style=style),
+            f"{work.state.lower()}, attempt {work.attempt}{retry}{failure}{note}",
         )
+    for refused in status.refused_signals:
+        table.add_row(Text("refused signal", style="red"), refused)
+    if status.needs_repair:
+        table.add_row(Text("needs a human", style="red"), ", ".join(status.needs_repair))
     table.add_row("gate runs", str(status.gate_runs))
     table.add_row("web UI", url)
     return table

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from temporalio.client import Client
-from worker.converter import data_converter
 from temporalio.service import RPCError
 
+from worker.converter import data_converter
 from worker.settings import Settings
 from worker.telemetry import client_plugins, runtime
 

@@ -13,6 +13,8 @@ deployment's current version, which :func:`set_current_version` moves (``--set-c
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import os
 import signal
 import time
 from datetime import timedelta
@@ -261,6 +263,29 @@ def build_worker(
     return worker
 
 
+async def _serve_handoff_callbacks(
+    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, options: dict[str, Any]
+) -> None:
+    """Serve the hand-off callback endpoint (docs/long-running-changes.md) when it is configured.
+
+    Kinds that hand work to external systems need it; without ``CHANGEGUARD_CALLBACK_SECRET`` they
+    cannot run, which the log says once (every other kind is unaffected).
+    """
+    from activities.audit import open_audit_store
+    from activities.kinds.handoff import SECRET_ENV
+    from worker.callbacks import serve_callbacks
+
+    if not os.environ.get(SECRET_ENV):
+        log.info(f"hand-off callbacks off: set {SECRET_ENV} to run hand-off change kinds")
+        return
+    store = open_audit_store(settings.audit_url)
+    stack.callback(store.close)
+    url = await stack.enter_async_context(
+        serve_callbacks(client, kinds=options.get("kinds"), ledger=store)
+    )
+    log.info("hand-off callbacks on", url=url)
+
+
 async def run_worker(
     client: Client, settings: Settings, stop: asyncio.Event, **options: Any
 ) -> None:
@@ -279,7 +304,9 @@ async def run_worker(
         bundle_hash=worker.bundle.current_hash(),
         deployment_version=version.to_canonical_string() if version else "unversioned",
     )
-    async with worker:
+    async with contextlib.AsyncExitStack() as stack:
+        await stack.enter_async_context(worker)
+        await _serve_handoff_callbacks(stack, client, settings, options)
         if version is not None and settings.set_current:
             previous = await set_current_version(client, version)
             log.info(

@@ -26,13 +26,13 @@ import httpx
 import pytest
 from playwright.async_api import BrowserContext, Locator, Page, Route, async_playwright, expect
 from temporalio.client import WorkflowHandle
-from worker.converter import data_converter
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase
+from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from worker.main import build_worker
 from workflows import search_attributes as sa

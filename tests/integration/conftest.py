@@ -13,9 +13,12 @@ from typing import Any
 
 import pytest
 import yaml
+from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
+from activities.audit import AuditActivities
 from demo.fleet import FleetServer
+from tests import fakes
 from worker.main import build_worker
 from worker.settings import Settings
 
@@ -76,6 +79,25 @@ async def worker(dev_env: WorkflowEnvironment, task_queue: str) -> AsyncIterator
     settings = Settings.from_env(task_queue=task_queue)  # audit into the session tmp store
     async with build_worker(dev_env.client, settings, max_cached_workflows=0):
         yield
+
+
+@pytest.fixture
+async def fake_worker(
+    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
+) -> AsyncIterator[Client]:
+    """A worker with the fake plug-ins of tests/fakes.py that replays every task; yields its client.
+
+    The fakes are registered under the real names, so the workflow → activity → plug-in path is real.
+    """
+    async with build_worker(
+        dev_env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(),
+        audit=audit,
+        max_cached_workflows=0,
+    ):
+        yield dev_env.client
 
 
 @pytest.fixture

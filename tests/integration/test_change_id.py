@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -51,21 +50,6 @@ def reset() -> Ledger:
     return RecordingKind.ledger
 
 
-@pytest.fixture
-async def worker(
-    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
-) -> AsyncIterator[Client]:
-    async with build_worker(
-        dev_env.client,
-        task_queue=task_queue,
-        guardrails=fakes.guardrails(),
-        kinds=fakes.kinds(),
-        audit=audit,
-        max_cached_workflows=0,
-    ):
-        yield dev_env.client
-
-
 async def start(
     client: Client, task_queue: str, wid: str, doc: dict[str, Any]
 ) -> WorkflowHandle[Any, ChangeResult]:
@@ -80,11 +64,11 @@ def actions(store: SqliteAuditStore, change_id: str) -> list[AuditAction]:
 
 
 async def test_a_start_without_change_id_uses_the_workflow_id_everywhere(
-    worker: Client, task_queue: str, store: SqliteAuditStore
+    fake_worker: Client, task_queue: str, store: SqliteAuditStore
 ) -> None:
     """Without change_id: search attribute, gate child, result, ledger and status use the workflow id."""
     wid = f"raw-{uuid.uuid4().hex[:8]}"
-    handle = await start(worker, task_queue, wid, request())
+    handle = await start(fake_worker, task_queue, wid, request())
     result = await handle.result()
     assert (result.outcome, result.change_id) == (Outcome.COMPLETED, wid)
     desc = await handle.describe()
@@ -109,26 +93,26 @@ async def test_a_start_without_change_id_uses_the_workflow_id_everywhere(
 
 @pytest.mark.parametrize("first_end", ["completed", "rolled_back", "terminated"])
 async def test_a_used_change_id_is_refused_whoever_starts_it(
-    worker: Client, task_queue: str, store: SqliteAuditStore, first_end: str
+    fake_worker: Client, task_queue: str, store: SqliteAuditStore, first_end: str
 ) -> None:
     """A second run with a used id ends rejected before any check or mutation, and says why."""
     wid = f"reuse-{uuid.uuid4().hex[:8]}"
     if first_end == "completed":
-        first = await start(worker, task_queue, wid, request())
+        first = await start(fake_worker, task_queue, wid, request())
         assert (await first.result()).outcome is Outcome.COMPLETED
     elif first_end == "rolled_back":
-        first = await start(worker, task_queue, wid, request(params={"fail_apply": ["t2"]}))
+        first = await start(fake_worker, task_queue, wid, request(params={"fail_apply": ["t2"]}))
         assert (await first.result()).outcome is Outcome.ROLLED_BACK
     else:
         Switch.outcome = "fail"
-        first = await start(worker, task_queue, wid, request())
+        first = await start(fake_worker, task_queue, wid, request())
         await until_phase(first, Phase.AWAITING_APPROVAL)
         await first.terminate("test")
     applied_before = list(RecordingKind.ledger.keys)
     gates_before = actions(store, wid).count(AuditAction.GATE)
 
     Switch.outcome = "pass"
-    second = await start(worker, task_queue, wid, request())
+    second = await start(fake_worker, task_queue, wid, request())
     result = await second.result()
     assert result.outcome is Outcome.REJECTED
     assert f"change id {wid} was used by run {first.result_run_id}" in result.message
@@ -142,12 +126,12 @@ async def test_a_used_change_id_is_refused_whoever_starts_it(
 
 
 async def test_a_reset_run_continues_its_change_under_the_same_claim(
-    worker: Client, task_queue: str, store: SqliteAuditStore
+    fake_worker: Client, task_queue: str, store: SqliteAuditStore
 ) -> None:
     """Temporal reset replays into a new run of the same chain: it continues, it is not refused."""
     Switch.outcome = "fail"
     wid = f"reset-{uuid.uuid4().hex[:8]}"
-    handle = await start(worker, task_queue, wid, request())
+    handle = await start(fake_worker, task_queue, wid, request())
     await until_phase(handle, Phase.AWAITING_APPROVAL)
     first_task = None
     async for event in handle.fetch_history_events():
@@ -155,9 +139,9 @@ async def test_a_reset_run_continues_its_change_under_the_same_claim(
             first_task = event.event_id
             break
     assert first_task is not None
-    reset = await worker.workflow_service.reset_workflow_execution(
+    reset = await fake_worker.workflow_service.reset_workflow_execution(
         ResetWorkflowExecutionRequest(
-            namespace=worker.namespace,
+            namespace=fake_worker.namespace,
             workflow_execution=WorkflowExecution(workflow_id=wid, run_id=handle.result_run_id),
             reason="test reset",
             workflow_task_finish_event_id=first_task,
@@ -165,7 +149,7 @@ async def test_a_reset_run_continues_its_change_under_the_same_claim(
             reset_reapply_type=ResetReapplyType.RESET_REAPPLY_TYPE_NONE,
         )
     )
-    new = worker.get_workflow_handle(wid, run_id=reset.run_id, result_type=ChangeResult)
+    new = fake_worker.get_workflow_handle(wid, run_id=reset.run_id, result_type=ChangeResult)
     await until_phase(new, Phase.AWAITING_APPROVAL)
     Switch.outcome = "pass"
     await new.signal("recheck", {"requested_by": "bob"})

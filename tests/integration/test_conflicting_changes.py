@@ -11,7 +11,6 @@ from typing import Any
 
 import pytest
 from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
-from worker.converter import data_converter
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
@@ -23,6 +22,7 @@ from guardrails.builtin.conflicting_changes import (
 )
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
+from worker.converter import data_converter
 from worker.main import build_worker
 from workflows.models import (
     Category,

@@ -161,9 +161,10 @@ async def test_every_builtin_fails_at_once_with_reason_remedy_owner(
     assert report.decision is Decision.BLOCK
     # Every built-in fails, except that a lock held by another change queues this one (wait), and
     # an http-deploy has no irreversible step (tests/integration/test_pg_migrate.py fails that one).
-    assert [
-        (c.guardrail, c.status) for c in report.checks if c.status is not CheckStatus.FAIL
-    ] == [("target-lock", CheckStatus.WAIT), ("irreversible-steps", CheckStatus.PASS)]
+    assert [(c.guardrail, c.status) for c in report.checks if c.status is not CheckStatus.FAIL] == [
+        ("target-lock", CheckStatus.WAIT),
+        ("irreversible-steps", CheckStatus.PASS),
+    ]
     for c in report.checks:
         if not c.passing:
             assert c.reason.strip() and c.remedy.strip() and c.owner.strip(), c.guardrail

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -22,13 +21,10 @@ from temporalio.api.enums.v1 import EventType, WorkflowTaskFailedCause
 from temporalio.client import Client, WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
-from temporalio.testing import WorkflowEnvironment
 
-from activities.audit import AuditActivities, SqliteAuditStore
-from tests import fakes
+from activities.audit import SqliteAuditStore
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase, until_status
-from worker.main import build_worker
 from workflows.models import AuditAction, AuditQuery, ChangeResult, ChangeStatus, Outcome, Phase
 
 pytestmark = pytest.mark.integration
@@ -71,22 +67,6 @@ def request(change_id: str | None = None, **overrides: Any) -> dict[str, Any]:
         doc["change_id"] = change_id
     doc.update(overrides)
     return doc
-
-
-@pytest.fixture
-async def worker(
-    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
-) -> AsyncIterator[Client]:
-    """A worker that replays every task, with fake plug-ins registered under the real names."""
-    async with build_worker(
-        dev_env.client,
-        task_queue=task_queue,
-        guardrails=fakes.guardrails(),
-        kinds=fakes.kinds(),
-        audit=audit,
-        max_cached_workflows=0,
-    ):
-        yield dev_env.client
 
 
 async def task_failures(handle: WorkflowHandle[Any, Any]) -> list[str]:
@@ -153,10 +133,10 @@ BAD_STARTS: list[tuple[str, list[Any]]] = [
 
 @pytest.mark.parametrize(("case", "args"), BAD_STARTS, ids=[c for c, _ in BAD_STARTS])
 async def test_a_bad_start_is_rejected_at_once_with_its_reason(
-    worker: Client, task_queue: str, store: SqliteAuditStore, case: str, args: list[Any]
+    fake_worker: Client, task_queue: str, store: SqliteAuditStore, case: str, args: list[Any]
 ) -> None:
     """Every malformed start ends ``rejected`` with a reason, no workflow task fails, status answers."""
-    handle = await start(worker, task_queue, *args)
+    handle = await start(fake_worker, task_queue, *args)
     result = await asyncio.wait_for(handle.result(), timeout=30)
     assert result.outcome is Outcome.REJECTED
     assert result.message and "Traceback" not in result.message
@@ -175,10 +155,10 @@ async def test_a_bad_start_is_rejected_at_once_with_its_reason(
 
 
 async def test_signal_without_payload_is_recorded_and_the_change_still_answers(
-    worker: Client, task_queue: str, store: SqliteAuditStore
+    fake_worker: Client, task_queue: str, store: SqliteAuditStore
 ) -> None:
     """approve_signal with no input is recorded as refused; approvals still work after it."""
-    handle = await awaiting(worker, task_queue)
+    handle = await awaiting(fake_worker, task_queue)
     await handle.signal("approve_signal", args=[])
     status = await until_status(handle, lambda s: bool(s.rejected_approvals))
     assert status.phase is Phase.AWAITING_APPROVAL
@@ -204,10 +184,10 @@ async def test_signal_without_payload_is_recorded_and_the_change_still_answers(
     "payload", [[], [None], [1, 2], [raw(b"\xff")]], ids=["none", "null", "two", "raw"]
 )
 async def test_a_malformed_update_is_refused_in_plain_words(
-    worker: Client, task_queue: str, update: str, payload: list[Any]
+    fake_worker: Client, task_queue: str, update: str, payload: list[Any]
 ) -> None:
     """Malformed operator updates are refused by their validator, saying what to send."""
-    handle = await awaiting(worker, task_queue)
+    handle = await awaiting(fake_worker, task_queue)
     with pytest.raises(WorkflowUpdateFailedError) as caught:
         await handle.execute_update(update, args=payload)
     cause = caught.value.cause
@@ -221,10 +201,10 @@ async def test_a_malformed_update_is_refused_in_plain_words(
 
 
 async def test_a_megabyte_signal_field_cannot_poison_the_status(
-    worker: Client, task_queue: str
+    fake_worker: Client, task_queue: str
 ) -> None:
     """A 1 MB approve_signal is kept as a bounded excerpt; many of them keep the status small."""
-    handle = await awaiting(worker, task_queue)
+    handle = await awaiting(fake_worker, task_queue)
     huge = {
         "guardrails": ["switch"],
         "approver": "x" * 1_000_000,
@@ -242,10 +222,10 @@ async def test_a_megabyte_signal_field_cannot_poison_the_status(
 
 
 async def test_a_nul_in_an_approval_reason_is_refused_at_once(
-    worker: Client, task_queue: str
+    fake_worker: Client, task_queue: str
 ) -> None:
     """A NUL bound for the audit store is refused by the validator, not retried against the store."""
-    handle = await awaiting(worker, task_queue)
+    handle = await awaiting(fake_worker, task_queue)
     status = await handle.query("status", result_type=ChangeStatus)
     assert status.report is not None
     with pytest.raises(WorkflowUpdateFailedError) as caught:
@@ -311,9 +291,9 @@ TARGETS = st.sampled_from(
 )
 
 
-async def test_generated_payloads_never_fail_a_task(worker: Client, task_queue: str) -> None:
+async def test_generated_payloads_never_fail_a_task(fake_worker: Client, task_queue: str) -> None:
     """Generated payloads to every signal, update and query leave the change answerable, unchanged."""
-    handle = await awaiting(worker, task_queue)
+    handle = await awaiting(fake_worker, task_queue)
     loop = asyncio.get_running_loop()
     sent: list[str] = []
 
@@ -372,13 +352,13 @@ def _valid_action(args: list[Any]) -> bool:
     return not isinstance(decode(OperatorAction, args, what="x"), Refusal)
 
 
-async def test_generated_start_payloads_end_rejected(worker: Client, task_queue: str) -> None:
+async def test_generated_start_payloads_end_rejected(fake_worker: Client, task_queue: str) -> None:
     """Generated start inputs either run as valid changes or end ``rejected``; none fails a task."""
     loop = asyncio.get_running_loop()
     handles: list[WorkflowHandle[Any, ChangeResult]] = []
 
     async def one(args: list[Any]) -> None:
-        handle = await start(worker, task_queue, *args)
+        handle = await start(fake_worker, task_queue, *args)
         handles.append(handle)
         status = await until_status(handle, lambda s: s.phase in SETTLED, within=30)
         if status.phase is Phase.REJECTED:
@@ -411,12 +391,12 @@ async def test_generated_start_payloads_end_rejected(worker: Client, task_queue:
 
 
 async def test_a_null_rollback_during_a_bake_is_refused_and_a_real_one_still_works(
-    worker: Client, task_queue: str
+    fake_worker: Client, task_queue: str
 ) -> None:
     """During a bake, null abort/rollback payloads are refused; the change still rolls back."""
     Switch.outcome = "pass"
     handle = await start(
-        worker, task_queue, request(rollout={"waves": ["1", "100%"], "bake": "1h"})
+        fake_worker, task_queue, request(rollout={"waves": ["1", "100%"], "bake": "1h"})
     )
     await until_phase(handle, Phase.BAKING)
     assert RecordingKind.ledger.applied == ["t1"]  # one target is on the new version
