@@ -91,14 +91,17 @@ def _no_bundle() -> str:
     return ""
 
 
-def as_activity_error(exc: AuditStoreError) -> ApplicationError | AuditStoreError:
+def as_activity_error(exc: AuditStoreError) -> ApplicationError:
     """A store error as an activity should raise it: non-retryable when retrying cannot help.
 
     ``raise as_activity_error(exc) from exc`` in any activity that appends to the store (the change
-    activities' ledger writes too): a record no store can keep fails once, as ``InvalidInput``.
+    activities' ledger writes too): a record no store can keep fails once, as ``InvalidInput``; a
+    store that cannot be reached is ``AuditUnavailable``, retried with backoff. Always a new
+    exception: raising ``exc`` from itself would make it its own cause, which the SDK's failure
+    converter follows until ``RecursionError`` (found by the chaos campaign).
     """
-    if exc.retryable:
-        return exc  # a lost connection, a locked file: Temporal retries with backoff
+    if exc.retryable:  # a lost connection, a locked file: Temporal retries with backoff
+        return ApplicationError(str(exc), type=errors.AUDIT_UNAVAILABLE, non_retryable=False)
     problems = exc.problems if isinstance(exc, AuditRecordInvalid) else []
     return ApplicationError(str(exc), problems, type=errors.INVALID_INPUT, non_retryable=True)
 

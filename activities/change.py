@@ -54,6 +54,8 @@ if TYPE_CHECKING:
     from activities.audit import AuditStore
 
 log = structlog.get_logger(__name__)
+LEDGER_PATIENCE_S = 60.0
+"""How long a mutation that took effect keeps trying to record it before its attempt fails."""
 
 """A mutation stopped because an operator paused its activity; retryable (resumes on unpause)."""
 
@@ -107,10 +109,30 @@ class ChangeActivities:
                 **({"irreversible": result.irreversible[:50]} if result.irreversible else {}),
             },
         )
-        try:
-            await asyncio.to_thread(self.ledger.append, record)
-        except AuditStoreError as exc:  # unkeepable: non-retryable; unreachable: retried
-            raise as_activity_error(exc) from exc
+        await self._append(record)
+
+    async def _append(self, record: AuditRecord) -> None:
+        """Append to the ledger, riding out a short outage: the effect has already happened.
+
+        An attempt that failed here after its effect landed would leave the effect unrecorded if no
+        later attempt came (the chaos campaign saw it), so the write is retried for up to a minute,
+        heartbeating, before the attempt fails (retryably: the next attempt finds the effect made
+        and records it).
+        """
+        assert self.ledger is not None
+        delay = 0.5
+        deadline = asyncio.get_running_loop().time() + LEDGER_PATIENCE_S
+        while True:
+            try:
+                await asyncio.to_thread(self.ledger.append, record)
+                return
+            except AuditStoreError as exc:
+                if not exc.retryable or asyncio.get_running_loop().time() + delay > deadline:
+                    raise as_activity_error(exc) from exc
+                log.warning("ledger write failed; retrying", error=str(exc), retry_in_s=delay)
+                activity.heartbeat()
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 8.0)
 
     def _kind(self, name: str) -> ChangeKind[Any]:
         try:
@@ -274,8 +296,37 @@ class ChangeActivities:
             replayed=result.replayed,
             detail=result.detail,
         )
+        if result.took_effect and inp.applied_key:
+            await self._record_forward(inp, result)
         await self._record(AuditAction.COMPENSATION, inp, result)
         return result
+
+    async def _record_forward(self, inp: ApplyInput, result: ApplyResult) -> None:
+        """A revert that took effect proves its mutation did: make sure the ledger says so too.
+
+        Idempotent (the mutation's own record id): it adds nothing when the mutation's attempt
+        recorded itself, and closes the gap when that attempt died between effect and record.
+        """
+        if self.ledger is None:
+            return
+        await self._append(
+            AuditRecord(
+                record_id=f"effect:{inp.applied_key}",
+                action=AuditAction.MUTATION,
+                actor="changeguard",
+                at=datetime.now(UTC),
+                change_id=inp.change_id,
+                run_id=activity.info().workflow_run_id or "",
+                reason="recorded by its compensation (the mutation's own attempt did not)",
+                detail={
+                    "target": inp.target.id,
+                    "idempotency_key": inp.applied_key,
+                    "by_earlier_attempt": True,
+                    "before": {k: excerpt(v, 200) for k, v in list(result.after.items())[:10]},
+                    "after": {k: excerpt(v, 200) for k, v in list(result.before.items())[:10]},
+                },
+            )
+        )
 
     @activity.defn(name="describe_target")
     async def describe_target(self, inp: DescribeInput) -> TargetState:

@@ -20,6 +20,7 @@ The tree::
         ├── TargetUnavailable       the target API is unreachable or answered 5xx
         ├── CircuitOpen             the worker's breaker for that API is open; retry after a delay
         ├── CheckFailed             a guardrail raised (the gate turns it into an ``error`` result)
+        ├── AuditUnavailable        the audit store (change ledger) cannot be reached right now
         └── MutationPaused          the activity was paused (Temporal activity pause); resumes later
 """
 
@@ -39,6 +40,7 @@ TARGET_UNAVAILABLE = "TargetUnavailable"
 CIRCUIT_OPEN = "CircuitOpen"
 CHECK_FAILED = "CheckFailed"
 MUTATION_PAUSED = "MutationPaused"
+AUDIT_UNAVAILABLE = "AuditUnavailable"
 
 NON_RETRYABLE: tuple[str, ...] = (
     INVALID_INPUT,
