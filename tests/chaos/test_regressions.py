@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 import pytest
 from temporalio.api.failure.v1 import Failure
+from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
@@ -78,7 +79,7 @@ async def test_a_retryable_audit_failure_reaches_temporal_with_its_own_message(
 class _LedgerDownForMutations(SqliteAuditStore):
     """A store that refuses the first ``n`` mutation records (retryable), as a restarting PostgreSQL."""
 
-    refusals = 5  # MUTATION_RETRY's maximum_attempts: every attempt of one apply
+    refusals = 3  # every attempt of one apply, with the test's three-attempt retry policy
 
     def append(self, record: AuditRecord) -> bool:
         if record.action is AuditAction.MUTATION and self.refusals > 0:
@@ -111,6 +112,10 @@ async def test_an_effect_whose_ledger_write_failed_on_the_last_attempt_is_still_
     """
     if patience is not None:
         monkeypatch.setattr("activities.change.LEDGER_PATIENCE_S", patience)
+    monkeypatch.setattr(  # three quick attempts, all refused by the store below when patience is 0
+        "workflows.mutations.MUTATION_RETRY",
+        RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3),
+    )
     (tmp_path / "operators.yaml").write_text("operators: {}\n")
     store = _LedgerDownForMutations(tmp_path / "audit.db")
     audit = AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
