@@ -115,8 +115,10 @@ async def test_a_dropped_connection_fails_one_attempt_and_the_retry_succeeds(dsn
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE application_name = 'changeguard' AND datname = current_database()"
         )
-    with pytest.raises(AuditStoreError):
+    with pytest.raises(ApplicationError) as caught:
         await env.run(activities.record_audit, rec)
+    assert (caught.value.type, caught.value.non_retryable) == ("AuditUnavailable", False)
+    assert isinstance(caught.value.__cause__, AuditStoreError)
     assert await env.run(activities.record_audit, rec) is True
     assert await env.run(activities.record_audit, rec) is False
     assert store.list(AuditQuery()) == [rec]

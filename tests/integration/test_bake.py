@@ -153,7 +153,7 @@ async def test_unanswered_page_times_out_into_rollback(
         critical=0.5,
         responses=[
             {
-                "signal": "*",
+                "signal": "error-rate",  # a request answers its own signals ("*" is the bundle's)
                 "state": "degraded",
                 "do": "pause_and_page",
                 "timeout": "2s",
