@@ -93,6 +93,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.types import excerpt
 
 DEFAULT_DEADLINE = timedelta(hours=24)
+PLAN_PATCH = "plan-in-ledger"
+"""The ``workflow.patched`` id of the wave plan's ledger record (docs/versioning.md)."""
 BATCH_SIZE = 100
 """Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
 AUDIT_RETRY = RetryPolicy(
@@ -729,6 +731,7 @@ class GuardedChangeWorkflow(BakeMixin):
         by_id = {t.id: t for t in request.targets}
         plan = plan_waves([t.id for t in request.targets], request.rollout.waves)
         self._status.waves = [WaveProgress(index=i, targets=ids) for i, ids in enumerate(plan)]
+        await self._record_plan(plan)
         for wave in self._status.waves:
             if wave.index > 0:
                 report = await self._gate_until_proceed(ctx, deadline, categories=REGATE_CATEGORIES)
@@ -741,6 +744,29 @@ class GuardedChangeWorkflow(BakeMixin):
             await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
             await self._bake(request, wave)
             wave.state = "done"
+
+    async def _record_plan(self, plan: list[list[str]]) -> None:
+        """Write the wave plan to the ledger before the first mutation.
+
+        The worked upgrade of docs/versioning.md: this step is new (an activity no earlier history
+        has at this point), so it runs behind ``workflow.patched``; histories recorded before it
+        take the old path and still replay. Once no change started before it runs any more, this
+        becomes ``workflow.deprecate_patch(PLAN_PATCH)`` (tests/replay/upgrade.py shows that step).
+        """
+        if not workflow.patched(PLAN_PATCH):
+            return
+        sizes = [len(ids) for ids in plan]
+        await self._audit(
+            AuditAction.PLAN,
+            "changeguard",
+            reason=f"{len(plan)} wave(s) of {', '.join(map(str, sizes))} target(s)",
+            detail={
+                "waves": sizes,
+                "first_targets": [ids[:5] for ids in plan][:20],
+                "bake": self._request.rollout.bake.total_seconds(),
+                "max_parallel": self._request.rollout.max_parallel,
+            },
+        )
 
     async def _apply_wave(
         self, request: ChangeRequest, targets: list[Target], wave: WaveProgress

@@ -652,6 +652,7 @@ class AuditAction(StrEnum):
     COMPENSATION = "compensation"  # a compensation that took effect on one target
     OUTCOME = "outcome"  # the change's one terminal outcome
     REFUSED_ACTION = "refused_action"  # a signal or operator action refused (payload excerpt)
+    PLAN = "plan"  # the wave plan, before the first mutation (behind workflow.patched)
 
 
 class AuditRecord(BaseModel):

@@ -136,6 +136,7 @@ async def test_four_eyes_then_qualified_approval_proceeds_and_is_audited(
         AuditAction.GATE,
         AuditAction.APPROVAL_REJECTED,
         AuditAction.APPROVAL,
+        AuditAction.PLAN,
         AuditAction.MUTATION,
         AuditAction.MUTATION,
         AuditAction.OUTCOME,
