@@ -55,6 +55,18 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 LEDGER_PATIENCE_S = 60.0
+
+
+def _event_time() -> datetime:
+    """When this attempt was scheduled, on the server's clock: the clock workflow records use.
+
+    The ledger orders a change's story by time; a worker's own clock may differ from the server's
+    (and does, by days, under the time-skipping test server), which would misplace effects.
+    """
+    try:
+        return activity.info().current_attempt_scheduled_time
+    except RuntimeError:  # not in an activity (unit tests of a kind alone)
+        return datetime.now(UTC)
 """How long a mutation that took effect keeps trying to record it before its attempt fails."""
 
 """A mutation stopped because an operator paused its activity; retryable (resumes on unpause)."""
@@ -95,7 +107,7 @@ class ChangeActivities:
             record_id=f"effect:{inp.idempotency_key}",
             action=action,
             actor="changeguard",
-            at=datetime.now(UTC),
+            at=_event_time(),
             change_id=inp.change_id,
             run_id=run_id,
             reason=excerpt(result.detail, 2000),
@@ -314,7 +326,7 @@ class ChangeActivities:
                 record_id=f"effect:{inp.applied_key}",
                 action=AuditAction.MUTATION,
                 actor="changeguard",
-                at=datetime.now(UTC),
+                at=_event_time(),
                 change_id=inp.change_id,
                 run_id=activity.info().workflow_run_id or "",
                 reason="recorded by its compensation (the mutation's own attempt did not)",

@@ -87,6 +87,7 @@ class Ledger:
     """What the recording change kind did, in order."""
 
     applied: list[str] = field(default_factory=list)
+    failed_once: list[str] = field(default_factory=list)
     revert_calls: list[str] = field(default_factory=list)
     reverted: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
@@ -97,6 +98,8 @@ class RecordingParams(BaseModel):
     fail_apply: list[str] = []
     fail_revert: list[str] = []
     delay: float = 0.0
+    irreversible: list[str] = []  # targets whose apply runs an irreversible step ("drop-column")
+    flaky: list[str] = []  # targets whose first apply fails (non-retryably); later ones succeed
 
 
 class RecordingKind(ChangeKind[RecordingParams]):
@@ -111,14 +114,18 @@ class RecordingKind(ChangeKind[RecordingParams]):
     ) -> ApplyResult:
         if params.delay:
             await asyncio.sleep(params.delay)
-        if target.id in params.fail_apply:
+        if target.id in params.fail_apply or (
+            target.id in params.flaky and target.id not in self.ledger.failed_once
+        ):
+            self.ledger.failed_once.append(target.id)
             raise ApplicationError(
                 f"{target.id} refused", type=errors.TARGET_REJECTED, non_retryable=True
             )
         if idempotency_key not in self.ledger.keys:
             self.ledger.keys.append(idempotency_key)
             self.ledger.applied.append(target.id)
-        return ApplyResult(target_id=target.id, applied=True)
+        steps = ["drop-column"] if target.id in params.irreversible else []
+        return ApplyResult(target_id=target.id, applied=True, irreversible=steps)
 
     async def revert_if_applied(
         self, params: RecordingParams, target: Target, *, applied_key: str, idempotency_key: str

@@ -52,6 +52,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.models import (
         REQUEST_MAX_BYTES,
         TERMINAL_PHASES,
+        ApplyResult,
         Approval,
         ApprovalResult,
         AuditAction,
@@ -83,7 +84,7 @@ with workflow.unsafe.imports_passed_through():
         plan_waves,
         valid_id,
     )
-    from workflows.mutations import apply_targets, options_from
+    from workflows.mutations import apply_targets, irreversible_in, options_from
     from workflows.progress_models import MutationOptions
     from workflows.report import approver_groups, report_markdown
     from workflows.rollout_models import (
@@ -111,6 +112,8 @@ CLAIM_RETRY = RetryPolicy(
 """A change that cannot claim its id within about half a minute is refused, not left waiting."""
 REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
 """Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
+HUMAN_DECISION_TIMEOUT = timedelta(hours=24)
+"""How long a change stopped past its point of no return waits for resume or abort."""
 MAX_RECORDED = 20
 """Refused approvals, pages and audit failures kept in the status (older ones are dropped)."""
 
@@ -233,6 +236,7 @@ class GuardedChangeWorkflow(BakeMixin):
         self._audit_seq = 0
         self._needs_repair: list[str] = []
         self._mutation_options: MutationOptions | None = None
+        self._irreversible: dict[str, list[str]] = {}  # target → irreversible steps in effect
         self._pages_sent = 0
 
     # ---------------------------------------------------------------- handlers
@@ -549,6 +553,8 @@ class GuardedChangeWorkflow(BakeMixin):
         except BaseException as exc:
             if not _compensable(exc):
                 raise
+            if self._irreversible:  # past the point of no return: a human decides
+                return await self._hold_for_a_human(exc, request, ctx, deadline)
             return await self._unwind(exc)
         applied = len(self._status.applied)
         return await self._finish(Outcome.COMPLETED, f"applied to {applied} target(s)")
@@ -775,7 +781,8 @@ class GuardedChangeWorkflow(BakeMixin):
 
         def applied(target_id: str) -> None:
             wave.applied.append(target_id)
-            self._status.applied.append(target_id)
+            if target_id not in self._status.applied:  # a roll forward replays applied targets
+                self._status.applied.append(target_id)
 
         if len(targets) <= BATCH_SIZE:
             await apply_targets(
@@ -789,6 +796,8 @@ class GuardedChangeWorkflow(BakeMixin):
                 on_reverted=self._status.reverted.append,
                 should_stop=lambda: self._stop is not None,
                 options=self._mutation_options,
+                on_result=self._note_result,
+                on_error=self._note_error,
             )
         else:
             for start in range(0, len(targets), BATCH_SIZE):
@@ -835,6 +844,101 @@ class GuardedChangeWorkflow(BakeMixin):
             raise
         if mode == "revert":
             self._status.reverted.extend(result.done)
+        return result
+
+    # ---------------------------------------------------------------- point of no return
+
+    def _note_result(self, result: ApplyResult) -> None:
+        """Remember targets an irreversible step has changed: nothing may pretend to undo them."""
+        if result.irreversible:
+            self._irreversible[result.target_id] = list(result.irreversible)
+
+    def _note_error(self, target_id: str, exc: BaseException) -> None:
+        """A failed mutation may still have left an irreversible step in effect (its details)."""
+        steps = irreversible_in(exc)
+        if steps:
+            self._irreversible[target_id] = steps
+
+    def _repair_list(self) -> list[str]:
+        """What a human must repair: each irreversible target with its steps, then the others."""
+        marked = [f"{t} ({', '.join(s)})" for t, s in self._irreversible.items()]
+        return marked + [t for t in self._status.applied if t not in self._irreversible]
+
+    async def _hold_for_a_human(
+        self, exc: BaseException, request: ChangeRequest, ctx: ChangeContext, deadline: datetime
+    ) -> ChangeResult:
+        """After an irreversible step ran, a failure pauses and pages instead of unwinding.
+
+        The rule (docs/long-running-changes.md): before the first irreversible step a failure
+        unwinds the saga as always; once one has run, nothing pretends to undo it. The change
+        pauses and pages its team: ``resume`` rolls forward (gate again, then run the rollout
+        again — applied targets replay idempotently, the failed one is retried); ``abort`` or
+        ``rollback`` ends the change ``failed`` with exactly which targets and steps need manual
+        repair, undoing nothing. A cancellation or a day without a decision ends it the same way.
+        """
+        while True:
+            why = self._stop_reason(exc)
+            if is_cancelled_exception(exc):
+                return await self._end_unrepaired(why, cancelled=True)
+            self._stop = None
+            self._resumed = False
+            repair = ", ".join(self._repair_list()[:20])
+            await self._page(
+                f"{self._change_id} stopped past its point of no return ({why}); irreversible "
+                f"steps ran on {repair}: resume to roll forward, or abort to end it failed",
+                within=timedelta(minutes=5),
+            )
+            self._set_phase(
+                Phase.PAUSED,
+                f"past the point of no return: {why}; irreversible steps ran on {repair}; "
+                "resume rolls forward, abort ends the change failed (nothing is undone)",
+            )
+            try:
+                decided = await self._wait(lambda: self._resumed, HUMAN_DECISION_TIMEOUT)
+            except _Unwind as stop:
+                return await self._end_unrepaired(stop.message)
+            except asyncio.CancelledError:
+                return await self._end_unrepaired("the workflow was cancelled", cancelled=True)
+            if not decided:
+                return await self._end_unrepaired(
+                    f"{why}; nobody decided within {HUMAN_DECISION_TIMEOUT}"
+                )
+            self._resumed = False
+            try:
+                report = await self._gate_until_proceed(ctx, deadline, categories=REGATE_CATEGORIES)
+                if report is None:
+                    raise _Unwind(Outcome.FAILED, self._status.message)
+                await self._execute(request, ctx, deadline)
+            except BaseException as again:
+                if not _compensable(again):
+                    raise
+                exc = again
+                continue
+            applied = len(self._status.applied)
+            return await self._finish(
+                Outcome.COMPLETED, f"rolled forward after a stop; applied to {applied} target(s)"
+            )
+
+    def _stop_reason(self, exc: BaseException) -> str:
+        if isinstance(exc, _Unwind):
+            return exc.message
+        if is_cancelled_exception(exc):
+            return "the workflow was cancelled"
+        message, kind = failure_of(exc)
+        return f"{kind}: {message}"
+
+    async def _end_unrepaired(self, why: str, *, cancelled: bool = False) -> ChangeResult:
+        """End ``failed`` without undoing anything, naming what needs a human.
+
+        A cancelled run still ends as cancelled (after recording its outcome), as ``_unwind`` does.
+        """
+        self._needs_repair = self._repair_list()
+        shown = ", ".join(self._needs_repair[:50])
+        result = await self._finish(
+            Outcome.FAILED, f"{why}; nothing was undone; needs a human: {shown}"
+        )
+        if cancelled:
+            raise asyncio.CancelledError(why)
         return result
 
     async def _unwind(self, exc: BaseException) -> ChangeResult:

@@ -139,6 +139,7 @@ async def apply_targets(
     should_stop: Callable[[], bool] = lambda: False,
     options: MutationOptions | None = None,
     on_result: Callable[[ApplyResult], None] | None = None,
+    on_error: Callable[[str, BaseException], None] | None = None,
 ) -> None:
     """Apply ``targets`` as saga steps; raise the first failure once in-flight ones settle.
 
@@ -166,6 +167,8 @@ async def apply_targets(
                 )
             except BaseException as exc:
                 failed.append(exc)
+                if on_error is not None:
+                    on_error(target.id, exc)
                 raise
             if on_result is not None:
                 on_result(result)

@@ -231,6 +231,13 @@ async def lock_conflict(cap: Capture, branch: Branch) -> None:
     await cap.expect(second, Outcome.COMPLETED)
 
 
+async def abort_when_paused(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
+    """Past its point of no return the change pauses for a human: an operator aborts."""
+    await cap.until(handle, lambda s: s.phase is Phase.PAUSED)
+    action = OperatorAction(operator="capture", reason="replay capture: repair by hand")
+    await handle.execute_update("abort", action, result_type=OperatorActionResult)
+
+
 async def refused_start(cap: Capture, branch: Branch) -> None:
     """A raw client's start that is no change request ends rejected at once (no task fails)."""
     handle = await cap.client.start_workflow(
@@ -497,6 +504,18 @@ BRANCHES: list[Branch] = [
         steer=approve_once,
     ),
     Branch("refused_start", None, drive=refused_start),
+    Branch(
+        "point_of_no_return",
+        Outcome.FAILED,
+        targets=3,
+        max_parallel=1,
+        waves=["1", "100%"],
+        params={
+            "irreversible": ["point_of_no_return.t1"],
+            "fail_apply": ["point_of_no_return.t3"],
+        },
+        steer=abort_when_paused,
+    ),
     Branch("change_id_reused", None, drive=change_id_reused),
     Branch("refused_signals", Outcome.ABORTED, rules=APPROVABLE_FAILURE, steer=refused_signals),
     Branch(

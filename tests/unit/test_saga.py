@@ -13,6 +13,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
+from tests.helpers import until_phase
 from worker.main import build_worker
 from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
 
@@ -167,3 +168,51 @@ async def test_unknown_kind_is_rejected_before_the_gate(
     assert result.outcome is Outcome.REJECTED
     assert "no change kind named 'teleport' (known: recording)" in result.message
     assert status.gate_runs == 0
+
+
+async def test_a_failure_past_the_point_of_no_return_pauses_and_abort_ends_failed(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """After an irreversible step, a failure pages and pauses; abort ends failed, undoing nothing."""
+    req = _request({"irreversible": ["t1"], "fail_apply": ["t3"]}, waves=["1", "100%"])
+    async with _worker(env, task_queue):
+        handle = await _start(env, task_queue, req)
+        paused = await until_phase(handle, Phase.PAUSED)
+        assert (
+            "past the point of no return" in paused.message and "t1 (drop-column)" in paused.message
+        )
+        assert [p for p in paused.pages if "point of no return" in p]
+        await handle.execute_update("abort", {"operator": "oscar", "reason": "repair by hand"})
+        result = await handle.result()
+    assert result.outcome is Outcome.FAILED
+    assert fresh_ledger.revert_calls == []  # nothing pretends to undo an irreversible step
+    assert result.needs_repair[0] == "t1 (drop-column)"
+    assert set(result.needs_repair[1:]) == set(result.applied) - {"t1"}
+    assert "nothing was undone" in result.message
+
+
+async def test_resume_past_the_point_of_no_return_rolls_forward(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """Resume after such a stop rolls forward: the failed target is retried, the rest applied."""
+    req = _request({"irreversible": ["t1"], "flaky": ["t3"]}, waves=["1", "100%"])
+    async with _worker(env, task_queue):
+        handle = await _start(env, task_queue, req)
+        await until_phase(handle, Phase.PAUSED)
+        await handle.execute_update("resume", {"operator": "oscar", "reason": "t3 fixed"})
+        result = await handle.result()
+    assert result.outcome is Outcome.COMPLETED
+    assert sorted(fresh_ledger.applied) == TARGETS  # each applied once (keys replay)
+    assert fresh_ledger.revert_calls == []
+    assert sorted(result.applied) == TARGETS
+
+
+async def test_a_failure_before_any_irreversible_step_still_unwinds(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """A failure before the irreversible step ran unwinds the reversible steps in reverse."""
+    req = _request({"irreversible": ["t5"], "fail_apply": ["t3"]})
+    async with _worker(env, task_queue):
+        result = await (await _start(env, task_queue, req)).result()
+    assert result.outcome is Outcome.ROLLED_BACK
+    assert fresh_ledger.reverted == ["t2", "t1"]
