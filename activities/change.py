@@ -67,6 +67,8 @@ def _event_time() -> datetime:
         return activity.info().current_attempt_scheduled_time
     except RuntimeError:  # not in an activity (unit tests of a kind alone)
         return datetime.now(UTC)
+
+
 """How long a mutation that took effect keeps trying to record it before its attempt fails."""
 
 """A mutation stopped because an operator paused its activity; retryable (resumes on unpause)."""
