@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -29,14 +26,13 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from tests.chaos.processes import WorkerProcess
 from tests.servers import PostgresServer
 from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome
 
 ROWS = 200_000
 BATCH = 500
 KILL_AT_ROWS = 40_000
-ROOT = Path(__file__).resolve().parents[2]
-LOG_TAIL = 40
 
 BACKFILL_STEP: dict[str, Any] = {
     "name": "fill-total",
@@ -75,49 +71,6 @@ def progress_row(dsn: str) -> tuple[str, int] | None:
     return None if row is None else (str(row[0]), int(row[1]))
 
 
-class WorkerProcess:
-    """One worker process running this module's ``__main__``, its log in a file."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "tests.chaos.test_backfill_kill"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-
-    def tail(self) -> str:
-        """The last lines of the worker's log."""
-        lines = self.log.read_text(errors="replace").splitlines()[-LOG_TAIL:]
-        return f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) ---\n" + "\n".join(
-            lines
-        )
-
-    async def ready(self, within: float = 30.0) -> None:
-        """Wait until the worker polls."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if "worker polling" in self.log.read_text(errors="replace"):
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited during start-up\n{self.tail()}")
-            await asyncio.sleep(0.05)
-        raise AssertionError(f"{self.name} did not start within {within}s\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL this process alone and reap it."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._out.close()
-
-
 @pytest.fixture(scope="module")
 def postgres(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
     with PostgresServer(tmp_path_factory.mktemp("postgres")) as server:
@@ -143,7 +96,13 @@ def spawn(
     started: list[WorkerProcess] = []
 
     def start(name: str, extra: dict[str, str]) -> WorkerProcess:
-        worker = WorkerProcess(name, {**env, **extra}, tmp_path / f"{name}.log")
+        worker = WorkerProcess(
+            name,
+            {**env, **extra},
+            tmp_path / f"{name}.log",
+            module=("tests.chaos.test_backfill_kill",),
+            ready_marker="worker polling",
+        )
         started.append(worker)
         return worker
 

@@ -14,9 +14,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import os
-import signal
-import subprocess
-import sys
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
@@ -32,6 +29,7 @@ from temporalio.common import WorkflowIDReusePolicy
 from temporalio.testing import WorkflowEnvironment
 
 from demo.fleet import FleetServer
+from tests.chaos.processes import WorkerProcess
 from tests.helpers import OPEN_BUNDLE
 from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
 
@@ -41,53 +39,8 @@ DEPLOY_DELAY_MS = 1500
 KILL_AFTER = 0.5
 """Seconds between seeing mutations start and the SIGKILL: well inside the deploy delay."""
 NEW_VERSION = "2.0.0"
-ROOT = Path(__file__).resolve().parents[2]
-LOG_TAIL = 40
 
 T = TypeVar("T")
-
-
-class WorkerProcess:
-    """One ``changeguard worker`` process, its log in a file."""
-
-    def __init__(self, name: str, env: dict[str, str], log: Path) -> None:
-        self.name = name
-        self.log = log
-        self._out = log.open("wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cli.main", "worker"],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=self._out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # a Ctrl-C meant for pytest does not reach it
-        )
-
-    def tail(self) -> str:
-        """The last lines of the worker's log, for failure messages."""
-        lines = self.log.read_text(errors="replace").splitlines()[-LOG_TAIL:]
-        return f"--- {self.name} (pid {self.proc.pid}, exit {self.proc.poll()}) ---\n" + "\n".join(
-            lines
-        )
-
-    async def ready(self, within: float = 30.0) -> None:
-        """Wait until the worker logged that it polls (bounded); fail with its log otherwise."""
-        deadline = time.monotonic() + within
-        while time.monotonic() < deadline:
-            if "worker started" in self.log.read_text(errors="replace"):
-                return
-            if self.proc.poll() is not None:
-                raise AssertionError(f"{self.name} exited during start-up\n{self.tail()}")
-            await asyncio.sleep(0.1)
-        raise AssertionError(f"{self.name} did not start within {within}s\n{self.tail()}")
-
-    def kill(self) -> None:
-        """SIGKILL this process (it alone) and reap it."""
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(timeout=10)
-        self._out.close()
 
 
 @pytest.fixture
