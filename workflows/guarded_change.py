@@ -870,14 +870,19 @@ class GuardedChangeWorkflow(BakeMixin):
         """After an irreversible step ran, a failure pauses and pages instead of unwinding.
 
         The rule (docs/long-running-changes.md): before the first irreversible step a failure
-        unwinds the saga as always; once one has run, nothing pretends to undo it. The change
-        pauses and pages its team: ``resume`` rolls forward (gate again, then run the rollout
-        again — applied targets replay idempotently, the failed one is retried); ``abort`` or
-        ``rollback`` ends the change ``failed`` with exactly which targets and steps need manual
-        repair, undoing nothing. A cancellation or a day without a decision ends it the same way.
+        unwinds the saga as always; once one has run, nothing pretends to undo it. An operator's
+        ``abort`` or ``rollback`` then ends the change ``failed`` at once; any other stop (a failed
+        mutation, a bake's rollback, a gate that no longer passes) pauses and pages its team:
+        ``resume`` rolls forward (gate again, then run the rollout again — applied targets replay
+        idempotently, the failed one is retried); ``abort`` or ``rollback`` ends the change
+        ``failed`` with exactly which targets and steps need manual repair, undoing nothing. A
+        cancellation or a day without a decision ends it the same way.
         """
         while True:
             why = self._stop_reason(exc)
+            if isinstance(exc, _Unwind) and exc is self._stop:
+                # An operator's abort or rollback is the human decision: end, undoing nothing.
+                return await self._end_unrepaired(why)
             if is_cancelled_exception(exc):
                 return await self._end_unrepaired(why, cancelled=True)
             self._stop = None

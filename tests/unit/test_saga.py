@@ -216,3 +216,19 @@ async def test_a_failure_before_any_irreversible_step_still_unwinds(
         result = await (await _start(env, task_queue, req)).result()
     assert result.outcome is Outcome.ROLLED_BACK
     assert fresh_ledger.reverted == ["t2", "t1"]
+
+
+async def test_an_operator_rollback_past_the_point_of_no_return_ends_failed_at_once(
+    env: WorkflowEnvironment, task_queue: str, fresh_ledger: Ledger
+) -> None:
+    """A rollback update after an irreversible step is the decision: failed, nothing undone."""
+    req = _request({"irreversible": ["t1"]}, waves=["1", "100%"], bake="1h")
+    async with _worker(env, task_queue):
+        handle = await _start(env, task_queue, req)
+        await until_phase(handle, Phase.BAKING)
+        await handle.execute_update("rollback", {"operator": "oscar", "reason": "bad data"})
+        result = await handle.result()
+    assert result.outcome is Outcome.FAILED
+    assert fresh_ledger.revert_calls == []
+    assert result.needs_repair == ["t1 (drop-column)"]
+    assert result.message.startswith("rollback by oscar: bad data; nothing was undone")
