@@ -57,6 +57,7 @@ from workflows.models import (
     Phase,
     RecheckInput,
 )
+from workflows.summaries import static_details, static_summary
 
 POLL_INTERVAL = 0.5
 
@@ -109,6 +110,9 @@ async def start_change(
             # A change id is used once: a second run would reuse its idempotency keys and the
             # target API would answer with the first run's effects, applying nothing.
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+            # The Web UI's header: what, how many targets, where, whose (docs/operators.md).
+            static_summary=static_summary(request),
+            static_details=static_details(request, change_id),
         )
     except WorkflowAlreadyStartedError as exc:
         raise ChangeFileError(

@@ -40,6 +40,7 @@ with workflow.unsafe.imports_passed_through():
         SignalState,
     )
     from workflows.saga import failure_of
+    from workflows.summaries import clock, line
 
 if TYPE_CHECKING:
     from workflows.guarded_change import _Unwind
@@ -58,7 +59,9 @@ class BakeMixin:
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
         raise NotImplementedError
 
-    async def _wait(self, condition: Callable[[], bool], limit: timedelta | None) -> bool:
+    async def _wait(
+        self, condition: Callable[[], bool], limit: timedelta | None, *, summary: str | None = None
+    ) -> bool:
         raise NotImplementedError
 
     def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
@@ -124,7 +127,11 @@ class BakeMixin:
                 continue
             if action == "proceed" and now >= end:
                 return
-            await self._wait(lambda: False, min(poll, max(end - now, timedelta(seconds=1))))
+            await self._wait(
+                lambda: False,
+                min(poll, max(end - now, timedelta(seconds=1))),
+                summary=f"bake wave {wave.index + 1} until {clock(end)}",
+            )
 
     async def _rollout_policy(self) -> RolloutPolicy:
         if self._rollout is None:
@@ -138,6 +145,7 @@ class BakeMixin:
                 retry_policy=RetryPolicy(
                     maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
                 ),
+                summary="resolve the rollout policy",
             )
         return self._rollout
 
@@ -161,6 +169,7 @@ class BakeMixin:
             ),
             start_to_close_timeout=timedelta(seconds=60),
             retry_policy=RetryPolicy(maximum_attempts=3),
+            summary=line(f"observe {len(rollout.signals)} signal(s), wave {wave.index + 1}"),
         )
 
     async def _pause_and_page(self, request: ChangeRequest, rule: ResponseRule, why: str) -> None:
@@ -172,7 +181,9 @@ class BakeMixin:
             Phase.PAUSED,
             f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
         )
-        if await self._wait(lambda: self._resumed, timeout):
+        if await self._wait(
+            lambda: self._resumed, timeout, summary=f"wait for resume or rollback ({timeout})"
+        ):
             self._resumed = False
             return
         then = rule.then or "rollback"
@@ -202,6 +213,7 @@ class BakeMixin:
                 start_to_close_timeout=timedelta(seconds=30),
                 schedule_to_close_timeout=min(within, timedelta(minutes=5)),
                 retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
+                summary=line(f"page {request.team} via {rollout.pager}"),
             )
             self._status.pages.append(f"{rollout.pager}: {summary}")
         except ActivityError as exc:

@@ -36,6 +36,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.report import aggregate, report_markdown
     from workflows.saga import failure_of
+    from workflows.summaries import check_summary
 
 RESOLVE_TIMEOUT = timedelta(seconds=30)
 CHECK_RETRY = RetryPolicy(
@@ -98,6 +99,7 @@ class GuardrailGateWorkflow:
             ResolvePolicyInput(change=inp.change, policy=inp.policy, categories=inp.categories),
             start_to_close_timeout=RESOLVE_TIMEOUT,
             retry_policy=CHECK_RETRY,
+            summary="resolve the effective policy",
         )
         now = workflow.now()
         workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
@@ -127,6 +129,7 @@ class GuardrailGateWorkflow:
                 start_to_close_timeout=spec.timeout,
                 schedule_to_close_timeout=spec.timeout * 2,
                 retry_policy=CHECK_RETRY,
+                summary=check_summary(spec.rule or spec.guardrail),
             )
         except ActivityError as exc:
             result = error_result(spec, exc)

@@ -91,6 +91,7 @@ with workflow.unsafe.imports_passed_through():
         RolloutPolicy,
     )
     from workflows.saga import Saga, failure_of
+    from workflows.summaries import clock, line, window_wait_summary
     from workflows.types import excerpt
 
 DEFAULT_DEADLINE = timedelta(hours=24)
@@ -343,11 +344,18 @@ class GuardedChangeWorkflow(BakeMixin):
             phase=self._status.phase, message=f"{audit.value} requested; unwinding"
         )
 
-    async def _wait(self, condition: Callable[[], bool], limit: timedelta | None) -> bool:
-        """Wait for ``condition`` or ``limit`` (False), or raise when an operator stopped us."""
+    async def _wait(
+        self, condition: Callable[[], bool], limit: timedelta | None, *, summary: str | None = None
+    ) -> bool:
+        """Wait for ``condition`` or ``limit`` (False), or raise when an operator stopped us.
+
+        ``summary`` names the timer in the Web UI's timeline.
+        """
         try:
             await workflow.wait_condition(
-                lambda: self._stop is not None or condition(), timeout=limit
+                lambda: self._stop is not None or condition(),
+                timeout=limit,
+                timeout_summary=summary if limit is not None else None,
             )
         except TimeoutError:
             return False
@@ -505,6 +513,7 @@ class GuardedChangeWorkflow(BakeMixin):
             result_type=bool,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=AUDIT_RETRY,
+            summary=line(f"record {action.value} in the ledger"),
         )
 
     # ---------------------------------------------------------------- main line
@@ -604,6 +613,7 @@ class GuardedChangeWorkflow(BakeMixin):
             ValidateChangeInput(kind=request.kind, params=request.params),
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=RetryPolicy(maximum_attempts=3),
+            summary=line(f"validate {request.kind} params"),
         )
         self._mutation_options = options_from(result)  # the kind's timeouts and heartbeats
         return result.problems
@@ -624,6 +634,7 @@ class GuardedChangeWorkflow(BakeMixin):
             result_type=ClaimChangeResult,
             start_to_close_timeout=timedelta(seconds=30),
             retry_policy=CLAIM_RETRY,
+            summary="claim the change id in the ledger",
         )
         return claim
 
@@ -656,6 +667,7 @@ class GuardedChangeWorkflow(BakeMixin):
                     Phase.WAITING, f"waiting until {report.retry_after.isoformat()} to gate again"
                 )
                 until = report.retry_after
+                timer = window_wait_summary(until, report)
             else:
                 names = ", ".join(c.rule_id for c in report.failures)
                 if approvable(report):
@@ -665,6 +677,7 @@ class GuardedChangeWorkflow(BakeMixin):
                         result_type=Directory,
                         start_to_close_timeout=timedelta(seconds=30),
                         retry_policy=AUDIT_RETRY,
+                        summary="load the operator directory",
                     )
                     if self._covered(report):
                         return report  # every failure is covered by valid approvals (I1)
@@ -677,6 +690,7 @@ class GuardedChangeWorkflow(BakeMixin):
                 else:
                     self._set_phase(Phase.BLOCKED, f"blocked by {names}; fix the cause and recheck")
                 until = deadline
+                timer = line(f"wait for approval or recheck until {clock(deadline)} UTC")
             if until <= now:
                 self._status.message = f"the deadline {deadline.isoformat()} passed"
                 await self._deadline_passed()
@@ -685,6 +699,7 @@ class GuardedChangeWorkflow(BakeMixin):
             woke = await self._wait(
                 lambda: self._recheck or covered(),  # noqa: B023 (awaited in this iteration)
                 until - now,
+                summary=timer,
             )
             if not woke and until >= deadline:
                 self._status.message = (
@@ -704,6 +719,8 @@ class GuardedChangeWorkflow(BakeMixin):
             GuardrailGateWorkflow.run,
             GateInput(change=ctx, policy=self._request.policy, categories=categories),
             id=f"{self._change_id}/gate-{self._status.gate_runs}",
+            static_summary=f"gate {self._status.gate_runs}"
+            + (f": {', '.join(c.value for c in categories)}" if categories else ": every rule"),
         )
         # A re-check before a wave covers only some categories: it replaces the full report
         # only when it is what now stops the change.
@@ -834,6 +851,7 @@ class GuardedChangeWorkflow(BakeMixin):
                     ),
                 ),
                 id=child_id,
+                static_summary=line(f"{mode} {batch[0].id}..{batch[-1].id} ({len(batch)} targets)"),
             )
         except ChildWorkflowError as exc:
             cause = exc.cause
@@ -899,7 +917,11 @@ class GuardedChangeWorkflow(BakeMixin):
                 "resume rolls forward, abort ends the change failed (nothing is undone)",
             )
             try:
-                decided = await self._wait(lambda: self._resumed, HUMAN_DECISION_TIMEOUT)
+                decided = await self._wait(
+                    lambda: self._resumed,
+                    HUMAN_DECISION_TIMEOUT,
+                    summary="wait for resume or abort (past the point of no return)",
+                )
             except _Unwind as stop:
                 return await self._end_unrepaired(stop.message)
             except asyncio.CancelledError:
@@ -1041,6 +1063,7 @@ class GuardedChangeWorkflow(BakeMixin):
             ),
             start_to_close_timeout=timedelta(minutes=2),
             retry_policy=RetryPolicy(maximum_attempts=5),
+            summary="release target locks",
         )
         try:
             await asyncio.shield(release)

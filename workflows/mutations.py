@@ -35,6 +35,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga
+    from workflows.summaries import apply_summary, revert_summary
 
 MUTATION_TIMEOUT = timedelta(minutes=5)
 MUTATION_HEARTBEAT = timedelta(seconds=10)
@@ -111,6 +112,7 @@ async def apply_one(inp: ApplyInput, options: MutationOptions | None = None) -> 
         heartbeat_timeout=heartbeat,
         retry_policy=MUTATION_RETRY,
         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        summary=apply_summary(inp.kind, inp.target.id),
     )
 
 
@@ -123,6 +125,7 @@ async def revert_one(inp: ApplyInput, options: MutationOptions | None = None) ->
         start_to_close_timeout=start_to_close,
         heartbeat_timeout=heartbeat,
         retry_policy=COMPENSATION_RETRY,
+        summary=revert_summary(inp.target.id),
     )
 
 

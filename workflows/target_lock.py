@@ -135,6 +135,7 @@ class TargetLockWorkflow:
                 await workflow.wait_condition(
                     lambda: self._released or workflow.info().is_continue_as_new_suggested(),
                     timeout=self._watch_every,
+                    timeout_summary=f"watch holder {self._holder.change_id}"[:200],
                 )
             except TimeoutError:
                 if not await self._alive(self._holder.change_id):
@@ -183,6 +184,7 @@ class TargetLockWorkflow:
                 HolderAliveInput(change_id=change_id),
                 start_to_close_timeout=timedelta(seconds=30),
                 retry_policy=RetryPolicy(maximum_attempts=3),
+                summary=f"is {change_id} still running?"[:200],
             )
         except ActivityError:
             return True  # unsure: keep it; the lease watch asks again
