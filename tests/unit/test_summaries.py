@@ -13,10 +13,10 @@ from tests.fakes import Ledger, RecordingKind, Switch
 from worker.converter import data_converter
 from worker.main import build_worker
 from workflows.models import (
-    CheckResult,
-    CheckStatus,
     ChangeRequest,
     ChangeResult,
+    CheckResult,
+    CheckStatus,
     Decision,
     GuardrailReport,
     Outcome,
@@ -90,7 +90,7 @@ def test_verbs_and_window_waits_read_as_an_operator_would() -> None:
 async def test_every_activity_in_a_change_carries_a_summary(
     env: WorkflowEnvironment, task_queue: str
 ) -> None:
-    """The timeline names each check and target: ``check switch``, ``apply web-01`` …"""
+    """The timeline names each check and target: ``check switch``, ``recording web-01``."""
     RecordingKind.ledger = Ledger()
     Switch.outcome = "pass"
     req = _request(targets=2)
