@@ -253,6 +253,25 @@ BEGIN SELECT RAISE(ABORT, '{TABLE} is append-only: REPLACE over a stored record 
 # write the file can still drop the triggers: the hash chain is what shows what they did.
 
 
+def _where(
+    query: AuditQuery, param: Callable[[str], str], at: Callable[[datetime], Any]
+) -> tuple[str, dict[str, Any]]:
+    """The WHERE clause and parameters of a query (``param`` spells a named placeholder)."""
+    clauses: list[str] = []
+    params: dict[str, Any] = {"limit": query.limit}
+    if query.change_id is not None:
+        clauses.append(f"change_id = {param('change_id')}")
+        params["change_id"] = query.change_id
+    if query.since is not None:
+        clauses.append(f"at >= {param('since')}")
+        params["since"] = at(query.since)
+    if query.actions:
+        names = [f"action_{i}" for i in range(len(query.actions))]
+        clauses.append(f"action IN ({', '.join(param(n) for n in names)})")
+        params |= {n: a.value for n, a in zip(names, query.actions, strict=True)}
+    return ("WHERE " + " AND ".join(clauses)) if clauses else "", params
+
+
 class _SqliteTx:
     def __init__(self, db: sqlite3.Connection) -> None:
         self.db = db
@@ -354,14 +373,14 @@ class SqliteAuditStore:
             raise _sqlite_error(self.path, "read", exc) from exc
 
     def entries(self, query: AuditQuery) -> Entries:
-        """The most recent ``query.limit`` records (of one change, if given), oldest first."""
-        where = "WHERE change_id = :change_id" if query.change_id is not None else ""
+        """The most recent ``query.limit`` records matching ``query``, oldest first."""
+        where, params = _where(query, lambda n: f":{n}", iso)
         sql = (
             f"SELECT {_CHAIN_COLUMNS} FROM (SELECT {_CHAIN_COLUMNS} FROM {TABLE} {where} "
             "ORDER BY at DESC, seq DESC LIMIT :limit) ORDER BY at, seq"
         )
         out = []
-        for row in self._read(sql, query.model_dump()):
+        for row in self._read(sql, params):
             data = dict(zip(_NAMES, row[1:13], strict=True))
             data["detail"] = json.loads(data["detail"])
             out.append(AuditEntry(row[0], AuditRecord.model_validate(data), row[13], row[14]))
@@ -597,14 +616,14 @@ class PostgresAuditStore:
             return self._run(lambda c: c.execute(sql, params).fetchall(), "read")
 
     def entries(self, query: AuditQuery) -> Entries:
-        """The most recent ``query.limit`` records (of one change, if given), oldest first."""
-        where = "WHERE change_id = %(change_id)s" if query.change_id is not None else ""
+        """The most recent ``query.limit`` records matching ``query``, oldest first."""
+        where, params = _where(query, lambda n: f"%({n})s", lambda t: t)
         sql = (
             f"SELECT {_CHAIN_COLUMNS} FROM (SELECT {_CHAIN_COLUMNS} FROM {TABLE} {where} "
             "ORDER BY at DESC, seq DESC LIMIT %(limit)s) AS recent ORDER BY at, seq"
         )
         out = []
-        for row in self._read(sql, query.model_dump()):
+        for row in self._read(sql, params):
             data = dict(zip(_NAMES, row[1:13], strict=True))
             out.append(AuditEntry(row[0], AuditRecord.model_validate(data), row[13], row[14]))
         return out

@@ -35,6 +35,7 @@ from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
 from cli.pending import liveness
 from cli.render import console, err, print_json, report_table, status_table
+from cli.report import add_parser as add_report_parser
 from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
 from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
@@ -480,6 +481,7 @@ def parser() -> argparse.ArgumentParser:
         s.set_defaults(run=cmd_operator)
 
     add_audit_parser(sub)
+    add_report_parser(sub)
 
     s = sub.add_parser(
         "worker",

@@ -86,7 +86,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.mutations import apply_targets, irreversible_in, options_from
     from workflows.progress_models import MutationOptions
-    from workflows.report import approver_groups, report_markdown
+    from workflows.report import approver_groups, ledger_checks, report_markdown
     from workflows.rollout_models import (
         RolloutPolicy,
     )
@@ -742,6 +742,13 @@ class GuardedChangeWorkflow(BakeMixin):
                 "waiting": [c.rule_id for c in report.checks if c.status.value == "wait"][:50],
                 "categories": [c.value for c in categories] if categories else "all",
                 "effective_policy_hash": report.policy_hash,
+                # Per rule: status, mode, latency; shadow failures are what would have blocked.
+                "shadow_failing": [
+                    c.rule_id
+                    for c in report.checks
+                    if c.mode.value == "shadow" and c.status.value in ("fail", "error")
+                ][:50],
+                "checks": ledger_checks(report),
             },
         )
         return report

@@ -701,6 +701,10 @@ class AuditQuery(BaseModel):
 
     change_id: str | None = None
     limit: int = Field(default=1000, ge=1, le=100_000)
+    since: datetime | None = Field(default=None, description="only records at or after this time")
+    actions: list[AuditAction] = Field(
+        default_factory=list, description="only records of these actions (empty: every action)"
+    )
 
 
 # --------------------------------------------------------------------------------------------------

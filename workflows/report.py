@@ -114,3 +114,30 @@ def report_markdown(report: GuardrailReport, *, title: str = "Guardrail report")
             f"| {c.owner} | {opt if not c.passing else ''} |"
         )
     return "\n".join(lines)
+
+
+LEDGER_CHECKS_MAX = 100
+"""Checks a gate's ledger record lists one by one (the record stays well under its size limit)."""
+LEDGER_REASON_MAX = 200
+
+
+def ledger_checks(report: GuardrailReport) -> list[dict[str, object]]:
+    """Each check of a report as the gate's ledger record keeps it (``changeguard report rules``).
+
+    Rule, plug-in, status, mode (a ``shadow`` failure is what would have blocked), opt-out and the
+    check's latency; a non-passing check keeps an excerpt of its reason. Bounded (I10).
+    """
+    out: list[dict[str, object]] = []
+    for c in report.checks[:LEDGER_CHECKS_MAX]:
+        entry: dict[str, object] = {
+            "rule": c.rule_id[:128],
+            "guardrail": c.guardrail[:128],
+            "status": c.status.value,
+            "mode": c.mode.value,
+            "opt_out": c.opt_out.value,
+            "ms": max(0, int(c.duration_ms)),
+        }
+        if not c.passing:
+            entry["reason"] = " ".join(check_reason(c).split())[:LEDGER_REASON_MAX]
+        out.append(entry)
+    return out

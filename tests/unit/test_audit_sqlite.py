@@ -97,6 +97,20 @@ class AuditStoreContract:
         assert results == [True, False]
         assert store.list(AuditQuery(change_id="chg-1")) == [rec]
 
+    def test_listing_filters_by_time_and_action(self, store: AuditStore) -> None:
+        """``since`` keeps records at or after it; ``actions`` keeps those actions only."""
+        early = record("early", minutes=-90, action=AuditAction.GATE)
+        gate = record("gate", minutes=0, action=AuditAction.GATE, change_id="chg-2")
+        approval = record("approval", minutes=5)
+        resume = record("resume", minutes=10, action=AuditAction.RESUME)
+        for r in (resume, approval, gate, early):
+            store.append(r)
+        query = AuditQuery(since=T0, actions=[AuditAction.GATE, AuditAction.APPROVAL])
+        assert store.list(query) == [gate, approval]
+        assert store.list(AuditQuery(since=T0 + timedelta(minutes=5))) == [approval, resume]
+        both = AuditQuery(change_id="chg-1", actions=[AuditAction.GATE])
+        assert store.list(both) == [early]
+
     def test_listing_filters_by_change_in_time_order(self, store: AuditStore) -> None:
         """Listing one change returns its records only, oldest first, whatever the write order."""
         late = record("c1-late", minutes=30, action=AuditAction.RESUME)
