@@ -2,7 +2,9 @@
 
 Thin entry points: the logic lives in ``guardrails/``. The effective policy is the platform bundle
 the worker holds *at that moment* (:class:`~guardrails.bundle.BundleHolder`) plus the request's
-additions. Business failures (a refused addition, a change no platform rule governs, an unknown
+additions, plus the checks the gate builds in (``irreversible-steps`` on a change whose kind
+declares a step that cannot be undone: :func:`guardrails.builtin.irreversible.with_builtin_check`).
+Business failures (a refused addition, a change no platform rule governs, an unknown
 guardrail, bad params, a plug-in breaking its contract) are non-retryable errors, so no retry loop
 hammers a mistake that only a person can fix.
 """
@@ -17,6 +19,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from guardrails.base import CheckContext, Guardrail, default_registry
+from guardrails.builtin import irreversible
 from guardrails.bundle import Bundle, BundleHolder
 from guardrails.plugins import PluginRegistry
 from guardrails.policy import (
@@ -85,8 +88,16 @@ class CheckActivities:
                 platform_rules=len(bundle.policy.guardrails),
                 unmatched=bundle.policy.unmatched,
             )
+            resolved.checks = irreversible.with_builtin_check(
+                resolved.checks,
+                inp.change,
+                self.services.get(irreversible.KINDS_SERVICE),
+                categories=inp.categories,
+            )
         except PolicyError as exc:
             raise _refused(exc) from exc
+        except ValueError as exc:  # a request rule took the built-in check's id
+            raise _refused(PolicyError([str(exc)], source="request")) from exc
         resolved.bundle_hash = bundle.hash
         resolved.bundle_warning = self.bundle.warning
         return resolved
@@ -103,12 +114,18 @@ class CheckActivities:
             policy_hash=effective_hash(bundle.hash, additions),
         )
 
+    def _guardrail(self, name: str) -> Guardrail[Any]:
+        """The registered guardrail; the gate's built-in checks even where no registry has them."""
+        if name not in self.guardrails and name == irreversible.IrreversibleSteps.name:
+            return irreversible.IrreversibleSteps()
+        return self.guardrails.get(name)
+
     @activity.defn(name="run_check")
     async def run_check(self, inp: RunCheckInput) -> CheckResult:
         """Run one guardrail; its own exceptions propagate (the gate records them as ``error``)."""
         spec = inp.spec
         try:
-            guardrail = self.guardrails.get(spec.guardrail)
+            guardrail = self._guardrail(spec.guardrail)
         except KeyError as exc:
             raise ApplicationError(
                 str(exc.args[0]), type=errors.UNKNOWN_GUARDRAIL, non_retryable=True

@@ -396,6 +396,12 @@ def floor_problems(
     """
     if guardrail.default_opt_out is not OptOut.FORBIDDEN:
         return []
+    if rule.mode is Mode.SHADOW and not getattr(guardrail, "shadowable", True):
+        return [
+            f"{where}.mode: {guardrail.name} cannot run in shadow mode (it would let what it "
+            "guards happen unasked); to let some changes through, give it an opt_out rule "
+            "(approvers) with a reason"
+        ]
     relaxed = []
     if rule.mode is Mode.SHADOW:
         relaxed.append("mode: shadow")

@@ -3,7 +3,8 @@
 One cluster serves the module (``tests.servers.PostgresServer``); every test gets a database of its
 own. The kind is called directly for its exactly-once and revert rules, and through a worker on the
 dev server for the gate: a change with an irreversible step is blocked until the platform's
-approvers approve it, then it runs.
+approvers approve it, then it runs; with no platform rule for it the gate builds the check in,
+forbidden.
 """
 
 from __future__ import annotations
@@ -293,11 +294,22 @@ async def test_an_irreversible_step_is_blocked_without_approval_and_runs_once_ap
     assert columns(dsn) == ["id", "price", "qty", "total"]
 
 
+@pytest.mark.parametrize(
+    "bundle",
+    [
+        pytest.param({"unmatched": "allow"}, id="bundle-lists-nothing"),
+        pytest.param(platform(approvable=False), id="bundle-lists-it-forbidden"),
+    ],
+)
 async def test_without_a_platform_approval_rule_it_cannot_be_approved(
-    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, dsn: str
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
+    audit: AuditActivities,
+    dsn: str,
+    bundle: dict[str, Any],
 ) -> None:
-    """Forbidden by default: the change is Blocked, and an approval is refused."""
-    async with worker(dev_env, task_queue, audit, dsn, platform(approvable=False)):
+    """Forbidden by default, built into the gate: Blocked naming the step; approval refused."""
+    async with worker(dev_env, task_queue, audit, dsn, bundle):
         change_id = f"mig-{uuid.uuid4().hex[:8]}"
         handle = await dev_env.client.start_workflow(
             "GuardedChange",
@@ -308,6 +320,13 @@ async def test_without_a_platform_approval_rule_it_cannot_be_approved(
         )
         status: ChangeStatus = await until_phase(handle, Phase.BLOCKED)
         assert status.report is not None
+        (check,) = [c for c in status.report.checks if c.rule == "irreversible-steps"]
+        assert (check.status.value, check.opt_out.value, check.source) == (
+            "fail",
+            "forbidden",
+            "platform",
+        )
+        assert check.evidence["irreversible"] == ["drop-legacy"]
         with pytest.raises(WorkflowUpdateFailedError) as refused:
             await handle.execute_update(
                 "approve",
