@@ -9,6 +9,12 @@ reverse order, continues past failures and reports them.
 
 The kind's activity options travel in ``BatchInput.mutation_options`` (a field the parent fills
 from ``validate_change``); a batch started without them (older parents) uses the defaults.
+
+Irreversible steps a batch ran go back to the parent in ``BatchResult.irreversible`` (target →
+steps), also when the batch fails: a failed apply batch fails with the failing mutation's message
+and type and its ``BatchResult`` (targets applied, irreversible steps) as details. So the parent
+reaches its point of no return through batches too, and past it knows every target a failed batch
+left applied (a human repairs them: nothing is undone).
 """
 
 from __future__ import annotations
@@ -17,13 +23,19 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     from workflows import errors
     from workflows.inputs import Refusal, decode
-    from workflows.models import BatchInput, BatchResult, CompensationFailure
-    from workflows.mutations import apply_input, apply_targets, revert_input, revert_one
+    from workflows.models import ApplyResult, BatchInput, BatchResult, CompensationFailure
+    from workflows.mutations import (
+        apply_input,
+        apply_targets,
+        irreversible_in,
+        revert_input,
+        revert_one,
+    )
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga, failure_of
 
@@ -40,19 +52,35 @@ class TargetBatchWorkflow:
             raise ApplicationError(inp.why, type=errors.INVALID_INPUT, non_retryable=True)
         if inp.mode == "revert":
             return await self._revert(inp)
-        done: list[str] = []
-        await apply_targets(
-            Saga(),  # compensation is the parent's revert batch, registered before this one
-            change_id=inp.change_id,
-            kind=inp.kind,
-            params=inp.params,
-            targets=inp.targets,
-            max_parallel=inp.max_parallel,
-            on_applied=done.append,
-            on_reverted=lambda _: None,
-            options=_options(inp),
-        )
-        return BatchResult(done=done)
+        result = BatchResult()
+
+        def note_error(target_id: str, exc: BaseException) -> None:
+            steps = irreversible_in(exc)
+            if steps:
+                result.irreversible[target_id] = steps
+
+        try:
+            await apply_targets(
+                Saga(),  # compensation is the parent's revert batch, registered before this one
+                change_id=inp.change_id,
+                kind=inp.kind,
+                params=inp.params,
+                targets=inp.targets,
+                max_parallel=inp.max_parallel,
+                on_applied=result.done.append,
+                on_reverted=lambda _: None,
+                options=_options(inp),
+                on_result=lambda r: _note_result(result, r),
+                on_error=note_error,
+            )
+        except (ActivityError, ApplicationError) as exc:
+            if is_cancelled_exception(exc):
+                raise
+            message, kind = failure_of(exc)
+            raise ApplicationError(
+                message, result.model_dump(mode="json"), type=kind, non_retryable=True
+            ) from exc
+        return result
 
     async def _revert(self, inp: BatchInput) -> BatchResult:
         result = BatchResult()
@@ -75,6 +103,11 @@ class TargetBatchWorkflow:
                 non_retryable=True,
             )
         return result
+
+
+def _note_result(batch: BatchResult, result: ApplyResult) -> None:
+    if result.irreversible:
+        batch.irreversible[result.target_id] = list(result.irreversible)
 
 
 def _options(inp: BatchInput) -> MutationOptions | None:

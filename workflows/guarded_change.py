@@ -97,6 +97,8 @@ with workflow.unsafe.imports_passed_through():
 DEFAULT_DEADLINE = timedelta(hours=24)
 PLAN_PATCH = "plan-in-ledger"
 """The ``workflow.patched`` id of the wave plan's ledger record (docs/versioning.md)."""
+BATCH_IRREVERSIBLE_PATCH = "batch-irreversible"
+"""``workflow.patched`` id: irreversible steps a ``TargetBatch`` ran reach the point of no return."""
 BATCH_SIZE = 100
 """Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
 AUDIT_RETRY = RetryPolicy(
@@ -866,9 +868,13 @@ class GuardedChangeWorkflow(BakeMixin):
                 partial = BatchResult.model_validate(cause.details[0])
                 self._status.reverted.extend(partial.done)
                 self._needs_repair.extend(f.step for f in partial.failures)
+            elif mode == "apply" and isinstance(cause, ApplicationError) and cause.details:
+                self._note_batch(BatchResult.model_validate(cause.details[0]), failed=True)
             raise
         if mode == "revert":
             self._status.reverted.extend(result.done)
+        else:
+            self._note_batch(result)
         return result
 
     # ---------------------------------------------------------------- point of no return
@@ -883,6 +889,18 @@ class GuardedChangeWorkflow(BakeMixin):
         steps = irreversible_in(exc)
         if steps:
             self._irreversible[target_id] = steps
+
+    def _note_batch(self, batch: BatchResult, *, failed: bool = False) -> None:
+        """Take a batch's irreversible steps as the change's own: its point of no return.
+
+        Behind a patch: they decide between unwinding and holding, and older workers unwound.
+        """
+        past = batch.irreversible or (failed and self._irreversible)
+        if not past or not workflow.patched(BATCH_IRREVERSIBLE_PATCH):
+            return
+        self._irreversible.update(batch.irreversible)
+        if failed:  # its applied targets are left as they are: a human needs to know them
+            self._status.applied.extend(t for t in batch.done if t not in self._status.applied)
 
     def _repair_list(self) -> list[str]:
         """What a human must repair: each irreversible target with its steps, then the others."""

@@ -904,6 +904,11 @@ class BatchResult(BaseModel):
 
     done: list[str] = Field(default_factory=list)
     failures: list[CompensationFailure] = Field(default_factory=list)
+    irreversible: dict[str, list[str]] = Field(
+        default_factory=dict,
+        description="apply mode: per target, the irreversible steps in effect (the parent's "
+        "point of no return); also in the details of a failed batch that ran one",
+    )
 
 
 class OperatorAction(BaseModel):

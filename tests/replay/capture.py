@@ -525,6 +525,17 @@ BRANCHES: list[Branch] = [
         max_parallel=20,
         params={"fail_apply": ["batch_failure_reverts.t103"]},
     ),
+    Branch(
+        "point_of_no_return_batch",
+        Outcome.FAILED,
+        targets=105,
+        max_parallel=20,
+        params={
+            "irreversible": ["point_of_no_return_batch.t2"],
+            "fail_apply": ["point_of_no_return_batch.t103"],
+        },
+        steer=abort_when_paused,
+    ),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 

@@ -10,9 +10,10 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
+from tests.helpers import until_phase
 from worker.main import build_worker
 from workflows.guarded_change import BATCH_SIZE
-from workflows.models import ChangeRequest, ChangeResult, Outcome
+from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
 
 N = 250
 IDS = [f"h{i:03d}" for i in range(N)]
@@ -82,3 +83,47 @@ async def test_failure_in_a_batch_reverts_every_applied_target_in_reverse(
     first_wave = IDS[:10]
     assert max(position[t] for t in batch2) < min(position[t] for t in batch1)
     assert max(position[t] for t in batch1) < min(position[t] for t in first_wave)
+
+
+async def _paused_then(
+    env: WorkflowEnvironment, task_queue: str, req: ChangeRequest, update: str
+) -> tuple[ChangeStatus, ChangeResult]:
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        paused = await until_phase(handle, Phase.PAUSED)
+        await handle.execute_update(update, {"operator": "oscar", "reason": "decided"})
+        return paused, await handle.result()
+
+
+async def test_an_irreversible_step_in_a_batch_is_the_point_of_no_return(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """Batch 1 ran an irreversible step, batch 2 fails: pause and page, abort undoes nothing."""
+    irreversible, failing = IDS[10 + 7], IDS[10 + BATCH_SIZE + 3]
+    req = _request({"irreversible": [irreversible], "fail_apply": [failing]})
+    paused, result = await _paused_then(env, task_queue, req, "abort")
+    assert f"{irreversible} (drop-column)" in paused.message
+    assert [p for p in paused.pages if "point of no return" in p]
+    assert (result.outcome, ledger.revert_calls) == (Outcome.FAILED, [])
+    assert result.needs_repair[0] == f"{irreversible} (drop-column)"
+    assert set(result.needs_repair[1:]) == set(ledger.applied) - {irreversible}
+
+
+async def test_a_batch_that_fails_after_its_own_irreversible_step_reports_it(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """Irreversible step and failure in the same batch: the failed batch still reports both."""
+    batch = IDS[10 + BATCH_SIZE : 10 + 2 * BATCH_SIZE]
+    irreversible, failing = batch[0], batch[-1]
+    req = _request({"irreversible": [irreversible], "fail_apply": [failing]})
+    req.rollout.max_parallel = 1  # the batch applies in order: the irreversible target first
+    paused, result = await _paused_then(env, task_queue, req, "abort")
+    assert f"{irreversible} (drop-column)" in paused.message
+    assert (result.outcome, ledger.revert_calls) == (Outcome.FAILED, [])
+    assert result.needs_repair[0] == f"{irreversible} (drop-column)"
+    assert set(result.needs_repair[1:]) == set(ledger.applied) - {irreversible}
+    assert set(batch[:-1]) <= set(result.needs_repair[1:]) | {irreversible}
