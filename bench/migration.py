@@ -44,12 +44,19 @@ sys.path.insert(0, str(ROOT))
 
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
-from tests.chaos.test_backfill_kill import WorkerProcess  # noqa: E402
+from tests.chaos.processes import WorkerProcess  # noqa: E402
 from tests.servers import PostgresServer  # noqa: E402
 from worker.converter import data_converter  # noqa: E402
 from worker.devserver import temporal_binary  # noqa: E402
 from workflows import search_attributes  # noqa: E402
 from workflows.models import ChangeResult, Outcome  # noqa: E402
+
+WORKER_MODULE = ("tests.chaos.test_backfill_kill",)
+"""A normal worker whose kinds include ``pg-migrate`` (the chaos test's worker entry point)."""
+
+
+def bench_worker(name: str, env: dict[str, str], log: Path) -> WorkerProcess:
+    return WorkerProcess(name, env, log, module=WORKER_MODULE, ready_marker="worker polling")
 
 
 def progress(message: str) -> None:
@@ -193,7 +200,7 @@ async def measure(env: WorkflowEnvironment, dsn: str, tmp: Path, args: argparse.
     t_script = script(dsn, "a_script", args.batch)
     assert check(dsn, "a_script", args.rows) == (0, 0)
 
-    worker = WorkerProcess("worker-1", worker_env, tmp / "worker-1.log")
+    worker = bench_worker("worker-1", worker_env, tmp / "worker-1.log")
     workers = [worker]
     try:
         await worker.ready()
@@ -217,7 +224,7 @@ async def measure(env: WorkflowEnvironment, dsn: str, tmp: Path, args: argparse.
             await asyncio.sleep(0.02)
         worker.kill()
         killed_at = done_rows(dsn)
-        second = WorkerProcess("worker-2", worker_env, tmp / "worker-2.log")
+        second = bench_worker("worker-2", worker_env, tmp / "worker-2.log")
         workers.append(second)
         await second.ready()
         result = await asyncio.wait_for(handle.result(), timeout=600)
