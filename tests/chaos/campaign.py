@@ -15,7 +15,9 @@ locks), ``long`` (every fleet request through a slow link, so its mutations last
 Faults: ``worker_kill`` (SIGKILL of one, several or all worker processes), ``server_restart``
 (SIGKILL of the dev server, restarted on its SQLite file), ``fleet_restart``, ``fleet_5xx`` and
 ``fleet_slow`` (the fleet's ``/admin/faults``), ``audit_restart`` (PostgreSQL crashed and
-restarted), ``fleet_partition`` and ``audit_partition`` (the proxy in front stops forwarding).
+restarted: ``docker kill`` + ``docker start`` of its container on the same volume),
+``fleet_partition`` and ``audit_partition`` (``docker pause`` of the container for a while; a
+process's proxy stops forwarding instead).
 """
 
 from __future__ import annotations
@@ -56,9 +58,11 @@ from tests.chaos.harness import (
     DevServer,
     FleetContainer,
     FleetProcess,
+    PostgresContainer,
     TcpProxy,
     WorkerSlot,
     build_fleet_image,
+    build_postgres_image,
     docker_available,
     worker_env,
 )
@@ -346,11 +350,19 @@ class Campaign:
         self.fleet = await asyncio.to_thread(fleet.start)
         self.fleet_link = TcpProxy(self.fleet.port).start()
         self.slow_link = TcpProxy(self.fleet_link.port, connect_delay=SLOW_LINK).start()
-        self.pg = CrashablePostgres(d / "postgres")
+        self.pg: PostgresContainer | CrashablePostgres = CrashablePostgres(d / "postgres")
+        if docker and os.environ.get("CHANGEGUARD_CHAOS_POSTGRES", "container") == "container":
+            try:
+                image = await asyncio.to_thread(build_postgres_image)
+                self.pg = PostgresContainer(d / "postgres", image=image)
+            except Exception as exc:  # the process is as good a store; say why
+                self.notes.append(f"postgres image not built, PostgreSQL runs as a process: {exc}")
         await asyncio.to_thread(self.pg.start)
-        self.audit_link = TcpProxy(self.pg.port).start()
         self.audit_dsn = self.pg.dsn
-        via_proxy = f"postgresql://postgres@127.0.0.1:{self.audit_link.port}/postgres"
+        worker_dsn = self.audit_dsn  # a container: its mapped port; a process: through the proxy
+        if isinstance(self.pg, CrashablePostgres):
+            self.audit_link = TcpProxy(self.pg.port).start()
+            worker_dsn = f"postgresql://postgres@127.0.0.1:{self.audit_link.port}/postgres"
         open_audit_store(self.audit_dsn).close()  # the schema, before any worker races for it
         (d / "operators.yaml").write_text(yaml.safe_dump(OPERATORS))
         policy = d / "platform.yaml"
@@ -358,7 +370,7 @@ class Campaign:
         env = worker_env(
             address=self.server.address,
             task_queue=self.task_queue,
-            audit_url=via_proxy,
+            audit_url=worker_dsn,
             policy=policy,
             directory=d / "operators.yaml",
         )
@@ -374,9 +386,9 @@ class Campaign:
         self.log(
             f"chaos: dev server as a {self.server.mode} on {self.server.address}, fleet as a "
             f"{'container' if isinstance(self.fleet, FleetContainer) else 'process'} "
-            f"{self.fleet.url} (via {self.fleet_link.port}), audit {self.audit_dsn} (via "
-            f"{self.audit_link.port}), {len(self.slots)} workers, task queue {self.task_queue}, "
-            f"logs in {d}"
+            f"{self.fleet.url} (via {self.fleet_link.port}), audit store as a "
+            f"{'container' if isinstance(self.pg, PostgresContainer) else 'process'} "
+            f"{worker_dsn}, {len(self.slots)} workers, task queue {self.task_queue}, logs in {d}"
         )
 
     async def _teardown(self) -> None:
@@ -445,6 +457,10 @@ class Campaign:
             self.fleet_link.partition()
             await asyncio.sleep(hold)
             self.fleet_link.heal()
+        elif kind == "audit_partition" and isinstance(self.pg, PostgresContainer):
+            await asyncio.to_thread(self.pg.pause)
+            await asyncio.sleep(hold)
+            await asyncio.to_thread(self.pg.unpause)
         elif kind == "audit_partition":
             self.audit_link.partition()
             await asyncio.sleep(hold)

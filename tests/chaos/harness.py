@@ -10,13 +10,15 @@
   ``docker kill`` + ``docker start``, a partition ``docker pause`` + ``unpause``; without Docker
   (or with ``CHANGEGUARD_CHAOS_FLEET=process``) ``python -m demo.fleet`` as a process, SIGKILLed
   and restarted, partitioned by its proxy; ``/admin/faults`` for 5xx and slow answers either way;
-- PostgreSQL (the audit store) as a process on a fixed port and data directory: SIGQUIT
-  (immediate shutdown: crash recovery at the next start) and restart. No PostgreSQL image can be
-  built here (no registry, no Debian mirror), so it is not a container;
-- a :class:`TcpProxy` in front of the fleet and of PostgreSQL: the workers reach both only through
-  it, and a partition stops it forwarding anything in either direction (connections stay open,
-  bytes wait, new connections hang), as a lost link does until TCP gives up; a second one with a
-  connect delay is the slow link of ``long`` changes;
+- PostgreSQL (the audit store) in the ``infra/postgres`` image (FROM scratch around this
+  machine's Debian install, built by its ``build.sh``) through ``testcontainers``, its cluster on
+  a volume: a crash is ``docker kill`` (no checkpoint: crash recovery at ``docker start``), a
+  partition ``docker pause``; without Docker (or with ``CHANGEGUARD_CHAOS_POSTGRES=process``)
+  a process on a fixed port and data directory, crashed by SIGQUIT, partitioned by its proxy;
+- a :class:`TcpProxy` in front of the fleet (and of a PostgreSQL process): the workers reach it
+  only through the proxy, and a partition stops it forwarding anything in either direction
+  (connections stay open, bytes wait, new connections hang), as a lost link does until TCP gives
+  up; a second one with a connect delay is the slow link of ``long`` changes;
 - worker processes (``python -m cli.main worker``), SIGKILLed and respawned by a supervisor.
 """
 
@@ -45,6 +47,7 @@ from workflows import search_attributes as sa
 ROOT = Path(__file__).resolve().parents[2]
 DEVSERVER_TAG = "changeguard/devserver:chaos"
 FLEET_TAG = "changeguard/fleet:chaos"
+POSTGRES_TAG = "changeguard/postgres:chaos"
 UID = 10001  # the dev-server image's user (infra/devserver)
 
 
@@ -326,6 +329,98 @@ class CrashablePostgres(PostgresServer):
                 return self.restart()
             time.sleep(0.2)
         raise ServerError(f"postgres did not come back:\n{self.log_tail()}")
+
+
+class PostgresContainer:
+    """The audit store in the ``infra/postgres`` image: crash = ``docker kill``, partition = pause.
+
+    The cluster lives on a bind-mounted volume and the host port is fixed, so ``docker start`` of
+    the same container is a crash recovery on the same data at the same address (the image runs
+    ``initdb`` only on an empty volume). The DSN is the mapped port's: workers connect directly.
+    """
+
+    superuser = "postgres"
+
+    def __init__(self, directory: Path, *, image: str) -> None:
+        self.dir = directory
+        self.image = image
+        self.port = free_port()
+        self._container: Any = None
+
+    @property
+    def dsn(self) -> str:
+        return f"postgresql://{self.superuser}@127.0.0.1:{self.port}/postgres"
+
+    def start(self) -> PostgresContainer:
+        from testcontainers.core.container import DockerContainer
+
+        data = self.dir / "data"
+        data.mkdir(parents=True, exist_ok=True)
+        os.chown(data, UID, UID)
+        self._container = (
+            DockerContainer(self.image)
+            .with_bind_ports(5432, self.port)
+            .with_volume_mapping(str(data), "/data", "rw")
+            .with_kwargs(labels={"io.changeguard.test": "chaos"})
+        )
+        self._container.start()
+        self.wait_up()
+        return self
+
+    def wait_up(self, within: float = 60) -> None:
+        def answers() -> bool:
+            with psycopg.connect(self.dsn, connect_timeout=1):
+                return True
+
+        try:
+            _wait(answers, within, f"PostgreSQL in its container on port {self.port}")
+        except ServerError as exc:
+            raise ServerError(f"{exc}:\n{self.log_tail()}") from None
+
+    def log_tail(self, lines: int = 20) -> str:
+        if self._container is None:
+            return ""
+        with contextlib.suppress(Exception):
+            raw = self._container.get_wrapped_container().logs(tail=lines)
+            return bytes(raw).decode(errors="replace")
+        return ""
+
+    def crash(self) -> None:
+        """SIGKILL the postmaster (PID 1: every backend dies with it); no checkpoint."""
+        with contextlib.suppress(Exception):
+            self._container.get_wrapped_container().kill()
+
+    def restart(self) -> None:
+        """``docker start`` of the same container: crash recovery on the same volume and port."""
+        self._container.get_wrapped_container().start()
+        self.wait_up()
+
+    def pause(self) -> None:
+        """Freeze the server: connections stay open and new ones are accepted, and bytes wait."""
+        self._container.get_wrapped_container().pause()
+
+    def unpause(self) -> None:
+        self._container.get_wrapped_container().unpause()
+
+    def stop(self) -> None:
+        if self._container is not None:
+            with contextlib.suppress(Exception):
+                self._container.stop()
+            self._container = None
+
+
+def build_postgres_image() -> str:
+    """Build infra/postgres (FROM scratch around this machine's Debian PostgreSQL); the tag."""
+    done = subprocess.run(
+        ["bash", str(ROOT / "infra" / "postgres" / "build.sh"), POSTGRES_TAG],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ServerError(f"infra/postgres/build.sh failed:\n{done.stdout}{done.stderr}")
+    return POSTGRES_TAG
 
 
 # ------------------------------------------------------------------------------- dev server
