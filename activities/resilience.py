@@ -8,8 +8,11 @@ A :class:`CircuitBreaker` per target API (keyed by its base URL) lives in the wo
 ``failure_threshold`` consecutive failures it opens, and for ``cool_down`` every call fails fast
 with a retryable ``CircuitOpen`` error whose ``next_retry_delay`` is the cool-down left plus jitter,
 without touching the API. Then one half-open probe is let through: success closes the breaker,
-failure opens it again. Transitions are logged; :meth:`CircuitBreakers.snapshot` feeds status
-displays.
+failure opens it again. A call that arrives while the probe is in flight waits for its verdict
+(up to ``probe_wait``) instead of failing: it goes ahead the moment the probe succeeds, or fails
+fast with the new cool-down if the probe failed; so a recovered API is used at once, and waiting
+calls do not spend their activity's attempts. Transitions are logged;
+:meth:`CircuitBreakers.snapshot` feeds status displays.
 
 :class:`Heartbeat` heartbeats from a background task while an activity works, so a dead worker is
 noticed within the heartbeat timeout and cancellation reaches the activity.
@@ -118,6 +121,12 @@ def raise_retryable(
 # --------------------------------------------------------------------------------------------------
 
 
+PROBE_WAIT = timedelta(seconds=20)
+"""How long a call waits for another call's half-open probe before it fails fast (default)."""
+PROBE_POLL = 0.05
+"""Seconds between looks at a half-open breaker while waiting for its probe's verdict."""
+
+
 def counts_as_failure(exc: BaseException) -> bool:
     """Whether an exception is the dependency failing: any retryable error.
 
@@ -140,7 +149,10 @@ class CircuitBreaker:
         failure_threshold: consecutive failures that open it.
         cool_down: how long it stays open before a probe is let through.
         jitter: the largest random delay added to the cool-down left in a fail-fast error.
-        clock: monotonic seconds (tests inject a fake clock).
+        probe_wait: how long :meth:`call` waits for another call's half-open probe to decide
+            before it fails fast itself (then with a delay of at most a second).
+        clock: monotonic seconds (tests inject a fake clock; waiting for a probe uses the event
+            loop's clock).
         rng: the random source of the jitter.
     """
 
@@ -151,6 +163,7 @@ class CircuitBreaker:
         failure_threshold: int = 5,
         cool_down: timedelta = timedelta(seconds=30),
         jitter: timedelta = timedelta(seconds=5),
+        probe_wait: timedelta = PROBE_WAIT,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -160,6 +173,7 @@ class CircuitBreaker:
         self.failure_threshold = failure_threshold
         self.cool_down = cool_down.total_seconds()
         self.jitter = jitter.total_seconds()
+        self.probe_wait = probe_wait.total_seconds()
         self._clock = clock
         self._rng = rng or _rng
         self._lock = threading.Lock()
@@ -206,35 +220,68 @@ class CircuitBreaker:
             failures=self._failures,
         )
 
-    def acquire(self) -> None:
-        """Ask to make a call: returns when it may go ahead, else raises the fail-fast error.
-
-        Raises:
-            ApplicationError: ``CircuitOpen``, retryable, with ``next_retry_delay`` set, while
-                the breaker is open or while another call is the half-open probe.
-        """
+    def _admit(self) -> tuple[bool, int, float]:
+        """(may go ahead, failures, cool-down left): a half-open breaker admits one probe."""
         with self._lock:
             if self._state is BreakerState.CLOSED:
-                return
+                return True, 0, 0.0
             remaining = self._remaining()
             if self._state is BreakerState.OPEN and remaining <= 0:
                 self._transition(BreakerState.HALF_OPEN)
             if self._state is BreakerState.HALF_OPEN and not self._probing:
                 self._probing = True
-                return
-            failures = self._failures
-        why = (
-            f"open after {failures} consecutive failures; a probe is let through in "
-            f"{remaining:.1f}s"
-            if remaining > 0
-            else "half-open; another call is probing it now"
-        )
-        raise ApplicationError(
+                return True, 0, 0.0
+            return False, self._failures, remaining
+
+    def _refusal(self, failures: int, remaining: float, waited: float) -> ApplicationError:
+        if remaining > 0:
+            why = (
+                f"open after {failures} consecutive failures; a probe is let through in "
+                f"{remaining:.1f}s"
+            )
+            delay = remaining + self._rng.uniform(0.0, self.jitter)
+        else:
+            # The probe decides within its own timeout: try again soon, not after a cool-down.
+            why = "half-open; another call is probing it now" + (
+                f" (waited {waited:.1f}s for its verdict)" if waited else ""
+            )
+            delay = self._rng.uniform(0.0, min(self.jitter, 1.0))
+        return ApplicationError(
             f"circuit breaker for {self.key} is {why}; not calling it",
             {"key": self.key, "failures": failures, "retry_in": round(remaining, 3)},
             type=CIRCUIT_OPEN,
-            next_retry_delay=timedelta(seconds=remaining + self._rng.uniform(0.0, self.jitter)),
+            next_retry_delay=timedelta(seconds=delay),
         )
+
+    def acquire(self) -> None:
+        """Ask to make a call: returns when it may go ahead, else raises the fail-fast error.
+
+        Raises:
+            ApplicationError: ``CircuitOpen``, retryable, with ``next_retry_delay`` set, while
+                the breaker is open (the cool-down left plus jitter) or while another call is the
+                half-open probe (at most a second).
+        """
+        admitted, failures, remaining = self._admit()
+        if not admitted:
+            raise self._refusal(failures, remaining, 0.0)
+
+    async def acquire_waiting(self) -> None:
+        """:meth:`acquire`, but while another call is the half-open probe, await its verdict.
+
+        Polls every :data:`PROBE_POLL` seconds for up to ``probe_wait``: the probe's success lets
+        this call go ahead at once; its failure (the breaker open again) or no verdict within
+        ``probe_wait`` raises the fail-fast error.
+        """
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        while True:
+            admitted, failures, remaining = self._admit()
+            if admitted:
+                return
+            waited = loop.time() - began
+            if remaining > 0 or waited >= self.probe_wait:
+                raise self._refusal(failures, remaining, waited)
+            await asyncio.sleep(PROBE_POLL)
 
     def record_success(self) -> None:
         """A call succeeded: the breaker closes and the failure count restarts."""
@@ -274,10 +321,10 @@ class CircuitBreaker:
                 ones); others count as success (the dependency answered), except cancellation.
 
         Raises:
-            ApplicationError: ``CircuitOpen`` without calling ``fn`` (see :meth:`acquire`);
-                otherwise whatever ``fn`` raises.
+            ApplicationError: ``CircuitOpen`` without calling ``fn`` (see
+                :meth:`acquire_waiting`); otherwise whatever ``fn`` raises.
         """
-        self.acquire()
+        await self.acquire_waiting()
         try:
             result = await fn()
         except BaseException as exc:
@@ -299,6 +346,7 @@ class CircuitBreakers:
         failure_threshold: see :class:`CircuitBreaker`.
         cool_down: see :class:`CircuitBreaker`.
         jitter: see :class:`CircuitBreaker`.
+        probe_wait: see :class:`CircuitBreaker`.
         clock: see :class:`CircuitBreaker`.
         rng: see :class:`CircuitBreaker`.
     """
@@ -309,6 +357,7 @@ class CircuitBreakers:
         failure_threshold: int = 5,
         cool_down: timedelta = timedelta(seconds=30),
         jitter: timedelta = timedelta(seconds=5),
+        probe_wait: timedelta = PROBE_WAIT,
         clock: Callable[[], float] = time.monotonic,
         rng: random.Random | None = None,
     ) -> None:
@@ -316,6 +365,7 @@ class CircuitBreakers:
             "failure_threshold": failure_threshold,
             "cool_down": cool_down,
             "jitter": jitter,
+            "probe_wait": probe_wait,
             "clock": clock,
             "rng": rng,
         }

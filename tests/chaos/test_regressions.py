@@ -6,6 +6,7 @@ Each test names the fault that exposed the defect. Each defect is fixed where it
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -18,6 +19,8 @@ from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.audit import AuditActivities, AuditStoreError, SqliteAuditStore
+from activities.kinds.http_deploy import HttpDeploy, HttpDeployParams
+from activities.resilience import CircuitBreakers
 from demo.fleet import FleetServer
 from worker.converter import data_converter
 from worker.main import build_worker
@@ -29,7 +32,9 @@ from workflows.models import (
     ChangeRequest,
     ChangeResult,
     Outcome,
+    Target,
 )
+from workflows.rollout_models import BreakerState
 
 UNREACHABLE = "cannot write to the audit database postgresql://127.0.0.1:1/audit: connection lost"
 
@@ -161,3 +166,37 @@ async def test_an_effect_whose_ledger_write_failed_on_the_last_attempt_is_still_
         if r.action in (AuditAction.MUTATION, AuditAction.COMPENSATION)
     )
     assert recorded == took_effect
+
+
+async def test_a_mutation_behind_a_half_open_probe_goes_ahead_when_the_probe_succeeds(
+    tmp_path: Path,
+) -> None:
+    """Fleet back after a fault (fleet_partition, fleet_5xx, fleet_restart): no attempt is spent.
+
+    Found by the long campaign (seed 4242): when a fleet fault ended, the worker's breaker let one
+    probe through, and every other mutation of that worker was refused with "half-open; another
+    call is probing it now" and a retry delay of 0-5 s. Each refusal spent an attempt of the
+    mutation's retry budget without calling the fleet (attempts 4 and 5 of several apply_change
+    ended so, and good changes rolled back), and a recovered fleet waited up to 5 s more for the
+    calls behind the probe. Now a call behind the probe waits for its verdict and goes ahead.
+    """
+    registry = CircuitBreakers(failure_threshold=1, cool_down=timedelta(0))
+    kind = HttpDeploy(registry)
+    with FleetServer(tmp_path / "fleet.db", port=0, hosts=3) as fleet:
+        params = HttpDeployParams(base_url=fleet.url, version="2.0.0")
+
+        def faults(**values: int) -> None:
+            httpx.post(f"{fleet.url}/admin/faults", json=values, timeout=5).raise_for_status()
+
+        faults(fail_next=1)
+        with pytest.raises(ApplicationError):  # the fault: one failure opens the breaker
+            await kind.apply(params, Target(id="web-01"), idempotency_key="k-01")
+        faults(deploy_delay_ms=800)  # the fleet is back, and a deploy takes a while
+        probe = asyncio.create_task(kind.apply(params, Target(id="web-02"), idempotency_key="k-02"))
+        await asyncio.sleep(0.3)
+        assert registry.get(fleet.url).state is BreakerState.HALF_OPEN, "the probe is in flight"
+
+        behind = await kind.apply(params, Target(id="web-03"), idempotency_key="k-03")
+
+        assert (await probe).applied and behind.applied
+        assert registry.get(fleet.url).state is BreakerState.CLOSED

@@ -226,19 +226,63 @@ async def test_half_open_probe_failure_reopens(
 async def test_half_open_lets_one_probe_through(
     breaker: CircuitBreaker, dependency: Dependency, clock: Clock
 ) -> None:
-    """While a slow probe is in flight, concurrent calls fail fast instead of piling on."""
+    """While a slow probe is in flight, concurrent calls wait instead of piling on; then go."""
     await fail_times(breaker, dependency, 5)
     clock.now += 30
     dependency.status, dependency.delay = 200, 0.3
 
+    calls = [asyncio.create_task(breaker.call(dependency.get)) for _ in range(4)]
+    await asyncio.sleep(0.15)
+    assert dependency.calls == 6, "only the probe reaches the dependency while it is in flight"
+    results = await asyncio.gather(*calls, return_exceptions=True)
+
+    assert results == [200] * 4
+    assert dependency.calls == 9
+    assert breaker.state is BreakerState.CLOSED
+
+
+async def test_calls_behind_a_failed_probe_fail_fast_with_the_new_cool_down(
+    breaker: CircuitBreaker, dependency: Dependency, clock: Clock
+) -> None:
+    """The probe fails: the calls that waited for it fail fast, told to come back after 30 s."""
+    await fail_times(breaker, dependency, 5)
+    clock.now += 30
+    dependency.delay = 0.3
+
     results = await asyncio.gather(
-        *(breaker.call(dependency.get) for _ in range(4)), return_exceptions=True
+        *(breaker.call(dependency.get) for _ in range(3)), return_exceptions=True
     )
 
-    assert results[0] == 200
-    assert [getattr(r, "type", None) for r in results[1:]] == [CIRCUIT_OPEN] * 3
+    assert [getattr(r, "type", None) for r in results] == [TARGET_UNAVAILABLE] + [CIRCUIT_OPEN] * 2
     assert dependency.calls == 6
-    assert breaker.state is BreakerState.CLOSED
+    for refused in results[1:]:
+        assert isinstance(refused, ApplicationError)
+        delay = refused.next_retry_delay
+        assert delay is not None and timedelta(seconds=30) <= delay <= timedelta(seconds=35)
+
+
+async def test_a_probe_without_a_verdict_within_probe_wait_refuses_with_a_short_delay(
+    clock: Clock, dependency: Dependency
+) -> None:
+    """A probe that hangs: a call waits ``probe_wait``, then fails fast, to retry within 1 s."""
+    breaker = CircuitBreaker(
+        "http://fleet", clock=clock, rng=random.Random(7), probe_wait=timedelta(seconds=0.2)
+    )
+    await fail_times(breaker, dependency, 5)
+    clock.now += 30
+    dependency.status, dependency.delay = 200, 0.6
+    probe = asyncio.create_task(breaker.call(dependency.get))
+    await asyncio.sleep(0.05)
+
+    with pytest.raises(ApplicationError) as caught:
+        await breaker.call(dependency.get)
+
+    assert caught.value.type == CIRCUIT_OPEN
+    assert "another call is probing it now (waited 0.2s for its verdict)" in caught.value.message
+    delay = caught.value.next_retry_delay
+    assert delay is not None and delay <= timedelta(seconds=1)
+    assert await probe == 200
+    assert dependency.calls == 6
 
 
 async def test_success_resets_the_count_and_rejections_do_not_count(
