@@ -739,7 +739,9 @@ class Campaign:
             for slot in self.slots:
                 crashed = slot.crash_count()
                 if crashed:
-                    self.notes.append(f"{slot.name}: {crashed} traceback(s) in its log")
+                    self.notes.append(
+                        f"{slot.name}: {crashed} traceback(s) in its log beyond failed attempts"
+                    )
         finally:
             self._stopping = True
             await self._teardown()

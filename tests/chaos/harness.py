@@ -582,9 +582,24 @@ class WorkerSlot:
         return f"--- {self.name} ---\n" + "\n".join(text.splitlines()[-lines:])
 
     def crash_count(self) -> int:
-        """Start-ups that ended on their own (not by our SIGKILL): a traceback in the log."""
-        text = self.log.read_text(errors="replace") if self.log.exists() else ""
-        return text.count("Traceback (most recent call last)")
+        """Tracebacks in the log other than the SDK's warnings of a failed activity attempt.
+
+        A retryable failure (the fleet answering 503, the audit store away) is logged by the SDK
+        as "Completing activity as failed" with its traceback: expected under faults, not counted.
+        What is counted is anything else with a traceback: a crash of the process, an error in
+        the worker's own code.
+        """
+        if not self.log.exists():
+            return 0
+        count = 0
+        with self.log.open(errors="replace") as lines:
+            for line in lines:
+                if "Traceback (most recent call last)" not in line:
+                    continue
+                if '"Completing activity as failed' in line and '"level": "warning"' in line:
+                    continue
+                count += 1
+        return count
 
 
 def worker_env(
