@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from datetime import datetime
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import BaseModel
 from rich.console import Console
@@ -11,7 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from workflows.models import ChangeStatus, CheckStatus, Decision, GuardrailReport, Mode, Outcome
-from workflows.report import check_reason, rule_label
+from workflows.report import check_reason, rule_label, scheduled_for
 
 console = Console()
 err = Console(stderr=True)
@@ -46,6 +48,8 @@ def report_table(report: GuardrailReport) -> Table:
     )
     if report.bundle_warning:
         caption.append(f"\npolicy bundle: {report.bundle_warning}", style="bold yellow")
+    if report.decision is Decision.WAIT and report.retry_after is not None:
+        caption.append("\n" + scheduled(report.retry_after, report.retry_zone), style="yellow")
     table = Table(title=title, caption=caption, show_lines=True, expand=True)
     table.add_column("rule", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -68,6 +72,15 @@ def report_table(report: GuardrailReport) -> Table:
     return table
 
 
+def scheduled(instant: datetime, zone: str = "") -> str:
+    """``scheduled for 2026-05-04 09:00 Europe/Berlin (07:00 UTC)``: in the rules' zone."""
+    try:
+        local = instant.astimezone(ZoneInfo(zone)) if zone else None
+    except (ZoneInfoNotFoundError, ValueError):
+        local = None
+    return scheduled_for(instant, zone, local=local)
+
+
 def status_table(status: ChangeStatus, url: str) -> Table:
     """The status query as a key/value table."""
     table = Table(show_header=False, title=f"Change {status.change_id}")
@@ -78,6 +91,8 @@ def status_table(status: ChangeStatus, url: str) -> Table:
     table.add_row("phase", status.phase.value)
     table.add_row("outcome", Text(outcome, style=style))
     table.add_row("message", status.message)
+    if status.retry_after is not None and status.outcome is None:
+        table.add_row("scheduled", scheduled(status.retry_after, status.retry_zone))
     if status.awaiting_from:
         table.add_row("awaiting approval from", ", ".join(status.awaiting_from))
     if status.still_needed:

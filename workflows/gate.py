@@ -39,6 +39,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.summaries import check_summary
 
 RESOLVE_TIMEOUT = timedelta(seconds=30)
+COMMON_OPENING_PATCH = "earliest-common-opening"
+"""The ``workflow.patched`` id of the timing rules' one earliest-start answer (docs/versioning.md)."""
 CHECK_RETRY = RetryPolicy(
     initial_interval=timedelta(seconds=1),
     maximum_attempts=2,
@@ -110,6 +112,7 @@ class GuardrailGateWorkflow:
             now=now,
             bundle_hash=resolved.bundle_hash,
             bundle_warning=resolved.bundle_warning,
+            common_opening=workflow.patched(COMMON_OPENING_PATCH),
         )
         workflow.set_current_details(report_markdown(self._report))
         return self._report

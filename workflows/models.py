@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from workflows.rollout_models import SignalReading
+from workflows.timing_models import WaveTimingResult
 from workflows.types import NAME_MAX, TEXT_MAX, Name, Text
 from workflows.types import Duration as Duration
 from workflows.types import Strict as Strict
@@ -240,6 +241,13 @@ class ChangeRequest(Strict):
     deadline: datetime | None = Field(
         default=None, description="when the gate must have passed; default 24h after start"
     )
+    not_before: datetime | None = Field(
+        default=None,
+        description=(
+            "schedule the change: it waits until then before its gate (at most 90 days ahead; "
+            "the default deadline counts from it)"
+        ),
+    )
 
     @field_validator("change_id")
     @classmethod
@@ -263,6 +271,13 @@ class ChangeRequest(Strict):
     def _aware(cls, v: datetime | None) -> datetime | None:
         if v is not None and v.tzinfo is None:
             raise ValueError("deadline needs a time zone, e.g. 2026-12-01T18:00:00Z")
+        return v
+
+    @field_validator("not_before")
+    @classmethod
+    def _not_before_aware(cls, v: datetime | None) -> datetime | None:
+        if v is not None and v.tzinfo is None:
+            raise ValueError("not_before needs a time zone, e.g. 2026-12-01T18:00:00Z")
         return v
 
     @field_validator("targets")
@@ -289,7 +304,10 @@ class ChangeRequest(Strict):
 
     def digest(self) -> str:
         """A stable digest of the request, for the ledger (what exactly was asked)."""
-        canonical = json.dumps(self.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+        dumped = self.model_dump(mode="json")
+        if dumped.get("not_before") is None:
+            dumped.pop("not_before", None)  # digests of requests without it stay as they were
+        canonical = json.dumps(dumped, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:32]
 
 
@@ -431,6 +449,9 @@ class GuardrailReport(BaseModel):
     checks: list[CheckResult]
     policy_hash: str = ""
     retry_after: datetime | None = None
+    retry_zone: str = Field(
+        default="", description="the time zone of the timing rule that set retry_after"
+    )
     bundle_hash: str = Field(default="", description="the platform bundle the gate judged by")
     bundle_warning: str = Field(
         default="", description="why the worker still judges by an older bundle (a refused edit)"
@@ -794,6 +815,13 @@ class ChangeStatus(BaseModel):
         description="filled by clients from the server (not by the workflow): retrying activities",
     )
     updated_at: datetime | None = None
+    retry_after: datetime | None = Field(
+        default=None, description="when a waiting (scheduled) change goes on by itself"
+    )
+    retry_zone: str = Field(default="", description="the zone retry_after is shown in")
+    wave_timing: WaveTimingResult | None = Field(
+        default=None, description="the last wave's timing answer when it did not fit"
+    )
 
 
 class ChangeResult(BaseModel):

@@ -5,9 +5,11 @@ Deterministic and free of I/O, so the gate workflow, the CLI and tests share the
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import UTC, datetime
 
+from guardrails.builtin.change_window.spans import Opening, earliest_common_opening
 from workflows.models import (
+    Category,
     CheckResult,
     CheckStatus,
     Decision,
@@ -32,21 +34,36 @@ def aggregate(
     now: datetime,
     bundle_hash: str = "",
     bundle_warning: str = "",
+    common_opening: bool = False,
 ) -> GuardrailReport:
     """Draw the one decision from every result.
 
     Any enforced ``fail`` or ``error`` blocks; else any enforced ``wait`` waits until the earliest
     ``retry_after``; else the change may proceed. Shadow checks never decide. The bundle's hash and
     warning (a refused edit) are carried into the report.
+
+    With ``common_opening`` (the gate's ``workflow.patched`` branch), the timing rules that list
+    their openings (``change-window``) answer together: their ``retry_after`` is the earliest
+    instant at which all of them are open at once (:func:`earliest_opening`), not the earliest of
+    their single openings, at which another of them may still be closed.
     """
     enforced = [c for c in checks if c.mode is Mode.ENFORCE]
     retry_after = None
+    zone = ""
     if any(c.status in (CheckStatus.FAIL, CheckStatus.ERROR) for c in enforced):
         decision = Decision.BLOCK
     elif waits := [c for c in enforced if c.status is CheckStatus.WAIT]:
         decision = Decision.WAIT
+        timed = _with_openings(enforced) if common_opening else []
+        if any(c.status is CheckStatus.WAIT for c in timed):
+            waits = [c for c in waits if c not in timed]
+            zone = str(timed[0].evidence.get("timezone", ""))
         times = [c.retry_after for c in waits if c.retry_after is not None]
+        if any(c.status is CheckStatus.WAIT for c in timed):
+            times.append(earliest_opening(timed, now))
         retry_after = min(times) if times else None
+        if not zone:
+            zone = next((_zone(c) for c in waits if c.retry_after == retry_after), "")
     else:
         decision = Decision.PROCEED
     return GuardrailReport(
@@ -56,9 +73,75 @@ def aggregate(
         checks=checks,
         policy_hash=policy_hash,
         retry_after=retry_after,
+        retry_zone=zone,
         bundle_hash=bundle_hash,
         bundle_warning=bundle_warning,
     )
+
+
+def _zone(check: CheckResult) -> str:
+    zone = check.evidence.get("timezone", "") if isinstance(check.evidence, dict) else ""
+    return zone if isinstance(zone, str) else ""
+
+
+def _openings(check: CheckResult) -> list[Opening] | None:
+    """A timing result's listed openings, or None when it lists none (or they do not read)."""
+    listed = check.evidence.get("openings") if isinstance(check.evidence, dict) else None
+    if check.category is not Category.TIMING or not isinstance(listed, list):
+        return None
+    try:
+        return [Opening.from_evidence(pair) for pair in listed]
+    except (TypeError, ValueError):
+        return None
+
+
+def _with_openings(checks: list[CheckResult]) -> list[CheckResult]:
+    return [
+        c
+        for c in checks
+        if c.status in (CheckStatus.PASS, CheckStatus.WAIT) and _openings(c) is not None
+    ]
+
+
+def _until(check: CheckResult, now: datetime) -> datetime:
+    """How far a result's openings are complete (``openings_until``), else ``now``."""
+    text = check.evidence.get("openings_until")
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else now
+    except ValueError:
+        return now
+
+
+def earliest_opening(timed: list[CheckResult], now: datetime) -> datetime:
+    """The earliest instant at which every timing result's openings overlap.
+
+    When they do not overlap within what every result lists (``openings_until``), no common
+    opening lies before the shortest list's end, nor before the latest single ``retry_after``:
+    the later of those two is when to gate again.
+    """
+    lists = [_openings(c) or [] for c in timed]
+    found = earliest_common_opening(lists, now)
+    horizon = min(_until(c, now) for c in timed)
+    if found is not None and found.start < horizon:
+        return found.start
+    singles = [c.retry_after for c in timed if c.retry_after is not None]
+    return max([horizon, *singles])
+
+
+def scheduled_for(instant: datetime, zone: str = "", *, local: datetime | None = None) -> str:
+    """``scheduled for 2026-05-04 07:00 UTC`` (the rules' zone beside it when known).
+
+    ``local``: the same instant already converted to ``zone`` (the CLI does that; workflow code
+    reads no time-zone database), shown first.
+    """
+    utc = instant.astimezone(UTC)
+    text = f"{utc:%Y-%m-%d %H:%M} UTC"
+    if local is not None and zone and zone != "UTC":
+        day = "%H:%M" if local.date() == utc.date() else "%Y-%m-%d %H:%M"
+        return f"scheduled for {local:%Y-%m-%d %H:%M} {zone} ({utc.strftime(day)} UTC)"
+    if zone and zone != "UTC":
+        text += f" (rules in {zone})"
+    return f"scheduled for {text}"
 
 
 def approver_groups(report: GuardrailReport) -> list[str]:
@@ -99,6 +182,8 @@ def report_markdown(report: GuardrailReport, *, title: str = "Guardrail report")
     ]
     if report.bundle_warning:
         lines += [f"> ⚠️ **policy bundle:** {_cell(report.bundle_warning)}", ""]
+    if report.decision is Decision.WAIT and report.retry_after is not None:
+        lines += [f"⏳ **{scheduled_for(report.retry_after, report.retry_zone)}**", ""]
     if not report.checks:
         lines.append("_No guardrail applies to this change._")
         return "\n".join(lines)
