@@ -68,7 +68,10 @@ async def test_report_retry_after_is_the_first_common_opening_weeks_later() -> N
     now = utc(2026, 6, 13, 12)
     berlin = await judge("berlin", BERLIN_RULE, now)
     new_york = await judge("new-york", NEW_YORK_RULE, now)
-    assert [berlin.retry_after, new_york.retry_after] == [utc(2026, 6, 15, 7), utc(2026, 6, 22, 7, 30)]
+    assert [berlin.retry_after, new_york.retry_after] == [
+        utc(2026, 6, 15, 7),
+        utc(2026, 6, 22, 7, 30),
+    ]
 
     old = aggregate([berlin, new_york], policy_hash="p", now=now)
     new = aggregate([berlin, new_york], policy_hash="p", now=now, common_opening=True)
@@ -79,7 +82,9 @@ async def test_report_retry_after_is_the_first_common_opening_weeks_later() -> N
         "Europe/Berlin",
     )
     assert new.report_hash == old.report_hash  # the answer is not what an approval binds to
-    assert "⏳ **scheduled for 2026-06-29 07:30 UTC (rules in Europe/Berlin)**" in report_markdown(new)
+    assert "⏳ **scheduled for 2026-06-29 07:30 UTC (rules in Europe/Berlin)**" in report_markdown(
+        new
+    )
 
 
 async def test_a_passing_rule_that_closes_before_the_other_opens_counts_too() -> None:
