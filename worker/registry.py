@@ -52,6 +52,7 @@ def activities(
     """
     from activities.checks import CheckActivities
     from activities.kinds.base import default_registry as default_kinds
+    from activities.timing import TimingActivities
 
     kinds = kinds if kinds is not None else default_kinds()
     services = {**(services or {}), "change_kinds": kinds}
@@ -70,6 +71,7 @@ def activities(
         checks.resolve_policy,
         checks.resolve_rollout,
         checks.run_check,
+        TimingActivities(checks).check_wave_timing,
         change.validate_change,
         change.apply_change,
         change.revert_change,

@@ -86,13 +86,15 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.mutations import apply_targets, irreversible_in, options_from
     from workflows.progress_models import MutationOptions
-    from workflows.report import approver_groups, ledger_checks, report_markdown
+    from workflows.report import approver_groups, ledger_checks, report_markdown, scheduled_for
     from workflows.rollout_models import (
         RolloutPolicy,
     )
     from workflows.saga import Saga, failure_of
     from workflows.summaries import clock, line, window_wait_summary
+    from workflows.timing_models import not_before_problem
     from workflows.types import excerpt
+    from workflows.wave_timing import WAVE_TIMING_PATCH, WaveTimingMixin
 
 DEFAULT_DEADLINE = timedelta(hours=24)
 PLAN_PATCH = "plan-in-ledger"
@@ -208,7 +210,7 @@ def _keep_last(items: list[Any], limit: int = MAX_RECORDED) -> None:
 
 
 @workflow.defn(name="GuardedChange", failure_exception_types=[ValidationError])
-class GuardedChangeWorkflow(BakeMixin):
+class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
     """Run one change behind the guardrail gate, as a compensating saga in waves."""
 
     @workflow.init
@@ -527,7 +529,8 @@ class GuardedChangeWorkflow(BakeMixin):
             workflow.upsert_search_attributes([sa.CHANGE_ID.value_set(self._change_id)])
             return await self._refuse(self._refusal.why, payload=self._refusal.payload)
         request = self._request
-        deadline = request.deadline or workflow.now() + DEFAULT_DEADLINE
+        start = max(workflow.now(), request.not_before or workflow.now())  # a scheduled change
+        deadline = request.deadline or start + DEFAULT_DEADLINE
         ctx = ChangeContext.of(request, self._change_id).model_copy(update={"deadline": deadline})
         workflow.upsert_search_attributes(
             [
@@ -557,6 +560,7 @@ class GuardedChangeWorkflow(BakeMixin):
             )
 
         try:
+            await self._until_not_before(request)
             report = await self._gate_until_proceed(ctx, deadline, categories=None)
             if report is None:
                 return await self._finish(Outcome.REJECTED, self._status.message)
@@ -593,6 +597,9 @@ class GuardedChangeWorkflow(BakeMixin):
             problems.append(
                 f"deadline {request.deadline.isoformat()} is in the past; give a future time"
             )
+        scheduled = not_before_problem(request.not_before, request.deadline, workflow.now())
+        if scheduled:
+            problems.append(scheduled)
         if not problems:
             return None
         return Refusal("the change request is invalid: " + "; ".join(problems), problems=problems)
@@ -666,7 +673,13 @@ class GuardedChangeWorkflow(BakeMixin):
                     await self._deadline_passed()
                     return None
                 self._set_phase(
-                    Phase.WAITING, f"waiting until {report.retry_after.isoformat()} to gate again"
+                    Phase.WAITING,
+                    f"waiting until {report.retry_after.isoformat()} to gate again "
+                    f"({scheduled_for(report.retry_after, report.retry_zone)})",
+                )
+                self._status.retry_after, self._status.retry_zone = (
+                    report.retry_after,
+                    report.retry_zone,
                 )
                 until = report.retry_after
                 timer = window_wait_summary(until, report)
@@ -765,6 +778,8 @@ class GuardedChangeWorkflow(BakeMixin):
         self._status.waves = [WaveProgress(index=i, targets=ids) for i, ids in enumerate(plan)]
         await self._record_plan(plan)
         for wave in self._status.waves:
+            if workflow.patched(WAVE_TIMING_PATCH):  # the wave and its bake must fit first
+                await self._fit_wave(ctx, deadline, wave, len(plan))
             if wave.index > 0:
                 report = await self._gate_until_proceed(ctx, deadline, categories=REGATE_CATEGORIES)
                 if report is None:
@@ -1034,6 +1049,7 @@ class GuardedChangeWorkflow(BakeMixin):
 
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
         changed = phase is not self._status.phase or (awaiting or []) != self._status.awaiting_from
+        self._status.retry_after = None  # set again by whoever waits (gate, wave timing)
         self._status.phase = phase
         self._status.message = message
         self._status.awaiting_from = awaiting or []

@@ -129,9 +129,8 @@ def test_cli_shows_scheduled_for_in_the_rules_zone() -> None:
     assert "scheduled for 2026-06-29 09:30 Europe/Berlin (07:30 UTC)" in console.export_text()
 
 
-def _freeze(*ranges: tuple[int, int]) -> dict[str, Any]:
+def _freeze(today: date, *ranges: tuple[int, int]) -> dict[str, Any]:
     """A UTC rule frozen on days (today + first … today + last), both inclusive."""
-    today = datetime.now(UTC).date()
 
     def day(offset: int) -> str:
         return (today + timedelta(days=offset)).isoformat()
@@ -143,9 +142,10 @@ async def test_gate_reports_the_common_opening_of_two_rules_a_week_later(
     env: WorkflowEnvironment, task_queue: str
 ) -> None:
     """Through the gate: open on day 2 and day 3 alone, together from day 8: retry_after is day 8."""
+    today = (await env.get_current_time()).astimezone(UTC).date()  # the server's clock
     rules = [
-        {"id": "freeze-a", "use": "change-window", "params": _freeze((0, 1), (3, 7))},
-        {"id": "freeze-b", "use": "change-window", "params": _freeze((0, 2), (4, 7))},
+        {"id": "freeze-a", "use": "change-window", "params": _freeze(today, (0, 1), (3, 7))},
+        {"id": "freeze-b", "use": "change-window", "params": _freeze(today, (0, 2), (4, 7))},
     ]
     async with build_worker(env.client, task_queue=task_queue):
         report = await env.client.execute_workflow(
@@ -155,7 +155,6 @@ async def test_gate_reports_the_common_opening_of_two_rules_a_week_later(
             task_queue=task_queue,
             result_type=GuardrailReport,
         )
-    today = datetime.now(UTC).date()
     singles = sorted(c.retry_after for c in report.checks if c.retry_after)
     assert singles == [_midnight(today + timedelta(days=2)), _midnight(today + timedelta(days=3))]
     assert (report.decision, report.retry_after) == (

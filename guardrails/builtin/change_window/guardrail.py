@@ -54,7 +54,7 @@ class ChangeWindow(Guardrail[ChangeWindowParams]):
             "local_time": local.isoformat(),
             "next_opening": None,
         }
-        loaded, problems = await _read_calendars(params, ctx, now)
+        loaded, problems = await read_calendars(params, ctx, now)
         calendars = [_calendar_evidence(params, e, loaded, problems, now) for e in params.calendars]
         if calendars:
             evidence["calendars"] = calendars
@@ -116,7 +116,7 @@ class ChangeWindow(Guardrail[ChangeWindowParams]):
         evidence["next_opening"] = opening.start.isoformat()
         opens_in = schedule.window_at(opening.start)
         evidence["next_window"] = opens_in.as_evidence() if opens_in else None
-        when = _local_label(opening.start, zone, params.timezone)
+        when = local_label(opening.start, zone, params.timezone)
         deadline = ctx.change.deadline
         if deadline is None or opening.start < deadline:
             return ctx.wait(
@@ -136,10 +136,13 @@ class ChangeWindow(Guardrail[ChangeWindowParams]):
         )
 
 
-async def _read_calendars(
+async def read_calendars(
     params: ChangeWindowParams, ctx: CheckContext, now: datetime
 ) -> tuple[dict[str, LoadedCalendar], dict[str, str]]:
-    """Read every calendar at once; return the ones read and, by source, why others were not."""
+    """Read every calendar at once; return the ones read and, by source, why others were not.
+
+    The check and the rollout's wave timing (:mod:`.fit`) both read calendars this way.
+    """
     cache: CalendarCache = ctx.services.get("calendar_cache", DEFAULT_CACHE)
     sources = list(dict.fromkeys(e.calendar for e in params.calendars))
 
@@ -276,7 +279,8 @@ def _iso(instant: datetime | None) -> str | None:
     return instant.isoformat() if instant else None
 
 
-def _local_label(instant: datetime, zone: ZoneInfo, name: str) -> str:
+def local_label(instant: datetime, zone: ZoneInfo, name: str) -> str:
+    """``2026-05-04 09:00 Europe/Berlin (07:00 UTC)``."""
     local = instant.astimezone(zone)
     utc = instant.astimezone(UTC)
     utc_text = utc.strftime("%H:%M" if utc.date() == local.date() else "%Y-%m-%d %H:%M")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import date, timedelta
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from pydantic import (
@@ -176,6 +176,17 @@ class ChangeWindowParams(BaseModel):
     )
     calendar_max_bytes: int = Field(
         default=5_000_000, ge=1, le=50_000_000, description="the largest calendar read"
+    )
+    wave_allowance: Annotated[Duration, AfterValidator(positive)] = Field(
+        default=timedelta(minutes=15),
+        description="time a wave's mutations may take, added to its bake before each wave",
+    )
+    mid_rollout: Literal["finish", "pause", "rollback"] = Field(
+        default="pause",
+        description=(
+            "when the rule closes between waves: finish (hold, page, go on when it opens), "
+            "pause (page and wait for an operator) or rollback"
+        ),
     )
 
     _windows: list[tuple[Window, ZoneInfo, str]] = PrivateAttr(default_factory=list)

@@ -1,0 +1,201 @@
+"""Freeze-aware waves and scheduled starts: the rollout never starts a wave it cannot finish.
+
+A mixin of :class:`~workflows.guarded_change.GuardedChangeWorkflow` (deterministic workflow code),
+like :mod:`workflows.bake`: it reads and writes the workflow's status, waits through its
+interruptible ``_wait`` (an operator's abort or rollback ends any wait), pages through its
+``_page`` and stops the rollout by raising its unwind exception. The timing answer comes from the
+``check_wave_timing`` activity, which resolves the ``change-window`` rules from the bundle the
+worker holds then (so a calendar edit or a new bundle mid-rollout is seen before the next wave).
+
+The rules (docs/change-windows.md):
+
+- Before every wave, the wave and its bake (plus each rule's ``wave_allowance``) must fit before
+  the next freeze or window close of every ``change-window`` rule.
+- The first wave that does not fit waits (durable timer, ``retry_after`` in the status) for the
+  earliest start at which it fits, then gates again: nothing is changed yet.
+- A later wave that does not fit (a freeze ahead, or one that began since: a calendar edit, a new
+  bundle) applies the strictest ``mid_rollout`` choice of the rules it does not fit: ``finish``
+  (the wave in flight has finished; hold, page the team, go on by itself when the rules open),
+  ``pause`` (page, wait for an operator: ``resume`` holds until the rules open, ``rollback`` or
+  ``abort`` undo; unanswered for a day: roll back) or ``rollback`` (undo now). A mixed fleet is
+  never left unattended: every hold mid-rollout pages.
+
+Everything here runs behind ``workflow.patched(WAVE_TIMING_PATCH)`` (histories recorded before it
+take the old path); a ``not_before`` wait needs no patch, since no earlier request could carry one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+from temporalio import workflow
+from temporalio.common import RetryPolicy
+
+with workflow.unsafe.imports_passed_through():
+    from activities.timing import TimingActivities
+    from workflows import errors
+    from workflows.models import (
+        Category,
+        ChangeContext,
+        ChangeRequest,
+        ChangeStatus,
+        GuardrailReport,
+        Outcome,
+        Phase,
+        WaveProgress,
+    )
+    from workflows.timing_models import WaveTimingInput, WaveTimingResult
+
+if TYPE_CHECKING:
+    from workflows.guarded_change import _Unwind
+
+WAVE_TIMING_PATCH = "freeze-aware-waves"
+"""The ``workflow.patched`` id of the timing check before each wave (docs/versioning.md)."""
+UNKNOWN_RETRY = timedelta(minutes=5)
+"""How soon to ask again when no fitting start is known (an unreadable calendar, none in sight)."""
+FREEZE_PAUSE_TIMEOUT = timedelta(hours=24)
+"""How long a rollout paused by a freeze waits for an operator before it rolls back."""
+
+
+class WaveTimingMixin:
+    """The timing check before each wave, and the ``not_before`` wait; state on the workflow."""
+
+    _change_id: str
+    _request: ChangeRequest
+    _status: ChangeStatus
+    _resumed: bool
+
+    def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
+        raise NotImplementedError
+
+    async def _wait(self, condition: Callable[[], bool], limit: timedelta | None) -> bool:
+        raise NotImplementedError
+
+    def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
+        raise NotImplementedError
+
+    async def _page(self, summary: str, *, within: timedelta = timedelta(minutes=5)) -> None:
+        raise NotImplementedError
+
+    async def _release_locks(self, *, ending: bool = False) -> None:
+        raise NotImplementedError
+
+    async def _deadline_passed(self) -> None:
+        raise NotImplementedError
+
+    async def _gate_until_proceed(
+        self, ctx: ChangeContext, deadline: datetime, *, categories: list[Category] | None
+    ) -> GuardrailReport | None:
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ not_before
+
+    async def _until_not_before(self, request: ChangeRequest) -> None:
+        """A scheduled change waits, on a durable timer, until its ``not_before`` (abortable)."""
+        start = request.not_before
+        if start is None or start <= workflow.now():
+            return
+        self._hold(start, "", f"scheduled for {start.isoformat()} (not_before); gates then")
+        await self._wait(lambda: False, start - workflow.now())
+
+    # ------------------------------------------------------------ before each wave
+
+    async def _fit_wave(
+        self, ctx: ChangeContext, deadline: datetime, wave: WaveProgress, waves: int
+    ) -> None:
+        """Return once the wave and its bake fit every timing rule; else wait, pause or unwind."""
+        label = f"wave {wave.index + 1}/{waves}"
+        while True:
+            timing = await self._wave_timing(ctx, wave, waves)
+            if timing.fits:
+                self._status.wave_timing = None
+                return
+            self._status.wave_timing = timing
+            why = timing.why()
+            now = workflow.now()
+            until = timing.earliest or now + UNKNOWN_RETRY
+            when = timing.earliest_label or until.isoformat()
+            if not self._status.applied:  # nothing changed yet: wait for the opening, gate again
+                if until >= deadline:
+                    self._status.message = (
+                        f"{label} cannot finish before the timing rules close ({why}); the first "
+                        f"start that fits is after the deadline {deadline.isoformat()}"
+                    )
+                    await self._deadline_passed()
+                    raise self._unwind_with(Outcome.REJECTED, self._status.message)
+                await self._release_locks()
+                self._hold(until, timing, f"{label} waits: {why}; scheduled for {when}")
+                await self._wait(lambda: False, until - now)
+                if await self._gate_until_proceed(ctx, deadline, categories=None) is None:
+                    raise self._unwind_with(Outcome.REJECTED, self._status.message)
+                continue
+            choice = timing.choice()
+            if choice == "rollback":
+                raise self._unwind_with(
+                    Outcome.ROLLED_BACK,
+                    f"rolled back before {label} (mid_rollout: rollback): {why}",
+                )
+            if until >= deadline:
+                raise self._unwind_with(
+                    Outcome.ROLLED_BACK,
+                    f"rolled back before {label}: {why}; the first start that fits is after the "
+                    f"deadline {deadline.isoformat()}",
+                )
+            if choice == "pause":
+                await self._pause_for_timing(label, why, when)
+            else:
+                await self._page(
+                    f"{self._change_id} holds before {label} (mid_rollout: finish): {why}; the "
+                    f"rollout goes on by itself, scheduled for {when}"
+                )
+            self._hold(
+                until, timing, f"{label} held mid-rollout: {why}; scheduled for {when} (paged)"
+            )
+            await self._wait(lambda: False, until - workflow.now())
+
+    async def _pause_for_timing(self, label: str, why: str, when: str) -> None:
+        """Page and wait for an operator: resume holds until the rules open; no answer: roll back."""
+        self._resumed = False
+        await self._page(
+            f"{self._change_id} paused before {label} (mid_rollout: pause): {why}; resume to hold "
+            f"the rollout until {when}, rollback or abort to undo it"
+        )
+        self._set_phase(
+            Phase.PAUSED,
+            f"paused before {label} (mid_rollout: pause): {why}; paged {self._request.team}; "
+            f"resume holds the rollout until {when}, rollback undoes it",
+        )
+        if not await self._wait(lambda: self._resumed, FREEZE_PAUSE_TIMEOUT):
+            raise self._unwind_with(
+                Outcome.ROLLED_BACK,
+                f"rolled back: nobody answered the page within {FREEZE_PAUSE_TIMEOUT}; {why}",
+            )
+        self._resumed = False
+
+    def _hold(self, until: datetime, timing: WaveTimingResult | str, message: str) -> None:
+        """Phase ``Waiting`` until ``until``, shown as the status's ``retry_after``."""
+        self._set_phase(Phase.WAITING, message)
+        self._status.retry_after = until
+        timed = isinstance(timing, WaveTimingResult) and timing.rules
+        self._status.retry_zone = timing.rules[0].timezone if timed else ""  # type: ignore[union-attr]
+
+    async def _wave_timing(
+        self, ctx: ChangeContext, wave: WaveProgress, waves: int
+    ) -> WaveTimingResult:
+        return await workflow.execute_activity_method(
+            TimingActivities.check_wave_timing,
+            WaveTimingInput(
+                change=ctx.model_dump(mode="json"),
+                policy=self._request.policy,
+                at=workflow.now(),
+                bake=self._request.rollout.bake,
+                wave=wave.index,
+                waves=waves,
+            ),
+            start_to_close_timeout=timedelta(seconds=60),
+            retry_policy=RetryPolicy(
+                maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
+            ),
+        )
