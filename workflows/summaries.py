@@ -94,6 +94,11 @@ def static_details(request: ChangeRequest | dict[str, Any], change_id: str) -> s
 
 def _zone(report: GuardrailReport | None) -> tuple[tzinfo, str]:
     """The time zone of the check whose wait sets ``retry_after`` (UTC when none says)."""
+    if report is not None and report.retry_zone:  # the timing rules' one earliest start
+        try:
+            return ZoneInfo(report.retry_zone), report.retry_zone
+        except Exception:  # an unknown zone: show UTC rather than fail
+            return UTC, "UTC"
     if report is not None:
         for c in report.checks:
             name = c.evidence.get("timezone") if c.retry_after == report.retry_after else None

@@ -46,6 +46,7 @@ with workflow.unsafe.imports_passed_through():
         Phase,
         WaveProgress,
     )
+    from workflows.summaries import clock, line
     from workflows.timing_models import WaveTimingInput, WaveTimingResult
 
 if TYPE_CHECKING:
@@ -70,7 +71,9 @@ class WaveTimingMixin:
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
         raise NotImplementedError
 
-    async def _wait(self, condition: Callable[[], bool], limit: timedelta | None) -> bool:
+    async def _wait(
+        self, condition: Callable[[], bool], limit: timedelta | None, *, summary: str | None = None
+    ) -> bool:
         raise NotImplementedError
 
     def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
@@ -98,7 +101,9 @@ class WaveTimingMixin:
         if start is None or start <= workflow.now():
             return
         self._hold(start, "", f"scheduled for {start.isoformat()} (not_before); gates then")
-        await self._wait(lambda: False, start - workflow.now())
+        await self._wait(
+            lambda: False, start - workflow.now(), summary=line(f"scheduled: until {clock(start)}")
+        )
 
     # ------------------------------------------------------------ before each wave
 
@@ -127,7 +132,9 @@ class WaveTimingMixin:
                     raise self._unwind_with(Outcome.REJECTED, self._status.message)
                 await self._release_locks()
                 self._hold(until, timing, f"{label} waits: {why}; scheduled for {when}")
-                await self._wait(lambda: False, until - now)
+                await self._wait(
+                    lambda: False, until - now, summary=line(f"{label} waits until {clock(until)}")
+                )
                 if await self._gate_until_proceed(ctx, deadline, categories=None) is None:
                     raise self._unwind_with(Outcome.REJECTED, self._status.message)
                 continue
@@ -153,7 +160,11 @@ class WaveTimingMixin:
             self._hold(
                 until, timing, f"{label} held mid-rollout: {why}; scheduled for {when} (paged)"
             )
-            await self._wait(lambda: False, until - workflow.now())
+            await self._wait(
+                lambda: False,
+                until - workflow.now(),
+                summary=line(f"{label} held mid-rollout until {clock(until)}"),
+            )
 
     async def _pause_for_timing(self, label: str, why: str, when: str) -> None:
         """Page and wait for an operator: resume holds until the rules open; no answer: roll back."""
@@ -167,7 +178,8 @@ class WaveTimingMixin:
             f"paused before {label} (mid_rollout: pause): {why}; paged {self._request.team}; "
             f"resume holds the rollout until {when}, rollback undoes it",
         )
-        if not await self._wait(lambda: self._resumed, FREEZE_PAUSE_TIMEOUT):
+        pause = line(f"paused before {label}: resume or rollback")
+        if not await self._wait(lambda: self._resumed, FREEZE_PAUSE_TIMEOUT, summary=pause):
             raise self._unwind_with(
                 Outcome.ROLLED_BACK,
                 f"rolled back: nobody answered the page within {FREEZE_PAUSE_TIMEOUT}; {why}",
@@ -195,6 +207,7 @@ class WaveTimingMixin:
                 waves=waves,
             ),
             start_to_close_timeout=timedelta(seconds=60),
+            summary=line(f"check timing of wave {wave.index + 1}/{waves}"),
             retry_policy=RetryPolicy(
                 maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
             ),
