@@ -81,6 +81,8 @@ class ChangeActivities:
         kinds: the registry change kinds are looked up in (default: every entry point).
         ledger: where effects that took place are recorded (the audit store); ``None`` records
             nothing (unit tests of a kind alone).
+        change_events: the worker has a change-event sink; ``validate_change`` tells the change,
+            which then emits its events (:mod:`workflows.change_events`).
     """
 
     def __init__(
@@ -88,9 +90,11 @@ class ChangeActivities:
         kinds: PluginRegistry[ChangeKind[Any]] | None = None,
         *,
         ledger: AuditStore | None = None,
+        change_events: bool = False,
     ) -> None:
         self.kinds = kinds if kinds is not None else default_registry()
         self.ledger = ledger
+        self.change_events = change_events  # the worker has a change-event sink
 
     async def _record(
         self,
@@ -188,6 +192,7 @@ class ChangeActivities:
             stall_after=options.stall_after,
             steps=[s.model_dump(mode="json") for s in steps],
             irreversible_steps=[s.name for s in steps if not s.reversible],
+            change_events=self.change_events,
         )
 
     def _progress(self, kind: ChangeKind[Any], params: Any, inp: ApplyInput) -> Progress[Any]:

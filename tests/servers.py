@@ -17,6 +17,7 @@ Missing binaries are an error, never a skip: the suite is only green when it rea
 
 from __future__ import annotations
 
+import json
 import os
 import pwd
 import re
@@ -25,9 +26,11 @@ import signal
 import socket
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Self, TypeVar
@@ -546,3 +549,35 @@ class PostgresServer(_BinaryServer):
         own, self._own_dir = self._own_dir, None
         if own is not None:
             shutil.rmtree(own, ignore_errors=True)
+
+
+class EventReceiver:
+    """An HTTP server that records every JSON body POSTed to it and answers 202."""
+
+    def __init__(self) -> None:
+        self.bodies: list[dict[str, Any]] = []
+        received = self.bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                length = int(self.headers.get("Content-Length", "0"))
+                received.append(json.loads(self.rfile.read(length)))
+                self.send_response(202)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(b'{"status": "success", "message": "Change event processed"}')
+
+            def log_message(self, format: str, *args: Any) -> None:
+                return
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v2/change/enqueue"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self) -> EventReceiver:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()

@@ -240,6 +240,15 @@ def build_worker(
     _count_refusals(client, holder)
     activity_options.setdefault("services", {"temporal_client": client, "task_queue": queue})
     activity_options.setdefault("pager_params", settings.pagers)
+    if "change_events" not in activity_options and settings.change_events_url:
+        from activities.change_events import ChangeEventSink
+
+        activity_options["change_events"] = ChangeEventSink(
+            url=settings.change_events_url,
+            routing_key=settings.change_events_routing_key,
+            source=settings.change_events_source,
+            link=settings.workflow_url,
+        )
     if "audit" not in activity_options:
         from activities.audit import AuditActivities, open_audit_store
 

@@ -9,6 +9,7 @@ from temporalio.worker import Interceptor
 
 from activities.audit import AuditActivities
 from activities.change import ChangeActivities
+from activities.change_events import ChangeEventActivities, ChangeEventSink
 from activities.kinds.base import ChangeKind
 from activities.monitoring import MonitoringActivities
 from activities.pagers import PagerActivities
@@ -17,6 +18,7 @@ from guardrails.bundle import BundleHolder
 from guardrails.plugins import PluginRegistry
 from worker.logging import LoggingInterceptor
 from workflows.batch import TargetBatchWorkflow
+from workflows.change_events import ChangeEventsWorkflow
 from workflows.gate import GuardrailGateWorkflow
 from workflows.guarded_change import GuardedChangeWorkflow
 from workflows.target_lock import TargetLockWorkflow
@@ -26,6 +28,7 @@ WORKFLOWS: Sequence[type] = (
     GuardrailGateWorkflow,
     TargetBatchWorkflow,
     TargetLockWorkflow,
+    ChangeEventsWorkflow,
 )
 """Every workflow class the worker runs and the replayer checks."""
 
@@ -43,12 +46,14 @@ def activities(
     bundle: BundleHolder,
     audit: AuditActivities,
     pager_params: dict[str, dict[str, Any]] | None = None,
+    change_events: ChangeEventSink | None = None,
 ) -> list[Callable[..., Any]]:
     """Every activity, bound to the given registries (default: the entry-point plug-ins).
 
     Guardrails receive ``services``; ``change_kinds`` is always among them, so a guardrail such as
     ``target-state`` can ask a change kind to describe a target. ``bundle`` holds the platform's
-    policy bundle that every gate and bake resolves against at that moment.
+    policy bundle that every gate and bake resolves against at that moment. ``change_events`` is
+    the worker's change-event sink (None: changes emit no events).
     """
     from activities.checks import CheckActivities
     from activities.kinds.base import default_registry as default_kinds
@@ -57,7 +62,9 @@ def activities(
     kinds = kinds if kinds is not None else default_kinds()
     services = {**(services or {}), "change_kinds": kinds}
     checks = CheckActivities(guardrails, bundle=bundle, services=services)
-    change = ChangeActivities(kinds, ledger=audit.store)  # effects go to the change ledger
+    # effects go to the change ledger
+    change = ChangeActivities(kinds, ledger=audit.store, change_events=change_events is not None)
+    events = ChangeEventActivities(change_events)
     locks = [] if "temporal_client" not in services else _lock_activities(services)
     monitoring = MonitoringActivities()
     pagers = PagerActivities(pager_params=pager_params)
@@ -76,6 +83,7 @@ def activities(
         change.apply_change,
         change.revert_change,
         change.describe_target,
+        events.send_change_event,
     ]
 
 

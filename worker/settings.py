@@ -58,6 +58,9 @@ class Settings:
             :func:`default_build_id`, from the package version and the workflow code).
         set_current: once the worker polls, make its version the deployment's current one
             (``CHANGEGUARD_SET_CURRENT=1``; ``changeguard worker --set-current``).
+        change_events_url, change_events_routing_key, change_events_source: the change-event
+            sink (``CHANGEGUARD_CHANGE_EVENTS_URL``, ``…_ROUTING_KEY``, ``…_SOURCE``; no URL: no
+            events; docs/change-events.md).
 
     Raises:
         SettingsError: a deployment name or build id the server would refuse.
@@ -76,10 +79,18 @@ class Settings:
     deployment: str | None = None
     build_id: str | None = None
     set_current: bool = False
+    change_events_url: str = ""
+    change_events_routing_key: str = ""
+    change_events_source: str = "changeguard"
 
     def __post_init__(self) -> None:
         _check_name("CHANGEGUARD_DEPLOYMENT", self.deployment, dots=False)
         _check_name("CHANGEGUARD_BUILD_ID", self.build_id, dots=True)
+        if self.change_events_url and not self.change_events_routing_key:
+            raise SettingsError(
+                "CHANGEGUARD_CHANGE_EVENTS_URL is set but CHANGEGUARD_CHANGE_EVENTS_ROUTING_KEY is "
+                "not: set the sink's routing key too (or unset the URL to send no change events)"
+            )
         if self.set_current and self.deployment is None:
             raise SettingsError(
                 "CHANGEGUARD_SET_CURRENT needs a deployment: set CHANGEGUARD_DEPLOYMENT too"
@@ -133,6 +144,12 @@ class Settings:
             "deployment": env.get("CHANGEGUARD_DEPLOYMENT", "").strip() or None,
             "build_id": env.get("CHANGEGUARD_BUILD_ID", "").strip() or None,
             "set_current": _flag("CHANGEGUARD_SET_CURRENT", env.get("CHANGEGUARD_SET_CURRENT", "")),
+            "change_events_url": env.get("CHANGEGUARD_CHANGE_EVENTS_URL", "").strip(),
+            "change_events_routing_key": env.get(
+                "CHANGEGUARD_CHANGE_EVENTS_ROUTING_KEY", ""
+            ).strip(),
+            "change_events_source": env.get("CHANGEGUARD_CHANGE_EVENTS_SOURCE", "").strip()
+            or "changeguard",
         }
         values.update(overrides)
         return cls(**values)

@@ -47,6 +47,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.approvals import approvable, approval_problem, grant, still_needed
     from workflows.bake import BakeMixin
     from workflows.batch import TargetBatchWorkflow
+    from workflows.change_events import ChangeEventEmitter
     from workflows.gate import GuardrailGateWorkflow
     from workflows.inputs import Refusal, decode
     from workflows.models import (
@@ -243,6 +244,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         self._mutation_options: MutationOptions | None = None
         self._irreversible: dict[str, list[str]] = {}  # target → irreversible steps in effect
         self._pages_sent = 0
+        self._events = ChangeEventEmitter(self._change_id)  # docs/change-events.md
 
     # ---------------------------------------------------------------- handlers
 
@@ -558,6 +560,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 f"change id {self._change_id} was used by run {claim.run_id} on {at}; "
                 "choose a new id (a change id is used once)"
             )
+        await self._events.started(request, deadline)
 
         try:
             await self._until_not_before(request)
@@ -625,6 +628,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             summary=line(f"validate {request.kind} params"),
         )
         self._mutation_options = options_from(result)  # the kind's timeouts and heartbeats
+        if not result.problems:
+            self._events.enable(result.change_events)
         return result.problems
 
     async def _claim(self, request: ChangeRequest) -> ClaimChangeResult:
@@ -788,9 +793,11 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             self._set_phase(
                 Phase.EXECUTING, f"wave {wave.index + 1}/{len(plan)}: {len(wave.targets)} target(s)"
             )
+            await self._events.wave("wave_started", wave.index, len(plan), wave.targets)
             await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
             await self._bake(request, wave)
             wave.state = "done"
+            await self._events.wave("wave_finished", wave.index, len(plan), wave.applied)
 
     async def _record_plan(self, plan: list[list[str]]) -> None:
         """Write the wave plan to the ledger before the first mutation.
@@ -1129,6 +1136,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 "needs_repair": self._status.needs_repair[:100],
             },
         )
+        await self._events.outcome(outcome.value, message, self._status)
         await workflow.wait_condition(workflow.all_handlers_finished)
         return ChangeResult(
             change_id=self._change_id,

@@ -864,6 +864,9 @@ class ValidateChangeResult(BaseModel):
         default_factory=list,
         description="the kind's steps per target (workflows.progress_models.StepDeclaration)",
     )
+    change_events: bool = Field(
+        default=False, description="the worker has a change-event sink (docs/change-events.md)"
+    )
     irreversible_steps: list[str] = Field(
         default_factory=list, description="names of the steps that cannot be undone, in order"
     )

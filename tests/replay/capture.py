@@ -45,11 +45,13 @@ from temporalio.client import (
 from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, TelemetryFilter
 from temporalio.testing import WorkflowEnvironment
 
+from activities.change_events import ChangeEventSink
 from guardrails.base import CheckContext, EmptyParams, Guardrail
 from guardrails.builtin.target_lock import TargetLock
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import OPEN_BUNDLE
+from tests.servers import EventReceiver
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from worker.main import build_worker
@@ -236,6 +238,52 @@ async def abort_when_paused(cap: Capture, handle: WorkflowHandle[Any, ChangeResu
     await cap.until(handle, lambda s: s.phase is Phase.PAUSED)
     action = OperatorAction(operator="capture", reason="replay capture: repair by hand")
     await handle.execute_update("abort", action, result_type=OperatorActionResult)
+
+
+async def change_events(cap: Capture, branch: Branch) -> None:
+    """A worker with a change-event sink: the change hands its events to a ``ChangeEvents`` child.
+
+    Started, two waves' starts and ends, the outcome: six events delivered in order to an HTTP
+    receiver; the child ends after the outcome. Its own worker (and task queue) holds the sink.
+    """
+    queue = f"{cap.task_queue}-events"
+    settings = Settings.from_env(
+        env={
+            "CHANGEGUARD_AUDIT_URL": f"sqlite:///{cap.state / 'audit.db'}",
+            "CHANGEGUARD_DIRECTORY": f"yaml:{cap.state / 'operators.yaml'}",
+        },
+        task_queue=queue,
+    )
+    with EventReceiver() as receiver:
+        sink = ChangeEventSink(url=receiver.url, routing_key="capture", link=None)
+        async with build_worker(
+            cap.client,
+            settings,
+            guardrails=guardrails(),
+            kinds=fakes.kinds(),
+            bundle=OPEN_BUNDLE,
+            change_events=sink,
+        ):
+            request = cap.request(branch)
+            handle = await cap.client.start_workflow(
+                "GuardedChange",
+                request,
+                id=request.change_id,
+                task_queue=queue,
+                result_type=ChangeResult,
+            )
+            await cap.expect(handle, Outcome.COMPLETED)
+            events = cap.client.get_workflow_handle(f"{request.change_id}/events")
+            delivered = await events.result()
+    assert delivered == "6 delivered, 0 dropped, 0 refused", delivered
+    assert [b["payload"]["custom_details"]["event"] for b in receiver.bodies] == [
+        "started",
+        "wave_started",
+        "wave_finished",
+        "wave_started",
+        "wave_finished",
+        "outcome",
+    ]
 
 
 async def refused_start(cap: Capture, branch: Branch) -> None:
@@ -536,6 +584,7 @@ BRANCHES: list[Branch] = [
         },
         steer=abort_when_paused,
     ),
+    Branch("change_events", None, targets=3, waves=["1", "100%"], drive=change_events),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 
