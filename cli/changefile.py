@@ -30,6 +30,7 @@ from guardrails.policy import PolicyError, parse_additions
 from guardrails.yamlfile import YamlError, YamlIssue, read_yaml
 from workflows.inputs import problems_of
 from workflows.models import REQUEST_MAX_BYTES, ChangeRequest
+from workflows.timing_models import not_before_problem
 from workflows.types import excerpt
 
 MAX_PROBLEMS = 50
@@ -125,18 +126,23 @@ def _when(value: datetime) -> str:
     return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
-def load_change(path: Path, *, now: datetime | None = None) -> ChangeRequest:
+def load_change(
+    path: Path, *, now: datetime | None = None, not_before: str | None = None
+) -> ChangeRequest:
     """Read, validate and complete a change file (its policy inlined).
 
     Args:
         path: the change file.
         now: the time a ``deadline`` must lie after (default: now).
+        not_before: ``--not-before``: an ISO 8601 time with a zone that replaces the file's.
 
     Raises:
         ChangeFileError: with every problem found, each located by line or by field.
     """
     data = _read(path)
     problems: list[str] = []
+    if not_before is not None:
+        data["not_before"] = not_before
 
     if isinstance(data.get("policy"), str):
         inlined, policy_problems = _inline_policy(path, data["policy"])
@@ -170,6 +176,13 @@ def load_change(path: Path, *, now: datetime | None = None) -> ChangeRequest:
                 f"deadline: must be in the future (it is {_when(request.deadline)}, "
                 f"now {_when(current)})"
             )
+
+    if request is not None:
+        scheduled = not_before_problem(
+            request.not_before, request.deadline, now or datetime.now(UTC)
+        )
+        if scheduled:
+            problems.append(f"not_before: {scheduled}")
 
     problems += _kind_problems(data)
 

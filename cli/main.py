@@ -81,7 +81,8 @@ def with_change_id(request: ChangeRequest) -> tuple[ChangeRequest, str]:
 
 async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     """Validate a change file, start the change, optionally follow it to its end."""
-    request, change_id = with_change_id(load_change(Path(args.file)))
+    scheduled = load_change(Path(args.file), not_before=args.not_before)
+    request, change_id = with_change_id(scheduled)
     client = await connect(settings)
     run_id = await start_change(client, request, settings, quiet=args.json)
     if not args.wait:
@@ -441,6 +442,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("file")
     s.add_argument("--wait", action="store_true", help="follow the change until it ends or blocks")
     s.add_argument("--json", action="store_true", help="print one JSON document")
+    s.add_argument(
+        "--not-before",
+        metavar="ISO8601",
+        help="schedule the change: it waits until then before its gate (a time with a zone, "
+        "e.g. 2026-12-05T22:00:00+01:00, at most 90 days ahead)",
+    )
     s.set_defaults(run=cmd_start)
 
     s = sub.add_parser("checks", help="run the guardrail gate only (no mutation)")

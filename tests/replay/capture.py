@@ -30,7 +30,7 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
@@ -47,6 +47,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.change_events import ChangeEventSink
 from guardrails.base import CheckContext, EmptyParams, Guardrail
+from guardrails.builtin.change_window import ChangeWindow
 from guardrails.builtin.target_lock import TargetLock
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
@@ -134,7 +135,7 @@ class SlowCheck(Guardrail[EmptyParams]):
 def guardrails() -> Any:
     """The fake registry plus target-lock and the capture-only guardrails."""
     registry = fakes.guardrails()
-    for g in (TargetLock, SoonWindow, MidRolloutFreeze, SlowCheck):
+    for g in (TargetLock, ChangeWindow, SoonWindow, MidRolloutFreeze, SlowCheck):
         registry.register(g)
     return registry
 
@@ -367,6 +368,12 @@ def operator_update(update: str) -> Steer:
     return steer
 
 
+async def abort_when_scheduled(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
+    """An operator aborts a change that waits for its not_before."""
+    action = OperatorAction(operator="capture", reason="replay capture: not this week")
+    await handle.execute_update("abort", action, result_type=OperatorActionResult)
+
+
 async def resume_when_paused(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) -> None:
     """The bake pauses and pages (no data from the signal); an operator resumes it."""
     await cap.until(handle, lambda s: s.phase is Phase.PAUSED)
@@ -385,6 +392,58 @@ async def approve_once(cap: Capture, handle: WorkflowHandle[Any, ChangeResult]) 
         report_hash=status.report.report_hash,
     )
     await handle.execute_update("approve", approval, result_type=ApprovalResult)
+
+
+def freeze_rule(rule: str, *spans: tuple[float, float], **params: Any) -> dict[str, Any]:
+    """A UTC ``change-window`` rule frozen ``(begins_in, lasts)`` seconds from now (real time)."""
+    now = datetime.now(UTC)
+
+    def wall(at: datetime) -> str:
+        return at.replace(tzinfo=None).isoformat(timespec="seconds")
+
+    freezes = [f"{wall(now + _s(a))}/{wall(now + _s(a + b))}" for a, b in spans]
+    return {
+        "id": rule,
+        "use": "change-window",
+        "params": {"timezone": "UTC", "freeze": freezes, **params},
+    }
+
+
+def timed(
+    rules: Callable[[], list[dict[str, Any]]],
+    taken: Callable[[ChangeStatus], bool],
+    *,
+    ready: Callable[[ChangeStatus], bool] | None = None,
+    steer: Steer | None = None,
+    not_before_in: float | None = None,
+) -> Drive:
+    """Drive a branch whose rules are laid out from its start (real time).
+
+    ``ready`` is awaited before ``steer``; ``taken`` must hold for the final status: together they
+    prove the run went down the branch (a capture too slow for its seconds fails loudly).
+    """
+
+    async def drive(cap: Capture, branch: Branch) -> None:
+        request = cap.request(replace(branch, rules=rules()))
+        if not_before_in is not None:
+            at = datetime.now(UTC) + _s(not_before_in)
+            request = request.model_copy(update={"not_before": at})
+        handle = await cap.start(request)
+        if ready is not None:
+            await cap.until(handle, ready)
+        if steer is not None:
+            await steer(cap, handle)
+        assert branch.expect is not None
+        await cap.expect(handle, branch.expect)
+        final = await handle.query("status", result_type=ChangeStatus)
+        assert taken(final), f"{branch.name} did not take its branch: {final.message}"
+
+    return drive
+
+
+def _mid_rollout(choice: str) -> Callable[[], list[dict[str, Any]]]:
+    """Wave 1 (4 s bake + 1 s allowance) fits; wave 2 would run into the freeze at +9 s."""
+    return lambda: [freeze_rule("release-freeze", (9, 4), wave_allowance="1s", mid_rollout=choice)]
 
 
 UNREACHABLE_SIGNAL = {
@@ -566,6 +625,76 @@ BRANCHES: list[Branch] = [
     ),
     Branch("change_id_reused", None, drive=change_id_reused),
     Branch("refused_signals", Outcome.ABORTED, rules=APPROVABLE_FAILURE, steer=refused_signals),
+    Branch(
+        "timing_rules_wait_together",
+        Outcome.COMPLETED,
+        drive=timed(
+            lambda: [
+                freeze_rule("freeze-a", (0, 2), (3, 1)),
+                freeze_rule("freeze-b", (0, 3.5)),
+            ],
+            lambda s: s.gate_runs == 2,  # one wait, until both are open: the one answer
+        ),
+    ),
+    Branch(
+        "wave_waits_for_freeze",
+        Outcome.COMPLETED,
+        bake="1s",
+        drive=timed(
+            lambda: [freeze_rule("release-freeze", (4, 4), wave_allowance="6s")],
+            lambda s: s.gate_runs == 2,
+            ready=lambda s: s.wave_timing is not None,
+        ),
+    ),
+    Branch(
+        "mid_rollout_finish",
+        Outcome.COMPLETED,
+        waves=["1", "100%"],
+        bake="4s",
+        drive=timed(
+            _mid_rollout("finish"), lambda s: any("mid_rollout: finish" in p for p in s.pages)
+        ),
+    ),
+    Branch(
+        "mid_rollout_pause_resume",
+        Outcome.COMPLETED,
+        waves=["1", "100%"],
+        bake="4s",
+        drive=timed(
+            _mid_rollout("pause"),
+            lambda s: any("mid_rollout: pause" in p for p in s.pages),
+            ready=lambda s: s.phase is Phase.PAUSED,
+            steer=resume_when_paused,
+        ),
+    ),
+    Branch(
+        "mid_rollout_rollback",
+        Outcome.ROLLED_BACK,
+        waves=["1", "100%"],
+        bake="4s",
+        drive=timed(_mid_rollout("rollback"), lambda s: "mid_rollout: rollback" in s.message),
+    ),
+    Branch(
+        "scheduled_not_before",
+        Outcome.COMPLETED,
+        drive=timed(
+            lambda: list(PASS),
+            lambda s: s.gate_runs == 1,
+            ready=lambda s: s.retry_after is not None and s.gate_runs == 0,
+            not_before_in=3,
+        ),
+    ),
+    Branch(
+        "scheduled_abort",
+        Outcome.ABORTED,
+        drive=timed(
+            lambda: list(PASS),
+            lambda s: s.gate_runs == 0,
+            ready=lambda s: s.retry_after is not None,
+            steer=abort_when_scheduled,
+            not_before_in=3600,
+        ),
+    ),
     Branch(
         "batch_failure_reverts",
         Outcome.ROLLED_BACK,
