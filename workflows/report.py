@@ -57,7 +57,7 @@ def aggregate(
         timed = _with_openings(enforced) if common_opening else []
         if any(c.status is CheckStatus.WAIT for c in timed):
             waits = [c for c in waits if c not in timed]
-            zone = str(timed[0].evidence.get("timezone", ""))
+            zone = next(_zone(c) for c in timed if c.status is CheckStatus.WAIT)
         times = [c.retry_after for c in waits if c.retry_after is not None]
         if any(c.status is CheckStatus.WAIT for c in timed):
             times.append(earliest_opening(timed, now))
