@@ -47,6 +47,8 @@ class TimingActivities:
         for spec in resolved.checks:
             if spec.guardrail != ChangeWindow.name or spec.mode is not Mode.ENFORCE:
                 continue
+            if (spec.rule or spec.guardrail) in inp.approved:
+                continue  # an operator approved starting outside this rule's openings
             guardrail = self.checks.guardrails.get(spec.guardrail)
             if not isinstance(guardrail, ChangeWindow):
                 continue

@@ -35,6 +35,10 @@ class WaveTimingInput(BaseModel):
     bake: timedelta = timedelta(0)
     wave: int = 0
     waves: int = 1
+    approved: list[str] = Field(
+        default_factory=list,
+        description="rule ids whose failure a valid approval covers: they do not hold the wave",
+    )
 
 
 class RuleTiming(BaseModel):

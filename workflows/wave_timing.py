@@ -205,6 +205,9 @@ class WaveTimingMixin:
                 bake=self._request.rollout.bake,
                 wave=wave.index,
                 waves=waves,
+                approved=sorted(
+                    {a.guardrail for a in self._status.approvals if a.expires_at > workflow.now()}
+                ),
             ),
             start_to_close_timeout=timedelta(seconds=60),
             summary=line(f"check timing of wave {wave.index + 1}/{waves}"),

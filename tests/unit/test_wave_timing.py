@@ -13,12 +13,16 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from activities.checks import CheckActivities
+from activities.timing import TimingActivities
 from guardrails.builtin.change_window import ChangeWindow
+from guardrails.bundle import BundleHolder, bundle_from_mapping
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import until_phase, until_status
 from worker.main import build_worker
-from workflows.models import ChangeResult, Outcome, Phase
+from workflows.models import ChangeContext, ChangeResult, Outcome, Phase
+from workflows.timing_models import WaveTimingInput
 
 
 @pytest.fixture(autouse=True)
@@ -273,3 +277,69 @@ async def test_a_naive_or_far_future_not_before_is_rejected_without_failing_a_ta
     async for event in handle.fetch_history_events():
         assert event.event_type != EventType.EVENT_TYPE_WORKFLOW_TASK_FAILED
     assert ledger.applied == []
+
+
+# ------------------------------------------------------------------ the bundle held then
+
+
+async def test_a_freeze_a_new_bundle_adds_mid_rollout_applies_its_choice(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """The platform ships a freeze (mid_rollout: rollback) while wave 1 bakes: wave 2 never runs."""
+    registry = fakes.guardrails()
+    registry.register(ChangeWindow)
+    holder = BundleHolder.fixed({"unmatched": "allow"})
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=registry, kinds=fakes.kinds(), bundle=holder
+    ):
+        handle = await start(
+            env, task_queue, request({"use": "always-pass"}, waves=["1", "100%"], bake="10m")
+        )
+        await until_phase(handle, Phase.BAKING)
+        now = await env.get_current_time()
+        rule = freeze_rule(now, now + timedelta(hours=2), mid_rollout="rollback")
+        holder.replace(
+            bundle_from_mapping(
+                {"unmatched": "allow", "guardrails": [{**rule, "owner": "release-eng"}]},
+                registry=registry,
+            )
+        )
+        result = await handle.result()
+    assert (result.outcome, result.applied, result.reverted) == (
+        Outcome.ROLLED_BACK,
+        ["t1"],
+        ["t1"],
+    )
+    assert "rolled back before wave 2/2 (mid_rollout: rollback): release-freeze:" in result.message
+    assert "the freeze" in result.message and "is in force" in result.message
+
+
+def _timing(checks: CheckActivities, at: datetime, **kw: Any) -> Any:
+    rule = freeze_rule(at - timedelta(hours=1), at + timedelta(hours=1))
+    change = ChangeContext(change_id="chg-1", kind="recording", environment="prod", targets=[])
+    return TimingActivities(checks).check_wave_timing(
+        WaveTimingInput(
+            change=change.model_dump(mode="json"),
+            policy={"guardrails": [rule]},
+            at=at,
+            bake=timedelta(minutes=10),
+            **kw,
+        )
+    )
+
+
+async def test_an_approved_rule_does_not_hold_a_wave() -> None:
+    """A frozen rule holds the wave; once an approval covers it, the wave fits (the human decided)."""
+    registry = fakes.guardrails()
+    registry.register(ChangeWindow)
+    checks = CheckActivities(registry, bundle=BundleHolder.fixed({"unmatched": "allow"}))
+    at = datetime(2026, 6, 15, 12, tzinfo=UTC)
+    held = await _timing(checks, at)
+    assert (held.fits, held.earliest, [r.rule for r in held.closing]) == (
+        False,
+        at + timedelta(hours=1),
+        ["release-freeze"],
+    )
+    assert held.earliest_label == "2026-06-15 13:00 UTC"
+    approved = await _timing(checks, at, approved=["release-freeze"])
+    assert (approved.fits, approved.rules) == (True, [])

@@ -280,9 +280,11 @@ def _iso(instant: datetime | None) -> str | None:
 
 
 def local_label(instant: datetime, zone: ZoneInfo, name: str) -> str:
-    """``2026-05-04 09:00 Europe/Berlin (07:00 UTC)``."""
+    """``2026-05-04 09:00 Europe/Berlin (07:00 UTC)``; ``2026-05-04 07:00 UTC`` in UTC."""
     local = instant.astimezone(zone)
     utc = instant.astimezone(UTC)
+    if local.utcoffset() == utc.utcoffset() and name.upper() in ("UTC", "ETC/UTC", "Z"):
+        return f"{utc:%Y-%m-%d %H:%M} UTC"
     utc_text = utc.strftime("%H:%M" if utc.date() == local.date() else "%Y-%m-%d %H:%M")
     return f"{local:%Y-%m-%d %H:%M} {name} ({utc_text} UTC)"
 
