@@ -33,7 +33,7 @@ from cli import exitcodes
 from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
-from cli.pending import liveness
+from cli.pending import QUERY_TIMEOUT, liveness, unanswered, went_unanswered
 from cli.render import console, err, print_json, report_table, status_table
 from cli.report import add_parser as add_report_parser
 from guardrails.bundle import BundleError
@@ -207,8 +207,17 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Show a change's status (works on finished changes too)."""
     client = await connect(settings)
     handle = client.get_workflow_handle(args.id)
-    status = await handle.query("status", result_type=ChangeStatus)
+    status: ChangeStatus | None = None
+    try:
+        status = await handle.query("status", result_type=ChangeStatus, rpc_timeout=QUERY_TIMEOUT)
+    except RPCError as exc:
+        if not went_unanswered(exc):
+            raise
+        why = exc.message  # no worker answered: show what the server knows (cli/pending.py)
     desc = await handle.describe()
+    if status is None:
+        status = unanswered(desc, args.id, why)
+        err.print(f"[yellow]{escape(status.message)}[/]")
     if desc.status is WorkflowExecutionStatus.CANCELED and status.phase not in TERMINAL_PHASES:
         status.phase = Phase.ABORTED
     status.pending = pending_work(desc)

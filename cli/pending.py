@@ -12,21 +12,34 @@ when the checkpoint last changed, its heartbeat interval and its kind's stall ti
   callback endpoint) are shown as such.
 
 ``cli.main.pending_work`` builds each ``PendingWork`` with ``**liveness(p, now=now)``.
+
+A hung worker is exactly when an operator runs ``changeguard status``, and then the ``status``
+query may find no worker to answer it (the workflow sits in the hung worker's sticky cache, or no
+other worker runs). The command then asks the query with a short timeout and, unanswered, shows
+what the server alone knows (:func:`unanswered`): the phase from the ``ChangePhase`` search
+attribute and the pending work from ``describe`` — which is where a suspicious mutation shows.
 """
 
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
 from temporalio.api.enums.v1 import PendingActivityState
 from temporalio.api.workflow.v1 import PendingActivityInfo
+from temporalio.client import WorkflowExecutionDescription
+from temporalio.service import RPCError, RPCStatusCode
 
+from workflows import search_attributes as sa
+from workflows.models import ChangeStatus, Phase
 from workflows.progress_models import SUSPICIOUS_AFTER, HeartbeatEnvelope
 
-__all__ = ["classify", "envelope_of", "liveness"]
+__all__ = ["QUERY_TIMEOUT", "classify", "envelope_of", "liveness", "unanswered", "went_unanswered"]
+
+QUERY_TIMEOUT = timedelta(seconds=10)
+"""How long ``changeguard status`` waits for a worker to answer the ``status`` query."""
 
 
 def envelope_of(p: PendingActivityInfo) -> HeartbeatEnvelope | None:
@@ -98,3 +111,32 @@ def liveness(p: PendingActivityInfo, *, now: datetime | None = None) -> dict[str
     running = p.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED  # only it beats
     paused = bool(p.paused) or p.state == PendingActivityState.PENDING_ACTIVITY_STATE_PAUSED
     return classify(envelope_of(p), last_heartbeat=last, now=now, running=running, paused=paused)
+
+
+def went_unanswered(exc: RPCError) -> bool:
+    """Whether a query failed because no worker answered (not: no such change).
+
+    In time (``DEADLINE_EXCEEDED``, or the client's own timeout, ``CANCELLED``), or at all: the
+    server's "no poller seen for task queue recently, worker may be down" (``FAILED_PRECONDITION``).
+    """
+    return exc.status in (
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,
+        RPCStatusCode.FAILED_PRECONDITION,
+    )
+
+
+def unanswered(desc: WorkflowExecutionDescription, change_id: str, why: str) -> ChangeStatus:
+    """The status the server alone can give when no worker answers the ``status`` query."""
+    attrs = desc.typed_search_attributes
+    raw_phase = attrs.get(sa.CHANGE_PHASE)
+    phase = Phase(raw_phase) if raw_phase in {p.value for p in Phase} else Phase.PENDING
+    return ChangeStatus(
+        change_id=change_id,
+        kind=attrs.get(sa.CHANGE_KIND) or "",
+        phase=phase,
+        message=(
+            f"no worker answered the status query ({why}): the phase is the server's last "
+            "record (ChangePhase); the pending work below is live — look for suspicious workers"
+        ),
+    )

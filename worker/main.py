@@ -37,6 +37,7 @@ from guardrails.bundle import Bundle, BundleError, BundleHolder
 from guardrails.plugins import PluginRegistry
 from worker import registry
 from worker.settings import Settings
+from workflows.progress_models import HEARTBEAT_THROTTLE
 
 log = structlog.get_logger(__name__)
 
@@ -267,6 +268,7 @@ def build_worker(
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
         deployment_config=deployment_config(settings),
+        max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # status sees every beat
     )
     worker.bundle = holder
     return worker

@@ -17,6 +17,13 @@ HEARTBEATS_PER_TIMEOUT = 3
 SUSPICIOUS_AFTER = 2
 """``changeguard status`` marks a mutation suspicious after this many silent intervals."""
 
+HEARTBEAT_THROTTLE = timedelta(seconds=1)
+"""The worker's ``max_heartbeat_throttle_interval``: the SDK sends a heartbeat to the server at
+most once per ``min(0.8 × heartbeat timeout, this)``. Its default (60 s cap) would send one every
+2.4 intervals, so the server's last heartbeat would look older than two intervals (suspicious) and
+progress older than it is (stalled) on a healthy mutation; capped at 1 s the server sees every
+beat of an interval of 1 s or more, and a checkpointing mutation at most one RPC a second."""
+
 DEFAULT_START_TO_CLOSE = timedelta(minutes=5)
 DEFAULT_HEARTBEAT_INTERVAL = timedelta(seconds=10) / HEARTBEATS_PER_TIMEOUT
 """Keeps the heartbeat timeout of kinds that declare nothing at the historical 10 s."""
