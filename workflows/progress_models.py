@@ -19,7 +19,7 @@ SUSPICIOUS_AFTER = 2
 
 HEARTBEAT_THROTTLE = timedelta(seconds=1)
 """The worker's ``max_heartbeat_throttle_interval``: the SDK sends a heartbeat to the server at
-most once per ``min(0.8 × heartbeat timeout, this)``. Its default (60 s cap) would send one every
+most once per ``min(0.8 * heartbeat timeout, this)``. Its default (60 s cap) would send one every
 2.4 intervals, so the server's last heartbeat would look older than two intervals (suspicious) and
 progress older than it is (stalled) on a healthy mutation; capped at 1 s the server sees every
 beat of an interval of 1 s or more, and a checkpointing mutation at most one RPC a second."""
