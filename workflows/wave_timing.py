@@ -121,12 +121,15 @@ class WaveTimingMixin:
             why = timing.why()
             now = workflow.now()
             until = timing.earliest or now + UNKNOWN_RETRY
+            # No fitting start before the deadline, or none known (a calendar read failed since
+            # the gate, or no opening lasts long enough).
+            late = timing.earliest is None or until >= deadline
             when = timing.earliest_label or until.isoformat()
             if not self._status.applied:  # nothing changed yet: wait for the opening, gate again
-                if until >= deadline:
+                if late and not any(r.error for r in timing.rules):
                     self._status.message = (
-                        f"{label} cannot finish before the timing rules close ({why}); the first "
-                        f"start that fits is after the deadline {deadline.isoformat()}"
+                        f"{label} cannot finish before the timing rules close ({why}); no start "
+                        f"that fits comes before the deadline {deadline.isoformat()}"
                     )
                     await self._deadline_passed()
                     raise self._unwind_with(Outcome.REJECTED, self._status.message)
@@ -144,19 +147,20 @@ class WaveTimingMixin:
                     Outcome.ROLLED_BACK,
                     f"rolled back before {label} (mid_rollout: rollback): {why}",
                 )
-            if until >= deadline:
-                raise self._unwind_with(
-                    Outcome.ROLLED_BACK,
-                    f"rolled back before {label}: {why}; the first start that fits is after the "
-                    f"deadline {deadline.isoformat()}",
-                )
+            then = (
+                "no start that fits comes before the deadline: the re-gate decides (a closed rule "
+                "blocks, approvable, until the deadline)"
+                if late
+                else f"scheduled for {when}"
+            )
             if choice == "pause":
-                await self._pause_for_timing(label, why, when)
+                await self._pause_for_timing(label, why, then)
             else:
                 await self._page(
-                    f"{self._change_id} holds before {label} (mid_rollout: finish): {why}; the "
-                    f"rollout goes on by itself, scheduled for {when}"
+                    f"{self._change_id} holds before {label} (mid_rollout: finish): {why}; {then}"
                 )
+            if late:
+                return  # the re-gate before the wave judges, as it did before this check
             self._hold(
                 until, timing, f"{label} held mid-rollout: {why}; scheduled for {when} (paged)"
             )
@@ -166,17 +170,17 @@ class WaveTimingMixin:
                 summary=line(f"{label} held mid-rollout until {clock(until)}"),
             )
 
-    async def _pause_for_timing(self, label: str, why: str, when: str) -> None:
-        """Page and wait for an operator: resume holds until the rules open; no answer: roll back."""
+    async def _pause_for_timing(self, label: str, why: str, then: str) -> None:
+        """Page and wait for an operator: resume goes on (``then``); no answer: roll back."""
         self._resumed = False
         await self._page(
-            f"{self._change_id} paused before {label} (mid_rollout: pause): {why}; resume to hold "
-            f"the rollout until {when}, rollback or abort to undo it"
+            f"{self._change_id} paused before {label} (mid_rollout: pause): {why}; resume: "
+            f"{then}; rollback or abort undo it"
         )
         self._set_phase(
             Phase.PAUSED,
             f"paused before {label} (mid_rollout: pause): {why}; paged {self._request.team}; "
-            f"resume holds the rollout until {when}, rollback undoes it",
+            f"resume: {then}; rollback undoes it",
         )
         pause = line(f"paused before {label}: resume or rollback")
         if not await self._wait(lambda: self._resumed, FREEZE_PAUSE_TIMEOUT, summary=pause):

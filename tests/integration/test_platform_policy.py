@@ -312,7 +312,11 @@ async def test_a_bundle_edit_reaches_a_baking_change_before_its_next_wave(
     holder: BundleHolder,
     bundle_path: Path,
 ) -> None:
-    """A freeze added while wave 1 bakes blocks wave 2 (new hash); an invalid edit is refused."""
+    """A freeze added while wave 1 bakes pauses, then blocks wave 2 (new hash); a bad edit is refused.
+
+    The freeze reaches past the deadline: the rule's ``mid_rollout: pause`` (the default) pages and
+    pauses before wave 2; resumed, the re-gate decides, and the closed rule blocks (approvable).
+    """
     change_id = cid("edited")
     doc = request(
         fleet.url,
@@ -325,6 +329,17 @@ async def test_a_bundle_edit_reaches_a_baking_change_before_its_next_wave(
     await until_status(handle, lambda s: s.phase is Phase.BAKING, within=30)
 
     await asyncio.to_thread(bundle_path.write_text, yaml.safe_dump(platform(fleet.url, True)))
+    paused = await until_status(
+        handle, lambda s: s.phase is Phase.PAUSED or s.phase in TERMINAL_PHASES, within=30
+    )
+    assert paused.phase is Phase.PAUSED, paused.message
+    assert "paused before wave 2/2 (mid_rollout: pause): release-window:" in paused.message
+    assert [p for p in paused.pages if "paused before wave 2/2" in p]
+    await handle.execute_update(
+        "resume",
+        OperatorAction(operator="test", reason="let the gate decide"),
+        result_type=OperatorActionResult,
+    )
     status = await until_status(
         handle,
         lambda s: s.phase is Phase.AWAITING_APPROVAL or s.phase in TERMINAL_PHASES,
