@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.bake import BakeMixin
     from workflows.batch import TargetBatchWorkflow
     from workflows.change_events import ChangeEventEmitter
+    from workflows.details import change_details
     from workflows.gate import GuardrailGateWorkflow
     from workflows.inputs import Refusal, decode
     from workflows.models import (
@@ -87,12 +88,12 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.mutations import apply_targets, irreversible_in, options_from
     from workflows.progress_models import MutationOptions
-    from workflows.report import approver_groups, ledger_checks, report_markdown, scheduled_for
+    from workflows.report import approver_groups, ledger_checks, scheduled_for
     from workflows.rollout_models import (
         RolloutPolicy,
     )
     from workflows.saga import Saga, failure_of
-    from workflows.summaries import clock, line, window_wait_summary
+    from workflows.summaries import day_clock, line, window_wait_summary
     from workflows.timing_models import not_before_problem
     from workflows.types import excerpt
     from workflows.wave_timing import WAVE_TIMING_PATCH, WaveTimingMixin
@@ -710,7 +711,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 else:
                     self._set_phase(Phase.BLOCKED, f"blocked by {names}; fix the cause and recheck")
                 until = deadline
-                timer = line(f"wait for approval or recheck until {clock(deadline)} UTC")
+                awaited = "approval or recheck" if approvable(report) else "a recheck"
+                timer = line(f"wait for {awaited} until {day_clock(deadline)}")
             if until <= now:
                 self._status.message = f"the deadline {deadline.isoformat()} passed"
                 await self._deadline_passed()
@@ -1074,9 +1076,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         )
 
     def _details(self) -> str:
-        head = f"## {self._change_id}: {self._status.phase.value}\n\n{self._status.message}"
-        report = self._status.report
-        return head if report is None else head + "\n\n" + report_markdown(report)
+        return change_details(self._change_id, self._status)  # the Web UI's current details
 
     async def _deadline_passed(self) -> None:
         """Audit (and, if the policy says so, page) a gate that did not pass before the deadline."""

@@ -18,13 +18,7 @@ from workflows.models import (
     OptOut,
     report_hash,
 )
-
-_ICON = {
-    CheckStatus.PASS: "✅ pass",
-    CheckStatus.FAIL: "❌ fail",
-    CheckStatus.WAIT: "⏳ wait",
-    CheckStatus.ERROR: "⚠️ error",
-}
+from workflows.types import format_duration
 
 
 def aggregate(
@@ -152,10 +146,6 @@ def approver_groups(report: GuardrailReport) -> list[str]:
     return sorted({g for c in failures for g in c.approvers})
 
 
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
-
-
 def rule_label(check: CheckResult) -> str:
     """The rule id, with the plug-in name beside it where the two differ."""
     rule = check.rule_id
@@ -170,35 +160,72 @@ def check_reason(check: CheckResult) -> str:
     return f"{check.reason} ({note})" if check.reason else note
 
 
+def _plain(text: str) -> str:
+    """One line of markdown text: no line breaks, no table or HTML syntax that would reflow it."""
+    return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
+
+
+def who_may_approve(check: CheckResult) -> str:
+    """``sre-leads (1 approval, not the requester, up to 4h)``, or why nobody may."""
+    if check.mode is Mode.SHADOW:
+        return "nobody needs to: a shadow rule never blocks"
+    if check.status is CheckStatus.WAIT:
+        until = check.retry_after.isoformat(timespec="minutes") if check.retry_after else "later"
+        return f"nobody needs to: the change waits and gates again ({until})"
+    if check.opt_out is OptOut.FORBIDDEN or not check.approvers:
+        return "nobody: this rule may not be opted out of; fix the cause, then recheck"
+    terms = []
+    rule = check.approval
+    if rule is not None:
+        terms.append(f"{rule.required} approval{'s' if rule.required != 1 else ''}")
+        if rule.distinct_from_requester:
+            terms.append("not the requester")
+        terms.append(f"up to {format_duration(rule.max_duration)}")
+    groups = ", ".join(check.approvers)
+    return f"{groups} ({', '.join(terms)})" if terms else groups
+
+
+def check_block(check: CheckResult) -> list[str]:
+    """One non-passing check as a short block: rule, status, why, to pass, owner, who may approve.
+
+    Short lines that wrap (no table), so it fits a 1280 px Web UI panel whatever the text.
+    """
+    shadow = " · shadow: would have blocked, decides nothing" if check.mode is Mode.SHADOW else ""
+    return [
+        f"#### {check.status.value.upper()} · {_plain(rule_label(check))}{shadow}",
+        "",
+        f"- **why:** {_plain(check_reason(check)) or '(no reason given)'}",
+        f"- **to pass:** {_plain(check.remedy) or '(no remedy given)'}",
+        f"- **owner:** {_plain(check.owner) or '(none)'}",
+        f"- **who may approve:** {_plain(who_may_approve(check))}",
+        "",
+    ]
+
+
 def report_markdown(report: GuardrailReport, *, title: str = "Guardrail report") -> str:
-    """The report as a markdown table, for the Web UI's current details."""
+    """The report for the Web UI's current details: each non-passing check as a short block."""
     lines = [
         f"### {title}: **{report.decision.value}**",
         "",
-        f"evaluated {report.evaluated_at.isoformat(timespec='seconds')} · "
-        f"report `{report.report_hash}` · policy `{report.policy_hash or 'none'}` · "
-        f"bundle `{report.bundle_hash or 'none'}`",
+        f"- evaluated {report.evaluated_at.isoformat(timespec='seconds')}",
+        f"- report `{report.report_hash}`",
+        f"- policy `{report.policy_hash or 'none'}` · bundle `{report.bundle_hash or 'none'}`",
         "",
     ]
     if report.bundle_warning:
-        lines += [f"> ⚠️ **policy bundle:** {_cell(report.bundle_warning)}", ""]
+        lines += [f"> ⚠️ **policy bundle:** {_plain(report.bundle_warning)}", ""]
     if report.decision is Decision.WAIT and report.retry_after is not None:
         lines += [f"⏳ **{scheduled_for(report.retry_after, report.retry_zone)}**", ""]
     if not report.checks:
         lines.append("_No guardrail applies to this change._")
         return "\n".join(lines)
-    lines += [
-        "| rule | status | reason | remedy | owner | opt-out |",
-        "|---|---|---|---|---|---|",
-    ]
     for c in report.checks:
-        status = _ICON[c.status] + (" (shadow)" if c.mode is Mode.SHADOW else "")
-        opt = c.opt_out.value + (f" by {', '.join(c.approvers)}" if c.approvers else "")
-        lines.append(
-            f"| {_cell(rule_label(c))} | {status} | {_cell(check_reason(c))} | {_cell(c.remedy)} "
-            f"| {c.owner} | {opt if not c.passing else ''} |"
-        )
-    return "\n".join(lines)
+        if not c.passing:
+            lines += check_block(c)
+    passing = [rule_label(c) for c in report.checks if c.passing]
+    if passing:
+        lines.append(f"**passing ({len(passing)}):** {_plain(', '.join(passing))}")
+    return "\n".join(lines).rstrip()
 
 
 LEDGER_CHECKS_MAX = 100

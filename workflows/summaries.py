@@ -120,3 +120,8 @@ def window_wait_summary(until: datetime, report: GuardrailReport | None) -> str:
 def clock(at: datetime) -> str:
     """``14:05`` (UTC), the time of day a timer fires."""
     return at.astimezone(UTC).strftime("%H:%M")
+
+
+def day_clock(at: datetime) -> str:
+    """``Wed 11:38 UTC``: a time that may be days away."""
+    return at.astimezone(UTC).strftime("%a %H:%M UTC")

@@ -443,3 +443,119 @@ async def test_signals_from_the_web_ui_record_a_refusal_and_recheck(
         (AuditAction.APPROVAL_REJECTED, "alice"),
         (AuditAction.RECHECK, "bob"),
     ]
+
+
+PANEL_WIDTH = 1280
+
+
+async def _fits_horizontally(page: Page, what: Locator, name: str) -> None:
+    """``what`` is visible and ends inside the 1280 px window (no horizontal scrolling needed)."""
+    await expect(what).to_be_visible()
+    box = await what.bounding_box()
+    assert box is not None, f"{name} has no box"
+    assert box["x"] >= 0 and box["x"] + box["width"] <= PANEL_WIDTH, f"{name} runs off: {box}"
+
+
+async def _no_horizontal_scroll(frame: Any, name: str) -> None:
+    overflow = await frame.locator("html").evaluate(
+        "e => [e.scrollWidth, e.clientWidth, document.body.scrollWidth]"
+    )
+    assert overflow[0] <= overflow[1] and overflow[2] <= overflow[1], f"{name} scrolls: {overflow}"
+
+
+async def test_the_page_explains_itself_at_1280_px(
+    ui_server: UiServer, worker: None, task_queue: str, page: Page, tmp_path: Path
+) -> None:
+    """Summary, check names in the timeline, each block's remedy and the approve JSON all fit."""
+    from cli.main import start_change
+    from worker.settings import Settings
+
+    approvable = {"approvers": ["sre-leads"]}
+    req = ChangeRequest(
+        change_id=f"ui-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="Roll out 1.4.2 to the web tier",
+        requester="alice",
+        team="web",
+        environment="prod",
+        targets=[{"id": "web-01"}, {"id": "web-02"}, {"id": "web-03"}],  # type: ignore[list-item]
+        rollout={"waves": ["100%"], "bake": "0s"},  # type: ignore[arg-type]
+        policy={
+            "guardrails": [
+                {"use": "switch", "opt_out": approvable},
+                {
+                    "use": "fake-timing",
+                    "opt_out": approvable,
+                    "params": {
+                        "outcome": "fail",
+                        "reason": "the freeze calendar says no deploys today " * 8,
+                    },
+                },
+                {"use": "fake-health"},
+            ]
+        },
+    )
+    await start_change(
+        ui_server.env.client, req, Settings.from_env(task_queue=task_queue), quiet=True
+    )
+    handle = ui_server.env.client.get_workflow_handle(req.change_id or "", result_type=ChangeResult)
+    status = await until_phase(handle, Phase.AWAITING_APPROVAL)
+    assert status.report is not None
+    await page.set_viewport_size({"width": PANEL_WIDTH, "height": 1000})
+    async with _screenshot_on_failure(page, tmp_path / "failure.png"):
+        await _open_change(page, ui_server, handle.id)
+        await _no_horizontal_scroll(page, "the change's page")
+        for name in ("validate recording params", "gate 1: every rule"):
+            await _fits_horizontally(page, page.get_by_text(name).first, f"timeline row {name!r}")
+
+        await page.get_by_role("tab", name="User Metadata").click()
+        # The UI renders the summary, the static details and the current details as markdown,
+        # each in an iframe titled "output", in that order.
+        outputs = page.get_by_title("output")
+        await expect(outputs).to_have_count(3)
+        summary = (
+            "recording: Roll out 1.4.2 to the web tier · 3 targets · prod · team web · by alice"
+        )
+        shown = outputs.nth(0).content_frame.get_by_text(summary, exact=True)
+        await expect(shown).to_be_visible()
+        await expect(outputs.nth(1).content_frame.get_by_text("web-03", exact=True)).to_be_visible()
+        for n in range(3):
+            frame = await outputs.nth(n).bounding_box()
+            assert frame is not None and frame["x"] + frame["width"] <= PANEL_WIDTH, (n, frame)
+            await _no_horizontal_scroll(outputs.nth(n).content_frame, f"user metadata panel {n}")
+        details = outputs.nth(2).content_frame
+        await expect(details.get_by_role("heading", level=2)).to_have_text(
+            f"{handle.id}: AwaitingApproval"
+        )
+        frame = await outputs.nth(2).bounding_box()
+        assert frame is not None
+        for c in status.report.failures:
+            block = details.get_by_role("heading", level=4, name=f"FAIL · {c.rule_id}")
+            await expect(block).to_be_visible()
+            remedy = details.get_by_text(f"to pass: {c.remedy}", exact=True)
+            await expect(remedy).to_be_visible()
+            box = await remedy.bounding_box()  # in page coordinates: inside the panel
+            right = frame["x"] + frame["width"]
+            assert box is not None and box["x"] + box["width"] <= right, (c.rule_id, box, frame)
+        pasted = json.loads(await details.locator("pre code").inner_text())
+        assert pasted == {
+            "guardrails": ["fake-timing", "switch"],
+            "approver": "<your name>",
+            "reason": "<why it is safe to go ahead>",
+            "report_hash": status.report.report_hash,
+        }
+
+        gate = (
+            f"{ui_server.url}/namespaces/default/workflows/{quote(f'{handle.id}/gate-1', safe='')}"
+        )
+        await page.goto(gate)
+        await expect(page.get_by_role("button", name="More Actions")).to_be_visible()
+        await _no_horizontal_scroll(page, "the gate's page")
+        for rule in ("switch", "fake-timing", "fake-health"):
+            await _fits_horizontally(
+                page, page.get_by_text(f"check {rule}").first, f"timeline row check {rule}"
+            )
+    await handle.execute_update(
+        "abort", {"operator": "bob", "reason": "test over"}, result_type=dict
+    )
+    assert (await _result(handle)).outcome is Outcome.ABORTED
