@@ -5,13 +5,15 @@ together retry together. Activities here compute a full-jitter delay themselves 
 server as ``ApplicationError(next_retry_delay=...)`` (:func:`raise_retryable`).
 
 A :class:`CircuitBreaker` per target API (keyed by its base URL) lives in the worker process: after
-``failure_threshold`` consecutive failures it opens, and for ``cool_down`` every call fails fast
+``failure_threshold`` consecutive failures it opens, and for a cool-down every call fails fast
 with a retryable ``CircuitOpen`` error whose ``next_retry_delay`` is the cool-down left plus jitter,
 without touching the API. Then one half-open probe is let through: success closes the breaker,
-failure opens it again. A call that arrives while the probe is in flight waits for its verdict
-(up to ``probe_wait``) instead of failing: it goes ahead the moment the probe succeeds, or fails
-fast with the new cool-down if the probe failed; so a recovered API is used at once, and waiting
-calls do not spend their activity's attempts. Transitions are logged;
+failure opens it again for twice the cool-down. The first cool-down is ``first_cool_down`` (5 s),
+doubled by each failed probe up to ``cool_down`` (30 s): a short brownout costs seconds after it
+ends, a long outage is probed twice a minute. A call that arrives while the probe is in flight
+waits for its verdict (up to ``probe_wait``) instead of failing: it goes ahead the moment the
+probe succeeds, or fails fast with the new cool-down if the probe failed; so a recovered API is
+used at once, and waiting calls do not spend their activity's attempts. Transitions are logged;
 :meth:`CircuitBreakers.snapshot` feeds status displays.
 
 :class:`Heartbeat` heartbeats from a background task while an activity works, so a dead worker is
@@ -121,6 +123,8 @@ def raise_retryable(
 # --------------------------------------------------------------------------------------------------
 
 
+FIRST_COOL_DOWN = timedelta(seconds=5)
+"""How long a breaker stays open the first time; failed probes double it up to its cool_down."""
 PROBE_WAIT = timedelta(seconds=20)
 """How long a call waits for another call's half-open probe before it fails fast (default)."""
 PROBE_POLL = 0.05
@@ -147,7 +151,9 @@ class CircuitBreaker:
     Args:
         key: what the breaker protects (a target API's base URL), for errors and logs.
         failure_threshold: consecutive failures that open it.
-        cool_down: how long it stays open before a probe is let through.
+        cool_down: the longest it stays open before a probe is let through.
+        first_cool_down: how long it stays open the first time (after ``failure_threshold``
+            failures); each failed probe doubles it, up to ``cool_down``.
         jitter: the largest random delay added to the cool-down left in a fail-fast error.
         probe_wait: how long :meth:`call` waits for another call's half-open probe to decide
             before it fails fast itself (then with a delay of at most a second).
@@ -162,6 +168,7 @@ class CircuitBreaker:
         *,
         failure_threshold: int = 5,
         cool_down: timedelta = timedelta(seconds=30),
+        first_cool_down: timedelta = FIRST_COOL_DOWN,
         jitter: timedelta = timedelta(seconds=5),
         probe_wait: timedelta = PROBE_WAIT,
         clock: Callable[[], float] = time.monotonic,
@@ -172,6 +179,8 @@ class CircuitBreaker:
         self.key = key
         self.failure_threshold = failure_threshold
         self.cool_down = cool_down.total_seconds()
+        self.first_cool_down = min(first_cool_down.total_seconds(), self.cool_down)
+        self._cool = self.first_cool_down  # the cool-down in force
         self.jitter = jitter.total_seconds()
         self.probe_wait = probe_wait.total_seconds()
         self._clock = clock
@@ -204,7 +213,7 @@ class CircuitBreaker:
             )
 
     def _remaining(self) -> float:
-        return max(0.0, self._opened_at + self.cool_down - self._clock())
+        return max(0.0, self._opened_at + self._cool - self._clock())
 
     def _transition(self, state: BreakerState) -> None:
         """Change state (lock held) and log it."""
@@ -299,6 +308,9 @@ class CircuitBreaker:
             if self._state is BreakerState.OPEN:
                 return  # a call that started before the breaker opened; keep the cool-down
             if probe_failed or self._failures >= self.failure_threshold:
+                self._cool = (
+                    min(self.cool_down, self._cool * 2) if probe_failed else self.first_cool_down
+                )
                 self._opened_at = self._clock()
                 self._transition(BreakerState.OPEN)
 
@@ -345,6 +357,7 @@ class CircuitBreakers:
     Args:
         failure_threshold: see :class:`CircuitBreaker`.
         cool_down: see :class:`CircuitBreaker`.
+        first_cool_down: see :class:`CircuitBreaker`.
         jitter: see :class:`CircuitBreaker`.
         probe_wait: see :class:`CircuitBreaker`.
         clock: see :class:`CircuitBreaker`.
@@ -356,6 +369,7 @@ class CircuitBreakers:
         *,
         failure_threshold: int = 5,
         cool_down: timedelta = timedelta(seconds=30),
+        first_cool_down: timedelta = FIRST_COOL_DOWN,
         jitter: timedelta = timedelta(seconds=5),
         probe_wait: timedelta = PROBE_WAIT,
         clock: Callable[[], float] = time.monotonic,
@@ -364,6 +378,7 @@ class CircuitBreakers:
         self._settings: dict[str, Any] = {
             "failure_threshold": failure_threshold,
             "cool_down": cool_down,
+            "first_cool_down": first_cool_down,
             "jitter": jitter,
             "probe_wait": probe_wait,
             "clock": clock,

@@ -200,3 +200,31 @@ async def test_a_mutation_behind_a_half_open_probe_goes_ahead_when_the_probe_suc
 
         assert (await probe).applied and behind.applied
         assert registry.get(fleet.url).state is BreakerState.CLOSED
+
+
+async def test_a_short_brownout_holds_the_breaker_open_for_seconds_not_half_a_minute(
+    tmp_path: Path,
+) -> None:
+    """A 5 s fleet_5xx: the breaker it opened lets a probe through 5 s later, not 30 s later.
+
+    Found by the short campaign (seed 971247): after a 6.3 s fleet_5xx, changes moved again
+    19.6-32.6 s after the fleet was healthy, because every worker's breaker had opened for a fixed
+    30 s. Now the first cool-down is 5 s and only failed probes lengthen it (up to 30 s).
+    """
+    now = [1000.0]
+    registry = CircuitBreakers(clock=lambda: now[0])
+    kind = HttpDeploy(registry)
+    with FleetServer(tmp_path / "fleet.db", port=0, hosts=2) as fleet:
+        params = HttpDeployParams(base_url=fleet.url, version="2.0.0")
+        async with httpx.AsyncClient(base_url=fleet.url, trust_env=False) as http:
+            (await http.post("/admin/faults", json={"fail_next": 5})).raise_for_status()
+        for _ in range(5):  # the brownout: five 503s open the breaker
+            with pytest.raises(ApplicationError):
+                await kind.apply(params, Target(id="web-01"), idempotency_key="k-01")
+        assert registry.get(fleet.url).state is BreakerState.OPEN
+
+        now[0] += 5  # the fleet has been healthy for 5 s
+        applied = await kind.apply(params, Target(id="web-02"), idempotency_key="k-02")
+
+        assert applied.applied
+        assert registry.get(fleet.url).state is BreakerState.CLOSED

@@ -93,7 +93,10 @@ def clock() -> Clock:
 
 @pytest.fixture
 def breaker(clock: Clock) -> CircuitBreaker:
-    return CircuitBreaker("http://fleet", clock=clock, rng=random.Random(7))
+    """A breaker whose every cool-down is 30 s (escalation has tests of its own)."""
+    return CircuitBreaker(
+        "http://fleet", clock=clock, rng=random.Random(7), first_cool_down=timedelta(seconds=30)
+    )
 
 
 async def fail_times(breaker: CircuitBreaker, dep: Dependency, n: int) -> list[str | None]:
@@ -327,12 +330,12 @@ def test_breakers_snapshot_one_per_key(clock: Clock) -> None:
     assert registry.get("http://b") is b
     registry.get("http://a")
     b.record_failure()
-    clock.now += 5
+    clock.now += 2
 
     assert registry.snapshot() == {
         "http://a": BreakerStatus(key="http://a", state=BreakerState.CLOSED),
         "http://b": BreakerStatus(
-            key="http://b", state=BreakerState.OPEN, failures=1, retry_in=25.0
+            key="http://b", state=BreakerState.OPEN, failures=1, retry_in=3.0
         ),
     }
 
@@ -395,3 +398,24 @@ async def test_heartbeat_outside_an_activity_does_nothing() -> None:
         beat.update(stage="deploying")
 
     assert beat.details == {"target": "web-01", "stage": "deploying"}
+
+
+async def test_the_first_cool_down_is_short_and_each_failed_probe_doubles_it(
+    clock: Clock, dependency: Dependency
+) -> None:
+    """5 s after the threshold's failures, then 10, 20, 30, 30 s after each failed probe."""
+    breaker = CircuitBreaker("http://fleet", clock=clock, rng=random.Random(7))
+    await fail_times(breaker, dependency, 5)
+    cool_downs = [breaker.status().retry_in]
+    for _ in range(4):
+        clock.now += cool_downs[-1]
+        assert await fail_times(breaker, dependency, 1) == [TARGET_UNAVAILABLE]  # the probe
+        cool_downs.append(breaker.status().retry_in)
+    assert cool_downs == [5.0, 10.0, 20.0, 30.0, 30.0]
+
+    clock.now += 30
+    dependency.status = 200
+    assert await breaker.call(dependency.get) == 200  # closed: the next opening starts at 5 s
+    dependency.status = 503
+    await fail_times(breaker, dependency, 5)
+    assert breaker.status().retry_in == 5.0
