@@ -73,6 +73,7 @@ from tests.chaos.invariants import (
     Run,
     check,
     recovery_seconds,
+    recovery_times,
     reduce_history,
 )
 from worker.converter import data_converter
@@ -280,6 +281,10 @@ class Result:
     seconds: float
     notes: list[str] = field(default_factory=list)
     traces: list[ChangeTrace] = field(default_factory=list)
+    recovery_by_kind: dict[str, tuple[float, str]] = field(default_factory=dict)
+    """Per fault type: the longest recovery after one of its faults, and "<change> after <fault>"."""
+    world: str = ""
+    """How each part ran (container or process)."""
 
     def by_shape(self) -> dict[str, collections.Counter[str]]:
         """Outcomes per shape."""
@@ -302,7 +307,11 @@ class Result:
             "violations: " + ", ".join(f"{k} {self.findings.counts[k]}" for k in INVARIANTS),
             f"longest fault end -> every affected change moving: {self.recovery[0]:.1f}s "
             f"({self.recovery[1] or 'none affected'})",
+            "longest by fault type: "
+            + ", ".join(f"{k} {v[0]:.1f}s" for k, v in sorted(self.recovery_by_kind.items())),
         ]
+        if self.world:
+            lines.insert(1, f"world: {self.world}")
         for inv in INVARIANTS:
             for v in self.findings.violations[inv][:10]:
                 lines.append(f"  {inv}: {v}")
@@ -331,6 +340,7 @@ class Campaign:
         self.fault_counts: collections.Counter[str] = collections.Counter()
         self.notes: list[str] = []
         self.slots: list[WorkerSlot] = []
+        self.world = ""
         self._stopping = False
 
     # -- the world
@@ -383,6 +393,12 @@ class Campaign:
         )
         self.free_hosts = [f"web-{i:02d}" for i in range(1, self.size.hosts + 1)]
         self.rng.shuffle(self.free_hosts)
+        self.world = (
+            f"dev server {self.server.mode}, fleet "
+            f"{'container' if isinstance(self.fleet, FleetContainer) else 'process'}, audit store "
+            f"{'container' if isinstance(self.pg, PostgresContainer) else 'process'}, "
+            f"{len(self.slots)} workers"
+        )
         self.log(
             f"chaos: dev server as a {self.server.mode} on {self.server.address}, fleet as a "
             f"{'container' if isinstance(self.fleet, FleetContainer) else 'process'} "
@@ -734,6 +750,11 @@ class Campaign:
             runs = await self._runs()
             findings = check(self.traces, deploys, records, runs)
             recovery = recovery_seconds(self.faults_done, runs)
+            by_kind: dict[str, tuple[float, str]] = {}
+            for label, (seconds, change) in recovery_times(self.faults_done, runs).items():
+                kind = label.split("@", 1)[0]
+                if kind not in by_kind or seconds > by_kind[kind][0]:
+                    by_kind[kind] = (seconds, f"{change} after {label}")
             self._stopping = True
             supervisor.cancel()
             for slot in self.slots:
@@ -760,6 +781,8 @@ class Campaign:
             time.monotonic() - began,
             self.notes,
             self.traces,
+            by_kind,
+            self.world,
         )
 
     def _deploys(self) -> list[dict[str, Any]]:

@@ -301,23 +301,37 @@ def _lost(
         found.add("lost", f"{trace.change_id} ({trace.shape}) closed with no outcome record")
 
 
-def recovery_seconds(
-    faults: list[tuple[str, datetime, datetime]], runs: list[Run]
-) -> tuple[float, str]:
-    """The longest time from a fault's end to the next event of every change open at that end.
+def _outside(begin: datetime, end: datetime, windows: list[tuple[datetime, datetime]]) -> float:
+    """Seconds of ``[begin, end]`` outside every window (the union of the windows is removed)."""
+    total = (end - begin).total_seconds()
+    cursor = begin
+    for w_start, w_end in sorted(windows):
+        lo, hi = max(w_start, cursor), min(w_end, end)
+        if hi > lo:
+            total -= (hi - lo).total_seconds()
+            cursor = hi
+    return max(0.0, total)
 
-    ``faults`` are (label, start, end), in order. A change counts as affected when its main run
-    was open when the fault ended; it moves again at the first history event after that instant
-    of any of its runs (children included), or at its close. A change asleep on a durable timer (a
-    bake, a deadline) is measured from when the timer was due, not from the fault's end; a change
-    that only moved after the next fault began is that fault's to count.
+
+def recovery_times(
+    faults: list[tuple[str, datetime, datetime]], runs: list[Run]
+) -> dict[str, tuple[float, str]]:
+    """Per fault label: the longest time from its end to the next event of every affected change.
+
+    ``faults`` are (label, start, end). A change counts as affected when its main run was open
+    when the fault ended; it moves again at the first history event after that instant of any of
+    its runs (children included), or at its close. A change asleep on a durable timer (a bake, a
+    deadline) is measured from when the timer was due, not from the fault's end. Time inside
+    later faults (of any component) is not counted: a change that moves only after the next fault
+    has ended is charged only for the time no fault was going on.
     """
     runs_of: dict[str, list[Run]] = collections.defaultdict(list)
     for run in runs:
         runs_of[run.workflow_id.split("/", 1)[0]].append(run)
-    worst, where = 0.0, ""
-    for k, (label, _, end) in enumerate(faults):
-        next_start = faults[k + 1][1] if k + 1 < len(faults) else None
+    out: dict[str, tuple[float, str]] = {}
+    for label, _, end in faults:
+        later = [(b, e) for _, b, e in faults if e > end]
+        worst, where = 0.0, ""
         for change, mine in runs_of.items():
             main = [r for r in mine if r.workflow_id == change and r.start is not None]
             if not main or change.startswith("lock"):
@@ -329,7 +343,7 @@ def recovery_seconds(
                 continue
             after = [t for r in mine for t in r.event_times if t > end]
             moved = min(after) if after else close
-            if moved is None or (next_start is not None and moved > next_start):
+            if moved is None:
                 continue
             due = [
                 w
@@ -338,7 +352,21 @@ def recovery_seconds(
                 if w is not None and t <= end and w > end
             ]
             baseline = max([end, *due]) if due else end
-            delta = (moved - baseline).total_seconds()
+            if moved <= baseline:
+                continue
+            delta = _outside(baseline, moved, later)
             if delta > worst:
-                worst, where = delta, f"{change} after {label}"
+                worst, where = delta, change
+        out[label] = (worst, where)
+    return out
+
+
+def recovery_seconds(
+    faults: list[tuple[str, datetime, datetime]], runs: list[Run]
+) -> tuple[float, str]:
+    """The largest of :func:`recovery_times`: (seconds, "<change> after <fault>")."""
+    worst, where = 0.0, ""
+    for label, (seconds, change) in recovery_times(faults, runs).items():
+        if seconds > worst:
+            worst, where = seconds, f"{change} after {label}"
     return worst, where

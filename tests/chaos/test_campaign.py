@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.chaos.campaign import FAULTS, SHORT, Campaign, make_schedule
-from tests.chaos.invariants import ChangeTrace, check
+from tests.chaos.invariants import ChangeTrace, Run, check, recovery_seconds, recovery_times
 from workflows.models import AuditAction, AuditRecord
 
 NOW = datetime(2026, 12, 1, 12, 0, tzinfo=UTC)
@@ -127,3 +127,32 @@ def test_checker_counts_a_change_without_outcome_as_lost() -> None:
     trace = ChangeTrace("c1", "good", ["h1"], ["1", "100%"], started=True)
     found = check([trace], [], _story("completed")[:2], [])
     assert found.counts["lost"] == 1
+
+
+def _run(events: list[datetime], *, close: datetime | None = None) -> Run:
+    return Run(
+        workflow_id="c1",
+        run_id="r1",
+        open=close is None,
+        start=NOW,
+        close=close,
+        event_times=events,
+        waits_until=[None] * len(events),
+        task_failures=[],
+        longest_failure_streak=0,
+    )
+
+
+def test_recovery_counts_the_time_outside_later_faults() -> None:
+    """A change that moves only after the next fault is charged for the time no fault ran."""
+    at = [NOW + timedelta(seconds=s) for s in range(100)]
+    faults = [("fleet_5xx@10s", at[10], at[20]), ("worker_kill@25s", at[25], at[30])]
+    # Stuck from the 5xx's end (t=20) until t=40: 20 s, of which 5 s inside the worker kill.
+    run = _run([at[1], at[40]])
+    assert recovery_times(faults, [run]) == {
+        "fleet_5xx@10s": (15.0, "c1"),
+        "worker_kill@25s": (10.0, "c1"),
+    }
+    assert recovery_seconds(faults, [run]) == (15.0, "c1 after fleet_5xx@10s")
+    # A change that closed before a fault ended is not affected by it.
+    assert recovery_seconds(faults, [_run([at[1], at[5]], close=at[5])]) == (0.0, "")
