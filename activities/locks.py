@@ -28,12 +28,20 @@ class LockActivities:
         With ``leave_queue`` (the change is ending) a lock where the change waits removes it from
         its queue instead; the payload is passed through as it is.
 
+        It heartbeats after every lock (and once at the start), so that a worker that dies in it
+        is noticed within the heartbeat timeout the workflow sets, not after the whole
+        start-to-close timeout. A retried attempt signals every lock again: a lock ignores the
+        release of a change that no longer holds it or waits in its queue.
+
         Returns:
             How many lock workflows received the signal (missing or finished ones are skipped).
         """
         limit = asyncio.Semaphore(20)
+        done = 0
+        activity.heartbeat(done)
 
         async def one(target: str) -> int:
+            nonlocal done
             async with limit:
                 try:
                     await self.client.get_workflow_handle(lock_id(target)).signal("release", inp)
@@ -42,6 +50,9 @@ class LockActivities:
                     if exc.status is RPCStatusCode.NOT_FOUND:
                         return 0
                     raise
+                finally:
+                    done += 1
+                    activity.heartbeat(done)
 
         return sum(await asyncio.gather(*(one(t) for t in inp.target_ids)))
 

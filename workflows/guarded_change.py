@@ -120,6 +120,8 @@ CLAIM_RETRY = RetryPolicy(
 REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
 """Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
 HUMAN_DECISION_TIMEOUT = timedelta(hours=24)
+RELEASE_HEARTBEAT = timedelta(seconds=10)
+"""``release_target_locks`` heartbeats per lock; a worker that dies in it costs this, not 2 min."""
 """How long a change stopped past its point of no return waits for resume or abort."""
 MAX_RECORDED = 20
 """Refused approvals, pages and audit failures kept in the status (older ones are dropped)."""
@@ -1110,6 +1112,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 leave_queue=ending,
             ),
             start_to_close_timeout=timedelta(minutes=2),
+            # It heartbeats per lock: a worker that dies in it is noticed in seconds, not minutes.
+            heartbeat_timeout=RELEASE_HEARTBEAT,
             retry_policy=RetryPolicy(maximum_attempts=5),
             summary="release target locks",
         )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from temporalio import activity
 from temporalio.api.failure.v1 import Failure
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
@@ -20,6 +21,7 @@ from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.audit import AuditActivities, AuditStoreError, SqliteAuditStore
 from activities.kinds.http_deploy import HttpDeploy, HttpDeployParams
+from activities.locks import LockActivities
 from activities.resilience import CircuitBreakers
 from demo.fleet import FleetServer
 from worker.converter import data_converter
@@ -32,6 +34,7 @@ from workflows.models import (
     ChangeRequest,
     ChangeResult,
     Outcome,
+    ReleaseLocksInput,
     Target,
 )
 from workflows.rollout_models import BreakerState
@@ -228,3 +231,62 @@ async def test_a_short_brownout_holds_the_breaker_open_for_seconds_not_half_a_mi
 
         assert applied.applied
         assert registry.get(fleet.url).state is BreakerState.CLOSED
+
+
+@pytest.mark.integration
+async def test_a_worker_dying_while_it_releases_locks_costs_seconds_not_two_minutes(
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """worker_kill while a change gives its target locks back: it ends within seconds.
+
+    Found by the short campaign (seed 971247, worker_kill of both workers): an ``approve`` change
+    scheduled ``release_target_locks`` as both workers were SIGKILLed; the attempt sat on the dead
+    worker until its 2-minute start-to-close timeout, and the change moved again 88 s after the
+    fault had ended. Now the activity heartbeats per lock and has a 10 s heartbeat timeout. The
+    dead worker is played by a first attempt that never heartbeats nor returns.
+    """
+    real = LockActivities.release_target_locks
+    attempts: list[int] = []
+
+    @activity.defn(name="release_target_locks")
+    async def dies_the_first_time(self: LockActivities, inp: ReleaseLocksInput) -> int:
+        attempts.append(activity.info().attempt)
+        if len(attempts) == 1:
+            await asyncio.Event().wait()  # a dead worker: no heartbeat, no result
+        return await real(self, inp)
+
+    monkeypatch.setattr(LockActivities, "release_target_locks", dies_the_first_time)
+    cid = f"locks-{uuid.uuid4().hex[:8]}"
+    with FleetServer(tmp_path / "fleet.db", port=0, hosts=1) as fleet:
+        request = ChangeRequest.model_validate(
+            {
+                "change_id": cid,
+                "kind": "http-deploy",
+                "summary": "a deploy whose lock release meets a dying worker",
+                "requester": "alice",
+                "team": "web",
+                "environment": "prod",
+                "targets": [{"id": "web-01"}],
+                "params": {"base_url": fleet.url, "version": "2.0.0"},
+                "rollout": {"waves": ["100%"], "max_parallel": 1, "bake": "0s"},
+            }
+        )
+        settings = Settings.from_env(task_queue=task_queue)
+        loop = asyncio.get_running_loop()
+        async with build_worker(dev_env.client, settings):
+            began = loop.time()
+            result = await dev_env.client.execute_workflow(
+                "GuardedChange",
+                request,
+                id=cid,
+                task_queue=task_queue,
+                result_type=ChangeResult,
+                execution_timeout=timedelta(seconds=90),
+            )
+            took = loop.time() - began
+    assert result.outcome is Outcome.COMPLETED
+    assert attempts[:2] == [1, 2], "the release was retried after the first attempt died"
+    assert took < 45, f"the change took {took:.0f}s: the dead attempt was noticed late"
