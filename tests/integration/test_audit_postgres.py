@@ -7,9 +7,13 @@ cluster serves the module; every test gets a database of its own.
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -30,7 +34,7 @@ from activities.audit_chain import verify_chain
 from tests.servers import PostgresServer, free_port
 from tests.unit.test_audit_sqlite import T0, AuditStoreContract, record
 from workflows import errors
-from workflows.models import AuditQuery, ClaimChangeInput
+from workflows.models import AuditAction, AuditQuery, ClaimChangeInput
 
 
 @pytest.fixture(scope="module")
@@ -330,3 +334,71 @@ def test_an_incomplete_schema_names_the_fix_for_a_role_without_ddl(
     with pytest.raises(AuditStoreError) as caught:
         PostgresAuditStore(postgres.dsn_as(WORKER, database))
     assert "infra/postgres/audit-schema.sql" in str(caught.value)
+
+
+def _gate(record_id: str, change_id: str, minutes: int, decision: str, checks: list[Any]) -> Any:
+    failing = [
+        c["rule"] for c in checks if c["mode"] == "enforce" and c["status"] in ("fail", "error")
+    ]
+    return record(
+        record_id,
+        change_id=change_id,
+        minutes=minutes,
+        action=AuditAction.GATE,
+        guardrail="",
+        detail={"decision": decision, "failing": failing, "checks": checks},
+    )
+
+
+async def test_report_rules_reads_postgresql_as_it_reads_sqlite(dsn: str, tmp_path: Path) -> None:
+    """``changeguard report rules --json`` gives the same figures from either store."""
+    hours = {"rule": "business-hours", "guardrail": "change-window", "opt_out": "approvable"}
+    canary = {"rule": "canary", "guardrail": "prometheus-query", "opt_out": "approvable"}
+    records = [
+        _gate("g1", "c1", 0, "block", [{**hours, "status": "fail", "mode": "enforce", "ms": 4}]),
+        record("a1", change_id="c1", minutes=1, guardrail="business-hours"),
+        _gate("g2", "c2", 2, "block", [{**hours, "status": "fail", "mode": "enforce", "ms": 9}]),
+        _gate(
+            "g3",
+            "c3",
+            3,
+            "proceed",
+            [
+                {**hours, "status": "pass", "mode": "enforce", "ms": 2},
+                {**canary, "status": "fail", "mode": "shadow", "ms": 40},
+            ],
+        ),
+        record("resume", change_id="c3", minutes=4, action=AuditAction.RESUME),
+    ]
+    sqlite_url = f"sqlite:///{tmp_path / 'audit.db'}"
+    for url in (dsn, sqlite_url):
+        store = open_audit_store(url)
+        for r in records:
+            store.append(r)
+        store.close()
+
+    async def report(url: str) -> Any:
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "cli.main",
+            "report",
+            "rules",
+            "--json",
+            "--since",
+            T0.isoformat(),
+            env={**os.environ, "CHANGEGUARD_AUDIT_URL": url},
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+        )
+        out, err = await asyncio.wait_for(proc.communicate(), timeout=60)
+        assert proc.returncode == 0, err.decode()
+        return json.loads(out)["rules"]
+
+    from_pg, from_sqlite = await report(dsn), await report(sqlite_url)
+    assert from_pg == from_sqlite
+    assert [
+        (r["rule"], r["evaluations"], r["blocked"], r["approved"], r["would_have_blocked"])
+        for r in from_pg
+    ] == [("business-hours", 3, 2, 1, 0), ("canary", 1, 0, 0, 1)]
+    assert (from_pg[0]["p50_ms"], from_pg[0]["p95_ms"]) == (4, 9)
