@@ -28,13 +28,24 @@ from typing import Any, ClassVar, Literal
 
 import pytest
 from pydantic import BaseModel
+from temporalio.api.common.v1 import WorkflowExecution
+from temporalio.api.enums.v1 import EventType
+from temporalio.api.workflowservice.v1 import PauseActivityRequest, UnpauseActivityRequest
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
 from activities.kinds.base import ChangeKind, MutationOptions, Progress
 from tests.chaos.processes import WorkerProcess
 from tests.integration.conftest import Cli
-from workflows.models import ApplyResult, ChangeResult, Duration, Target, TargetState
+from workflows.models import (
+    ApplyResult,
+    ChangeResult,
+    ChangeStatus,
+    Duration,
+    Phase,
+    Target,
+    TargetState,
+)
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(180)]
 
@@ -52,6 +63,7 @@ class ProbeParams(BaseModel):
 
 class Step(BaseModel):
     n: int = 0
+    resumed_from: int | None = None
 
 
 class LivenessProbe(ChangeKind[ProbeParams]):
@@ -74,13 +86,15 @@ class LivenessProbe(ChangeKind[ProbeParams]):
         target: Target,
         *,
         idempotency_key: str,
-        progress: Progress[Step],
+        progress: Progress[Step] | None = None,
     ) -> ApplyResult:
-        n = 0
+        assert progress is not None, "changeguard passes every mutation its progress handle"
+        resumed = progress.resumed_from.n if progress.resumed_from is not None else None
+        n = resumed or 0
         while True:  # the background heartbeat keeps beating in both modes
             if params.mode == "progress" or n == 0:
                 n += 1
-                progress.checkpoint(Step(n=n), stage=f"step {n}")
+                progress.checkpoint(Step(n=n, resumed_from=resumed), stage=f"step {n}")
             await asyncio.sleep(0.2)
 
     async def revert_if_applied(
@@ -198,7 +212,7 @@ async def test_status_marks_a_stuck_mutation_stalled_and_a_silent_one_suspicious
         assert (stalled["target"], stalled["stage"], stalled["progress"]) == (
             "db-stall",
             "step 1",
-            {"n": 1},
+            {"n": 1, "resumed_from": None},
         )
         assert stalled["unchanged_for_s"] > STALL_S
         assert stalled["last_heartbeat_s_ago"] <= 2 * INTERVAL_S, "it still beats"
@@ -241,6 +255,88 @@ async def test_status_marks_a_stuck_mutation_stalled_and_a_silent_one_suspicious
         worker.kill()
         for handle in (stuck, moving):
             await handle.terminate("test done")
+
+
+def _activity(handle: WorkflowHandle[Any, Any], dev_env: WorkflowEnvironment) -> dict[str, Any]:
+    return {
+        "namespace": dev_env.client.namespace,
+        "execution": WorkflowExecution(workflow_id=handle.id),
+        "type": "apply_change",
+        "identity": "oscar",
+    }
+
+
+async def test_an_activity_pause_stops_the_mutation_and_unpause_resumes_it_from_its_checkpoint(
+    dev_env: WorkflowEnvironment,
+    task_queue: str,
+    cli: Cli,
+    spawn: Callable[[], WorkerProcess],
+) -> None:
+    """An activity pause is no cancel: the attempt stops, nothing compensates, unpause resumes.
+
+    The attempt ends with the retryable MutationPaused; the server starts no new attempt while the
+    activity is paused; the change stays Executing with nothing reverted; the attempt after the
+    unpause continues from the checkpoint the paused one left.
+    """
+    worker = spawn()
+    await worker.ready()
+    moving = await start(dev_env, task_queue, "progress")
+    service = dev_env.client.workflow_service
+    try:
+        await until(cli, moving.id, lambda w: w["progress"].get("n", 0) >= 10, within=40)
+        await service.pause_activity(
+            PauseActivityRequest(**_activity(moving, dev_env), reason="maintenance window")
+        )
+        paused, _ = await until(
+            cli,
+            moving.id,
+            lambda w: w["paused"] and "MutationPaused" in w["last_failure"],
+            within=40,
+        )
+        assert (paused["state"], paused["suspicious"], paused["stalled"]) == (
+            "PAUSED",
+            False,
+            False,
+        )
+        assert "paused by an operator" in paused["last_failure"]
+        at_pause, attempt = paused["progress"]["n"], paused["attempt"]
+        await asyncio.sleep(2)  # the attempt really stopped: no progress, no new attempt
+        still = await pending(cli, moving.id)
+        assert still is not None
+        assert (still["state"], still["attempt"], still["progress"]["n"]) == (
+            "PAUSED",
+            attempt,
+            at_pause,
+        )
+        status = await moving.query("status", result_type=ChangeStatus)
+        assert (status.phase, status.reverted) == (Phase.EXECUTING, []), "a pause is no cancel"
+
+        await service.unpause_activity(UnpauseActivityRequest(**_activity(moving, dev_env)))
+        resumed, _ = await until(
+            cli,
+            moving.id,
+            lambda w: w["state"] == "STARTED" and w["progress"].get("resumed_from") is not None,
+            within=40,
+        )
+        assert resumed["attempt"] == attempt >= 2
+        assert resumed["progress"]["resumed_from"] == at_pause, resumed["progress"]
+        assert resumed["progress"]["n"] > at_pause
+        scheduled = [
+            e.activity_task_scheduled_event_attributes
+            async for e in moving.fetch_history_events()
+            if e.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED
+            and e.activity_task_scheduled_event_attributes.activity_type.name == "apply_change"
+        ]
+        timeouts = [
+            (a.heartbeat_timeout.ToTimedelta(), a.start_to_close_timeout.ToTimedelta())
+            for a in scheduled
+        ]
+        assert timeouts == [(timedelta(seconds=3 * INTERVAL_S), timedelta(minutes=10))], (
+            "the kind's options: three intervals, its own start-to-close"
+        )
+    finally:
+        worker.kill()
+        await moving.terminate("test done")
 
 
 async def _worker_main() -> None:
