@@ -479,6 +479,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             )
         self._status.approvals.extend(grants)
         self._status.still_needed = still_needed(report, self._status.approvals, workflow.now())
+        workflow.set_current_details(self._details())  # the approve JSON names what is left
         return ApprovalResult(
             accepted=[g.guardrail for g in grants], still_needed=self._status.still_needed
         )

@@ -3,13 +3,41 @@
 from __future__ import annotations
 
 import json
+import uuid
 from datetime import UTC, datetime
+from typing import Any
 
+import pytest
+from temporalio.api.sdk.v1 import WorkflowMetadata
+from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
+
+from activities.audit import AuditActivities
+from tests import fakes
+from tests.fakes import Ledger, RecordingKind, Switch
+from tests.helpers import until_phase
+from worker.main import build_worker
 from workflows.details import change_details
-from workflows.models import Approval, ChangeStatus, CheckResult, OptOutRule, Phase
+from workflows.models import (
+    Approval,
+    ApprovalResult,
+    ChangeRequest,
+    ChangeResult,
+    ChangeStatus,
+    CheckResult,
+    OperatorAction,
+    OptOutRule,
+    Outcome,
+    Phase,
+)
 from workflows.report import aggregate, check_block, report_markdown
 
 NOW = datetime(2026, 12, 5, 10, 0, tzinfo=UTC)
+
+
+@pytest.fixture
+def operators() -> str:
+    return "operators:\n  bob: [sre-leads]\n"
 
 
 def _check(rule: str, status: str = "fail", **kw: object) -> CheckResult:
@@ -95,3 +123,61 @@ def test_awaiting_approval_shows_the_exact_approve_payload() -> None:
     )
     blocked = status.model_copy(update={"phase": Phase.BLOCKED})
     assert "```json" not in change_details("chg-1", blocked)
+
+
+async def test_the_pasted_json_follows_each_accepted_approval(
+    env: WorkflowEnvironment, task_queue: str, audit: AuditActivities
+) -> None:
+    """After one of two rules is approved, the current details' JSON names only the other."""
+    RecordingKind.ledger = Ledger()
+    Switch.outcome = "fail"
+    approvable = {"approvers": ["sre-leads"]}
+    req = ChangeRequest(
+        change_id=f"det-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="two approvals",
+        requester="alice",
+        team="web",
+        environment="prod",
+        targets=[{"id": "t1"}],  # type: ignore[list-item]
+        policy={
+            "guardrails": [
+                {"use": "switch", "opt_out": approvable},
+                {"use": "fake-timing", "opt_out": approvable, "params": {"outcome": "fail"}},
+            ]
+        },
+    )
+    async with build_worker(
+        env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(),
+        audit=audit,
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange", req, id=req.change_id, task_queue=task_queue, result_type=ChangeResult
+        )
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
+        assert status.report is not None
+        assert _pasted(await _current_details(handle))["guardrails"] == ["fake-timing", "switch"]
+        approval = Approval(
+            guardrails=["switch"],
+            approver="bob",
+            reason="hotfix",
+            report_hash=status.report.report_hash,
+        )
+        await handle.execute_update("approve", approval, result_type=ApprovalResult)
+        assert _pasted(await _current_details(handle))["guardrails"] == ["fake-timing"]
+        await handle.execute_update(
+            "abort", OperatorAction(operator="bob", reason="test over"), result_type=dict
+        )
+        assert (await handle.result()).outcome is Outcome.ABORTED
+
+
+def _pasted(details: str) -> Any:
+    return json.loads(details.split("```json\n", 1)[1].split("\n```", 1)[0])
+
+
+async def _current_details(handle: WorkflowHandle[Any, ChangeResult]) -> str:
+    metadata = await handle.query("__temporal_workflow_metadata", result_type=WorkflowMetadata)
+    return metadata.current_details
