@@ -96,3 +96,21 @@ def test_dev_server_gets_the_versioning_dynamic_config() -> None:
     command = " ".join(DevServer().command())
     assert "--dynamic-config-value system.enableDeploymentVersions=true" in command
     assert "matching.wv.VersionDrainageStatusRefreshInterval" in command
+
+
+def test_change_event_sink_settings() -> None:
+    """The sink comes from the environment; a URL without a routing key names both variables."""
+    settings = Settings.from_env(
+        env={
+            "CHANGEGUARD_CHANGE_EVENTS_URL": " http://events.test/v2/change/enqueue ",
+            "CHANGEGUARD_CHANGE_EVENTS_ROUTING_KEY": "key",
+        }
+    )
+    assert (
+        settings.change_events_url,
+        settings.change_events_routing_key,
+        settings.change_events_source,
+    ) == ("http://events.test/v2/change/enqueue", "key", "changeguard")
+    assert Settings.from_env(env={}).change_events_url == ""
+    with pytest.raises(SettingsError, match="CHANGEGUARD_CHANGE_EVENTS_ROUTING_KEY is not"):
+        Settings.from_env(env={"CHANGEGUARD_CHANGE_EVENTS_URL": "http://events.test/"})
