@@ -9,6 +9,15 @@ Rules it enforces (docs/design.md, "Architecture rules"):
 - a failing compensation never stops the others: failures are collected and returned.
 
 Callers unwind on ``BaseException`` — ``asyncio.CancelledError`` is not an ``Exception``.
+
+The point of no return (docs/long-running-changes.md, "Irreversible steps"): a saga undoes only
+what can be undone. Once a step a change kind declares irreversible has run on a target (its
+``ApplyResult.irreversible``, a failed mutation's error details, or a ``TargetBatch``'s
+``BatchResult.irreversible``), ``GuardedChange`` does not call :meth:`Saga.unwind` for a later
+failure: it pauses and pages for a human, who rolls forward (``resume``) or ends the change
+``failed`` with every irreversible target and step named, nothing undone. Before that step, a
+failure unwinds as above. A compensation that reaches an applied irreversible step anyway fails
+non-retryably (``IrreversibleStep``) rather than pretend.
 """
 
 from __future__ import annotations
