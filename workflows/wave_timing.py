@@ -67,6 +67,7 @@ class WaveTimingMixin:
     _request: ChangeRequest
     _status: ChangeStatus
     _resumed: bool
+    _recheck: bool
 
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
         raise NotImplementedError
@@ -136,8 +137,11 @@ class WaveTimingMixin:
                 await self._release_locks()
                 self._hold(until, timing, f"{label} waits: {why}; scheduled for {when}")
                 await self._wait(
-                    lambda: False, until - now, summary=line(f"{label} waits until {clock(until)}")
+                    lambda: self._recheck,  # an operator's recheck asks again early
+                    until - now,
+                    summary=line(f"{label} waits until {clock(until)}"),
                 )
+                self._recheck = False
                 if await self._gate_until_proceed(ctx, deadline, categories=None) is None:
                     raise self._unwind_with(Outcome.REJECTED, self._status.message)
                 continue
@@ -165,10 +169,11 @@ class WaveTimingMixin:
                 until, timing, f"{label} held mid-rollout: {why}; scheduled for {when} (paged)"
             )
             await self._wait(
-                lambda: False,
+                lambda: self._recheck,
                 until - workflow.now(),
                 summary=line(f"{label} held mid-rollout until {clock(until)}"),
             )
+            self._recheck = False
 
     async def _pause_for_timing(self, label: str, why: str, then: str) -> None:
         """Page and wait for an operator: resume goes on (``then``); no answer: roll back."""

@@ -343,3 +343,26 @@ async def test_an_approved_rule_does_not_hold_a_wave() -> None:
     assert held.earliest_label == "2026-06-15 13:00 UTC"
     approved = await _timing(checks, at, approved=["release-freeze"])
     assert (approved.fits, approved.rules) == (True, [])
+
+
+async def test_a_recheck_asks_again_while_a_wave_waits_for_a_freeze(
+    env: WorkflowEnvironment, task_queue: str, worker: None, ledger: Ledger
+) -> None:
+    """A recheck ends the wait early: the gate and the timing run again (and still say wait)."""
+    now = await env.get_current_time()
+    ends = now + timedelta(hours=3)
+    handle = await start(
+        env,
+        task_queue,
+        request(freeze_rule(now + timedelta(hours=1), ends), waves=["100%"], bake="1h"),
+    )
+    first = await until_status(handle, lambda s: s.retry_after is not None)
+    assert first.gate_runs == 1
+    await handle.signal("recheck", {"requested_by": "oscar"})
+    again = await until_status(handle, lambda s: s.gate_runs == 2 and s.retry_after is not None)
+    assert (again.phase, again.retry_after, ledger.applied) == (
+        Phase.WAITING,
+        ends.replace(microsecond=0),
+        [],
+    )
+    assert (await handle.result()).outcome is Outcome.COMPLETED
