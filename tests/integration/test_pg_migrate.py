@@ -17,7 +17,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from temporalio.client import WorkflowUpdateFailedError
+from temporalio.client import WorkflowHandle, WorkflowUpdateFailedError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
@@ -246,7 +246,7 @@ async def worker(
         yield
 
 
-def request(change_id: str) -> dict[str, Any]:
+def request(change_id: str, steps: list[dict[str, Any]] = STEPS) -> dict[str, Any]:
     return {
         "change_id": change_id,
         "kind": "pg-migrate",
@@ -255,7 +255,7 @@ def request(change_id: str) -> dict[str, Any]:
         "team": "data",
         "environment": "prod",
         "targets": [{"id": "orders"}],
-        "params": {"steps": STEPS},
+        "params": {"steps": steps},
         "rollout": {"waves": ["100%"], "max_parallel": 1},
     }
 
@@ -342,3 +342,74 @@ async def test_without_a_platform_approval_rule_it_cannot_be_approved(
         assert isinstance(cause, ApplicationError) and cause.type == REFUSED
         await handle.cancel()
     assert columns(dsn) == ["id", "price", "qty", "legacy"]
+
+
+async def approved(
+    dev_env: WorkflowEnvironment, task_queue: str, steps: list[dict[str, Any]]
+) -> WorkflowHandle[Any, ChangeResult]:
+    """A change of these steps, started, and approved by a DBA lead once the gate blocks it."""
+    change_id = f"mig-{uuid.uuid4().hex[:8]}"
+    handle = await dev_env.client.start_workflow(
+        "GuardedChange",
+        request(change_id, steps),
+        id=change_id,
+        task_queue=task_queue,
+        result_type=ChangeResult,
+    )
+    status = await until_phase(handle, Phase.AWAITING_APPROVAL)
+    assert status.report is not None
+    await handle.execute_update(
+        "approve",
+        Approval(
+            guardrails=["irreversible-steps"],
+            approver="dora",
+            reason="backup taken",
+            report_hash=status.report.report_hash,
+        ),
+        result_type=ApprovalResult,
+    )
+    return handle
+
+
+TYPO = {"name": "typo", "up": "ALTER TABLE nope ADD x int"}
+
+
+async def test_a_failure_after_the_irreversible_step_pauses_and_pages_instead_of_reverting(
+    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, dsn: str
+) -> None:
+    """drop-legacy ran, then a step fails: Paused and paged; abort ends failed, nothing undone."""
+    steps = [STEPS[0], STEPS[2], TYPO]
+    async with worker(dev_env, task_queue, audit, dsn, platform(approvable=True)):
+        handle = await approved(dev_env, task_queue, steps)
+        paused = await until_phase(handle, Phase.PAUSED)
+        assert "past the point of no return" in paused.message
+        assert "orders (drop-legacy)" in paused.message
+        assert [p for p in paused.pages if "point of no return" in p and "drop-legacy" in p]
+        assert columns(dsn) == ["id", "price", "qty", "total"], "nothing reverted"
+        await handle.execute_update("abort", {"operator": "dora", "reason": "repair by hand"})
+        result = await handle.result()
+    assert (result.outcome, result.needs_repair, result.reverted) == (
+        Outcome.FAILED,
+        ["orders (drop-legacy)"],
+        [],
+    )
+    assert columns(dsn) == ["id", "price", "qty", "total"], "add-total was not undone either"
+
+
+async def test_a_failure_before_the_irreversible_step_unwinds_the_reversible_steps_in_reverse(
+    dev_env: WorkflowEnvironment, task_queue: str, audit: AuditActivities, dsn: str
+) -> None:
+    """A step fails before drop-legacy: rolled back, fill-total and add-total undone newest first."""
+    steps = [STEPS[0], STEPS[1], TYPO, STEPS[2]]
+    async with worker(dev_env, task_queue, audit, dsn, platform(approvable=True)):
+        handle = await approved(dev_env, task_queue, steps)
+        result = await handle.result()
+    assert (result.outcome, result.reverted) == (Outcome.ROLLED_BACK, ["orders"]), result.message
+    assert columns(dsn) == ["id", "price", "qty", "legacy"], "back as it was; legacy never dropped"
+    with psycopg.connect(dsn) as conn:
+        undone = conn.execute(
+            "SELECT step FROM changeguard_migrations WHERE idempotency_key LIKE %s "
+            "ORDER BY finished_at",
+            (f"{handle.id}:revert:%",),
+        ).fetchall()
+    assert [r[0] for r in undone] == ["fill-total", "add-total"]
