@@ -48,6 +48,7 @@ with workflow.unsafe.imports_passed_through():
     )
     from workflows.summaries import clock, line
     from workflows.timing_models import WaveTimingInput, WaveTimingResult
+    from workflows.types import format_duration
 
 if TYPE_CHECKING:
     from workflows.guarded_change import _Unwind
@@ -191,7 +192,8 @@ class WaveTimingMixin:
         if not await self._wait(lambda: self._resumed, FREEZE_PAUSE_TIMEOUT, summary=pause):
             raise self._unwind_with(
                 Outcome.ROLLED_BACK,
-                f"rolled back: nobody answered the page within {FREEZE_PAUSE_TIMEOUT}; {why}",
+                f"rolled back: nobody answered the page within "
+                f"{format_duration(FREEZE_PAUSE_TIMEOUT)}; {why}",
             )
         self._resumed = False
 

@@ -366,3 +366,15 @@ async def test_a_recheck_asks_again_while_a_wave_waits_for_a_freeze(
         [],
     )
     assert (await handle.result()).outcome is Outcome.COMPLETED
+
+
+async def test_an_unanswered_mid_rollout_pause_rolls_back_after_a_day(
+    env: WorkflowEnvironment, task_queue: str, worker: None, ledger: Ledger
+) -> None:
+    """An unanswered mid-rollout pause: after 24 h the applied wave is rolled back."""
+    handle, _ = await _midway(env, task_queue, "pause")
+    result = await handle.result()
+    assert (result.outcome, result.reverted) == (Outcome.ROLLED_BACK, ["t1"])
+    assert result.message.startswith(
+        "rolled back: nobody answered the page within 1d; release-freeze: "
+    )
