@@ -310,6 +310,9 @@ class Result:
             "longest by fault type: "
             + ", ".join(f"{k} {v[0]:.1f}s" for k, v in sorted(self.recovery_by_kind.items())),
         ]
+        lines += [
+            f"  {k}: {v[0]:.1f}s ({v[1]})" for k, v in sorted(self.recovery_by_kind.items()) if v[1]
+        ]
         if self.world:
             lines.insert(1, f"world: {self.world}")
         for inv in INVARIANTS:
