@@ -435,12 +435,21 @@ class Heartbeat:
 
     Args:
         default_interval: seconds between heartbeats when the activity has no heartbeat timeout.
+        refresh: called before every background beat; its fields update the details (details
+            that depend on the time, such as how long progress has stood still).
         details: the initial progress details.
     """
 
-    def __init__(self, *, default_interval: float = 10.0, **details: Any) -> None:
+    def __init__(
+        self,
+        *,
+        default_interval: float = 10.0,
+        refresh: Callable[[], dict[str, Any]] | None = None,
+        **details: Any,
+    ) -> None:
         self.details: dict[str, Any] = dict(details)
         self.default_interval = default_interval
+        self._refresh = refresh
         self._task: asyncio.Task[None] | None = None
         self._active = False
         self._outer: Heartbeat | None = None
@@ -468,6 +477,8 @@ class Heartbeat:
     async def _run(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
+            if self._refresh is not None:
+                self.details.update(self._refresh())
             self._beat()
 
     async def __aenter__(self) -> Heartbeat:

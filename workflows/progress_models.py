@@ -86,6 +86,11 @@ class HeartbeatEnvelope(BaseModel):
     stall_after_s: float | None = None
     paused: bool = False
     handed_off: bool = Field(default=False, description="an external system does the work now")
+    stalled: bool = Field(
+        default=False,
+        description="self-reported at each beat: progress unchanged for over stall_after_s",
+    )
+    note: str = Field(default="", description="what the Web UI's heartbeat details should say")
 
 
 class HandoffTicket(BaseModel):

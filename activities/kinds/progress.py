@@ -9,7 +9,10 @@ kind re-reads the real state before it continues.
 
 Every heartbeat carries a :class:`~workflows.progress_models.HeartbeatEnvelope`, so one
 ``describe`` of the workflow tells a stalled mutation (beats, no progress) from a dead one (no
-beats): see :mod:`cli.pending`.
+beats): see :mod:`cli.pending`. Each beat also says by itself, for the Web UI's pending-activity
+details, whether progress has stood still past the kind's stall time (``stalled``, ``note``); a
+silent worker cannot say it is silent, so *suspicious* is left to the observer (``changeguard
+status``, and the UI's own "last heartbeat" time).
 
 Pause versus cancel: Temporal's activity pause reaches an activity only as a cancellation whose
 ``activity.cancellation_details().paused`` is set. :meth:`Progress.stopping` tells them apart; the
@@ -118,7 +121,7 @@ class Progress(Generic[C]):
                 else self.options.stall_after.total_seconds()
             ),
         )
-        self._beat = Heartbeat(**self._details())
+        self._beat = Heartbeat(refresh=self._live, **self._details())
         self._token: contextvars.Token[Progress[Any] | None] | None = None
 
     def _parse(self, raw: dict[str, Any]) -> C | None:
@@ -139,11 +142,26 @@ class Progress(Generic[C]):
 
     @property
     def envelope(self) -> HeartbeatEnvelope:
-        """The details the next heartbeat sends."""
-        return self._envelope.model_copy(update={"beat_at": datetime.now(UTC)})
+        """The details the next heartbeat sends: now, and whether progress stands still."""
+        now = datetime.now(UTC)
+        update: dict[str, Any] = {"beat_at": now, "stalled": False, "note": ""}
+        stall, changed = self._envelope.stall_after_s, self._envelope.changed_at
+        if stall and changed is not None and not self._envelope.handed_off:
+            unchanged = (now - changed).total_seconds()
+            if unchanged > stall:
+                update["stalled"] = True
+                update["note"] = (
+                    f"stalled: progress unchanged for {unchanged:.0f}s (stage "
+                    f"{self._envelope.stage or '?'}; the kind allows {stall:g}s)"
+                )
+        return self._envelope.model_copy(update=update)
 
     def _details(self) -> dict[str, Any]:
         return self.envelope.model_dump(mode="json")
+
+    def _live(self) -> dict[str, Any]:
+        """The fields a background beat refreshes (the rest may carry a nested kind's stage)."""
+        return {k: v for k, v in self._details().items() if k in ("beat_at", "stalled", "note")}
 
     def checkpoint(self, details: C, *, stage: str | None = None) -> None:
         """Record progress and heartbeat it now (``changed_at`` moves only when it changed)."""

@@ -313,3 +313,32 @@ async def test_irreversible_steps_fails_naming_the_steps_and_passes_reversible_c
     blind = await check.check(check.parse_params({}), _ctx("pg-migrate", {}, {}))
     assert blind.status is CheckStatus.ERROR  # fail-closed without the kinds
     assert IrreversibleSteps.default_opt_out is OptOut.FORBIDDEN
+
+
+async def test_every_beat_says_by_itself_when_progress_stands_still() -> None:
+    """The background beat refreshes beat_at and, past the stall time, marks itself stalled."""
+    beats: list[Any] = []
+    env = ActivityEnvironment()
+    env.info = env.info.__class__(
+        **{**env.info.__dict__, "heartbeat_timeout": timedelta(seconds=0.15)}
+    )
+    env.on_heartbeat = lambda *d: beats.append(d[0])
+    options = MutationOptions(
+        heartbeat_interval=timedelta(seconds=0.05), stall_after=timedelta(seconds=0.2)
+    )
+
+    async def stuck() -> None:
+        async with Progress(kind="k", target="t", checkpoint_model=Cp, options=options) as progress:
+            progress.checkpoint(Cp(last=1), stage="copying")
+            await asyncio.sleep(0.5)
+
+    await env.run(stuck)
+    first, last = (
+        HeartbeatEnvelope.model_validate(beats[1]),
+        HeartbeatEnvelope.model_validate(beats[-1]),
+    )
+    assert (first.stalled, first.note) == (False, "")
+    assert last.beat_at is not None and last.changed_at is not None
+    assert last.beat_at > first.beat_at, "background beats carry their own time"
+    assert last.stalled and last.note.startswith("stalled: progress unchanged for ")
+    assert last.note.endswith("(stage copying; the kind allows 0.2s)")
