@@ -127,3 +127,15 @@ async def test_a_batch_that_fails_after_its_own_irreversible_step_reports_it(
     assert result.needs_repair[0] == f"{irreversible} (drop-column)"
     assert set(result.needs_repair[1:]) == set(ledger.applied) - {irreversible}
     assert set(batch[:-1]) <= set(result.needs_repair[1:]) | {irreversible}
+
+
+async def test_resume_past_a_batchs_point_of_no_return_rolls_forward(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """Resume after such a stop reruns the batches: each target applied once, nothing reverted."""
+    irreversible, flaky = IDS[10 + 7], IDS[10 + BATCH_SIZE + 3]
+    req = _request({"irreversible": [irreversible], "flaky": [flaky]})
+    _, result = await _paused_then(env, task_queue, req, "resume")
+    assert result.outcome is Outcome.COMPLETED, result.message
+    assert (sorted(ledger.applied), ledger.revert_calls) == (IDS, [])
+    assert sorted(result.applied) == IDS

@@ -342,3 +342,24 @@ async def test_every_beat_says_by_itself_when_progress_stands_still() -> None:
     assert last.beat_at > first.beat_at, "background beats carry their own time"
     assert last.stalled and last.note.startswith("stalled: progress unchanged for ")
     assert last.note.endswith("(stage copying; the kind allows 0.2s)")
+
+
+def test_only_an_unanswered_query_falls_back_to_what_the_server_knows() -> None:
+    """Timeouts and "no poller" fall back; an unknown change (NOT_FOUND) still fails as before."""
+    from temporalio.service import RPCError, RPCStatusCode
+
+    from cli.pending import went_unanswered
+
+    def error(status: RPCStatusCode) -> RPCError:
+        return RPCError("x", status, b"")
+
+    assert [
+        went_unanswered(error(s))
+        for s in (
+            RPCStatusCode.DEADLINE_EXCEEDED,
+            RPCStatusCode.CANCELLED,
+            RPCStatusCode.FAILED_PRECONDITION,
+            RPCStatusCode.NOT_FOUND,
+            RPCStatusCode.INVALID_ARGUMENT,
+        )
+    ] == [True, True, True, False, False]
