@@ -55,6 +55,7 @@ if TYPE_CHECKING:
 
 log = structlog.get_logger(__name__)
 LEDGER_PATIENCE_S = 60.0
+"""How long a mutation that took effect keeps trying to record it before its attempt fails."""
 
 
 def _event_time() -> datetime:
@@ -67,11 +68,6 @@ def _event_time() -> datetime:
         return activity.info().current_attempt_scheduled_time
     except RuntimeError:  # not in an activity (unit tests of a kind alone)
         return datetime.now(UTC)
-
-
-"""How long a mutation that took effect keeps trying to record it before its attempt fails."""
-
-"""A mutation stopped because an operator paused its activity; retryable (resumes on unpause)."""
 
 
 class ChangeActivities:
