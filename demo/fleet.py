@@ -164,7 +164,8 @@ class _Fleet:
         self.drained: dict[str, str] = {}  # host -> the key of the drain in effect
         self.undrains: dict[str, str] = {}  # undrain key -> host
         self._jobs: set[asyncio.Task[None]] = set()
-        self.last = time.monotonic()
+        self.last = time.monotonic()  # when the fleet started serving
+        self.charged: dict[str, float] = {}  # host -> when its traffic was last charged
         with self.lock:
             self.conn.executescript(_SCHEMA)
             with self._tx():
@@ -207,16 +208,25 @@ class _Fleet:
             for r in self.conn.execute(sql, args)
         ]
 
+    def _charge(self, host_id: str, error_rate: float, now: float) -> None:
+        """Charge one host the traffic it served since it was last charged, at ``error_rate``."""
+        served = (now - self.charged.get(host_id, self.last)) * self.rate
+        self.charged[host_id] = now
+        counters = self.traffic.setdefault(host_id, [0.0, 0.0])
+        counters[0] += served
+        counters[1] += served * error_rate
+
     def _advance(self) -> list[dict[str, Any]]:
-        """Charge the traffic since the last call at each host's current error ratio."""
+        """Charge every host the traffic since it was last charged at its current error ratio.
+
+        A host's ratio changes only when it is deployed (which charges that host alone) or a
+        version is marked (which charges all): charging every host on every deploy cost a scan
+        of the whole fleet per deploy, quadratic in a rollout (bench/README.md).
+        """
         now = time.monotonic()
-        served = (now - self.last) * self.rate
-        self.last = now
         hosts = self._hosts()
         for h in hosts:
-            counters = self.traffic.setdefault(h["id"], [0.0, 0.0])
-            counters[0] += served
-            counters[1] += served * h["error_rate"]
+            self._charge(h["id"], h["error_rate"], now)
         return hosts
 
     async def healthz(self, request: Request) -> Response:
@@ -279,7 +289,8 @@ class _Fleet:
             ).fetchone()
             if host is None:
                 return _error(404, "unknown_host", f"unknown host {host_id!r}")
-            self._advance()
+            bad = host["version"] in self._bad()
+            self._charge(host_id, BAD_ERROR_RATIO if bad else GOOD_ERROR_RATIO, time.monotonic())
             self.conn.execute("UPDATE hosts SET version = ? WHERE id = ?", (version, host_id))
             at = datetime.now(UTC).isoformat()
             cur = self.conn.execute(

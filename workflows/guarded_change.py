@@ -97,6 +97,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.timing_models import not_before_problem
     from workflows.types import excerpt
     from workflows.wave_timing import WAVE_TIMING_PATCH, WaveTimingMixin
+    from workflows.wave_window import WAVE_WINDOW_PATCH, run_in_lanes
 
 DEFAULT_DEADLINE = timedelta(hours=24)
 PLAN_PATCH = "plan-in-ledger"
@@ -831,10 +832,12 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         self, request: ChangeRequest, targets: list[Target], wave: WaveProgress
     ) -> None:
         """Apply one wave: in this workflow when small, else in ``TargetBatch`` children."""
+        seen = set(self._status.applied)  # a set: a list scan per target grew as N squared
 
         def applied(target_id: str) -> None:
             wave.applied.append(target_id)
-            if target_id not in self._status.applied:  # a roll forward replays applied targets
+            if target_id not in seen:  # a roll forward replays applied targets
+                seen.add(target_id)
                 self._status.applied.append(target_id)
 
         if len(targets) <= BATCH_SIZE:
@@ -852,6 +855,34 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 on_result=self._note_result,
                 on_error=self._note_error,
             )
+        elif workflow.patched(WAVE_WINDOW_PATCH):  # batches in lanes sharing max_parallel
+
+            async def lane_batch(batch: list[Target], width: int) -> None:
+                try:
+                    result = await self._saga.run(
+                        f"batch {batch[0].id}..{batch[-1].id}",
+                        functools.partial(self._batch, request, batch, "apply", width),
+                        functools.partial(self._batch, request, batch, "revert"),
+                    )
+                except ChildWorkflowError as exc:
+                    # Batches still in flight may yet reach the point of no return: keep what
+                    # this one applied (in order, once) for the repair list, as small waves do.
+                    cause = exc.cause
+                    if isinstance(cause, ApplicationError) and cause.details:
+                        seen.update(self._status.applied)
+                        for target_id in BatchResult.model_validate(cause.details[0]).done:
+                            applied(target_id)
+                    raise
+                for target_id in result.done:
+                    applied(target_id)
+
+            batches = [targets[i : i + BATCH_SIZE] for i in range(0, len(targets), BATCH_SIZE)]
+            await run_in_lanes(
+                batches,
+                request.rollout.max_parallel,
+                lane_batch,
+                should_stop=lambda: self._stop is not None,
+            )
         else:
             for start in range(0, len(targets), BATCH_SIZE):
                 if self._stop is not None:
@@ -867,8 +898,13 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         if self._stop is not None:
             raise self._stop
 
-    async def _batch(self, request: ChangeRequest, batch: list[Target], mode: str) -> BatchResult:
-        """Run one ``TargetBatch`` child; a revert batch's partial results are kept on failure."""
+    async def _batch(
+        self, request: ChangeRequest, batch: list[Target], mode: str, width: int | None = None
+    ) -> BatchResult:
+        """Run one ``TargetBatch`` child; a revert batch's partial results are kept on failure.
+
+        ``width``: the batch's share of ``max_parallel`` (its lane's, see ``wave_window``).
+        """
         child_id = f"{self._change_id}/{mode}-{batch[0].id}"
         try:
             result = await workflow.execute_child_workflow(
@@ -878,7 +914,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                     kind=request.kind,
                     params=request.params,
                     targets=batch,
-                    max_parallel=request.rollout.max_parallel,
+                    max_parallel=width or request.rollout.max_parallel,
                     mode=mode,
                     mutation_options=(
                         self._mutation_options.model_dump(mode="json")

@@ -714,6 +714,14 @@ BRANCHES: list[Branch] = [
         steer=abort_when_paused,
     ),
     Branch("change_events", None, targets=3, waves=["1", "100%"], drive=change_events),
+    Branch("wave_window_lanes", Outcome.COMPLETED, targets=250, max_parallel=20),
+    Branch(
+        "wave_window_failure_reverts",
+        Outcome.ROLLED_BACK,
+        targets=250,
+        max_parallel=20,
+        params={"fail_apply": ["wave_window_failure_reverts.t150"]},
+    ),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 
