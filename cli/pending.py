@@ -5,7 +5,9 @@ when the checkpoint last changed, its heartbeat interval and its kind's stall ti
 ``describe`` of the workflow:
 
 - **suspicious**: the last heartbeat is older than two intervals (three is the heartbeat timeout,
-  when the server presumes the worker dead and retries the attempt); says how long ago;
+  when the server presumes the worker dead and retries the attempt); says how long ago. The server
+  receives a beat up to ``HEARTBEAT_THROTTLE`` (1 s) after it was sent (the SDK's throttle), so
+  that much is allowed on top: a 1 s interval is not suspicious at 2.0 s;
 - **stalled**: heartbeats still arrive, but the checkpoint has not changed for the kind's
   ``stall_after`` (a statement stuck on a lock, a job that stopped moving);
 - **paused** (Temporal's activity pause) and **handed off** (an external job reports through the
@@ -34,10 +36,11 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from workflows import search_attributes as sa
 from workflows.models import ChangeStatus, Phase
-from workflows.progress_models import SUSPICIOUS_AFTER, HeartbeatEnvelope
+from workflows.progress_models import HEARTBEAT_THROTTLE, SUSPICIOUS_AFTER, HeartbeatEnvelope
 
 __all__ = ["QUERY_TIMEOUT", "classify", "envelope_of", "liveness", "unanswered", "went_unanswered"]
 
+THROTTLE_S = HEARTBEAT_THROTTLE.total_seconds()
 QUERY_TIMEOUT = timedelta(seconds=10)
 """How long ``changeguard status`` waits for a worker to answer the ``status`` query."""
 
@@ -80,7 +83,7 @@ def classify(
         out["paused"] = paused
     interval = envelope.interval_s if envelope is not None else None
     if running and not paused and silent is not None and interval:
-        out["suspicious"] = silent > SUSPICIOUS_AFTER * interval
+        out["suspicious"] = silent > SUSPICIOUS_AFTER * interval + THROTTLE_S
     if out.get("suspicious") and silent is not None and interval:
         notes.append(
             f"suspicious: no heartbeat for {silent:.0f}s (beats every {interval:g}s; "

@@ -363,3 +363,10 @@ def test_only_an_unanswered_query_falls_back_to_what_the_server_knows() -> None:
             RPCStatusCode.INVALID_ARGUMENT,
         )
     ] == [True, True, True, False, False]
+
+
+def test_the_servers_throttle_delay_is_allowed_on_top_of_two_intervals() -> None:
+    """A 1 s beat the server received 2.5 s ago is within two intervals plus the 1 s throttle."""
+    quick = envelope(0.5).model_copy(update={"interval_s": 1.0})
+    assert liveness(pending(quick, beat_ago=2.5), now=NOW)["suspicious"] is False
+    assert liveness(pending(quick, beat_ago=3.5), now=NOW)["suspicious"] is True
