@@ -32,6 +32,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
+from activities import observe
 from activities.audit import AuditStoreError, as_activity_error
 from activities.kinds.base import ChangeKind, accepts_progress, default_registry
 from activities.kinds.progress import Progress
@@ -224,20 +225,23 @@ class ChangeActivities:
     @activity.defn(name="apply_change")
     async def apply_change(self, inp: ApplyInput) -> ApplyResult:
         """Apply the change to one target, idempotently, with checkpointed heartbeats."""
-        kind = self._kind(inp.kind)
-        params = self._params(kind, inp.params)
-        progress = self._progress(kind, params, inp)
-        extra: dict[str, Any] = {"progress": progress} if accepts_progress(kind.apply) else {}
-        async with progress:
-            try:
-                result = await kind.apply(
-                    params, inp.target, idempotency_key=inp.idempotency_key, **extra
-                )
-            except asyncio.CancelledError:
-                if progress.stopping() == "paused":
-                    raise self._paused(progress) from None
-                raise
-        return await self._finish_apply(kind.name, inp, result)
+        with observe.attempt(inp) as seen:
+            kind = self._kind(inp.kind)
+            params = self._params(kind, inp.params)
+            progress = self._progress(kind, params, inp)
+            extra: dict[str, Any] = {"progress": progress} if accepts_progress(kind.apply) else {}
+            async with progress:
+                try:
+                    result = await kind.apply(
+                        params, inp.target, idempotency_key=inp.idempotency_key, **extra
+                    )
+                except asyncio.CancelledError:
+                    if progress.stopping() == "paused":
+                        raise self._paused(progress) from None
+                    raise
+            result = await self._finish_apply(kind.name, inp, result)
+            seen.done(result)
+            return result
 
     async def _finish_apply(
         self, kind_name: str, inp: ApplyInput, result: ApplyResult, *, run_id: str | None = None
@@ -246,6 +250,7 @@ class ChangeActivities:
             "applied",
             target=inp.target.id,
             idempotency_key=inp.idempotency_key,
+            input_sha256=observe.input_checksum(inp),
             applied=result.applied,
             replayed=result.replayed,
             detail=result.detail,
@@ -280,6 +285,12 @@ class ChangeActivities:
     @activity.defn(name="revert_change")
     async def revert_change(self, inp: ApplyInput) -> ApplyResult:
         """Undo one target's step if it took effect (``revert_if_applied``), idempotently."""
+        with observe.attempt(inp) as seen:
+            result = await self._revert(inp)
+            seen.done(result)
+            return result
+
+    async def _revert(self, inp: ApplyInput) -> ApplyResult:
         kind = self._kind(inp.kind)
         if inp.applied_key is None:
             raise ApplicationError(
@@ -307,6 +318,7 @@ class ChangeActivities:
             "reverted",
             target=inp.target.id,
             idempotency_key=inp.idempotency_key,
+            input_sha256=observe.input_checksum(inp),
             applied=result.applied,
             replayed=result.replayed,
             detail=result.detail,

