@@ -86,9 +86,9 @@ class BakeMixin:
             self._set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
             response = decide([], [])
             if rollout.signals:
-                with observe.span("bake.poll", observe.bake_attributes(wave, rollout)) as poll:
+                with observe.span("bake.poll", observe.bake_attributes(wave, rollout)) as polled:
                     observed = await self._observe(request, wave, rollout, previous)
-                    observe.set_attributes(poll, observe.readings_attributes(observed))
+                    observe.set_attributes(polled, observe.readings_attributes(observed))
                 previous = observed.states()
                 self._status.signals = observed.readings
                 heeded = [
