@@ -8,7 +8,8 @@ from temporalio import activity
 from temporalio.client import Client, WorkflowExecutionStatus
 from temporalio.service import RPCError, RPCStatusCode
 
-from workflows.models import HolderAliveInput, ReleaseLocksInput, lock_id
+from workflows.ids import lock_id
+from workflows.models import HolderAliveInput, ReleaseLocksInput
 
 
 class LockActivities:

@@ -8,9 +8,8 @@ import dataclasses
 import logging
 import os
 import sys
-import uuid
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -22,13 +21,12 @@ from temporalio.client import (
     WorkflowExecutionDescription,
     WorkflowExecutionStatus,
     WorkflowFailureError,
-    WorkflowUpdateFailedError,
 )
-from temporalio.common import WorkflowIDReusePolicy
-from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
+import changeguard
 from activities.audit import AuditStoreError
+from changeguard.client import ChangeExists, GateRefused, NoReport, Refused, with_change_id
 from cli import exitcodes
 from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
@@ -38,27 +36,17 @@ from cli.render import console, err, print_json, report_table, status_table
 from cli.report import add_parser as add_report_parser
 from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
-from worker.client import SearchAttributesMissing, TemporalUnreachable, connect
+from worker.client import SearchAttributesMissing, TemporalUnreachable
 from worker.devserver import DevServerError
 from worker.main import DeploymentError, PolicyMissing
 from worker.settings import DEPLOYMENT, Settings, SettingsError
 from workflows.models import (
     TERMINAL_PHASES,
-    Approval,
-    ApprovalResult,
-    ChangeContext,
     ChangeRequest,
-    ChangeResult,
     ChangeStatus,
-    GateInput,
-    GuardrailReport,
-    OperatorAction,
-    OperatorActionResult,
     PendingWork,
     Phase,
-    RecheckInput,
 )
-from workflows.summaries import static_details, static_summary
 
 POLL_INTERVAL = 0.5
 
@@ -66,99 +54,60 @@ POLL_INTERVAL = 0.5
 # ------------------------------------------------------------------------------------------ start
 
 
-def new_change_id() -> str:
-    """A fresh change id, drawn here at the edge (never by a wire model: it would differ on replay)."""
-    return f"chg-{uuid.uuid4().hex[:12]}"
-
-
-def with_change_id(request: ChangeRequest) -> tuple[ChangeRequest, str]:
-    """The request with its change id: the file's own, else a new one."""
-    if request.change_id is not None:
-        return request, request.change_id
-    change_id = new_change_id()
-    return request.model_copy(update={"change_id": change_id}), change_id
-
-
 async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     """Validate a change file, start the change, optionally follow it to its end."""
     scheduled = load_change(Path(args.file), not_before=args.not_before)
     request, change_id = with_change_id(scheduled)
-    client = await connect(settings)
-    run_id = await start_change(client, request, settings, quiet=args.json)
+    client = await changeguard.connect(settings=settings)
+    run_id = await start_change(client, request, quiet=args.json)
     if not args.wait:
         if args.json:
             url = settings.workflow_url(change_id)
             print_json({"change_id": change_id, "run_id": run_id, "url": url})
         return exitcodes.OK
-    return await follow(client, change_id, settings, as_json=args.json)
+    return await follow(client.get(change_id), settings, as_json=args.json)
 
 
 async def start_change(
-    client: Client, request: ChangeRequest, settings: Settings, *, quiet: bool = False
+    client: changeguard.Client, request: ChangeRequest, *, quiet: bool = False
 ) -> str | None:
-    """Start a validated change; returns its run id (a change without an id gets a new one).
+    """Start a validated change (:meth:`changeguard.Client.start`); returns its run id.
 
     Raises:
         ChangeFileError: a change with that id exists already.
     """
-    request, change_id = with_change_id(request)
     try:
-        handle = await client.start_workflow(
-            "GuardedChange",
-            request,
-            id=change_id,
-            task_queue=settings.task_queue,
-            result_type=ChangeResult,
-            # A change id is used once: a second run would reuse its idempotency keys and the
-            # target API would answer with the first run's effects, applying nothing.
-            id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
-            # The Web UI's header: what, how many targets, where, whose (docs/operators.md).
-            static_summary=static_summary(request),
-            static_details=static_details(request, change_id),
-        )
-    except WorkflowAlreadyStartedError as exc:
-        raise ChangeFileError(
-            Path(change_id),
-            [
-                f"change_id: a change with id {change_id!r} exists or existed already; "
-                "every change needs a new id (omit change_id to generate one)"
-            ],
-        ) from exc
+        change = await client.start(request)
+    except ChangeExists as exc:
+        raise ChangeFileError(Path(exc.change_id), [str(exc)]) from exc
     if not quiet:
         console.print(
-            f"Started change [bold]{change_id}[/] ({request.kind}, "
-            f"{len(request.targets)} targets)\n  {settings.workflow_url(change_id)}"
+            f"Started change [bold]{change.id}[/] ({request.kind}, "
+            f"{len(request.targets)} targets)\n  {client.url(change.id)}"
         )
-    return handle.result_run_id
+    run_id: str | None = change.handle.result_run_id
+    return run_id
 
 
-async def follow(client: Client, change_id: str, settings: Settings, *, as_json: bool) -> int:
+async def follow(change: changeguard.Change, settings: Settings, *, as_json: bool) -> int:
     """Print phase changes until the change ends or stops to wait for a person."""
-    handle = client.get_workflow_handle(change_id, result_type=ChangeResult)
-    seen: tuple[Phase, str] | None = None
-    while True:
-        status = await handle.query("status", result_type=ChangeStatus)
-        now = (status.phase, status.message)
-        if now != seen and not as_json:
+    async for status in change.follow(interval=POLL_INTERVAL):
+        if not as_json:
             console.print(f"  [bold]{status.phase.value:<17}[/] {escape(status.message)}")
-            seen = now
-        if status.phase in TERMINAL_PHASES:
-            break
         if status.phase in (Phase.BLOCKED, Phase.AWAITING_APPROVAL):
             return _show_status(status, settings, as_json=as_json)
-        await asyncio.sleep(POLL_INTERVAL)
     try:
-        result = await handle.result()
+        result = await change.result()
     except WorkflowFailureError as exc:
-        err.print(f"[red]change {change_id} failed: {exc.cause}[/]")
+        err.print(f"[red]change {change.id} failed: {exc.cause}[/]")
         return exitcodes.UNDONE
     if as_json:
         print_json(result)
     else:
         if result.report is not None:
             console.print(report_table(result.report))
-        final = await handle.query("status", result_type=ChangeStatus)
-        console.print(status_table(final, settings.workflow_url(change_id)))
+        final = await change.status()
+        console.print(status_table(final, settings.workflow_url(change.id)))
     return exitcodes.for_outcome(result.outcome)
 
 
@@ -177,21 +126,13 @@ def _show_status(status: ChangeStatus, settings: Settings, *, as_json: bool) -> 
 
 async def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
     """Run the gate alone (no mutation) and print its report."""
-    request, change_id = with_change_id(load_change(Path(args.file)))
-    client = await connect(settings)
-    deadline = request.deadline or datetime.now(UTC) + timedelta(hours=24)
-    ctx = ChangeContext.of(request, change_id).model_copy(update={"deadline": deadline})
+    request = load_change(Path(args.file))
+    client = await changeguard.connect(settings=settings)
     try:
-        report = await client.execute_workflow(
-            "GuardrailGate",
-            GateInput(change=ctx, policy=request.policy, probe_only=True),
-            id=f"{change_id}/checks-{uuid.uuid4().hex[:8]}",
-            task_queue=settings.task_queue,
-            result_type=GuardrailReport,
-        )
-    except WorkflowFailureError as exc:
+        report = await client.checks(request)
+    except GateRefused as exc:
         # The workers' bundle refused the request's additions, or governs nothing here.
-        err.print(f"[bold red]the gate refused the change:[/] {escape(_root_message(exc))}")
+        err.print(f"[bold red]the gate refused the change:[/] {escape(str(exc))}")
         return exitcodes.BLOCKED
     if args.json:
         print_json(report)
@@ -205,16 +146,15 @@ async def cmd_checks(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Show a change's status (works on finished changes too)."""
-    client = await connect(settings)
-    handle = client.get_workflow_handle(args.id)
+    change = (await changeguard.connect(settings=settings)).get(args.id)
     status: ChangeStatus | None = None
     try:
-        status = await handle.query("status", result_type=ChangeStatus, rpc_timeout=QUERY_TIMEOUT)
+        status = await change.status(rpc_timeout=QUERY_TIMEOUT)
     except RPCError as exc:
         if not went_unanswered(exc):
             raise
         why = exc.message  # no worker answered: show what the server knows (cli/pending.py)
-    desc = await handle.describe()
+    desc = await change.handle.describe()
     if status is None:
         status = unanswered(desc, args.id, why)
         err.print(f"[yellow]{escape(status.message)}[/]")
@@ -256,41 +196,32 @@ def pending_work(desc: WorkflowExecutionDescription) -> list[PendingWork]:
 
 async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a blocked or waiting change to run its gate again now."""
-    client = await connect(settings)
-    await client.get_workflow_handle(args.id).signal(
-        "recheck", RecheckInput(requested_by=args.by, reason=args.reason)
-    )
+    change = (await changeguard.connect(settings=settings)).get(args.id)
+    await change.recheck(requested_by=args.by, reason=args.reason)
     console.print(f"Recheck requested for {args.id}")
     return exitcodes.OK
 
 
 async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     """Approve opt-outable failures of a change's current report (the ``approve`` update)."""
-    client = await connect(settings)
-    handle = client.get_workflow_handle(args.id)
-    report_hash = args.report_hash
-    if report_hash is None:
-        status = await handle.query("status", result_type=ChangeStatus)
-        if status.report is None:
-            err.print(f"[red]{args.id} has no report yet; nothing to approve[/]")
-            return exitcodes.INVALID
-        report_hash = status.report.report_hash
+    change = (await changeguard.connect(settings=settings)).get(args.id)
     try:
-        approval = Approval(
-            guardrails=args.guardrail,
+        result = await change.approve(
+            args.guardrail,
             approver=args.approver,
             reason=args.reason,
-            report_hash=report_hash,
+            report_hash=args.report_hash,
             expires_in=args.expires_in,
         )
+    except NoReport as exc:
+        err.print(f"[red]{escape(str(exc))}[/]")
+        return exitcodes.INVALID
     except ValidationError as exc:
         for problem in validation_problems(exc):
             err.print(f"[red]invalid approval:[/] {escape(problem)}")
         return exitcodes.INVALID
-    try:
-        result = await handle.execute_update("approve", approval, result_type=ApprovalResult)
-    except WorkflowUpdateFailedError as exc:
-        err.print(f"[bold red]approval refused:[/] {escape(_refusal(exc))}")
+    except Refused as exc:
+        err.print(f"[bold red]approval refused:[/] {escape(exc.reason)}")
         return exitcodes.INVALID
     if result.still_needed:
         needed = ", ".join(f"{g} ({n} more)" for g, n in result.still_needed.items())
@@ -302,31 +233,18 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     """Send an operator update (``abort``, ``rollback``, ``resume``); refusals exit 2."""
-    client = await connect(settings)
-    handle = client.get_workflow_handle(args.id)
-    action = OperatorAction(operator=args.operator, reason=args.reason)
+    client = await changeguard.connect(settings=settings)
+    change = client.get(args.id)
+    send = {"abort": change.abort, "rollback": change.rollback, "resume": change.resume}
     try:
-        result = await handle.execute_update(args.command, action, result_type=OperatorActionResult)
-    except WorkflowUpdateFailedError as exc:
-        err.print(f"[bold red]{args.command} refused:[/] {escape(_refusal(exc))}")
+        result = await send[args.command](operator=args.operator, reason=args.reason)
+    except Refused as exc:
+        err.print(f"[bold red]{args.command} refused:[/] {escape(exc.reason)}")
         return exitcodes.INVALID
     console.print(f"{args.id}: {result.message}")
     if args.wait:
-        return await follow(client, args.id, settings, as_json=False)
+        return await follow(change, settings, as_json=False)
     return exitcodes.OK
-
-
-def _root_message(exc: BaseException) -> str:
-    """The innermost failure's message (a workflow's failure wraps its activity's)."""
-    while exc.__cause__ is not None or getattr(exc, "cause", None) is not None:
-        exc = getattr(exc, "cause", None) or exc.__cause__  # type: ignore[assignment]
-    return exc.message if isinstance(exc, ApplicationError) else str(exc)
-
-
-def _refusal(exc: WorkflowUpdateFailedError) -> str:
-    """The validator's reason, without the error type in front of it."""
-    cause = exc.cause
-    return cause.message if isinstance(cause, ApplicationError) else str(cause)
 
 
 # ------------------------------------------------------------------------------------------ servers
@@ -424,7 +342,7 @@ async def cmd_demo(args: argparse.Namespace, settings: Settings) -> int:
 
     async def start(client: Client, path: Path, settings: Settings, change_id: str) -> str:
         request = load_change(path).model_copy(update={"change_id": change_id})
-        await start_change(client, request, settings)
+        await start_change(changeguard.Client(client, settings), request)
         return change_id
 
     async def audit(settings: Settings, change_id: str) -> int:

@@ -20,10 +20,12 @@ from temporalio.worker import (
     Interceptor,
 )
 
+from workflows import ids
+
 
 def change_id_of(workflow_id: str) -> str:
     """The change a workflow belongs to: gate children are named ``<change_id>/gate-<n>``."""
-    return workflow_id.split("/", 1)[0]
+    return ids.change_of(workflow_id)
 
 
 def configure(fmt: str = "auto", level: int = logging.INFO) -> None:

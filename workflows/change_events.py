@@ -27,7 +27,7 @@ from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import errors
+    from workflows import errors, ids
     from workflows.event_models import ChangeEvent, ChangeEventsInput, SendChangeEventResult
     from workflows.inputs import Refusal, decode
     from workflows.saga import failure_of
@@ -44,11 +44,6 @@ DELIVERY_RETRY = RetryPolicy(
     maximum_interval=timedelta(seconds=60),
     non_retryable_error_types=list(errors.NON_RETRYABLE),
 )
-
-
-def events_id(change_id: str) -> str:
-    """The ``ChangeEvents`` workflow id of a change."""
-    return f"{change_id}/events"
 
 
 @workflow.defn(name="ChangeEvents", failure_exception_types=[ValidationError])
@@ -151,7 +146,7 @@ class ChangeEventEmitter:
                 self._child = await workflow.start_child_workflow(
                     ChangeEventsWorkflow.run,
                     ChangeEventsInput(change_id=self._change_id, first=ev),
-                    id=events_id(self._change_id),
+                    id=ids.events_id(self._change_id),
                     parent_close_policy=workflow.ParentClosePolicy.ABANDON,
                     static_summary=f"change events of {self._change_id}"[:200],
                 )

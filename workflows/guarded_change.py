@@ -42,7 +42,7 @@ from temporalio.exceptions import (
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
     from activities.locks import LockActivities
-    from workflows import errors, observe
+    from workflows import errors, ids, observe
     from workflows import search_attributes as sa
     from workflows.approvals import approvable, approval_problem, grant, still_needed
     from workflows.bake import BakeMixin
@@ -281,7 +281,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             AuditAction.RECHECK, inp.requested_by or "unknown", reason=inp.reason
         )
 
-    @workflow.update(name="abort")
+    @workflow.update  # named "abort" after the method (unnamed: the SDK types its result)
     async def abort(self, *args: Any) -> OperatorActionResult:
         """Stop the change and undo everything applied (outcome ``aborted``); audited."""
         return await self._stop_with(AuditAction.ABORT, Outcome.ABORTED, _operator_action(args))
@@ -292,7 +292,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         _operator_action(args)
         self._refuse_if_ending("there is nothing to abort")
 
-    @workflow.update(name="rollback")
+    @workflow.update
     async def rollback(self, *args: Any) -> OperatorActionResult:
         """Undo everything applied (outcome ``rolled_back``); only once mutations have begun."""
         action = _operator_action(args)
@@ -310,7 +310,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 non_retryable=True,
             )
 
-    @workflow.update(name="resume")
+    @workflow.update
     async def resume(self, *args: Any) -> OperatorActionResult:
         """Go on baking after a pause-and-page (the operator judged the signal harmless)."""
         action = _operator_action(args)
@@ -378,7 +378,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 raise self._stop
         return True
 
-    @workflow.update(name="approve")
+    @workflow.update
     async def approve(self, *args: Any) -> ApprovalResult:
         """Approve opt-outable failures of the current report (validated first; audited)."""
         approval = _approval(args)
@@ -764,7 +764,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         report = await workflow.execute_child_workflow(
             GuardrailGateWorkflow.run,
             GateInput(change=ctx, policy=self._request.policy, categories=categories),
-            id=f"{self._change_id}/gate-{self._status.gate_runs}",
+            id=ids.gate_id(self._change_id, self._status.gate_runs),
             static_summary=f"gate {self._status.gate_runs}"
             + (f": {', '.join(c.value for c in categories)}" if categories else ": every rule"),
         )
@@ -927,7 +927,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
 
         ``width``: the batch's share of ``max_parallel`` (its lane's, see ``wave_window``).
         """
-        child_id = f"{self._change_id}/{mode}-{batch[0].id}"
+        child_id = ids.batch_id(self._change_id, mode, batch[0].id)
         try:
             result = await workflow.execute_child_workflow(
                 TargetBatchWorkflow.run,

@@ -22,6 +22,8 @@ from pydantic import (
     field_validator,
 )
 
+from workflows.ids import LOCK_PREFIX as LOCK_PREFIX
+from workflows.ids import lock_id as lock_id
 from workflows.rollout_models import SignalReading
 from workflows.timing_models import WaveTimingResult
 from workflows.types import NAME_MAX, TEXT_MAX, Name, Text
@@ -872,12 +874,7 @@ class ValidateChangeResult(BaseModel):
     )
 
 
-LOCK_PREFIX = "lock/"
-
-
-def lock_id(target_id: str) -> str:
-    """The workflow id of a target's ``TargetLock``."""
-    return f"{LOCK_PREFIX}{target_id}"
+# ``LOCK_PREFIX`` and ``lock_id`` live in workflows/ids.py (imported above, re-exported here).
 
 
 class LockHolder(BaseModel):

@@ -39,10 +39,10 @@ from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
     from activities.locks import LockActivities
+    from workflows import ids
     from workflows.errors import INVALID_INPUT
     from workflows.inputs import Refusal, decode
     from workflows.models import (
-        LOCK_PREFIX,
         HolderAliveInput,
         LockHolder,
         RecheckInput,
@@ -71,7 +71,7 @@ class TargetLockWorkflow:
         decoded = decode(TargetLockInput, args, what="the lock input")
         self._refusal: Refusal | None = decoded if isinstance(decoded, Refusal) else None
         wid = workflow.info().workflow_id
-        target = wid[len(LOCK_PREFIX) :] if wid.startswith(LOCK_PREFIX) else wid
+        target = ids.lock_target(wid)
         if isinstance(decoded, TargetLockInput):
             if decoded.target_id != target:
                 self._refusal = Refusal(

@@ -39,6 +39,7 @@ from temporalio.exceptions import WorkflowAlreadyStartedError
 from temporalio.service import RPCError, RPCStatusCode
 
 from guardrails.base import CheckContext, Guardrail
+from workflows.ids import lock_id
 from workflows.models import (
     Category,
     CheckResult,
@@ -47,7 +48,6 @@ from workflows.models import (
     OptOut,
     ReleaseLocksInput,
     TargetLockInput,
-    lock_id,
 )
 
 ATTEMPTS = 3

@@ -467,8 +467,7 @@ async def test_the_page_explains_itself_at_1280_px(
     ui_server: UiServer, worker: None, task_queue: str, page: Page, tmp_path: Path
 ) -> None:
     """Summary, check names in the timeline, each block's remedy and the approve JSON all fit."""
-    from cli.main import start_change
-    from worker.settings import Settings
+    import changeguard
 
     approvable = {"approvers": ["sre-leads"]}
     req = ChangeRequest(
@@ -495,9 +494,10 @@ async def test_the_page_explains_itself_at_1280_px(
             ]
         },
     )
-    await start_change(
-        ui_server.env.client, req, Settings.from_env(task_queue=task_queue), quiet=True
+    client = changeguard.Client(
+        ui_server.env.client, changeguard.Settings.from_env(task_queue=task_queue)
     )
+    await client.start(req)
     handle = ui_server.env.client.get_workflow_handle(req.change_id or "", result_type=ChangeResult)
     status = await until_phase(handle, Phase.AWAITING_APPROVAL)
     assert status.report is not None

@@ -21,7 +21,7 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind
 from tests.servers import EventReceiver as Receiver
 from worker.main import build_worker
-from workflows.change_events import events_id
+from workflows.ids import events_id
 from workflows.models import ChangeRequest, ChangeResult, Outcome
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(120)]
