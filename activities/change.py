@@ -24,6 +24,7 @@ write as a mutation that returns.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
@@ -38,6 +39,12 @@ from activities.kinds.base import ChangeKind, accepts_progress, default_registry
 from activities.kinds.progress import Progress
 from guardrails.plugins import PluginRegistry, params_errors
 from workflows import errors
+from workflows.apply_many_models import (
+    ApplyManyCheckpoint,
+    ApplyManyFailure,
+    ApplyManyInput,
+    ApplyManyResult,
+)
 from workflows.models import (
     ApplyInput,
     ApplyResult,
@@ -190,6 +197,7 @@ class ChangeActivities:
             steps=[s.model_dump(mode="json") for s in steps],
             irreversible_steps=[s.name for s in steps if not s.reversible],
             change_events=self.change_events,
+            apply_many=kind.apply_many_size,
         )
 
     def _progress(self, kind: ChangeKind[Any], params: Any, inp: ApplyInput) -> Progress[Any]:
@@ -242,6 +250,71 @@ class ChangeActivities:
             result = await self._finish_apply(kind.name, inp, result)
             seen.done(result)
             return result
+
+    @activity.defn(name="apply_change_many")
+    async def apply_change_many(self, inp: ApplyManyInput) -> ApplyManyResult:
+        """Apply several targets of one change in order, each with its own key, result and record.
+
+        Heartbeats a checkpoint after every target (:class:`ApplyManyCheckpoint`): a retried
+        attempt returns the done targets' results without touching them and carries on with the
+        rest. A target that fails for good (a non-retryable error) ends the attempt's work: the
+        results so far and the failure are returned, the targets after it are not attempted. A
+        retryable failure fails the attempt (retried, resuming after the done targets).
+        """
+        if not inp.items:
+            return ApplyManyResult()
+        first = inp.items[0]
+        kind = self._kind(first.kind)
+        if kind.apply_many_size < 1:
+            raise ApplicationError(
+                f"change kind {kind.name} does not apply several targets in one activity "
+                "(apply_many_size is 0): use apply_change",
+                type=errors.INVALID_INPUT,
+                non_retryable=True,
+            )
+        params = self._params(kind, first.params)
+        progress: Progress[ApplyManyCheckpoint] = Progress(
+            kind=kind.name,
+            target=f"{first.target.id} (+{len(inp.items) - 1})",
+            checkpoint_model=ApplyManyCheckpoint,
+            options=kind.options(params),
+            request=first,
+            stage=f"apply_many 0/{len(inp.items)}",
+        )
+        done = dict(progress.resumed_from.done) if progress.resumed_from is not None else {}
+        todo = [i for i in inp.items if i.idempotency_key not in done]
+        by_key = {i.idempotency_key: i for i in todo}
+        failed: ApplyManyFailure | None = None
+        async with progress:
+            pending = iter(todo)
+            try:
+                # aclosing: a failure below closes the kind's generator (and its client) at once
+                async with contextlib.aclosing(
+                    kind.apply_many(params, [(i.target, i.idempotency_key) for i in todo])
+                ) as applied:
+                    async for result in applied:
+                        item = next(pending)
+                        await self._finish_apply(kind.name, item, result)  # NothingApplied
+                        by_key.pop(item.idempotency_key, None)
+                        done[item.idempotency_key] = result
+                        progress.checkpoint(
+                            ApplyManyCheckpoint(done=done),
+                            stage=f"apply_many {len(done)}/{len(inp.items)}",
+                        )
+            except asyncio.CancelledError:
+                if progress.stopping() == "paused":
+                    raise self._paused(progress) from None
+                raise
+            except ApplicationError as exc:
+                if not exc.non_retryable:
+                    raise  # retried: the next attempt skips the targets done
+                target = next(iter(by_key.values())).target.id if by_key else "?"
+                details = exc.details[0] if exc.details and isinstance(exc.details[0], dict) else {}
+                failed = ApplyManyFailure(
+                    target_id=target, message=exc.message, type=exc.type or "", details=details
+                )
+        results = [done[i.idempotency_key] for i in inp.items if i.idempotency_key in done]
+        return ApplyManyResult(results=results, failed=failed)
 
     async def _finish_apply(
         self, kind_name: str, inp: ApplyInput, result: ApplyResult, *, run_id: str | None = None

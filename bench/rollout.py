@@ -136,6 +136,8 @@ class Run:
     largest: int = 0
     """Events of its largest single history."""
     workflows: int = 0
+    payload: int = 0
+    """Bytes of the largest single history event, status query answer or result of the run."""
     retried: int = 0
     """Activities whose final attempt was not their first (a timed-out or failed attempt)."""
     why: collections.Counter[str] = field(default_factory=collections.Counter)
@@ -196,6 +198,7 @@ async def history_events(client: Client, root: str) -> Run:
         run.largest = max(run.largest, len(history.events))
         run.workflows += 1
         for event in history.events:
+            run.payload = max(run.payload, event.ByteSize())
             if event.HasField("child_workflow_execution_started_event_attributes"):
                 child = event.child_workflow_execution_started_event_attributes
                 todo.append(child.workflow_execution.workflow_id)
@@ -205,6 +208,12 @@ async def history_events(client: Client, root: str) -> Run:
                     run.retried += 1
                     run.why[started.last_failure.message] += 1
     return run
+
+
+async def payload_bytes(client: Client, *values: Any) -> int:
+    """The largest of ``values`` as the client's data converter encodes it, in bytes."""
+    payloads = await client.data_converter.encode(list(values))
+    return max((p.ByteSize() for p in payloads), default=0)
 
 
 async def ledger_keys(url: str, prefix: str) -> list[str]:
@@ -360,6 +369,8 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
             await ledger_keys(url, f"{request.change_id}:"), request.change_id, hosts[:n], "guarded"
         )
         run = await history_events(client, request.change_id)
+        status = await handle.query("status")
+        run.payload = max(run.payload, await payload_bytes(client, status, result))
         run.seconds = elapsed
         return run
 
@@ -382,6 +393,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
             raise RuntimeError(f"bare {change_id}: {len(results)} results for {n} targets")
         check_ledger(await ledger_keys(url, f"{change_id}:"), change_id, hosts[:n], "bare")
         run = await history_events(client, change_id)
+        run.payload = max(run.payload, await payload_bytes(client, results))
         run.seconds = elapsed
         return run
 
@@ -447,7 +459,7 @@ def table(series: dict[str, Series], args: argparse.Namespace, runtime: float) -
     )
     print(
         f"{'':<9}{'median s':>9}{'min s':>8}{'max s':>8}{'targets/s':>10}{'events':>8}"
-        f"{'ev/target':>10}{'max hist':>9}{'wfs':>5}{'retried':>8}   what"
+        f"{'ev/target':>10}{'max hist':>9}{'max KB':>8}{'wfs':>5}{'retried':>8}   what"
     )
     for s in series.values():
         secs = [r.seconds for r in s.runs]
@@ -455,10 +467,11 @@ def table(series: dict[str, Series], args: argparse.Namespace, runtime: float) -
             events = statistics.median(r.events for r in s.runs)
             counts = (
                 f"{events:>8.0f}{events / n:>10.2f}{max(r.largest for r in s.runs):>9}"
+                f"{max(r.payload for r in s.runs) / 1000:>8.1f}"
                 f"{s.runs[-1].workflows:>5}{sum(r.retried for r in s.runs):>8}"
             )
         else:
-            counts = "".join(f"{'-':>{w}}" for w in (8, 10, 9, 5, 8))
+            counts = "".join(f"{'-':>{w}}" for w in (8, 10, 9, 8, 5, 8))
         print(
             f"{s.label:<9}{s.median():>9.2f}{min(secs):>8.2f}{max(secs):>8.2f}"
             f"{n / s.median():>10.1f}{counts}   {s.what}"
@@ -479,7 +492,17 @@ def table(series: dict[str, Series], args: argparse.Namespace, runtime: float) -
         f"bare {per_target['bare']:.2f}; largest history: guarded {largest}, "
         f"bare {max(r.largest for r in bare.runs)}"
     )
+    payload = max(r.payload for r in guarded.runs)
+    print(
+        f"largest payload: guarded {payload / 1000:.1f} KB, "
+        f"bare {max(r.payload for r in bare.runs) / 1000:.1f} KB (history event, status, result)"
+    )
     print(f"runtime          = {runtime:6.1f} s")
+    print(f"guarded_targets_per_s={n / guarded.median():.1f}")
+    print(f"bare_targets_per_s={n / bare.median():.1f}")
+    print(f"fleet_targets_per_s={n / fleet.median():.1f}")
+    print(f"rollout_vs_fleet_ratio={guarded.median() / fleet.median():.2f}")
+    print(f"max_payload_bytes={payload}")
     return ratio, largest
 
 

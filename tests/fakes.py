@@ -144,10 +144,19 @@ class RecordingKind(ChangeKind[RecordingParams]):
         return TargetState(target_id=target.id, reachable=True, healthy=True)
 
 
-def kinds() -> PluginRegistry[ChangeKind[Any]]:
-    """A registry holding the recording change kind."""
+class RecordingManyKind(RecordingKind):
+    """The recording kind opted in to ``apply_change_many`` (10 targets per activity at most)."""
+
+    name = "recording-many"
+    apply_many_size = 10
+
+
+def kinds(*, many: bool = False) -> PluginRegistry[ChangeKind[Any]]:
+    """A registry holding the recording change kind (and ``recording-many`` if ``many``)."""
     registry = new_kind_registry()
     registry.register(RecordingKind)
+    if many:
+        registry.register(RecordingManyKind)
     return registry
 
 

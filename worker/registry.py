@@ -81,6 +81,7 @@ def activities(
         TimingActivities(checks).check_wave_timing,
         change.validate_change,
         change.apply_change,
+        change.apply_change_many,
         change.revert_change,
         change.describe_target,
         events.send_change_event,

@@ -27,6 +27,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_
 
 with workflow.unsafe.imports_passed_through():
     from workflows import errors
+    from workflows.apply_many import APPLY_MANY_PATCH, apply_chunks
     from workflows.inputs import Refusal, decode
     from workflows.models import ApplyResult, BatchInput, BatchResult, CompensationFailure
     from workflows.mutations import (
@@ -59,7 +60,25 @@ class TargetBatchWorkflow:
             if steps:
                 result.irreversible[target_id] = steps
 
+        options = _options(inp)
         try:
+            if (
+                options is not None
+                and options.apply_many > 1
+                and workflow.patched(APPLY_MANY_PATCH)
+            ):
+                await apply_chunks(  # several targets per activity; each its own key and result
+                    change_id=inp.change_id,
+                    kind=inp.kind,
+                    params=inp.params,
+                    targets=inp.targets,
+                    max_parallel=inp.max_parallel,
+                    options=options,
+                    on_applied=result.done.append,
+                    on_result=lambda r: _note_result(result, r),
+                    on_error=note_error,
+                )
+                return result
             await apply_targets(
                 Saga(),  # compensation is the parent's revert batch, registered before this one
                 change_id=inp.change_id,
@@ -69,7 +88,7 @@ class TargetBatchWorkflow:
                 max_parallel=inp.max_parallel,
                 on_applied=result.done.append,
                 on_reverted=lambda _: None,
-                options=_options(inp),
+                options=options,
                 on_result=lambda r: _note_result(result, r),
                 on_error=note_error,
             )

@@ -872,6 +872,9 @@ class ValidateChangeResult(BaseModel):
     irreversible_steps: list[str] = Field(
         default_factory=list, description="names of the steps that cannot be undone, in order"
     )
+    apply_many: int = Field(
+        default=0, description="targets the kind applies in one activity (0: one at a time)"
+    )
 
 
 # ``LOCK_PREFIX`` and ``lock_id`` live in workflows/ids.py (imported above, re-exported here).

@@ -66,6 +66,7 @@ def options_from(validation: ValidateChangeResult) -> MutationOptions | None:
         start_to_close=validation.start_to_close,
         heartbeat_interval=validation.heartbeat_interval,
         stall_after=validation.stall_after,
+        apply_many=validation.apply_many,
     )
 
 

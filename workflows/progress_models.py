@@ -42,6 +42,10 @@ class MutationOptions(BaseModel):
         default=None,
         description="progress unchanged this long, though heartbeats continue, reads 'stalled'",
     )
+    apply_many: int = Field(
+        default=0,
+        description="targets the kind applies in one activity (0: one at a time; apply_many.py)",
+    )
 
     @property
     def heartbeat_timeout(self) -> timedelta:

@@ -19,12 +19,18 @@ Long-running kinds (docs/long-running-changes.md) also declare:
 
 A kind may hand a target's work to an external system and finish later: see
 :mod:`activities.kinds.handoff`.
+
+A kind may apply several targets in one activity (``apply_many_size`` > 0, and optionally its own
+``apply_many``, which shares a connection, say): large waves then send it chunks of targets
+(``apply_change_many``), each target still with its own idempotency key, result and ledger
+record (docs/writing-a-change-kind.md).
 """
 
 from __future__ import annotations
 
 import inspect
 from abc import ABC, abstractmethod
+from collections.abc import AsyncGenerator
 from datetime import timedelta
 from typing import Any, ClassVar, Generic, TypeVar
 
@@ -68,6 +74,8 @@ class ChangeKind(ABC, Generic[P]):
     heartbeat_interval: ClassVar[timedelta] = DEFAULT_HEARTBEAT_INTERVAL
     stall_after: ClassVar[timedelta | None] = None
     checkpoint_model: ClassVar[type[BaseModel] | None] = None
+    apply_many_size: ClassVar[int] = 0
+    """At most this many targets in one ``apply_change_many`` activity; 0: one per activity."""
 
     def parse_params(self, raw: dict[str, Any]) -> P:
         """Validate the change's ``params`` (raises ``pydantic.ValidationError``)."""
@@ -100,6 +108,18 @@ class ChangeKind(ABC, Generic[P]):
     async def apply(self, params: P, target: Target, *, idempotency_key: str) -> ApplyResult:
         """Apply the change to one target; a replayed key must apply nothing."""
 
+    async def apply_many(
+        self, params: P, items: list[tuple[Target, str]]
+    ) -> AsyncGenerator[ApplyResult, None]:
+        """Apply each ``(target, idempotency_key)`` in order, yielding its result once done.
+
+        Used only when ``apply_many_size`` > 0. A raised error is that target's failure; the
+        targets after it are not attempted. Default: :meth:`apply`, one target after the other;
+        override to share work between targets (one HTTP client, one session).
+        """
+        for target, key in items:
+            yield await self.apply(params, target, idempotency_key=key)
+
     @abstractmethod
     async def revert_if_applied(
         self, params: P, target: Target, *, applied_key: str, idempotency_key: str
@@ -130,6 +150,9 @@ def _validate_kind(cls: type[ChangeKind[Any]]) -> list[str]:
         value = getattr(cls, attr, None)
         if not isinstance(value, timedelta) or value <= timedelta(0):
             problems.append(f"{attr} must be a positive timedelta")
+    size = getattr(cls, "apply_many_size", 0)
+    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+        problems.append("apply_many_size must be an int >= 0 (0: one target per activity)")
     cm = getattr(cls, "checkpoint_model", None)
     if cm is not None and not (isinstance(cm, type) and issubclass(cm, BaseModel)):
         problems.append("checkpoint_model must be a pydantic model class or None")

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import ssl
+from collections.abc import AsyncGenerator
 from typing import Any, ClassVar
 
 import httpx
@@ -83,6 +84,7 @@ class HttpDeploy(ChangeKind[HttpDeployParams]):
     params_model: ClassVar[type[BaseModel]] = HttpDeployParams
     reversible: ClassVar[bool] = True
     description: ClassVar[str] = "POST /hosts/{id}/deploy on a fleet API with an Idempotency-Key"
+    apply_many_size: ClassVar[int] = 25
 
     def __init__(self, breakers: CircuitBreakers | None = None) -> None:
         self.breakers = breakers if breakers is not None else resilience.breakers
@@ -102,24 +104,50 @@ class HttpDeploy(ChangeKind[HttpDeployParams]):
         async with Heartbeat(target=target.id, stage="started") as beat:
             return await breaker.call(lambda: self._apply(params, target, idempotency_key, beat))
 
+    async def apply_many(
+        self, params: HttpDeployParams, items: list[tuple[Target, str]]
+    ) -> AsyncGenerator[ApplyResult, None]:
+        """Deploy to each host in order over one HTTP client (one connection pool), as ``apply``.
+
+        A retried attempt (the activity skips the hosts its checkpoint shows done) reads the
+        ledger first for each remaining host, exactly as a retried :meth:`apply` does.
+        """
+        breaker = self.breakers.get(params.base_url)
+        async with _client(params) as client:
+            for target, key in items:
+                async with Heartbeat(target=target.id, stage="started") as beat:
+                    yield await breaker.call(
+                        functools.partial(self._apply_with, client, params, target, key, beat)
+                    )
+
     async def _apply(
         self, params: HttpDeployParams, target: Target, key: str, beat: Heartbeat
     ) -> ApplyResult:
         async with _client(params) as client:
-            if current_attempt() > 1:
-                beat.update(stage="checking_ledger")
-                done = await _ledger_entry(client, target, key)
-                if done is not None and (done["host"], done["to_version"]) == (
-                    target.id,
-                    params.version,
-                ):
-                    return _already(target, done, "applied")
-            # Read first so an unknown host is rejected before anything is sent to mutate it;
-            # before/after come from the deploy's answer, which the fleet computes atomically.
-            beat.update(stage="reading_host")
-            await _call(client, "GET", f"/hosts/{target.id}", target)
-            beat.update(stage="deploying")
-            return await _deploy(client, target, params.version, key)
+            return await self._apply_with(client, params, target, key, beat)
+
+    async def _apply_with(
+        self,
+        client: httpx.AsyncClient,
+        params: HttpDeployParams,
+        target: Target,
+        key: str,
+        beat: Heartbeat,
+    ) -> ApplyResult:
+        if current_attempt() > 1:
+            beat.update(stage="checking_ledger")
+            done = await _ledger_entry(client, target, key)
+            if done is not None and (done["host"], done["to_version"]) == (
+                target.id,
+                params.version,
+            ):
+                return _already(target, done, "applied")
+        # Read first so an unknown host is rejected before anything is sent to mutate it;
+        # before/after come from the deploy's answer, which the fleet computes atomically.
+        beat.update(stage="reading_host")
+        await _call(client, "GET", f"/hosts/{target.id}", target)
+        beat.update(stage="deploying")
+        return await _deploy(client, target, params.version, key)
 
     async def revert_if_applied(
         self,

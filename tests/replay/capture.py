@@ -261,7 +261,7 @@ async def change_events(cap: Capture, branch: Branch) -> None:
             cap.client,
             settings,
             guardrails=guardrails(),
-            kinds=fakes.kinds(),
+            kinds=fakes.kinds(many=True),
             bundle=OPEN_BUNDLE,
             change_events=sink,
         ):
@@ -716,6 +716,14 @@ BRANCHES: list[Branch] = [
     Branch("change_events", None, targets=3, waves=["1", "100%"], drive=change_events),
     Branch("wave_window_lanes", Outcome.COMPLETED, targets=250, max_parallel=20),
     Branch(
+        "apply_many_batches",
+        Outcome.ROLLED_BACK,
+        kind="recording-many",
+        targets=150,
+        max_parallel=4,
+        params={"fail_apply": ["apply_many_batches.t140"]},
+    ),
+    Branch(
         "wave_window_failure_reverts",
         Outcome.ROLLED_BACK,
         targets=250,
@@ -895,7 +903,7 @@ async def _capture(state: Path, out: Path, branches: list[Branch], *, verbose: b
             env.client,
             settings,
             guardrails=guardrails(),
-            kinds=fakes.kinds(),
+            kinds=fakes.kinds(many=True),
             bundle=OPEN_BUNDLE,  # branches bring their rules as request additions
         )
         async with worker:
