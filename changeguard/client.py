@@ -45,6 +45,7 @@ from workflows.models import (
     OperatorActionResult,
     RecheckInput,
 )
+from workflows.priorities import change_priority
 from workflows.summaries import static_details, static_summary
 
 FOLLOW_INTERVAL = 0.5
@@ -266,6 +267,7 @@ class Client:
                 # The Web UI's header: what, how many targets, where, whose (docs/operators.md).
                 static_summary=static_summary(request),
                 static_details=static_details(request, change_id),
+                priority=change_priority(request.team),  # fairness per team (workflows/priorities)
             )
         except WorkflowAlreadyStartedError as exc:
             raise ChangeExists(change_id) from exc

@@ -27,6 +27,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
+    from workflows import priorities
     from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
     from workflows.models import ApplyResult, Target
     from workflows.mutations import MUTATION_RETRY, apply_input
@@ -79,6 +80,7 @@ async def apply_chunks(
                     retry_policy=MUTATION_RETRY,
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                     summary=line(f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"),
+                    priority=priorities.MUTATION,
                 )
             except BaseException as exc:
                 failed.append(exc)

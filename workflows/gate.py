@@ -22,7 +22,7 @@ from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
     from activities.checks import CheckActivities
-    from workflows import observe
+    from workflows import observe, priorities
     from workflows.errors import INVALID_INPUT, NON_RETRYABLE
     from workflows.inputs import Refusal, decode
     from workflows.models import (
@@ -111,6 +111,7 @@ class GuardrailGateWorkflow:
             start_to_close_timeout=RESOLVE_TIMEOUT,
             retry_policy=CHECK_RETRY,
             summary="resolve the effective policy",
+            priority=priorities.GATE,
         )
         now = workflow.now()
         workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
@@ -148,6 +149,7 @@ class GuardrailGateWorkflow:
                 schedule_to_close_timeout=spec.timeout * 2,
                 retry_policy=CHECK_RETRY,
                 summary=check_summary(spec.rule or spec.guardrail),
+                priority=priorities.GATE,
             )
         except ActivityError as exc:
             result = error_result(spec, exc)

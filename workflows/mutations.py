@@ -25,7 +25,7 @@ from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
-    from workflows import errors, observe
+    from workflows import errors, observe, priorities
     from workflows.models import (
         ApplyInput,
         ApplyResult,
@@ -120,6 +120,7 @@ async def _apply_one(inp: ApplyInput, options: MutationOptions | None) -> ApplyR
         retry_policy=MUTATION_RETRY,
         cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
         summary=apply_summary(inp.kind, inp.target.id),
+        priority=priorities.MUTATION,
     )
 
 
@@ -139,6 +140,7 @@ async def _revert_one(inp: ApplyInput, options: MutationOptions | None) -> Apply
         heartbeat_timeout=heartbeat,
         retry_policy=COMPENSATION_RETRY,
         summary=revert_summary(inp.target.id),
+        priority=priorities.COMPENSATION,
     )
 
 

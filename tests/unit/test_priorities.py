@@ -1,0 +1,69 @@
+"""Task priority: compensations (1) and gates (2) ahead of mutations (4); fairness by team."""
+
+from __future__ import annotations
+
+import uuid
+
+from temporalio.api.enums.v1 import EventType
+from temporalio.testing import WorkflowEnvironment
+
+from cli.main import start_change
+from tests import fakes
+from tests.fakes import Ledger, RecordingKind
+from worker.main import build_worker
+from worker.settings import Settings
+from workflows.models import ChangeRequest, ChangeResult, Outcome
+from workflows.priorities import change_priority
+
+
+async def _keys_by_activity(env: WorkflowEnvironment, workflow_id: str) -> dict[str, set[int]]:
+    found: dict[str, set[int]] = {}
+    history = await env.client.get_workflow_handle(workflow_id).fetch_history()
+    for event in history.events:
+        if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+            attrs = event.activity_task_scheduled_event_attributes
+            found.setdefault(attrs.activity_type.name, set()).add(attrs.priority.priority_key)
+        if event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+            child = event.child_workflow_execution_started_event_attributes.workflow_execution
+            for name, keys in (await _keys_by_activity(env, child.workflow_id)).items():
+                found.setdefault(name, set()).update(keys)
+    return found
+
+
+async def test_a_rolled_back_change_schedules_reverts_first_then_checks_then_mutations(
+    dev_env: WorkflowEnvironment, task_queue: str
+) -> None:
+    RecordingKind.ledger = Ledger()
+    req = ChangeRequest(
+        change_id=f"prio-{uuid.uuid4().hex[:8]}",
+        kind="recording",
+        summary="priorities",
+        requester="alice",
+        team="payments",
+        environment="prod",
+        targets=[{"id": "a"}, {"id": "b"}],  # type: ignore[list-item]
+        params={"fail_apply": ["b"]},
+        rollout={"waves": ["100%"], "max_parallel": 1},  # type: ignore[arg-type]
+        policy={"guardrails": [{"use": "always-pass"}]},
+    )
+    async with build_worker(
+        dev_env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+    ):
+        await start_change(
+            dev_env.client, req, Settings.from_env(task_queue=task_queue), quiet=True
+        )
+        handle = dev_env.client.get_workflow_handle(req.change_id or "", result_type=ChangeResult)
+        result = await handle.result()
+    assert result.outcome is Outcome.ROLLED_BACK, result.message
+    keys = await _keys_by_activity(dev_env, handle.id)
+    assert keys["revert_change"] == {1}
+    assert keys["run_check"] == {2} and keys["resolve_policy"] == {2}
+    assert keys["apply_change"] == {4}
+    started = (await handle.fetch_history()).events[0].workflow_execution_started_event_attributes
+    assert started.priority.fairness_key == "payments"
+
+
+def test_a_fairness_key_fits_temporals_limit() -> None:
+    assert change_priority("t" * 100).fairness_key is not None
+    assert len((change_priority("é" * 100).fairness_key or "").encode()) <= 64
+    assert change_priority("").fairness_key == "unowned"
