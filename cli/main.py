@@ -36,6 +36,7 @@ from cli.render import console, err, print_json, report_table, status_table
 from cli.report import add_parser as add_report_parser
 from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
+from worker import telemetry
 from worker.client import SearchAttributesMissing, TemporalUnreachable
 from worker.devserver import DevServerError
 from worker.main import DeploymentError, PolicyMissing
@@ -523,6 +524,7 @@ def entry() -> None:
     and flushed by then, so we exit directly with the contract exit code.
     """
     code = main()
+    telemetry.flush()  # spans still batched would be lost at os._exit
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -35,7 +35,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from guardrails.base import Guardrail, default_registry
 from guardrails.bundle import Bundle, BundleError, BundleHolder
 from guardrails.plugins import PluginRegistry
-from worker import registry
+from worker import registry, telemetry, waiting
 from worker.settings import Settings
 from workflows.progress_models import HEARTBEAT_THROTTLE
 
@@ -341,10 +341,15 @@ async def serve(settings: Settings) -> None:
 
     guardrails = default_registry()
     holder = load_holder(settings, guardrails)  # before connecting: a bad bundle is exit 2
+    interval = waiting.interval_from_env()
     client = await connect(settings, serve_metrics=True)
     await ensure_search_attributes(client, settings.namespace)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    await run_worker(client, settings, stop, bundle=holder, guardrails=guardrails)
+    try:
+        async with waiting.sampling(client, telemetry.runtime(settings.metrics_bind), interval):
+            await run_worker(client, settings, stop, bundle=holder, guardrails=guardrails)
+    finally:
+        telemetry.flush()  # the process may exit without finalising (cli.main.entry)

@@ -25,7 +25,7 @@ from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase
 from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.servers import free_port
-from worker import telemetry
+from worker import telemetry, waiting
 from worker.converter import data_converter
 from worker.main import build_worker
 from worker.settings import Settings
@@ -282,6 +282,18 @@ async def test_metrics_count_blocks_approvals_rollbacks_and_shadow_failures(
         # 2. Blocked by rule-x again, aborted.
         aborted = await start(_request([RULE_X], waves=["100%"]))
         await until_phase(aborted, Phase.AWAITING_APPROVAL)
+        # The waiting sampler finds it (visibility catches up within a moment).
+        for _ in range(100):
+            found = await waiting.sample(client)
+            if found[Phase.AWAITING_APPROVAL].count:
+                break
+            await asyncio.sleep(0.1)
+        assert found[Phase.AWAITING_APPROVAL].count == 1
+        assert found[Phase.BLOCKED] == waiting.Waiting(0, 0.0)
+        assert 0 <= found[Phase.AWAITING_APPROVAL].longest_s < 60
+        runtime = client.service_client.config.runtime
+        assert runtime is not None
+        waiting.publish(runtime.metric_meter, found)
         await aborted.execute_update("abort", OperatorAction(operator="oscar", reason="not today"))
         assert (await aborted.result()).outcome is Outcome.ABORTED
         # 3. rule-x passes, shadow-y would have blocked; rolled back by an operator mid-bake.
@@ -319,3 +331,6 @@ async def test_metrics_count_blocks_approvals_rollbacks_and_shadow_failures(
     assert n("mutation_results", step="apply", result="applied") == 3
     assert n("phase_seconds_count", phase="AwaitingApproval") == 2
     assert n("phase_seconds_count", phase="Baking") == 1
+    assert n("changes_waiting", phase="AwaitingApproval") == 1
+    assert n("changes_waiting", phase="Blocked") == 0
+    assert 0 <= n("changes_waiting_longest_seconds", phase="AwaitingApproval") < 60
