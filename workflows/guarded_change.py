@@ -104,6 +104,11 @@ PLAN_PATCH = "plan-in-ledger"
 """The ``workflow.patched`` id of the wave plan's ledger record (docs/versioning.md)."""
 BATCH_IRREVERSIBLE_PATCH = "batch-irreversible"
 """``workflow.patched`` id: irreversible steps a ``TargetBatch`` ran reach the point of no return."""
+DUE_WAIT_PATCH = "due-wait-regates"
+"""``workflow.patched`` id: a gate's ``wait`` whose time already came gates again (it was taken
+for the deadline having passed, and the change ended rejected)."""
+DUE_WAIT_REGATE = timedelta(seconds=1)
+"""How soon a change gates again after a ``wait`` that came due while its gate ran."""
 BATCH_SIZE = 100
 """Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
 AUDIT_RETRY = RetryPolicy(
@@ -737,6 +742,9 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 until = deadline
                 awaited = "approval or recheck" if approvable(report) else "a recheck"
                 timer = line(f"wait for {awaited} until {day_clock(deadline)}")
+            if until <= now and until < deadline and workflow.patched(DUE_WAIT_PATCH):
+                # A wait that came due while the gate ran (a slow gate): gate again shortly.
+                until = now + DUE_WAIT_REGATE
             if until <= now:
                 self._status.message = f"the deadline {deadline.isoformat()} passed"
                 await self._deadline_passed()

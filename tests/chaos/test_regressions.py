@@ -11,6 +11,7 @@ import random
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import ClassVar
 
 import httpx
 import pytest
@@ -25,6 +26,8 @@ from activities.kinds.http_deploy import HttpDeploy, HttpDeployParams
 from activities.locks import LockActivities
 from activities.resilience import CircuitBreakers, jittered_delay
 from demo.fleet import FleetServer
+from guardrails.base import CheckContext, EmptyParams, Guardrail, default_registry
+from tests.helpers import OPEN_BUNDLE
 from worker.converter import data_converter
 from worker.main import build_worker
 from worker.settings import Settings
@@ -32,8 +35,11 @@ from workflows.models import (
     AuditAction,
     AuditQuery,
     AuditRecord,
+    Category,
     ChangeRequest,
     ChangeResult,
+    ChangeStatus,
+    CheckResult,
     Outcome,
     ReleaseLocksInput,
     Target,
@@ -310,3 +316,71 @@ def test_a_mutations_retry_budget_outlasts_a_35_second_target_outage() -> None:
         for _ in range(2000)
     )
     assert covered[len(covered) // 20] >= 35, f"5th percentile {covered[len(covered) // 20]:.0f}s"
+
+
+class _QueueThatCameDue(Guardrail[EmptyParams]):
+    """``wait`` until a second before the check ran, once per change: a gate slower than its wait.
+
+    As ``target-lock`` answers a queued change under load: its ``retry_after`` is the check's
+    ``now`` plus 30 s, and the gate took longer than that to report.
+    """
+
+    name = "queue-that-came-due"
+    category = Category.CONCURRENCY
+    default_owner = "platform"
+    seen: ClassVar[set[str]] = set()
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        if ctx.change.change_id not in self.seen:
+            self.seen.add(ctx.change.change_id)
+            return ctx.wait("queued behind a holder", remedy="wait", retry_after=ctx.now - _1S)
+        return ctx.passed("the lock is ours")
+
+
+_1S = timedelta(seconds=1)
+
+
+@pytest.mark.integration
+async def test_a_wait_that_came_due_while_the_gate_ran_gates_again_instead_of_rejecting(
+    dev_env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    """Everything slow (the long campaign on loaded cores): a queued change is not rejected.
+
+    Found by the long campaign (seed 4242, load average 9-11 on 2 cores): 22 ``queued`` changes
+    and one ``good`` ended ``rejected`` with "the deadline <24 h from now> passed". Their gate
+    said ``wait`` (``target-lock``: queued, ``retry_after`` = the check's time + 30 s) and took
+    more than 30 s to report; the change read a ``retry_after`` already past as its deadline
+    having passed. Now it gates again a second later, and proceeds once the lock is its own.
+    """
+    registry = default_registry()
+    registry.register(_QueueThatCameDue)
+    cid = f"due-{uuid.uuid4().hex[:8]}"
+    with FleetServer(tmp_path / "fleet.db", port=0, hosts=1) as fleet:
+        request = ChangeRequest.model_validate(
+            {
+                "change_id": cid,
+                "kind": "http-deploy",
+                "summary": "a change whose gate reports a wait that already came due",
+                "requester": "alice",
+                "team": "web",
+                "environment": "prod",
+                "targets": [{"id": "web-01"}],
+                "params": {"base_url": fleet.url, "version": "2.0.0"},
+                "rollout": {"waves": ["100%"], "max_parallel": 1, "bake": "0s"},
+                "policy": {"guardrails": [{"use": "queue-that-came-due"}]},
+            }
+        )
+        settings = Settings.from_env(task_queue=task_queue)
+        async with build_worker(dev_env.client, settings, bundle=OPEN_BUNDLE, guardrails=registry):
+            handle = await dev_env.client.start_workflow(
+                "GuardedChange",
+                request,
+                id=cid,
+                task_queue=task_queue,
+                result_type=ChangeResult,
+                execution_timeout=timedelta(minutes=2),
+            )
+            result = await handle.result()
+            status = await handle.query("status", result_type=ChangeStatus)
+    assert (result.outcome, result.applied) == (Outcome.COMPLETED, ["web-01"]), result.message
+    assert status.gate_runs == 2

@@ -103,6 +103,22 @@ class SoonWindow(Guardrail[EmptyParams]):
         return ctx.passed("window open")
 
 
+class DueWindow(Guardrail[EmptyParams]):
+    """Asks a change to wait until a moment already past on its first gate (a slow gate), then passes."""
+
+    name = "due-window"
+    category = Category.TIMING
+    default_owner = "release-eng"
+    seen: ClassVar[set[str]] = set()
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        """Wait until a second ago on the first gate of each change, pass on the next."""
+        if ctx.change.change_id not in DueWindow.seen:
+            DueWindow.seen.add(ctx.change.change_id)
+            return ctx.wait("window opened already", remedy="wait", retry_after=ctx.now - _s(1))
+        return ctx.passed("window open")
+
+
 class MidRolloutFreeze(Guardrail[EmptyParams]):
     """Passes the first gate of each change and fails every later one (a freeze mid-rollout)."""
 
@@ -135,7 +151,7 @@ class SlowCheck(Guardrail[EmptyParams]):
 def guardrails() -> Any:
     """The fake registry plus target-lock and the capture-only guardrails."""
     registry = fakes.guardrails()
-    for g in (TargetLock, ChangeWindow, SoonWindow, MidRolloutFreeze, SlowCheck):
+    for g in (TargetLock, ChangeWindow, SoonWindow, DueWindow, MidRolloutFreeze, SlowCheck):
         registry.register(g)
     return registry
 
@@ -473,6 +489,7 @@ BRANCHES: list[Branch] = [
         steer=recheck_until_fixed,
     ),
     Branch("wait_then_proceed", Outcome.COMPLETED, rules=[{"use": "soon-window"}]),
+    Branch("wait_already_due", Outcome.COMPLETED, rules=[{"use": "due-window"}]),
     Branch(
         "wait_past_deadline",
         Outcome.REJECTED,
