@@ -345,6 +345,7 @@ class Campaign:
         self.slots: list[WorkerSlot] = []
         self.world = ""
         self._stopping = False
+        self._all_started = asyncio.Event()
 
     # -- the world
 
@@ -565,7 +566,7 @@ class Campaign:
         )
 
     async def _until_phase(
-        self, handle: WorkflowHandle[Any, Any], phases: set[Phase], within: float = 180
+        self, handle: WorkflowHandle[Any, Any], phases: set[Phase], within: float = 900
     ) -> ChangeStatus | None:
         deadline = time.monotonic() + within
         while time.monotonic() < deadline:
@@ -679,22 +680,26 @@ class Campaign:
                 self.free_hosts.extend(trace.targets)
 
     async def _changes(self, shapes: list[str], started: float, spread: float) -> None:
+        """Start every change (at most ``in_flight`` at once), then wait for them all."""
         tasks = []
-        for i, shape in enumerate(shapes):
-            due = started + spread * i / max(1, len(shapes))
-            # Polling, not an Event: the conditions change in many places and time passes too.
-            while (  # noqa: ASYNC110
-                len(self.in_flight) >= self.size.in_flight
-                or time.monotonic() < due
-                or len(self.free_hosts) < 3
-            ):
-                await asyncio.sleep(0.2)
-            hosts = self._take_hosts(shape)
-            trace = ChangeTrace(
-                f"c{self.seed}-{i:04d}-{uuid.uuid4().hex[:4]}", shape, hosts, ["1", "100%"]
-            )
-            self.traces.append(trace)
-            tasks.append(asyncio.create_task(self._run_change(trace)))
+        try:
+            for i, shape in enumerate(shapes):
+                due = started + spread * i / max(1, len(shapes))
+                # Polling, not an Event: the conditions change in many places and time passes.
+                while (  # noqa: ASYNC110
+                    len(self.in_flight) >= self.size.in_flight
+                    or time.monotonic() < due
+                    or len(self.free_hosts) < 3
+                ):
+                    await asyncio.sleep(0.2)
+                hosts = self._take_hosts(shape)
+                trace = ChangeTrace(
+                    f"c{self.seed}-{i:04d}-{uuid.uuid4().hex[:4]}", shape, hosts, ["1", "100%"]
+                )
+                self.traces.append(trace)
+                tasks.append(asyncio.create_task(self._run_change(trace)))
+        finally:
+            self._all_started.set()
         await asyncio.gather(*tasks)
 
     # -- collection
@@ -734,12 +739,13 @@ class Campaign:
             faults = asyncio.create_task(self._faults(schedule, started))
             changes = asyncio.create_task(self._changes(shapes, started, spread))
             await faults
+            await self._all_started.wait()  # the drain begins once every change has started
             try:
                 await asyncio.wait_for(asyncio.shield(changes), timeout=self.size.drain)
             except TimeoutError:
                 self.notes.append(
                     f"{len(self.in_flight)} changes still running {self.size.drain:g}s after "
-                    f"the last fault: {sorted(self.in_flight)[:20]}"
+                    f"the last fault and the last start: {sorted(self.in_flight)[:20]}"
                 )
             changes.cancel()
             with contextlib.suppress(BaseException):

@@ -164,7 +164,10 @@ def check(
         _i1(found, trace, mine, ledger)
         outcome = _outcome(mine)
         _i3(found, trace, outcome, ledger)
-        _i6(found, trace, mine, ledger)
+        running = any(
+            r.open for r in runs_of.get(trace.change_id, []) if r.workflow_id == trace.change_id
+        )
+        _i6(found, trace, mine, ledger, running=running)
         _lost(found, trace, outcome, runs_of.get(trace.change_id, []))
     return found
 
@@ -265,11 +268,19 @@ def _i6(
     trace: ChangeTrace,
     records: list[AuditRecord],
     ledger: list[dict[str, Any]],
+    *,
+    running: bool = False,
 ) -> None:
+    """I6 for one change; a change still running owes no outcome record yet (``lost`` counts it).
+
+    A start refused before any check (an invalid request, e.g. a deadline already past when the
+    workflow first ran) is recorded as ``refused`` instead of ``started``.
+    """
     actions = collections.Counter(r.action for r in records)
-    for needed in (AuditAction.STARTED, AuditAction.OUTCOME):
-        if not actions[needed]:
-            found.add("I6", f"{trace.change_id}: no {needed.value} record")
+    if not actions[AuditAction.STARTED] and not actions[AuditAction.REFUSED]:
+        found.add("I6", f"{trace.change_id}: no started record")
+    if not actions[AuditAction.OUTCOME] and not running:
+        found.add("I6", f"{trace.change_id}: no outcome record")
     approvers = {r.actor for r in records if r.action is AuditAction.APPROVAL}
     for who in trace.approvals:
         if who not in approvers:

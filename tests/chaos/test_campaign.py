@@ -156,3 +156,16 @@ def test_recovery_counts_the_time_outside_later_faults() -> None:
     assert recovery_seconds(faults, [run]) == (15.0, "c1 after fleet_5xx@10s")
     # A change that closed before a fault ended is not affected by it.
     assert recovery_seconds(faults, [_run([at[1], at[5]], close=at[5])]) == (0.0, "")
+
+
+def test_checker_takes_a_refused_start_as_recorded_and_counts_a_running_change_once() -> None:
+    """A start refused at the edge has ``refused``, not ``started``; a running change is lost only."""
+    trace = ChangeTrace("c1", "refuse", ["h1"], ["1", "100%"], started=True)
+    refused = [
+        _record(AuditAction.REFUSED, NOW),
+        _record(AuditAction.OUTCOME, NOW + timedelta(seconds=1), detail={"outcome": "rejected"}),
+    ]
+    closed = _run([NOW], close=NOW + timedelta(seconds=1))
+    assert check([trace], [], refused, [closed]).total == 0
+    running = check([trace], [], _story("completed")[:2], [_run([NOW])])
+    assert (running.counts["I6"], running.counts["lost"]) == (0, 1)
