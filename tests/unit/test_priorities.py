@@ -7,6 +7,7 @@ import uuid
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
+import changeguard
 from cli.main import start_change
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
@@ -49,9 +50,8 @@ async def test_a_rolled_back_change_schedules_reverts_first_then_checks_then_mut
     async with build_worker(
         dev_env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
     ):
-        await start_change(
-            dev_env.client, req, Settings.from_env(task_queue=task_queue), quiet=True
-        )
+        client = changeguard.Client(dev_env.client, Settings.from_env(task_queue=task_queue))
+        await start_change(client, req, quiet=True)  # the real start path: cli, then changeguard
         handle = dev_env.client.get_workflow_handle(req.change_id or "", result_type=ChangeResult)
         result = await handle.result()
     assert result.outcome is Outcome.ROLLED_BACK, result.message
