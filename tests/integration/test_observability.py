@@ -22,7 +22,6 @@ from activities.audit import AuditActivities
 from demo.fleet import FleetServer
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
-from tests.helpers import until_phase
 from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.servers import free_port
 from worker import telemetry, waiting
@@ -225,6 +224,21 @@ RULE_X = {"id": "rule-x", "use": "switch", "opt_out": {"approvers": ["sre-leads"
 SHADOW_Y = {"id": "shadow-y", "use": "fake-health", "mode": "shadow", "params": {"outcome": "fail"}}
 
 
+async def _until_phase(client: Client, change_id: str, phase: Phase) -> None:
+    """Wait for the ``ChangePhase`` search attribute, not the ``status`` query.
+
+    A query on a workflow the worker does not cache replays its history, and a query that lands
+    while new events await their task can run them live once more (a count recorded twice):
+    this test counts exactly, so it watches visibility instead (docs/observability.md).
+    """
+    query = f"WorkflowId = '{change_id}' AND ChangePhase = '{phase.value}'"
+    for _ in range(400):
+        if [w async for w in client.list_workflows(query, limit=1)]:
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{change_id} did not reach {phase.value}")
+
+
 def _sample(text: str, name: str, **labels: str) -> float:
     """The sum of the samples of ``name`` whose labels include ``labels``."""
     total = 0.0
@@ -265,7 +279,8 @@ async def test_metrics_count_blocks_approvals_rollbacks_and_shadow_failures(
 
         # 1. Blocked by rule-x, approved by bob (the requester's own approval is refused first).
         approved = await start(_request([RULE_X], waves=["100%"]))
-        status = await until_phase(approved, Phase.AWAITING_APPROVAL)
+        await _until_phase(client, approved.id, Phase.AWAITING_APPROVAL)
+        status = await approved.query("status", result_type=ChangeStatus)
         assert status.report is not None
         approval = {
             "guardrails": ["rule-x"],
@@ -281,7 +296,7 @@ async def test_metrics_count_blocks_approvals_rollbacks_and_shadow_failures(
         assert (await approved.result()).outcome is Outcome.COMPLETED
         # 2. Blocked by rule-x again, aborted.
         aborted = await start(_request([RULE_X], waves=["100%"]))
-        await until_phase(aborted, Phase.AWAITING_APPROVAL)
+        await _until_phase(client, aborted.id, Phase.AWAITING_APPROVAL)
         # The waiting sampler finds it (visibility catches up within a moment).
         for _ in range(100):
             found = await waiting.sample(client)
@@ -299,7 +314,7 @@ async def test_metrics_count_blocks_approvals_rollbacks_and_shadow_failures(
         # 3. rule-x passes, shadow-y would have blocked; rolled back by an operator mid-bake.
         Switch.outcome = "pass"
         rolled = await start(_request([RULE_X, SHADOW_Y], waves=["1", "100%"], bake="1h"))
-        await until_phase(rolled, Phase.BAKING)
+        await _until_phase(client, rolled.id, Phase.BAKING)
         await rolled.execute_update("rollback", OperatorAction(operator="oscar", reason="errors"))
         assert (await rolled.result()).outcome is Outcome.ROLLED_BACK
         status = await rolled.query("status", result_type=ChangeStatus)
