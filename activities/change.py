@@ -264,6 +264,7 @@ class ChangeActivities:
         if not inp.items:
             return ApplyManyResult()
         first = inp.items[0]
+        observe.many_started(inp.items)
         kind = self._kind(first.kind)
         if kind.apply_many_size < 1:
             raise ApplicationError(
@@ -324,6 +325,7 @@ class ChangeActivities:
             target=inp.target.id,
             idempotency_key=inp.idempotency_key,
             input_sha256=observe.input_checksum(inp),
+            attempt=observe.attempt_number(),
             applied=result.applied,
             replayed=result.replayed,
             detail=result.detail,

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 
@@ -32,7 +32,8 @@ def input_checksum(inp: ApplyInput) -> str:
     return digest.hexdigest()[:16]
 
 
-def _attempt() -> int:
+def attempt_number() -> int:
+    """The running activity's attempt (1 outside an activity)."""
     try:
         return activity.info().attempt
     except RuntimeError:  # outside an activity (a kind's unit test)
@@ -70,7 +71,7 @@ class Attempt:
 @contextmanager
 def attempt(inp: ApplyInput) -> Iterator[Attempt]:
     """Observe one attempt of a mutation (``step`` apply) or compensation (``step`` revert)."""
-    number = _attempt()
+    number = attempt_number()
     fields: dict[str, str | int] = {
         "target": inp.target.id,
         "idempotency_key": inp.idempotency_key,
@@ -112,3 +113,27 @@ def attempt(inp: ApplyInput) -> Iterator[Attempt]:
                 result="failed",
             )
             raise
+
+
+def many_started(items: Sequence[ApplyInput]) -> None:
+    """Log and count one attempt of ``apply_change_many`` (each target's line says the rest)."""
+    if not items:
+        return
+    number = attempt_number()
+    first = items[0]
+    for item in items:
+        _count(
+            "mutation_attempts",
+            "mutation and compensation attempts",
+            kind=item.kind,
+            step=item.step,
+        )
+        if number > 1:
+            _count("mutation_retries", "retried mutation attempts", kind=item.kind, step=item.step)
+    what = f"{first.step} of {len(items)} targets from {first.target.id}"
+    log.info(
+        f"retrying {what}: attempt {number}" if number > 1 else f"{what}: attempt 1",
+        idempotency_keys=[i.idempotency_key for i in items][:50],
+        input_sha256=[input_checksum(i) for i in items][:50],
+        attempt=number,
+    )
