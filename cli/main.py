@@ -36,7 +36,7 @@ from cli.render import console, err, print_json, report_table, status_table
 from cli.report import add_parser as add_report_parser
 from guardrails.bundle import BundleError
 from guardrails.plugins import validation_problems
-from worker import telemetry
+from worker import telemetry, waiting
 from worker.client import SearchAttributesMissing, TemporalUnreachable
 from worker.devserver import DevServerError
 from worker.main import DeploymentError, PolicyMissing
@@ -470,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         settings = Settings.from_env()
+        telemetry.trace_exporters()  # a bad OTEL_* is refused here, like any other setting
+        waiting.interval_from_env()
     except SettingsError as exc:
         err.print(f"[bold red]invalid settings:[/] {escape(str(exc))}")
         return exitcodes.INVALID

@@ -44,12 +44,14 @@ from temporalio.contrib.opentelemetry import (
 )
 from temporalio.runtime import PrometheusConfig, Runtime, TelemetryConfig
 
+from worker.settings import SettingsError
+
 EXPORTERS = ("otlp", "console")
 """The values ``OTEL_TRACES_EXPORTER`` may list (besides ``none``)."""
 DEFAULT_SERVICE_NAME = "changeguard"
 
 
-class TelemetryConfigError(ValueError):
+class TelemetryConfigError(SettingsError):
     """An ``OTEL_*`` variable asks for something changeguard cannot do; the message says the fix."""
 
 

@@ -27,6 +27,7 @@ from temporalio.client import Client
 from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 
+from worker.settings import SettingsError
 from workflows.models import ChangeStatus, Phase
 
 log = structlog.get_logger(__name__)
@@ -105,7 +106,7 @@ def interval_from_env(env: Mapping[str, str] | None = None) -> float:
     """``CHANGEGUARD_WAITING_SAMPLE_S`` (seconds; default 60, 0 turns sampling off).
 
     Raises:
-        ValueError: it is not a number of seconds (the message names the variable).
+        SettingsError: it is not a number of seconds (the message names the variable).
     """
     raw = (os.environ if env is None else env).get(INTERVAL_ENV, "60")
     try:
@@ -113,7 +114,9 @@ def interval_from_env(env: Mapping[str, str] | None = None) -> float:
     except ValueError:
         value = -1.0
     if value < 0 or value != value:
-        raise ValueError(f"{INTERVAL_ENV}={raw!r}: give seconds between samples (0 turns it off)")
+        raise SettingsError(
+            f"{INTERVAL_ENV}={raw!r}: give seconds between samples (0 turns it off)"
+        )
     return value
 
 

@@ -22,6 +22,7 @@ from activities.audit import AuditActivities
 from demo.fleet import FleetServer
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
+from tests.integration.conftest import Cli
 from tests.otlp import OtlpReceiver, ReceivedSpan
 from tests.servers import free_port
 from worker import telemetry, waiting
@@ -180,6 +181,23 @@ async def test_a_change_exports_its_tree_of_spans_over_otlp(
         "RunWorkflow:GuardrailGate",
         "RunActivity:apply_change",
     } <= names
+
+
+@pytest.mark.parametrize(
+    ("env", "says"),
+    [
+        ({"OTEL_TRACES_EXPORTER": "jaeger"}, "OTEL_TRACES_EXPORTER='jaeger': unknown exporter(s)"),
+        ({"CHANGEGUARD_WAITING_SAMPLE_S": "soon"}, "CHANGEGUARD_WAITING_SAMPLE_S='soon'"),
+    ],
+)
+async def test_the_cli_refuses_bad_telemetry_settings_by_name(
+    cli: Cli, env: dict[str, str], says: str
+) -> None:
+    """A bad OTEL_* or sampler setting is an invalid setting (exit 2), named, not a traceback."""
+    result = await cli("status", "no-such-change", env=env)
+    assert result.code == 2, result.stderr
+    assert says in " ".join(result.stderr.split())
+    assert "Traceback" not in result.stderr
 
 
 # ---------------------------------------------------------------------------------- metrics
