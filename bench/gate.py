@@ -50,7 +50,7 @@ if not workflow.unsafe.in_sandbox():
 
 with workflow.unsafe.imports_passed_through():
     from activities.checks import CheckActivities
-    from workflows.gate import CHECK_RETRY, RESOLVE_TIMEOUT
+    from workflows.calls import CHECK_RETRY, RESOLVE_TIMEOUT
     from workflows.models import (
         CheckResult,
         CheckStatus,

@@ -57,8 +57,8 @@ if not workflow.unsafe.in_sandbox():
 
 with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
+    from workflows.calls import MUTATION_HEARTBEAT, MUTATION_RETRY, MUTATION_TIMEOUT
     from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
-    from workflows.mutations import MUTATION_HEARTBEAT, MUTATION_RETRY, MUTATION_TIMEOUT
 
 if TYPE_CHECKING:
     from temporalio.client import Client

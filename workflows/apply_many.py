@@ -23,14 +23,12 @@ from typing import Any
 
 from temporalio import workflow
 from temporalio.exceptions import ApplicationError
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.change import ChangeActivities
-    from workflows import priorities
-    from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
+    from workflows import calls
+    from workflows.apply_many_models import ApplyManyInput
     from workflows.models import ApplyResult, Target
-    from workflows.mutations import MUTATION_RETRY, apply_input
+    from workflows.mutations import apply_input
     from workflows.progress_models import MutationOptions
     from workflows.summaries import line
 
@@ -72,15 +70,11 @@ async def apply_chunks(
                 return
             items = [apply_input(change_id, kind, params, t) for t in chunk]
             try:
-                out: ApplyManyResult = await workflow.execute_activity_method(
-                    ChangeActivities.apply_change_many,
+                out = await calls.apply_change_many(
                     ApplyManyInput(items=items),
-                    start_to_close_timeout=options.start_to_close * len(chunk),
-                    heartbeat_timeout=options.heartbeat_timeout,
-                    retry_policy=MUTATION_RETRY,
-                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+                    start_to_close=options.start_to_close * len(chunk),
+                    heartbeat=options.heartbeat_timeout,
                     summary=line(f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"),
-                    priority=priorities.MUTATION,
                 )
             except BaseException as exc:
                 failed.append(exc)

@@ -13,14 +13,10 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.checks import CheckActivities
-    from activities.monitoring import MonitoringActivities
-    from activities.pagers import PagerActivities
-    from workflows import errors, observe
+    from workflows import calls, observe
     from workflows.models import (
         ChangeContext,
         ChangeRequest,
@@ -137,17 +133,11 @@ class BakeMixin:
 
     async def _rollout_policy(self) -> RolloutPolicy:
         if self._rollout is None:
-            self._rollout = await workflow.execute_activity_method(
-                CheckActivities.resolve_rollout,
+            self._rollout = await calls.resolve_rollout(
                 ResolvePolicyInput(
                     change=ChangeContext.of(self._request, self._change_id),
                     policy=self._request.policy,
-                ),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(
-                    maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
-                ),
-                summary="resolve the rollout policy",
+                )
             )
         return self._rollout
 
@@ -158,8 +148,7 @@ class BakeMixin:
         rollout: RolloutPolicy,
         previous: dict[str, SignalState],
     ) -> ObserveResult:
-        return await workflow.execute_activity_method(
-            MonitoringActivities.observe_signals,
+        return await calls.observe_signals(
             ObserveInput(
                 change_id=self._change_id,
                 kind=request.kind,
@@ -169,8 +158,6 @@ class BakeMixin:
                 signals=rollout.signals,
                 previous=previous,
             ),
-            start_to_close_timeout=timedelta(seconds=60),
-            retry_policy=RetryPolicy(maximum_attempts=3),
             summary=line(f"observe {len(rollout.signals)} signal(s), wave {wave.index + 1}"),
         )
 
@@ -209,13 +196,8 @@ class BakeMixin:
             dedup_key=f"{self._change_id}:page:{self._pages_sent}",
         )
         try:
-            await workflow.execute_activity_method(
-                PagerActivities.page,
-                page,
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=min(within, timedelta(minutes=5)),
-                retry_policy=RetryPolicy(non_retryable_error_types=list(errors.NON_RETRYABLE)),
-                summary=line(f"page {request.team} via {rollout.pager}"),
+            await calls.page(
+                page, within=within, summary=line(f"page {request.team} via {rollout.pager}")
             )
             self._status.pages.append(f"{rollout.pager}: {summary}")
         except ActivityError as exc:

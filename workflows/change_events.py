@@ -23,27 +23,19 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import errors, ids
-    from workflows.event_models import ChangeEvent, ChangeEventsInput, SendChangeEventResult
+    from workflows import calls, errors, ids
+    from workflows.calls import DELIVERY_LIMIT as DELIVERY_LIMIT
+    from workflows.event_models import ChangeEvent, ChangeEventsInput
     from workflows.inputs import Refusal, decode
     from workflows.saga import failure_of
 
 EVENTS_PATCH = "change-events"
 """The ``workflow.patched`` id of the change-event commands (docs/versioning.md)."""
-DELIVERY_LIMIT = timedelta(minutes=30)
-"""How long one event is retried before it is dropped."""
 IDLE_LIMIT = timedelta(days=7)
 """The child ends when no event arrived for this long."""
-DELIVERY_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=60),
-    non_retryable_error_types=list(errors.NON_RETRYABLE),
-)
 
 
 @workflow.defn(name="ChangeEvents", failure_exception_types=[ValidationError])
@@ -92,15 +84,7 @@ class ChangeEventsWorkflow:
 
     async def _send(self, ev: ChangeEvent) -> bool:
         try:
-            result: SendChangeEventResult = await workflow.execute_activity(
-                "send_change_event",
-                ev,
-                result_type=SendChangeEventResult,
-                start_to_close_timeout=timedelta(seconds=30),
-                schedule_to_close_timeout=DELIVERY_LIMIT,
-                retry_policy=DELIVERY_RETRY,
-                summary=f"send {ev.event} event #{ev.seq}",
-            )
+            result = await calls.send_change_event(ev, summary=f"send {ev.event} event #{ev.seq}")
         except ActivityError as exc:
             message, _ = failure_of(exc)
             workflow.logger.warning(f"change event #{ev.seq} ({ev.event}) dropped: {message}")

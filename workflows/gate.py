@@ -12,18 +12,18 @@ gate (non-retryable ``InvalidInput``, every problem named), never a workflow tas
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.checks import CheckActivities
-    from workflows import observe, priorities
-    from workflows.errors import INVALID_INPUT, NON_RETRYABLE
+    from workflows import calls, observe
+    from workflows.calls import CHECK_RETRY as CHECK_RETRY
+    from workflows.calls import RESOLVE_TIMEOUT as RESOLVE_TIMEOUT
+    from workflows.errors import INVALID_INPUT
     from workflows.inputs import Refusal, decode
     from workflows.models import (
         CheckResult,
@@ -39,14 +39,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.saga import failure_of
     from workflows.summaries import check_summary
 
-RESOLVE_TIMEOUT = timedelta(seconds=30)
 COMMON_OPENING_PATCH = "earliest-common-opening"
 """The ``workflow.patched`` id of the timing rules' one earliest-start answer (docs/versioning.md)."""
-CHECK_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_attempts=2,
-    non_retryable_error_types=list(NON_RETRYABLE),
-)
 
 
 def error_result(spec: CheckSpec, exc: BaseException) -> CheckResult:
@@ -105,13 +99,8 @@ class GuardrailGateWorkflow:
 
     async def _gate(self, inp: GateInput) -> GuardrailReport:
         workflow.set_current_details("Resolving the policy…")
-        resolved = await workflow.execute_activity_method(
-            CheckActivities.resolve_policy,
-            ResolvePolicyInput(change=inp.change, policy=inp.policy, categories=inp.categories),
-            start_to_close_timeout=RESOLVE_TIMEOUT,
-            retry_policy=CHECK_RETRY,
-            summary="resolve the effective policy",
-            priority=priorities.GATE,
+        resolved = await calls.resolve_policy(
+            ResolvePolicyInput(change=inp.change, policy=inp.policy, categories=inp.categories)
         )
         now = workflow.now()
         workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
@@ -141,15 +130,11 @@ class GuardrailGateWorkflow:
     async def _run_check(self, spec: CheckSpec, inp: GateInput, now: datetime) -> CheckResult:
         started = workflow.now()
         try:
-            result = await workflow.execute_activity_method(
-                CheckActivities.run_check,
+            result = await calls.run_check(
                 RunCheckInput(spec=spec, change=inp.change, now=now, probe_only=inp.probe_only),
                 activity_id=f"check-{spec.rule or spec.guardrail}",
-                start_to_close_timeout=spec.timeout,
-                schedule_to_close_timeout=spec.timeout * 2,
-                retry_policy=CHECK_RETRY,
+                check_timeout=spec.timeout,
                 summary=check_summary(spec.rule or spec.guardrail),
-                priority=priorities.GATE,
             )
         except ActivityError as exc:
             result = error_result(spec, exc)

@@ -31,7 +31,6 @@ from typing import Any
 
 from pydantic import ValidationError
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import (
     ActivityError,
     ApplicationError,
@@ -40,9 +39,7 @@ from temporalio.exceptions import (
 )
 
 with workflow.unsafe.imports_passed_through():
-    from activities.change import ChangeActivities
-    from activities.locks import LockActivities
-    from workflows import errors, ids, observe
+    from workflows import calls, errors, ids, observe
     from workflows import search_attributes as sa
     from workflows.approvals import approvable, approval_problem, grant, still_needed
     from workflows.bake import BakeMixin
@@ -111,23 +108,9 @@ DUE_WAIT_REGATE = timedelta(seconds=1)
 """How soon a change gates again after a ``wait`` that came due while its gate ran."""
 BATCH_SIZE = 100
 """Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
-AUDIT_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=20,
-)
-CLAIM_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    maximum_interval=timedelta(seconds=10),
-    maximum_attempts=6,
-    non_retryable_error_types=list(errors.NON_RETRYABLE),
-)
-"""A change that cannot claim its id within about half a minute is refused, not left waiting."""
 REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
 """Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
 HUMAN_DECISION_TIMEOUT = timedelta(hours=24)
-RELEASE_HEARTBEAT = timedelta(seconds=10)
-"""``release_target_locks`` heartbeats per lock; a worker that dies in it costs this, not 2 min."""
 """How long a change stopped past its point of no return waits for resume or abort."""
 MAX_RECORDED = 20
 """Refused approvals, pages and audit failures kept in the status (older ones are dropped)."""
@@ -535,14 +518,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             run_id=info.run_id,
             **fields,
         )
-        await workflow.execute_activity(
-            "record_audit",
-            record,
-            result_type=bool,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=AUDIT_RETRY,
-            summary=line(f"record {action.value} in the ledger"),
-        )
+        await calls.record_audit(record, summary=line(f"record {action.value} in the ledger"))
 
     # ---------------------------------------------------------------- main line
 
@@ -650,11 +626,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         return await self._finish(Outcome.REJECTED, why)
 
     async def _validate(self, request: ChangeRequest) -> list[str]:
-        result = await workflow.execute_activity_method(
-            ChangeActivities.validate_change,
+        result = await calls.validate_change(
             ValidateChangeInput(kind=request.kind, params=request.params),
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=RetryPolicy(maximum_attempts=3),
             summary=line(f"validate {request.kind} params"),
         )
         self._mutation_options = options_from(result)  # the kind's timeouts and heartbeats
@@ -665,8 +638,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
     async def _claim(self, request: ChangeRequest) -> ClaimChangeResult:
         """Claim the change id for this run chain in the ledger (its ``started`` record)."""
         info = workflow.info()
-        claim: ClaimChangeResult = await workflow.execute_activity(
-            "claim_change",
+        return await calls.claim_change(
             ClaimChangeInput(
                 change_id=self._change_id,
                 run_id=info.first_execution_run_id,
@@ -674,13 +646,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 requester=request.requester,
                 team=request.team,
                 request_digest=request.digest(),
-            ),
-            result_type=ClaimChangeResult,
-            start_to_close_timeout=timedelta(seconds=30),
-            retry_policy=CLAIM_RETRY,
-            summary="claim the change id in the ledger",
+            )
         )
-        return claim
 
     # ---------------------------------------------------------------- gate
 
@@ -721,13 +688,8 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             else:
                 names = ", ".join(c.rule_id for c in report.failures)
                 if approvable(report):
-                    self._directory = await workflow.execute_activity(
-                        "load_directory",
-                        LoadDirectoryInput(change_id=self._change_id),
-                        result_type=Directory,
-                        start_to_close_timeout=timedelta(seconds=30),
-                        retry_policy=AUDIT_RETRY,
-                        summary="load the operator directory",
+                    self._directory = await calls.load_directory(
+                        LoadDirectoryInput(change_id=self._change_id)
                     )
                     if self._covered(report):
                         return report  # every failure is covered by valid approvals (I1)
@@ -1174,18 +1136,12 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         if not self._request.targets or not (self._holds_locks or ending):
             return
         self._holds_locks = False
-        release = workflow.execute_activity_method(
-            LockActivities.release_target_locks,
+        release = calls.release_target_locks(
             ReleaseLocksInput(
                 change_id=self._change_id,
                 target_ids=[t.id for t in self._request.targets],
                 leave_queue=ending,
-            ),
-            start_to_close_timeout=timedelta(minutes=2),
-            # It heartbeats per lock: a worker that dies in it is noticed in seconds, not minutes.
-            heartbeat_timeout=RELEASE_HEARTBEAT,
-            retry_policy=RetryPolicy(maximum_attempts=5),
-            summary="release target locks",
+            )
         )
         try:
             await asyncio.shield(release)

@@ -19,13 +19,12 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
-from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from activities.change import ChangeActivities
-    from workflows import errors, observe, priorities
+    from workflows import calls, observe
+    from workflows.calls import MUTATION_HEARTBEAT as MUTATION_HEARTBEAT
+    from workflows.calls import MUTATION_TIMEOUT as MUTATION_TIMEOUT
     from workflows.models import (
         ApplyInput,
         ApplyResult,
@@ -36,26 +35,6 @@ with workflow.unsafe.imports_passed_through():
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga
     from workflows.summaries import apply_summary, revert_summary
-
-MUTATION_TIMEOUT = timedelta(minutes=5)
-MUTATION_HEARTBEAT = timedelta(seconds=10)
-MUTATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    # Ten attempts ride out a target API that is down or partitioned for a minute or two; five
-    # (with the kinds' full-jitter delays) covered ~15 s, and the chaos campaign saw 20-35 s fleet
-    # faults roll good changes back (docs/chaos.md, finding 3).
-    maximum_attempts=10,
-    non_retryable_error_types=list(errors.NON_RETRYABLE),
-)
-COMPENSATION_RETRY = RetryPolicy(
-    initial_interval=timedelta(seconds=1),
-    backoff_coefficient=2.0,
-    maximum_interval=timedelta(seconds=30),
-    maximum_attempts=10,
-    non_retryable_error_types=list(errors.NON_RETRYABLE),
-)
 
 
 def options_from(validation: ValidateChangeResult) -> MutationOptions | None:
@@ -112,15 +91,11 @@ async def apply_one(inp: ApplyInput, options: MutationOptions | None = None) -> 
 
 async def _apply_one(inp: ApplyInput, options: MutationOptions | None) -> ApplyResult:
     start_to_close, heartbeat = _timeouts(options)
-    return await workflow.execute_activity_method(
-        ChangeActivities.apply_change,
+    return await calls.apply_change(
         inp,
-        start_to_close_timeout=start_to_close,
-        heartbeat_timeout=heartbeat,
-        retry_policy=MUTATION_RETRY,
-        cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
+        start_to_close=start_to_close,
+        heartbeat=heartbeat,
         summary=apply_summary(inp.kind, inp.target.id),
-        priority=priorities.MUTATION,
     )
 
 
@@ -133,14 +108,11 @@ async def revert_one(inp: ApplyInput, options: MutationOptions | None = None) ->
 
 async def _revert_one(inp: ApplyInput, options: MutationOptions | None) -> ApplyResult:
     start_to_close, heartbeat = _timeouts(options)
-    return await workflow.execute_activity_method(
-        ChangeActivities.revert_change,
+    return await calls.revert_change(
         inp,
-        start_to_close_timeout=start_to_close,
-        heartbeat_timeout=heartbeat,
-        retry_policy=COMPENSATION_RETRY,
+        start_to_close=start_to_close,
+        heartbeat=heartbeat,
         summary=revert_summary(inp.target.id),
-        priority=priorities.COMPENSATION,
     )
 
 

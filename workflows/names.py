@@ -13,3 +13,41 @@ GUARDRAIL_GATE = "GuardrailGate"
 TARGET_BATCH = "TargetBatch"
 TARGET_LOCK = "TargetLock"
 CHANGE_EVENTS = "ChangeEvents"
+
+# Activities workflow code calls (workflows/calls.py), each registered by worker/registry.py.
+RECORD_AUDIT = "record_audit"
+CLAIM_CHANGE = "claim_change"
+LOAD_DIRECTORY = "load_directory"
+OBSERVE_SIGNALS = "observe_signals"
+PAGE = "page"
+RESOLVE_POLICY = "resolve_policy"
+RESOLVE_ROLLOUT = "resolve_rollout"
+RUN_CHECK = "run_check"
+CHECK_WAVE_TIMING = "check_wave_timing"
+VALIDATE_CHANGE = "validate_change"
+APPLY_CHANGE = "apply_change"
+APPLY_CHANGE_MANY = "apply_change_many"
+REVERT_CHANGE = "revert_change"
+SEND_CHANGE_EVENT = "send_change_event"
+RELEASE_TARGET_LOCKS = "release_target_locks"
+HOLDER_ALIVE = "holder_alive"
+
+ACTIVITIES = (
+    RECORD_AUDIT,
+    CLAIM_CHANGE,
+    LOAD_DIRECTORY,
+    OBSERVE_SIGNALS,
+    PAGE,
+    RESOLVE_POLICY,
+    RESOLVE_ROLLOUT,
+    RUN_CHECK,
+    CHECK_WAVE_TIMING,
+    VALIDATE_CHANGE,
+    APPLY_CHANGE,
+    APPLY_CHANGE_MANY,
+    REVERT_CHANGE,
+    SEND_CHANGE_EVENT,
+    RELEASE_TARGET_LOCKS,
+    HOLDER_ALIVE,
+)
+"""Every activity workflow code calls; a unit test checks the worker registers each."""

@@ -34,12 +34,10 @@ from datetime import timedelta
 from typing import Any
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from activities.locks import LockActivities
-    from workflows import ids
+    from workflows import calls, ids
     from workflows.errors import INVALID_INPUT
     from workflows.inputs import Refusal, decode
     from workflows.models import (
@@ -179,11 +177,8 @@ class TargetLockWorkflow:
 
     async def _alive(self, change_id: str) -> bool:
         try:
-            return await workflow.execute_activity_method(
-                LockActivities.holder_alive,
+            return await calls.holder_alive(
                 HolderAliveInput(change_id=change_id),
-                start_to_close_timeout=timedelta(seconds=30),
-                retry_policy=RetryPolicy(maximum_attempts=3),
                 summary=f"is {change_id} still running?"[:200],
             )
         except ActivityError:

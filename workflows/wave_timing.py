@@ -31,11 +31,9 @@ from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
 from temporalio import workflow
-from temporalio.common import RetryPolicy
 
 with workflow.unsafe.imports_passed_through():
-    from activities.timing import TimingActivities
-    from workflows import errors
+    from workflows import calls
     from workflows.models import (
         Category,
         ChangeContext,
@@ -207,8 +205,7 @@ class WaveTimingMixin:
     async def _wave_timing(
         self, ctx: ChangeContext, wave: WaveProgress, waves: int
     ) -> WaveTimingResult:
-        return await workflow.execute_activity_method(
-            TimingActivities.check_wave_timing,
+        return await calls.check_wave_timing(
             WaveTimingInput(
                 change=ctx.model_dump(mode="json"),
                 policy=self._request.policy,
@@ -220,9 +217,5 @@ class WaveTimingMixin:
                     {a.guardrail for a in self._status.approvals if a.expires_at > workflow.now()}
                 ),
             ),
-            start_to_close_timeout=timedelta(seconds=60),
             summary=line(f"check timing of wave {wave.index + 1}/{waves}"),
-            retry_policy=RetryPolicy(
-                maximum_attempts=3, non_retryable_error_types=list(errors.NON_RETRYABLE)
-            ),
         )

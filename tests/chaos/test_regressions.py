@@ -31,6 +31,7 @@ from tests.helpers import OPEN_BUNDLE
 from worker.converter import data_converter
 from worker.main import build_worker
 from worker.settings import Settings
+from workflows.calls import MUTATION_RETRY
 from workflows.models import (
     AuditAction,
     AuditQuery,
@@ -44,7 +45,6 @@ from workflows.models import (
     ReleaseLocksInput,
     Target,
 )
-from workflows.mutations import MUTATION_RETRY
 from workflows.rollout_models import BreakerState
 
 UNREACHABLE = "cannot write to the audit database postgresql://127.0.0.1:1/audit: connection lost"
@@ -129,7 +129,7 @@ async def test_an_effect_whose_ledger_write_failed_on_the_last_attempt_is_still_
     if patience is not None:
         monkeypatch.setattr("activities.change.LEDGER_PATIENCE_S", patience)
     monkeypatch.setattr(  # three quick attempts, all refused by the store below when patience is 0
-        "workflows.mutations.MUTATION_RETRY",
+        "workflows.calls.MUTATION_RETRY",
         RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3),
     )
     (tmp_path / "operators.yaml").write_text("operators: {}\n")
