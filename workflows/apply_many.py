@@ -36,6 +36,27 @@ APPLY_MANY_PATCH = "apply-many"
 """``workflow.patched`` id: a batch of an opted-in kind applies its targets in chunks."""
 
 
+APPLY_MANY_ROUNDS_PATCH = "apply-many-rounds"
+"""``workflow.patched`` id: chunks come in whole rounds of ``max_parallel`` (:func:`rounds`)."""
+
+
+def rounds(targets: list[Target], size: int, max_parallel: int) -> list[list[Target]]:
+    """``targets`` in order, in chunks of at most ``size``, as whole rounds of ``max_parallel``.
+
+    :func:`chunks` cut 100 targets, 25 at most, 3 at a time into 25, 25, 25, 25: the fourth chunk
+    then ran alone, one mutation in flight of the three allowed, for a quarter of the batch. Here
+    the number of chunks is a multiple of ``max_parallel`` (six of 17 or 15), so every round keeps
+    the whole budget busy but the last chunk's few targets.
+
+    >>> [len(c) for c in rounds([Target(id=str(i)) for i in range(100)], 25, 3)]
+    [17, 17, 17, 17, 17, 15]
+    """
+    width = max(1, max_parallel)
+    per_round = math.ceil(len(targets) / (width * max(1, size)))
+    per = max(1, math.ceil(len(targets) / (width * max(1, per_round))))
+    return [targets[i : i + per] for i in range(0, len(targets), per)]
+
+
 def chunks(targets: list[Target], size: int, max_parallel: int) -> list[list[Target]]:
     """``targets`` in order, in chunks of at most ``size``, and at least ``max_parallel`` chunks.
 
@@ -94,8 +115,9 @@ async def apply_chunks(
                 on_error(out.failed.target_id, refused)
                 raise refused
 
+    cut = rounds if workflow.patched(APPLY_MANY_ROUNDS_PATCH) else chunks
     await asyncio.gather(
-        *(one(c) for c in chunks(targets, options.apply_many, max_parallel)),
+        *(one(c) for c in cut(targets, options.apply_many, max_parallel)),
         return_exceptions=True,
     )
     if failed:

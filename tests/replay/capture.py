@@ -733,6 +733,13 @@ BRANCHES: list[Branch] = [
     Branch("change_events", None, targets=3, waves=["1", "100%"], drive=change_events),
     Branch("wave_window_lanes", Outcome.COMPLETED, targets=250, max_parallel=20),
     Branch(
+        "apply_many_rounds",
+        Outcome.COMPLETED,
+        kind="recording-many",
+        targets=150,
+        max_parallel=6,
+    ),
+    Branch(
         "apply_many_batches",
         Outcome.ROLLED_BACK,
         kind="recording-many",

@@ -19,7 +19,7 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind, RecordingParams
 from worker.main import build_worker
 from workflows import errors
-from workflows.apply_many import chunks
+from workflows.apply_many import chunks, rounds
 from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
 from workflows.models import (
     ApplyInput,
@@ -138,6 +138,15 @@ async def test_a_kind_that_does_not_opt_in_is_refused_by_name() -> None:
         await ActivityEnvironment().run(
             ChangeActivities(registry).apply_change_many, _items("c3", ["a"])
         )
+
+
+def test_chunks_come_in_whole_rounds_of_the_budget() -> None:
+    targets = [Target(id=f"t{i}") for i in range(100)]
+    assert [len(c) for c in rounds(targets, 25, 3)] == [17] * 5 + [15]
+    assert [len(c) for c in rounds(targets, 25, 1)] == [25] * 4
+    assert [len(c) for c in rounds(targets, 10, 2)] == [10] * 10
+    assert [len(c) for c in rounds(targets[:50], 10, 2)] == [9] * 5 + [5]
+    assert [t for c in rounds(targets, 7, 3) for t in c] == targets
 
 
 def test_chunks_keep_the_budget_busy_and_the_order() -> None:
