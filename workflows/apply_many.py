@@ -25,7 +25,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls
+    from workflows import calls, observe
     from workflows.apply_many_models import ApplyManyInput
     from workflows.models import ApplyResult, Target
     from workflows.mutations import apply_input
@@ -91,11 +91,17 @@ async def apply_chunks(
                 return
             items = [apply_input(change_id, kind, params, t) for t in chunk]
             try:
-                out = await calls.apply_change_many(
-                    ApplyManyInput(items=items),
-                    start_to_close=options.start_to_close * len(chunk),
-                    heartbeat=options.heartbeat_timeout,
-                    summary=line(f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"),
+                out = await observe.traced(
+                    "mutations",
+                    observe.many_attributes(items),
+                    calls.apply_change_many(
+                        ApplyManyInput(items=items),
+                        start_to_close=options.start_to_close * len(chunk),
+                        heartbeat=options.heartbeat_timeout,
+                        summary=line(
+                            f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"
+                        ),
+                    ),
                 )
             except BaseException as exc:
                 failed.append(exc)

@@ -233,6 +233,23 @@ def wave_attributes(wave: Any) -> dict[str, Any]:
     return {"wave.number": wave.index + 1, "wave.targets": len(wave.targets)}
 
 
+def many_attributes(items: list[Any]) -> dict[str, Any]:
+    """A chunk's span attributes (``apply_change_many``): its targets and their keys."""
+    return {
+        "mutation.step": items[0].step if items else "apply",
+        "change.kind": items[0].kind if items else None,
+        "mutation.targets": len(items),
+        "target.ids": [i.target.id for i in items][:50],
+        "idempotency.keys": [i.idempotency_key for i in items][:50],
+    }
+
+
+async def traced(name: str, attributes: Mapping[str, Any], step: Awaitable[T]) -> T:
+    """Await ``step`` (an activity call, scheduled on first await) inside a span."""
+    with span(name, attributes):
+        return await step
+
+
 # ------------------------------------------------------------------ what changeguard counts
 
 _REFUSALS = (

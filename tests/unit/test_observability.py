@@ -14,13 +14,14 @@ from typing import Any
 
 import pytest
 import structlog
-from temporalio.testing import ActivityEnvironment
+from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
 from activities.change import ChangeActivities
 from activities.observe import input_checksum
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
 from worker import logging as cg_logging
+from worker import telemetry
 from worker.telemetry import TelemetryConfigError, trace_exporters
 from workflows.models import ApplyInput, Target, idempotency_key
 from workflows.observe import refusal_reason
@@ -200,3 +201,32 @@ def test_console_tracing_prints_spans() -> None:
 def test_refusal_reasons_are_bounded_labels(problem: str, reason: str) -> None:
     """A refused approval is counted under a short label, whatever the problem's text."""
     assert refusal_reason(problem) == reason
+
+
+async def test_apply_many_chunks_each_get_a_mutations_span(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A TargetBatch chunk (one apply_change_many) is one span naming its targets and keys."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from tests.unit.test_apply_many import ManyKind, _request, _run
+
+    RecordingKind.ledger = Ledger()
+    ManyKind.unavailable_once, ManyKind.calls = set(), []
+    exporter = InMemorySpanExporter()
+    telemetry.tracer_provider()
+    key = ("test-apply-many",)
+    telemetry._FANOUT.processors[key] = [SimpleSpanProcessor(exporter)]
+    try:
+        result, chunked = await _run(env, task_queue, _request({}))
+    finally:
+        del telemetry._FANOUT.processors[key]
+    chunks = [s for s in exporter.get_finished_spans() if s.name == "mutations"]
+    assert result.outcome.value == "completed"
+    assert len(chunks) == chunked
+    attrs = [dict(s.attributes or {}) for s in chunks]
+    assert sum(int(a["mutation.targets"]) for a in attrs) == 250
+    assert {a["change.id"] for a in attrs} == {result.change_id}
+    first = next(a for a in attrs if str(a["target.ids"]).startswith("h001,"))
+    assert str(first["idempotency.keys"]).startswith(f"{result.change_id}:apply:h001,")
