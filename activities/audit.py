@@ -44,6 +44,7 @@ from activities.directory import (
 )
 from guardrails.plugins import PluginRegistry
 from workflows import errors
+from workflows.identity_models import IdentityRequirements
 from workflows.models import (
     AuditRecord,
     ClaimChangeInput,
@@ -115,6 +116,8 @@ class AuditActivities:
         directories: where ``plugin:NAME`` is looked up (default: the entry points).
         bundle_hash: the hash of the platform policy bundle the worker holds now (recorded on a
             change's ``started`` record); default: no bundle (``""``).
+        identity: where the bundle the worker holds now requires signatures (returned by
+            ``claim_change``); default: the worker's bundle (:func:`worker.registry.activities`).
 
     Raises:
         DirectoryError: the spec is malformed or names an unknown plug-in.
@@ -127,11 +130,13 @@ class AuditActivities:
         *,
         directories: PluginRegistry[DirectorySource] | None = None,
         bundle_hash: Callable[[], str] | None = None,
+        identity: Callable[[], IdentityRequirements] | None = None,
     ) -> None:
         self.store = store
         self.directory_spec = directory_spec
         self.directory = open_directory(directory_spec, registry=directories)
         self.bundle_hash = bundle_hash or _no_bundle
+        self.identity = identity
 
     @activity.defn(name=RECORD_AUDIT)
     async def record_audit(self, record: AuditRecord) -> bool:
@@ -178,6 +183,8 @@ class AuditActivities:
             result = await asyncio.to_thread(self.store.claim, inp, bundle_hash=bundle)
         except AuditStoreError as exc:
             raise as_activity_error(exc) from exc
+        if self.identity is not None:
+            result = result.model_copy(update={"identity": self.identity()})
         log.info(
             "change id claimed" if result.claimed else "change id already used",
             change_id=inp.change_id,

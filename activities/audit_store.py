@@ -165,7 +165,12 @@ def _started_record(inp: ClaimChangeInput, bundle_hash: str) -> AuditRecord:
         run_id=inp.run_id,
         policy_hash=bundle_hash,
         reason="change id claimed",
-        detail={"request_digest": inp.request_digest, "team": inp.team, "run_id": inp.run_id},
+        detail={
+            "request_digest": inp.request_digest,
+            "team": inp.team,
+            "run_id": inp.run_id,
+            **({"requester_identity": inp.requester_identity} if inp.requester_identity else {}),
+        },
     )
 
 

@@ -1,6 +1,7 @@
 """The operator directory: who is in which approver group, read again on every load.
 
-The directory maps operators to groups. It is a YAML file (``yaml:PATH``) or a plug-in
+The directory maps operators to groups and, for verified identity, to the OpenSSH public keys and
+OIDC identities that sign for them (docs/approvals.md). It is a YAML file (``yaml:PATH``) or a plug-in
 (``plugin:NAME``, entry-point group ``changeguard.directories``), read again on every
 ``load_directory`` call, because membership changes while changes wait for approval.
 
@@ -18,11 +19,21 @@ import inspect
 from pathlib import Path
 from typing import Annotated, Any, Protocol
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StringConstraints
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    StringConstraints,
+    Tag,
+)
 from pydantic import ValidationError as PydanticValidationError
 
+from activities.ssh_keys import parse_public_key
 from guardrails.plugins import PluginRegistry
 from guardrails.yamlfile import YamlError, read_yaml
+from workflows.identity_models import OidcIdentity, OperatorKeys
 from workflows.models import Directory
 
 DEFAULT_DIRECTORY = "yaml:.changeguard/operators.yaml"
@@ -59,14 +70,31 @@ def _no_groups(value: Any) -> Any:
     return [] if value is None else value  # "carol:" with nothing after it: no groups
 
 
-class _DirectoryFile(BaseModel):
-    """The YAML file: ``operators: {alice: [web-team], bob: [sre-leads, release-managers]}``."""
+class _Operator(BaseModel):
+    """The long form of an entry: groups, OpenSSH public key lines, OIDC identities."""
 
     model_config = ConfigDict(extra="forbid")
 
-    operators: dict[_Name, Annotated[list[_Name], BeforeValidator(_no_groups)]] = Field(
-        default_factory=dict
-    )
+    groups: Annotated[list[_Name], BeforeValidator(_no_groups)] = Field(default_factory=list)
+    keys: Annotated[list[str], BeforeValidator(_no_groups)] = Field(default_factory=list)
+    oidc: Annotated[list[OidcIdentity], BeforeValidator(_no_groups)] = Field(default_factory=list)
+
+
+_LIST, _LONG = "groups-list", "operator-entry"
+_Entry = Annotated[
+    Annotated[Annotated[list[_Name], BeforeValidator(_no_groups)], Tag(_LIST)]
+    | Annotated[_Operator, Tag(_LONG)],
+    Discriminator(lambda v: _LONG if isinstance(v, dict | _Operator) else _LIST),
+]
+"""An entry: a list of groups, or the long form with keys (the tags stay out of messages)."""
+
+
+class _DirectoryFile(BaseModel):
+    """The YAML file: ``operators: {alice: [web-team], bob: {groups: [sre-leads], keys: [...]}}``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    operators: dict[_Name, _Entry] = Field(default_factory=dict)
 
 
 class YamlDirectory:
@@ -116,14 +144,33 @@ class YamlDirectory:
             raise DirectoryError(
                 [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()], source=label
             ) from None
-        operators = {name: list(dict.fromkeys(groups)) for name, groups in parsed.operators.items()}
-        return Directory(operators=operators, source=source)
+        operators: dict[str, list[str]] = {}
+        identities: dict[str, OperatorKeys] = {}
+        problems: list[str] = []
+        for name, entry in parsed.operators.items():
+            if isinstance(entry, list):
+                operators[name] = list(dict.fromkeys(entry))
+                continue
+            operators[name] = list(dict.fromkeys(entry.groups))
+            lines = []
+            for i, line in enumerate(entry.keys):
+                try:
+                    lines.append(parse_public_key(line).line)
+                except ValueError as exc:
+                    problems.append(f"operators.{name}.keys[{i}]: {exc}")
+            if lines or entry.oidc:
+                identities[name] = OperatorKeys(keys=lines, oidc=entry.oidc)
+        if problems:
+            raise DirectoryError(problems, source=label)
+        return Directory(operators=operators, source=source, identities=identities)
 
 
 def _where(loc: tuple[int | str, ...]) -> str:
     """A pydantic error location as written in YAML: ``operators.bob[1]``, ``operators.'' (name)``."""
     parts: list[str] = []
     for part in loc:
+        if part in (_LIST, _LONG):
+            continue  # the tag of the entry's form, not a key the author wrote
         if part == "[key]" and parts:
             parts[-1] += " (name)"
         elif isinstance(part, int) and parts:

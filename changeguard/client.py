@@ -31,6 +31,7 @@ from worker.settings import Settings
 from workflows import ids, names
 from workflows.gate import GuardrailGateWorkflow
 from workflows.guarded_change import GuardedChangeWorkflow
+from workflows.identity_models import Signature
 from workflows.models import (
     TERMINAL_PHASES,
     Approval,
@@ -164,20 +165,43 @@ class Change:
             NoReport: the change has no report yet.
             pydantic.ValidationError: a field is malformed (names the field).
         """
+        approval = await self.prepare_approval(
+            guardrails,
+            approver=approver,
+            reason=reason,
+            report_hash=report_hash,
+            expires_in=expires_in,
+        )
+        return await self.submit_approval(approval)
+
+    async def prepare_approval(
+        self,
+        guardrails: Sequence[str],
+        *,
+        approver: str,
+        reason: str,
+        report_hash: str | None = None,
+        expires_in: timedelta | str | None = None,
+    ) -> Approval:
+        """The :class:`Approval` :meth:`approve` sends, to sign first (docs/approvals.md).
+
+        Raises:
+            NoReport: no ``report_hash`` is given and the change has no report yet.
+            pydantic.ValidationError: a field is malformed (names the field).
+        """
         if report_hash is None:
             report = (await self.status()).report
             if report is None:
                 raise NoReport(f"{self.id} has no report yet; nothing to approve")
             report_hash = report.report_hash
         fields: dict[str, Any] = {"expires_in": expires_in} if expires_in is not None else {}
-        approval = Approval(
+        return Approval(
             guardrails=list(guardrails),
             approver=approver,
             reason=reason,
             report_hash=report_hash,
             **fields,
         )
-        return await self.submit_approval(approval)
 
     async def submit_approval(self, approval: Approval) -> ApprovalResult:
         """Send a prepared :class:`Approval` (the ``approve`` update).
@@ -190,13 +214,18 @@ class Change:
         except WorkflowUpdateFailedError as exc:
             raise _refusal("approval", exc) from exc
 
-    async def recheck(self, *, requested_by: str = "", reason: str = "") -> None:
+    async def recheck(
+        self, *, requested_by: str = "", reason: str = "", signature: Signature | None = None
+    ) -> None:
         """Ask a blocked or waiting change to run its gate again now (the ``recheck`` signal)."""
         await self.handle.signal(
-            GuardedChangeWorkflow.recheck, RecheckInput(requested_by=requested_by, reason=reason)
+            GuardedChangeWorkflow.recheck,
+            RecheckInput(requested_by=requested_by, reason=reason, signature=signature),
         )
 
-    async def abort(self, *, operator: str, reason: str) -> OperatorActionResult:
+    async def abort(
+        self, *, operator: str, reason: str, signature: Signature | None = None
+    ) -> OperatorActionResult:
         """Stop the change and undo everything applied (outcome ``aborted``).
 
         Raises:
@@ -204,12 +233,15 @@ class Change:
         """
         try:
             return await self.handle.execute_update(
-                GuardedChangeWorkflow.abort, OperatorAction(operator=operator, reason=reason)
+                GuardedChangeWorkflow.abort,
+                OperatorAction(operator=operator, reason=reason, signature=signature),
             )
         except WorkflowUpdateFailedError as exc:
             raise _refusal("abort", exc) from exc
 
-    async def rollback(self, *, operator: str, reason: str) -> OperatorActionResult:
+    async def rollback(
+        self, *, operator: str, reason: str, signature: Signature | None = None
+    ) -> OperatorActionResult:
         """Undo everything applied (outcome ``rolled_back``); only once mutations have begun.
 
         Raises:
@@ -217,12 +249,15 @@ class Change:
         """
         try:
             return await self.handle.execute_update(
-                GuardedChangeWorkflow.rollback, OperatorAction(operator=operator, reason=reason)
+                GuardedChangeWorkflow.rollback,
+                OperatorAction(operator=operator, reason=reason, signature=signature),
             )
         except WorkflowUpdateFailedError as exc:
             raise _refusal("rollback", exc) from exc
 
-    async def resume(self, *, operator: str, reason: str) -> OperatorActionResult:
+    async def resume(
+        self, *, operator: str, reason: str, signature: Signature | None = None
+    ) -> OperatorActionResult:
         """Go on baking after a pause-and-page.
 
         Raises:
@@ -230,7 +265,8 @@ class Change:
         """
         try:
             return await self.handle.execute_update(
-                GuardedChangeWorkflow.resume, OperatorAction(operator=operator, reason=reason)
+                GuardedChangeWorkflow.resume,
+                OperatorAction(operator=operator, reason=reason, signature=signature),
             )
         except WorkflowUpdateFailedError as exc:
             raise _refusal("resume", exc) from exc

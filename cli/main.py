@@ -9,7 +9,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable, Coroutine
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +27,7 @@ from temporalio.service import RPCError, RPCStatusCode
 import changeguard
 from activities.audit import AuditStoreError
 from changeguard.client import ChangeExists, GateRefused, NoReport, Refused, with_change_id
-from cli import exitcodes
+from cli import exitcodes, signing
 from cli import replay as replay_cli
 from cli.audit import add_parser as add_audit_parser
 from cli.changefile import ChangeFileError, load_change
@@ -41,12 +41,16 @@ from worker.client import SearchAttributesMissing, TemporalUnreachable
 from worker.devserver import DevServerError
 from worker.main import DeploymentError, PolicyMissing
 from worker.settings import DEPLOYMENT, Settings, SettingsError
+from workflows.identity import action_document, approval_document, start_document
+from workflows.identity_models import Signature, SignedDocument, document_digest
 from workflows.models import (
     TERMINAL_PHASES,
     ChangeRequest,
     ChangeStatus,
+    OperatorAction,
     PendingWork,
     Phase,
+    RecheckInput,
 )
 
 POLL_INTERVAL = 0.5
@@ -59,6 +63,16 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     """Validate a change file, start the change, optionally follow it to its end."""
     scheduled = load_change(Path(args.file), not_before=args.not_before)
     request, change_id = with_change_id(scheduled)
+    unsigned = request
+    signed = _signed(
+        args, lambda expires: start_document(unsigned, change_id, expires), timedelta(hours=1)
+    )
+    if signed is None or args.print_nonce:
+        return exitcodes.INVALID if signed is None else exitcodes.OK
+    request = request.model_copy(update={"signature": signed.signature})
+    if args.print_json:
+        print_json(request.model_dump(mode="json"))
+        return exitcodes.OK
     client = await changeguard.connect(settings=settings)
     run_id = await start_change(client, request, quiet=args.json)
     if not args.wait:
@@ -197,8 +211,22 @@ def pending_work(desc: WorkflowExecutionDescription) -> list[PendingWork]:
 
 async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a blocked or waiting change to run its gate again now."""
+    signed = _signed(
+        args,
+        lambda expires: action_document("recheck", args.id, args.by, args.reason, expires),
+        timedelta(minutes=15),
+    )
+    if signed is None or args.print_nonce:
+        return exitcodes.INVALID if signed is None else exitcodes.OK
+    if args.print_json:
+        print_json(
+            RecheckInput(
+                requested_by=args.by, reason=args.reason, signature=signed.signature
+            ).model_dump(mode="json")
+        )
+        return exitcodes.OK
     change = (await changeguard.connect(settings=settings)).get(args.id)
-    await change.recheck(requested_by=args.by, reason=args.reason)
+    await change.recheck(requested_by=args.by, reason=args.reason, signature=signed.signature)
     console.print(f"Recheck requested for {args.id}")
     return exitcodes.OK
 
@@ -207,13 +235,25 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
     """Approve opt-outable failures of a change's current report (the ``approve`` update)."""
     change = (await changeguard.connect(settings=settings)).get(args.id)
     try:
-        result = await change.approve(
+        approval = await change.prepare_approval(
             args.guardrail,
             approver=args.approver,
             reason=args.reason,
             report_hash=args.report_hash,
             expires_in=args.expires_in,
         )
+        signed = _signed(
+            args,
+            lambda expires: approval_document(approval, args.id, expires),
+            approval.expires_in,
+        )
+        if signed is None or args.print_nonce:
+            return exitcodes.INVALID if signed is None else exitcodes.OK
+        approval = approval.model_copy(update={"signature": signed.signature})
+        if args.print_json:
+            print_json(approval.model_dump(mode="json"))
+            return exitcodes.OK
+        result = await change.submit_approval(approval)
     except NoReport as exc:
         err.print(f"[red]{escape(str(exc))}[/]")
         return exitcodes.INVALID
@@ -234,11 +274,26 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     """Send an operator update (``abort``, ``rollback``, ``resume``); refusals exit 2."""
+    signed = _signed(
+        args,
+        lambda expires: action_document(args.command, args.id, args.operator, args.reason, expires),
+        timedelta(minutes=15),
+    )
+    if signed is None or args.print_nonce:
+        return exitcodes.INVALID if signed is None else exitcodes.OK
+    if args.print_json:
+        action = OperatorAction(
+            operator=args.operator, reason=args.reason, signature=signed.signature
+        )
+        print_json(action.model_dump(mode="json"))
+        return exitcodes.OK
     client = await changeguard.connect(settings=settings)
     change = client.get(args.id)
     send = {"abort": change.abort, "rollback": change.rollback, "resume": change.resume}
     try:
-        result = await send[args.command](operator=args.operator, reason=args.reason)
+        result = await send[args.command](
+            operator=args.operator, reason=args.reason, signature=signed.signature
+        )
     except Refused as exc:
         err.print(f"[bold red]{args.command} refused:[/] {escape(exc.reason)}")
         return exitcodes.INVALID
@@ -246,6 +301,35 @@ async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     if args.wait:
         return await follow(change, settings, as_json=False)
     return exitcodes.OK
+
+
+@dataclasses.dataclass
+class _Signed:
+    """What :func:`_signed` made: the signature to attach, or ``None`` for an unsigned payload."""
+
+    signature: Signature | None = None
+
+
+def _signed(
+    args: argparse.Namespace,
+    document: Callable[[str], SignedDocument],
+    default_expiry: timedelta,
+) -> _Signed | None:
+    """Sign what the flags ask for; ``None`` after printing why signing failed (exit 2).
+
+    With ``--print-nonce`` the document's digest (an ID token's nonce) is printed instead.
+    """
+    if not signing.wants_signature(args):
+        return _Signed()
+    try:
+        doc = document(signing.expiry(args, default_expiry))
+        if args.print_nonce:
+            print(document_digest(doc))
+            return _Signed()
+        return _Signed(signing.signature_for(doc, args))
+    except signing.SigningError as exc:
+        err.print(f"[bold red]cannot sign:[/] {escape(str(exc))}")
+        return None
 
 
 # ------------------------------------------------------------------------------------------ servers
@@ -376,6 +460,7 @@ def parser() -> argparse.ArgumentParser:
         help="schedule the change: it waits until then before its gate (a time with a zone, "
         "e.g. 2026-12-05T22:00:00+01:00, at most 90 days ahead)",
     )
+    signing.add_arguments(s, what="change request (as its requester)")
     s.set_defaults(run=cmd_start)
 
     s = sub.add_parser("checks", help="run the guardrail gate only (no mutation)")
@@ -392,6 +477,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("id")
     s.add_argument("--by", default="", help="who asks (recorded in the audit trail)")
     s.add_argument("--reason", default="")
+    signing.add_arguments(s, what="recheck")
     s.set_defaults(run=cmd_recheck)
 
     s = sub.add_parser("approve", help="approve opt-outable failures of a change (audited)")
@@ -401,6 +487,7 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--reason", required=True)
     s.add_argument("--report-hash", help="the report you reviewed (default: the current one)")
     s.add_argument("--expires-in", default="1h", help="capped by the policy's max_duration")
+    signing.add_arguments(s, what="approval")
     s.set_defaults(run=cmd_approve)
 
     for name, text in (
@@ -413,6 +500,7 @@ def parser() -> argparse.ArgumentParser:
         s.add_argument("--operator", required=True, help="who acts (audited)")
         s.add_argument("--reason", required=True)
         s.add_argument("--wait", action="store_true", help="follow the change to its end")
+        signing.add_arguments(s, what=name)
         s.set_defaults(run=cmd_operator)
 
     add_audit_parser(sub)

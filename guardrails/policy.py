@@ -227,12 +227,24 @@ class PolicyFile(Strict):
         return self
 
 
+class OidcIssuer(Strict):
+    """An identity provider whose ID tokens may sign: its ``iss`` and its JWKS (file or URL)."""
+
+    issuer: str = Field(min_length=1, max_length=500)
+    jwks: str = Field(min_length=1, max_length=2000, description="a JWKS file path or URL")
+
+
 class IdentityPolicy(Strict):
-    """Where a signature is required (accepted and stored; enforcement comes later)."""
+    """Where a signature is required, and which OIDC issuers are trusted (docs/approvals.md)."""
 
     approvals: Literal["optional", "required"] = "optional"
     operator_actions: Literal["optional", "required"] = "optional"
     requests: Literal["optional", "required"] = "optional"
+    oidc: list[OidcIssuer] = Field(
+        default_factory=list,
+        exclude_if=lambda v: not v,  # bundles without issuers keep their hashes
+        description="trusted ID-token issuers",
+    )
 
 
 class PlatformBundle(PolicyFile):

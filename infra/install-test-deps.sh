@@ -2,7 +2,9 @@
 # Install the real servers the integration tests run on loopback: Prometheus, Alertmanager, and
 # PostgreSQL (the audit store's production option); and Debian's Chromium, which the end-to-end
 # test (tests/e2e) drives headless through Playwright, since Playwright's own browser downloads are
-# impossible here (fonts-liberation comes along so its screenshots are legible).
+# impossible here (fonts-liberation comes along so its screenshots are legible); and Debian's
+# openssh-client, whose real ssh-keygen makes the keys and SSH signatures of the verified-identity
+# tests (tests/integration/test_identity.py).
 #
 # Idempotent: installs only what is missing, with Debian's packages (needs root) and service starts
 # forbidden by a temporary policy-rc.d. Then makes sure nothing Debian started is left running:
@@ -36,6 +38,7 @@ missing_packages() {
     postgres_bindir >/dev/null || echo postgresql
     [ -x "$CHROMIUM" ] || echo chromium
     dpkg -s fonts-liberation >/dev/null 2>&1 || echo fonts-liberation
+    command -v ssh-keygen >/dev/null 2>&1 || echo openssh-client
 }
 
 # Stop every Debian-managed PostgreSQL cluster and keep it from starting at boot. Only clusters
@@ -80,8 +83,8 @@ mapfile -t PACKAGES < <(missing_packages)
 
 if [ ${#PACKAGES[@]} -eq 0 ]; then
     quiet_debian_clusters
-    echo "install-test-deps: prometheus, alertmanager, postgresql, chromium and fonts-liberation" \
-        "already installed; nothing to install"
+    echo "install-test-deps: prometheus, alertmanager, postgresql, chromium, fonts-liberation" \
+        "and openssh-client already installed; nothing to install"
     report_notes
     exit 0
 fi

@@ -10,6 +10,7 @@ from temporalio.worker import Interceptor
 from activities.audit import AuditActivities
 from activities.change import ChangeActivities
 from activities.change_events import ChangeEventActivities, ChangeEventSink
+from activities.identity import IdentityActivities
 from activities.kinds.base import ChangeKind
 from activities.monitoring import MonitoringActivities
 from activities.pagers import PagerActivities
@@ -67,12 +68,14 @@ def activities(
     events = ChangeEventActivities(change_events)
     locks = [] if "temporal_client" not in services else _lock_activities(services)
     monitoring = MonitoringActivities()
+    identity = identity_activities(bundle, audit)
     pagers = PagerActivities(pager_params=pager_params)
     return [
         *locks,
         audit.record_audit,
         audit.claim_change,
         audit.load_directory,
+        identity.verify_signature,
         monitoring.observe_signals,
         pagers.page,
         checks.resolve_policy,
@@ -86,6 +89,20 @@ def activities(
         change.describe_target,
         events.send_change_event,
     ]
+
+
+def identity_activities(bundle: BundleHolder, audit: AuditActivities) -> IdentityActivities:
+    """``verify_signature`` over the audit activities' directory and the bundle's issuers.
+
+    ``claim_change`` answers the bundle's identity requirements unless ``audit`` was given its own.
+    """
+    from activities.identity import issuers_of, requirements_of
+
+    if audit.identity is None:
+        audit.identity = lambda: requirements_of(bundle.current().policy.identity)
+    return IdentityActivities(
+        audit.directory, issuers=lambda: issuers_of(bundle.current().policy.identity)
+    )
 
 
 def _lock_activities(services: dict[str, Any]) -> list[Callable[..., Any]]:

@@ -20,6 +20,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import errors, names, priorities
     from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
     from workflows.event_models import ChangeEvent, SendChangeEventResult
+    from workflows.identity_models import VerifyInput, VerifyResult
     from workflows.models import (
         ApplyInput,
         ApplyResult,
@@ -104,6 +105,27 @@ async def load_directory(inp: LoadDirectoryInput) -> Directory:
         start_to_close_timeout=timedelta(seconds=30),
         retry_policy=AUDIT_RETRY,
         summary="load the operator directory",
+    )
+
+
+VERIFY_RETRY = RetryPolicy(
+    initial_interval=timedelta(seconds=1),
+    maximum_interval=timedelta(seconds=30),
+    maximum_attempts=10,
+    non_retryable_error_types=[errors.INVALID_INPUT],
+)
+"""A JWKS or directory that cannot be read is retried; an invalid directory is not."""
+
+
+async def verify_signature(inp: VerifyInput, *, summary: str) -> VerifyResult:
+    """Who signed a payload, against the operator directory as it is now (a refusal is a result)."""
+    return await _call(
+        names.VERIFY_SIGNATURE,
+        inp,
+        result_type=VerifyResult,
+        start_to_close_timeout=timedelta(seconds=30),
+        retry_policy=VERIFY_RETRY,
+        summary=summary,
     )
 
 

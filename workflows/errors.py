@@ -21,6 +21,7 @@ The tree::
         ├── CircuitOpen             the worker's breaker for that API is open; retry after a delay
         ├── CheckFailed             a guardrail raised (the gate turns it into an ``error`` result)
         ├── AuditUnavailable        the audit store (change ledger) cannot be reached right now
+        ├── IdentityUnavailable     an identity provider's JWKS cannot be read right now
         └── MutationPaused          the activity was paused (Temporal activity pause); resumes later
 """
 
@@ -41,6 +42,7 @@ CIRCUIT_OPEN = "CircuitOpen"
 CHECK_FAILED = "CheckFailed"
 MUTATION_PAUSED = "MutationPaused"
 AUDIT_UNAVAILABLE = "AuditUnavailable"
+IDENTITY_UNAVAILABLE = "IdentityUnavailable"
 
 NON_RETRYABLE: tuple[str, ...] = (
     INVALID_INPUT,

@@ -47,6 +47,11 @@ with workflow.unsafe.imports_passed_through():
     from workflows.change_events import ChangeEventEmitter
     from workflows.details import change_details
     from workflows.gate import GuardrailGateWorkflow
+    from workflows.identity import (
+        IdentityGuard,
+        unsigned_reason,
+    )
+    from workflows.identity_models import VerifyResult
     from workflows.inputs import Refusal, decode
     from workflows.models import (
         REQUEST_MAX_BYTES,
@@ -238,6 +243,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         self._pages_sent = 0
         self._phase_since: datetime | None = None  # when the current phase began (metrics)
         self._events = ChangeEventEmitter(self._change_id)  # docs/change-events.md
+        self._identity = IdentityGuard()  # signatures: required where, accepted which
 
     # ---------------------------------------------------------------- handlers
 
@@ -262,34 +268,47 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         if isinstance(inp, Refusal):
             await self._record_refused_signal("recheck", inp, actor_field="requested_by")
             return
+        verified = None
+        if inp.signature is not None or self._identity.required.operator_actions:
+            verified, why = await self._verify_action("recheck", inp.requested_by, inp)
+            if why:
+                refusal = Refusal(why, fields={"requested_by": inp.requested_by})
+                await self._record_refused_signal("recheck", refusal, actor_field="requested_by")
+                return
         workflow.logger.info(f"recheck requested by {inp.requested_by or 'someone'}")
         observe.operator_action("recheck")
         self._recheck = True
         await self._audit_from_signal(
-            AuditAction.RECHECK, inp.requested_by or "unknown", reason=inp.reason
+            AuditAction.RECHECK,
+            inp.requested_by or "unknown",
+            reason=inp.reason,
+            **self._identity_detail(verified),
         )
 
     @workflow.update  # named "abort" after the method (unnamed: the SDK types its result)
     async def abort(self, *args: Any) -> OperatorActionResult:
         """Stop the change and undo everything applied (outcome ``aborted``); audited."""
-        return await self._stop_with(AuditAction.ABORT, Outcome.ABORTED, _operator_action(args))
+        action = _operator_action(args)
+        verified = await self._verified_action("abort", action)
+        return await self._stop_with(AuditAction.ABORT, Outcome.ABORTED, action, verified)
 
     @abort.validator
     def validate_abort(self, *args: Any) -> None:
         """Refuse a malformed payload, or when the change is already ending."""
-        _operator_action(args)
+        self._refuse_unsigned("abort", _operator_action(args))
         self._refuse_if_ending("there is nothing to abort")
 
     @workflow.update
     async def rollback(self, *args: Any) -> OperatorActionResult:
         """Undo everything applied (outcome ``rolled_back``); only once mutations have begun."""
         action = _operator_action(args)
-        return await self._stop_with(AuditAction.ROLLBACK, Outcome.ROLLED_BACK, action)
+        verified = await self._verified_action("rollback", action)
+        return await self._stop_with(AuditAction.ROLLBACK, Outcome.ROLLED_BACK, action, verified)
 
     @rollback.validator
     def validate_rollback(self, *args: Any) -> None:
         """Refuse a malformed payload, before any mutation (use abort), or when ending."""
-        _operator_action(args)
+        self._refuse_unsigned("rollback", _operator_action(args))
         self._refuse_if_ending("there is nothing to roll back")
         if not self._status.applied:
             raise ApplicationError(
@@ -302,7 +321,13 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
     async def resume(self, *args: Any) -> OperatorActionResult:
         """Go on baking after a pause-and-page (the operator judged the signal harmless)."""
         action = _operator_action(args)
-        await self._audit(AuditAction.RESUME, action.operator, reason=action.reason)
+        verified = await self._verified_action("resume", action)
+        await self._audit(
+            AuditAction.RESUME,
+            action.operator,
+            reason=action.reason,
+            **self._identity_detail(verified),
+        )
         observe.operator_action("resume")
         self._resumed = True
         return OperatorActionResult(phase=self._status.phase, message="resuming the bake")
@@ -310,7 +335,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
     @resume.validator
     def validate_resume(self, *args: Any) -> None:
         """Only a paused change can be resumed (and only with a well-formed payload)."""
-        _operator_action(args)
+        self._refuse_unsigned("resume", _operator_action(args))
         if self._status.phase is not Phase.PAUSED or self._stop is not None:
             raise ApplicationError(
                 f"the change is {self._status.phase.value}, not Paused; only a paused change "
@@ -337,9 +362,15 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             )
 
     async def _stop_with(
-        self, audit: AuditAction, outcome: Outcome, action: OperatorAction
+        self,
+        audit: AuditAction,
+        outcome: Outcome,
+        action: OperatorAction,
+        verified: VerifyResult | None = None,
     ) -> OperatorActionResult:
-        await self._audit(audit, action.operator, reason=action.reason)
+        await self._audit(
+            audit, action.operator, reason=action.reason, **self._identity_detail(verified)
+        )
         observe.operator_action(audit.value)
         self._stop = _Unwind(outcome, f"{audit.value} by {action.operator}: {action.reason}")
         return OperatorActionResult(
@@ -372,14 +403,22 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         approval = _approval(args)
         if isinstance(approval, Refusal):  # the validator refused it already; belt and braces
             raise ApplicationError(approval.why, type=errors.REFUSED, non_retryable=True)
-        return await self._accept(approval)
+        verified = await self._verify_approval(approval)
+        if verified is not None:  # signed: verified now, and the change may have moved on
+            problem = verified.why if not verified.ok else self._approval_problem(approval)
+            if problem:
+                await self._audit_rejected_approval(approval, problem)
+                raise ApplicationError(problem, type=errors.REFUSED, non_retryable=True)
+        return await self._accept(approval, verified)
 
     @approve.validator
     def validate_approve(self, *args: Any) -> None:
         """Refuse, with the reason the caller sees at once, what cannot be approved."""
         approval = _approval(args)
         problem = (
-            approval.why if isinstance(approval, Refusal) else self._approval_problem(approval)
+            approval.why
+            if isinstance(approval, Refusal)
+            else self._approval_identity_problem(approval) or self._approval_problem(approval)
         )
         if problem:
             reason = (
@@ -407,15 +446,21 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 detail={"payload": approval.payload},
             )
             return
-        problem = self._approval_problem(approval)
+        problem = self._approval_identity_problem(approval) or self._approval_problem(approval)
+        verified = None if problem else await self._verify_approval(approval)
+        if verified is not None:  # signed: verified now, and the change may have moved on
+            problem = verified.why if not verified.ok else self._approval_problem(approval)
         if problem is None:
             try:
-                await self._accept(approval)
+                await self._accept(approval, verified)
                 return
             except ActivityError as exc:  # could not be audited: the approval is void
                 problem = f"the approval could not be audited ({failure_of(exc)[0]}); send it again"
         observe.approval_refused(observe.refusal_reason(problem))
         self._reject_approval(problem, approver=approval.approver, guardrails=approval.guardrails)
+        await self._audit_rejected_approval(approval, problem)
+
+    async def _audit_rejected_approval(self, approval: Approval, problem: str) -> None:
         await self._audit_from_signal(
             AuditAction.APPROVAL_REJECTED,
             approval.approver,
@@ -423,6 +468,48 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             reason=excerpt(f"{problem} (their reason: {approval.reason})", 4000),
             report_hash=approval.report_hash,
         )
+
+    # ---------------------------------------------------------------- verified identity
+
+    def _approval_identity_problem(self, approval: Approval) -> str | None:
+        return self._identity.approval_problem(approval, self._status.report)
+
+    async def _verify_approval(self, approval: Approval) -> VerifyResult | None:
+        return await self._identity.verify_approval(
+            self._change_id, approval, self._status.report, self._request.requester
+        )
+
+    def _refuse_unsigned(self, name: str, action: OperatorAction) -> None:
+        """Validators: refuse an unsigned operator action where one is required, or a replay."""
+        problem = self._identity.action_problem(name, action.signature)
+        if problem:
+            raise ApplicationError(problem, type=errors.REFUSED, non_retryable=True)
+
+    async def _verified_action(self, name: str, action: OperatorAction) -> VerifyResult | None:
+        """Update handlers: verify a signed operator action; a refusal is audited and raised."""
+        if action.signature is None:
+            return None
+        verified, why = await self._verify_action(name, action.operator, action)
+        if why:
+            await self._audit_from_signal(
+                AuditAction.REFUSED_ACTION,
+                action.operator,
+                reason=excerpt(f"{name}: {why}", 2000),
+                detail={"action": name},
+            )
+            raise ApplicationError(why, type=errors.REFUSED, non_retryable=True)
+        return verified
+
+    async def _verify_action(
+        self, name: str, actor: str, payload: OperatorAction | RecheckInput
+    ) -> tuple[VerifyResult | None, str]:
+        return await self._identity.verify_action(
+            self._change_id, name, actor, payload.reason, payload.signature
+        )
+
+    @staticmethod
+    def _identity_detail(verified: VerifyResult | None) -> dict[str, Any]:
+        return IdentityGuard.audit_fields(verified)
 
     def _reject_approval(
         self, why: str, *, approver: str, guardrails: list[str], payload: str = ""
@@ -464,18 +551,32 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
             now=workflow.now(),
         )
 
-    async def _accept(self, approval: Approval) -> ApprovalResult:
+    async def _accept(
+        self, approval: Approval, verified: VerifyResult | None = None
+    ) -> ApprovalResult:
         report = self._status.report
         assert report is not None
-        grants = grant(approval, report=report, now=workflow.now())
-        for g in grants:  # audited before it counts: an approval that cannot be audited is void
-            await self._audit(
-                AuditAction.APPROVAL,
-                g.approver,
-                guardrail=g.guardrail,
-                reason=g.reason,
-                expires_at=g.expires_at,
-            )
+        grants = grant(
+            IdentityGuard.capped(approval, workflow.now()), report=report, now=workflow.now()
+        )
+        if verified is not None:
+            self._identity.accept(verified)
+            for g in grants:
+                g.verified_by = verified.identity
+        try:
+            for g in grants:  # audited before it counts: an approval that cannot be audited is void
+                await self._audit(
+                    AuditAction.APPROVAL,
+                    g.approver,
+                    guardrail=g.guardrail,
+                    reason=g.reason,
+                    expires_at=g.expires_at,
+                    **self._identity_detail(verified),
+                )
+        except ActivityError:
+            if verified is not None:  # void: the same signed approval may be sent again
+                self._identity.accepted.pop(verified.digest, None)
+            raise
         self._status.approvals.extend(grants)
         for g in grants:
             observe.approval_accepted(g.guardrail)
@@ -552,6 +653,10 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
         problems = await self._validate(request)
         if problems:
             return await self._refuse("invalid change: " + "; ".join(problems))
+        if request.signature is not None:  # verified before the id is claimed
+            why = await self._identity.verify_request(self._change_id, request)
+            if why:
+                return await self._refuse(why)
         try:
             claim = await self._claim(request)
         except ActivityError as exc:
@@ -566,6 +671,9 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 f"change id {self._change_id} was used by run {claim.run_id} on {at}; "
                 "choose a new id (a change id is used once)"
             )
+        self._identity.required = claim.identity
+        if request.signature is None and claim.identity.requests:
+            return await self._refuse(f"the change request is {unsigned_reason('start')}")
         await self._events.started(request, deadline)
 
         try:
@@ -646,6 +754,7 @@ class GuardedChangeWorkflow(BakeMixin, WaveTimingMixin):
                 requester=request.requester,
                 team=request.team,
                 request_digest=request.digest(),
+                requester_identity=self._identity.requester_identity,
             )
         )
 

@@ -22,6 +22,7 @@ from pydantic import (
     field_validator,
 )
 
+from workflows.identity_models import IdentityRequirements, OperatorKeys, Signature
 from workflows.ids import LOCK_PREFIX as LOCK_PREFIX
 from workflows.ids import lock_id as lock_id
 from workflows.rollout_models import SignalReading
@@ -240,6 +241,11 @@ class ChangeRequest(Strict):
             "inlines a file); workers never read a path from a request"
         ),
     )
+    signature: Signature | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="the requester's signature of this request (changeguard start --sign)",
+    )
     deadline: datetime | None = Field(
         default=None, description="when the gate must have passed; default 24h after start"
     )
@@ -356,6 +362,11 @@ class OptOutRule(Strict):
     distinct_from_requester: bool = True
     max_duration: Duration = timedelta(hours=4)
     required: int = Field(default=1, ge=1, le=10, description="distinct approvals needed")
+    require_signed: bool = Field(
+        default=False,
+        exclude_if=lambda v: not v,  # unchanged policies keep their hashes
+        description="only signed approvals count (docs/approvals.md)",
+    )
 
 
 class CheckSpec(BaseModel):
@@ -596,6 +607,11 @@ class Approval(BaseModel):
     expires_in: Duration = Field(
         default=timedelta(hours=1), description="capped by the policy's max_duration"
     )
+    signature: Signature | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="the approver's signature (changeguard approve --sign)",
+    )
 
 
 class GrantedApproval(BaseModel):
@@ -610,6 +626,7 @@ class GrantedApproval(BaseModel):
     signature: dict[str, str] = Field(
         default_factory=dict, description="the approved report's failures: guardrail → status"
     )
+    verified_by: str = Field(default="", description="the verified key fingerprint or OIDC subject")
 
 
 class RejectedApproval(BaseModel):
@@ -646,6 +663,9 @@ class Directory(BaseModel):
 
     operators: dict[str, list[str]] = Field(default_factory=dict, description="name → groups")
     source: str = ""
+    identities: dict[str, OperatorKeys] = Field(
+        default_factory=dict, description="name → the keys and OIDC identities that sign for them"
+    )
 
     def groups_of(self, name: str) -> list[str]:
         """The groups an operator belongs to (empty for an unknown name)."""
@@ -708,6 +728,7 @@ class ClaimChangeInput(BaseModel):
     requester: str = ""
     team: str = ""
     request_digest: str = ""
+    requester_identity: str = Field(default="", description="the signed request's verified key")
 
 
 class ClaimChangeResult(BaseModel):
@@ -717,6 +738,9 @@ class ClaimChangeResult(BaseModel):
     run_id: str = Field(description="the run chain that holds the id")
     at: datetime | None = Field(default=None, description="when it was claimed")
     bundle_hash: str = Field(default="", description="the platform bundle the worker holds")
+    identity: IdentityRequirements = Field(
+        default_factory=IdentityRequirements, description="where the bundle requires signatures"
+    )
 
 
 class AuditQuery(BaseModel):
@@ -947,6 +971,11 @@ class OperatorAction(BaseModel):
 
     operator: ShortName
     reason: Reason
+    signature: Signature | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="the operator's signature (--sign)",
+    )
 
 
 class OperatorActionResult(BaseModel):
@@ -962,3 +991,8 @@ class RecheckInput(BaseModel):
 
     requested_by: Annotated[Name, Field(max_length=NAME_MAX)] = ""
     reason: Annotated[Text, Field(max_length=TEXT_MAX)] = ""
+    signature: Signature | None = Field(
+        default=None,
+        exclude_if=lambda v: v is None,
+        description="the operator's signature (changeguard recheck --sign)",
+    )

@@ -18,6 +18,7 @@ CHANGE_EVENTS = "ChangeEvents"
 RECORD_AUDIT = "record_audit"
 CLAIM_CHANGE = "claim_change"
 LOAD_DIRECTORY = "load_directory"
+VERIFY_SIGNATURE = "verify_signature"
 OBSERVE_SIGNALS = "observe_signals"
 PAGE = "page"
 RESOLVE_POLICY = "resolve_policy"
@@ -36,6 +37,7 @@ ACTIVITIES = (
     RECORD_AUDIT,
     CLAIM_CHANGE,
     LOAD_DIRECTORY,
+    VERIFY_SIGNATURE,
     OBSERVE_SIGNALS,
     PAGE,
     RESOLVE_POLICY,

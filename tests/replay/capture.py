@@ -52,6 +52,7 @@ from guardrails.builtin.target_lock import TargetLock
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import OPEN_BUNDLE
+from tests.replay.identity_branch import signed_approval
 from tests.servers import EventReceiver
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
@@ -642,6 +643,7 @@ BRANCHES: list[Branch] = [
     ),
     Branch("change_id_reused", None, drive=change_id_reused),
     Branch("refused_signals", Outcome.ABORTED, rules=APPROVABLE_FAILURE, steer=refused_signals),
+    Branch("signed_approval", None, rules=APPROVABLE_FAILURE, drive=signed_approval),
     Branch(
         "timing_rules_wait_together",
         Outcome.COMPLETED,
