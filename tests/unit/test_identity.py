@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import functools
 import hashlib
 import subprocess
 from datetime import UTC, datetime, timedelta
@@ -13,7 +15,7 @@ from joserfc.jwk import ECKey
 from pydantic import ValidationError
 
 from activities.directory import DirectoryError, YamlDirectory
-from activities.identity import check_token, verify
+from activities.identity import IdentityActivities, check_token, read_jwks, verify
 from activities.ssh_keys import check_sshsig, parse_public_key
 from cli.signing import ssh_sign
 from guardrails.policy import IdentityPolicy
@@ -218,3 +220,56 @@ def test_verify_refuses_a_signature_carrying_both_or_neither() -> None:
             False,
             "forged: a signature carries exactly one of sshsig or oidc_token",
         )
+
+
+async def test_a_removed_key_stops_counting_at_the_next_verification(tmp_path: Path) -> None:
+    """verify_signature reads the directory on every call: revoking bob's key refuses his next one."""
+    path, fingerprint = _key(tmp_path, "bob")
+    line = path.with_suffix(".pub").read_text().strip()
+    file = tmp_path / "operators.yaml"
+    file.write_text(f"operators:\n  bob: {{groups: [sre-leads], keys: ['{line}']}}\n")
+    activities = IdentityActivities(YamlDirectory(file))
+    inp = VerifyInput(
+        change_id="chg-1",
+        signature=Signature(document=DOC, sshsig=ssh_sign(DOC, path)),
+        expected=DOC,
+        now=NOW,
+    )
+    accepted = await activities.verify_signature(inp)
+    assert (accepted.ok, accepted.identity, accepted.method) == (True, fingerprint, "sshsig")
+    file.write_text("operators:\n  bob: [sre-leads]\n")  # revoked
+    refused = await activities.verify_signature(inp)
+    assert not refused.ok and refused.why.startswith(
+        f"key not in directory: sshsig identity {fingerprint} is not enrolled for 'bob'"
+    )
+
+
+def test_a_jwks_is_read_from_a_url_or_a_file(tmp_path: Path) -> None:
+    """The issuer's JWKS comes from a file path or an http(s) URL."""
+    import http.server
+    import json
+    import threading
+
+    document = {"keys": [ECKey.generate_key("P-256").as_dict(private=False)]}
+    (tmp_path / "jwks.json").write_text(json.dumps(document))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/jwks.json"
+        assert read_jwks(url) == document == read_jwks(str(tmp_path / "jwks.json"))
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_token_without_a_signature_algorithm_is_forged() -> None:
+    """Alg none (or a shared secret) never verifies against an issuer's JWKS."""
+    key = ECKey.generate_key("P-256")
+    jwks = {"https://idp": {"keys": [key.as_dict(private=False)]}}
+    good = _token(key)
+    header = base64.urlsafe_b64encode(b'{"alg":"none"}').rstrip(b"=").decode()
+    unsigned = f"{header}.{good.split('.')[1]}."
+    checked = check_token(unsigned, jwks=jwks, nonce=document_digest(DOC), now=NOW)
+    assert checked.why.startswith("forged: the ID token's signature does not verify")
