@@ -8,19 +8,23 @@ use ``dev_env`` (the dev server, or the given ``host:port``).
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
+from google.protobuf.empty_pb2 import Empty
 from temporalio.client import Client
+from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
-from worker.client import ensure_search_attributes
+from tests.helpers import start_time_skipping
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from workflows import search_attributes as sa
@@ -108,17 +112,72 @@ async def env(request: pytest.FixtureRequest) -> AsyncIterator[WorkflowEnvironme
     """The environment unit tests run in (time-skipping by default)."""
     choice = request.config.getoption("--workflow-environment")
     if choice == "time-skipping":
-        environment = await WorkflowEnvironment.start_time_skipping(
-            data_converter=data_converter,
-            test_server_existing_path=temporal_binary("temporal-test-server"),
-        )
-        await ensure_search_attributes(environment.client, "default", check=False)
+        environment = await start_time_skipping()
     elif choice == "local":
         environment = await _local()
     else:
         environment = await _external(choice)
+    _session_env.append(environment)
     yield environment
     await environment.shutdown()
+
+
+_session_env: list[WorkflowEnvironment] = []
+"""The session's ``env``, once started (modules may override ``env`` with a server of their own)."""
+_stalled_by: list[str] = []
+"""The test after which the session's time-skipping server stopped skipping time (or died)."""
+
+PROBE_SKIP = timedelta(seconds=30)
+"""How far the health probe moves the virtual clock: short of any timer a test leaves behind."""
+PROBE_WITHIN = 10.0
+"""Real seconds the probe may take; a healthy server answers in milliseconds even under load."""
+
+
+async def _time_skips(environment: WorkflowEnvironment) -> str | None:
+    """``None`` when ``environment``'s server answers and skips time; otherwise what is wrong."""
+    try:
+        await environment.client.test_service.get_current_time(
+            Empty(), timeout=timedelta(seconds=PROBE_WITHIN)
+        )
+    except RPCError as exc:
+        return f"the time-skipping test server does not answer ({exc.message}): it is gone"
+    try:
+        await asyncio.wait_for(environment.sleep(PROBE_SKIP), PROBE_WITHIN)
+    except TimeoutError:
+        return (
+            f"the time-skipping test server no longer skips time (a {PROBE_SKIP.seconds}s "
+            f"virtual sleep took over {PROBE_WITHIN:g}s): something holds its time lock, e.g. "
+            "an activity still running for a workflow that already closed, or a task in a "
+            "queue no worker polls"
+        )
+    return None
+
+
+@pytest.fixture(autouse=True)
+async def _time_skipping_healthy(request: pytest.FixtureRequest) -> AsyncIterator[None]:
+    """A test on the time-skipping server finds it healthy, and leaves it so.
+
+    The server is shared by the session: a test that leaves it unable to skip time (see
+    :func:`_time_skips`) would make every later test that waits on a timer hang until its
+    timeout, far from the cause. So the culprit fails at its own teardown, naming the cause, and
+    every later test on that server fails at once, naming the culprit.
+    """
+    if "env" not in request.fixturenames:
+        yield
+        return
+    environment: WorkflowEnvironment = request.getfixturevalue("env")
+    if not environment.supports_time_skipping:
+        yield
+        return
+    shared = environment in _session_env
+    if shared and _stalled_by:
+        pytest.fail(f"the session's time-skipping server is unusable since {_stalled_by[0]}")
+    yield
+    problem = await _time_skips(environment)
+    if problem is not None:
+        if shared:
+            _stalled_by.append(f"{request.node.nodeid}: {problem}")
+        pytest.fail(f"after this test, {problem}")
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,27 @@ from collections.abc import Callable
 from typing import Any
 
 from temporalio.client import WorkflowHandle
+from temporalio.testing import WorkflowEnvironment
 
+from worker.client import ensure_search_attributes
+from worker.converter import data_converter
+from worker.devserver import temporal_binary
 from workflows.models import ChangeStatus, Phase
 
 OPEN_BUNDLE: dict[str, Any] = {"unmatched": "allow"}
 """The suite's default platform bundle: no rules, and ``unmatched: allow`` said explicitly, so a
 test's change is judged by the rules its request adds (tests of the platform's authority bring
 their own bundle)."""
+
+
+async def start_time_skipping() -> WorkflowEnvironment:
+    """A time-skipping test server of its own (the session's, or a test's that must not share)."""
+    environment = await WorkflowEnvironment.start_time_skipping(
+        data_converter=data_converter,
+        test_server_existing_path=temporal_binary("temporal-test-server"),
+    )
+    await ensure_search_attributes(environment.client, "default", check=False)
+    return environment
 
 
 async def until_status(

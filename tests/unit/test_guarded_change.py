@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -13,7 +14,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
-from tests.helpers import until_phase
+from tests.helpers import start_time_skipping, until_phase
 from worker.main import build_worker
 from workflows.models import (
     ChangeRequest,
@@ -170,10 +171,31 @@ async def test_invalid_policy_at_run_time_is_rejected(
     assert reset.applied == []
 
 
+@pytest.fixture
+async def own_env(env: WorkflowEnvironment) -> AsyncIterator[WorkflowEnvironment]:
+    """A time-skipping server of the test's own, thrown away after it.
+
+    The gate cancels a running check without waiting for it (a check need not heartbeat), so the
+    gate closes while its check activity still runs. The time-skipping test server never drops
+    the time lock of an activity whose workflow has closed (neither the worker's late report nor
+    the activity's timeout releases it), so on the session's server no later test could skip
+    time again. Another kind of server (``--workflow-environment``) has no such lock: share it.
+    """
+    if not env.supports_time_skipping:
+        yield env
+        return
+    environment = await start_time_skipping()
+    try:
+        yield environment
+    finally:
+        await environment.shutdown()
+
+
 async def test_cancel_while_gating_mutates_nothing(
-    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+    own_env: WorkflowEnvironment, task_queue: str, reset: Ledger
 ) -> None:
     """Cancelled while its gate's check still runs: the change ends cancelled, nothing applied."""
+    env = own_env
     req = _request().model_copy(
         update={
             "policy": {
