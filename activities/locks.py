@@ -10,6 +10,7 @@ from temporalio.service import RPCError, RPCStatusCode
 
 from workflows.ids import lock_id
 from workflows.models import HolderAliveInput, ReleaseLocksInput
+from workflows.target_lock import TargetLockWorkflow
 
 
 class LockActivities:
@@ -45,7 +46,9 @@ class LockActivities:
             nonlocal done
             async with limit:
                 try:
-                    await self.client.get_workflow_handle(lock_id(target)).signal("release", inp)
+                    await self.client.get_workflow_handle(lock_id(target)).signal(
+                        TargetLockWorkflow.release, inp
+                    )
                     return 1
                 except RPCError as exc:
                     if exc.status is RPCStatusCode.NOT_FOUND:

@@ -88,7 +88,8 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
-    from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, OperatorAction, Outcome
+    from workflows.guarded_change import GuardedChangeWorkflow
+    from workflows.models import ChangeRequest, ChangeResult, OperatorAction, Outcome
 
     tag = uuid.uuid4().hex[:6]
     guarded_queue, bare_queue = f"bench-cc-guarded-{tag}", f"bench-cc-bare-{tag}"
@@ -141,11 +142,10 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
         handles = await asyncio.gather(
             *(
                 client.start_workflow(
-                    "GuardedChange",
+                    GuardedChangeWorkflow.run,
                     r,
                     id=r.change_id or "",
                     task_queue=guarded_queue,
-                    result_type=ChangeResult,
                     id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
                 )
                 for r in reqs
@@ -154,7 +154,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
 
         async def roll_back(handle: Any) -> None:
             while True:
-                status = await handle.query("status", result_type=ChangeStatus)
+                status = await handle.query(GuardedChangeWorkflow.status)
                 if status.applied:
                     break
                 if status.outcome is not None:
@@ -187,6 +187,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
         results = await asyncio.gather(*(h.result() for h in handles), *rolling)
         elapsed = time.perf_counter() - t0
         for r, result in zip(reqs, results[: len(reqs)], strict=True):
+            assert isinstance(result, ChangeResult)
             expect = Outcome.ROLLED_BACK if r.change_id in chosen else Outcome.COMPLETED
             if result.outcome is not expect:
                 raise RuntimeError(f"{r.change_id}: {result.outcome}: {result.message}")

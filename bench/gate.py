@@ -210,7 +210,8 @@ async def measure(
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
-    from workflows.models import Decision, GuardrailReport
+    from workflows.gate import GuardrailGateWorkflow
+    from workflows.models import Decision
 
     n = len(names)
     progress(f"  dev server up after {time.perf_counter() - started:.1f}s")
@@ -252,11 +253,10 @@ async def measure(
     async def run_gate(pol: dict[str, Any], expected: int) -> float:
         t0 = time.perf_counter()
         report = await client.execute_workflow(
-            "GuardrailGate",
+            GuardrailGateWorkflow.run,
             GateInput(change=change(), policy=pol),
             id=f"bench-gate-{uuid.uuid4().hex[:10]}",
             task_queue=gate_queue,
-            result_type=GuardrailReport,
         )
         elapsed = time.perf_counter() - t0
         statuses = {c.status for c in report.checks}

@@ -49,7 +49,8 @@ from tests.servers import PostgresServer  # noqa: E402
 from worker.converter import data_converter  # noqa: E402
 from worker.devserver import temporal_binary  # noqa: E402
 from workflows import search_attributes  # noqa: E402
-from workflows.models import ChangeResult, Outcome  # noqa: E402
+from workflows.guarded_change import GuardedChangeWorkflow  # noqa: E402
+from workflows.models import Outcome  # noqa: E402
 
 WORKER_MODULE = ("tests.chaos.test_backfill_kill",)
 """A normal worker whose kinds include ``pg-migrate`` (the chaos test's worker entry point)."""
@@ -208,7 +209,7 @@ async def measure(env: WorkflowEnvironment, dsn: str, tmp: Path, args: argparse.
         doc = request("b_migrate", args.batch)
         started = time.perf_counter()
         result = await env.client.execute_workflow(
-            "GuardedChange", doc, id=doc["change_id"], task_queue=queue, result_type=ChangeResult
+            GuardedChangeWorkflow.run, doc, id=doc["change_id"], task_queue=queue
         )
         t_migrate = time.perf_counter() - started
         assert result.outcome is Outcome.COMPLETED, result.message
@@ -218,7 +219,7 @@ async def measure(env: WorkflowEnvironment, dsn: str, tmp: Path, args: argparse.
         progress("pg-migrate backfill with a SIGKILL…")
         doc = request("c_kill", args.batch)
         handle = await env.client.start_workflow(
-            "GuardedChange", doc, id=doc["change_id"], task_queue=queue, result_type=ChangeResult
+            GuardedChangeWorkflow.run, doc, id=doc["change_id"], task_queue=queue
         )
         while done_rows(dsn) < args.rows * args.kill_at:  # noqa: ASYNC110  (polls the database)
             await asyncio.sleep(0.02)

@@ -304,7 +304,8 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
-    from workflows.models import ChangeRequest, ChangeResult, Outcome
+    from workflows.guarded_change import GuardedChangeWorkflow
+    from workflows.models import ChangeRequest, Outcome
 
     tag = uuid.uuid4().hex[:6]
     guarded_queue, bare_queue = f"bench-guarded-{tag}", f"bench-bare-{tag}"
@@ -354,11 +355,10 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
         )
         t0 = time.perf_counter()
         handle = await client.start_workflow(
-            "GuardedChange",
+            GuardedChangeWorkflow.run,
             request,
             id=request.change_id,
             task_queue=guarded_queue,
-            result_type=ChangeResult,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
         result = await handle.result()
@@ -369,7 +369,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
             await ledger_keys(url, f"{request.change_id}:"), request.change_id, hosts[:n], "guarded"
         )
         run = await history_events(client, request.change_id)
-        status = await handle.query("status")
+        status = await handle.query(GuardedChangeWorkflow.status)
         run.payload = max(run.payload, await payload_bytes(client, status, result))
         run.seconds = elapsed
         return run

@@ -55,10 +55,10 @@ from temporalio.exceptions import ApplicationError
 from activities.audit import open_audit_store
 from demo.stack import DEMO_BUNDLE, FLEET_IN_FILES, DevStack, StandIns, copy_bundle
 from worker.settings import Settings
+from workflows.guarded_change import GuardedChangeWorkflow
 from workflows.models import (
     TERMINAL_PHASES,
     Approval,
-    ApprovalResult,
     AuditAction,
     AuditQuery,
     ChangeStatus,
@@ -188,7 +188,7 @@ class Watch:
         limit = time.monotonic() + within
         with Live(get_renderable=self._panel, console=console, transient=True) as live:
             while True:
-                status: ChangeStatus = await self.handle.query("status", result_type=ChangeStatus)
+                status: ChangeStatus = await self.handle.query(GuardedChangeWorkflow.status)
                 self._events(status)
                 live.refresh()
                 if done(status):
@@ -515,7 +515,8 @@ async def step_freeze(d: Demo, r: StepResult) -> None:
     d.stand_ins.healthy = True
     operator(f"changeguard recheck {r.change_id} --by alice --reason 'session store is back'")
     await handle.signal(
-        "recheck", RecheckInput(requested_by="alice", reason="session store is back")
+        GuardedChangeWorkflow.recheck,
+        RecheckInput(requested_by="alice", reason="session store is back"),
     )
     s = await w.until(lambda s: s.gate_runs >= 2 and _blocked(s), "the re-check's report")
     d.show_report(s.report)
@@ -539,7 +540,7 @@ async def step_freeze(d: Demo, r: StepResult) -> None:
         report_hash=s.report.report_hash,
     )
     try:
-        await handle.execute_update("approve", approval, result_type=ApprovalResult)
+        await handle.execute_update(GuardedChangeWorkflow.approve, approval)
     except WorkflowUpdateFailedError as exc:
         refusal = exc.cause.message if isinstance(exc.cause, ApplicationError) else str(exc.cause)
         say(f"  [bold red]refused:[/] {escape(refusal)}")
@@ -657,7 +658,7 @@ async def step_approval(d: Demo, r: StepResult) -> None:
         reason="urgent",
         report_hash=s.report.report_hash,
     )
-    await handle.signal("approve_signal", own)
+    await handle.signal(GuardedChangeWorkflow.approve_signal, own)
     s = await w.until(lambda s: bool(s.rejected_approvals), "the signal's verdict")
     why = s.rejected_approvals[0].why
     assert s.report is not None
@@ -670,7 +671,7 @@ async def step_approval(d: Demo, r: StepResult) -> None:
         "--reason 'cookie bug hurts customers; hotfix reviewed' --expires-in 1h"
     )
     result = await handle.execute_update(
-        "approve",
+        GuardedChangeWorkflow.approve,
         Approval(
             guardrails=["incident-freeze"],
             approver="bob",
@@ -678,7 +679,6 @@ async def step_approval(d: Demo, r: StepResult) -> None:
             report_hash=s.report.report_hash,
             expires_in=timedelta(hours=1),
         ),
-        result_type=ApprovalResult,
     )
     say(f"  [bold green]accepted:[/] {', '.join(result.accepted)}; nothing else is needed")
     s = await w.end()

@@ -28,6 +28,7 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 
 from worker.settings import SettingsError
+from workflows.guarded_change import GuardedChangeWorkflow
 from workflows.models import ChangeStatus, Phase
 
 log = structlog.get_logger(__name__)
@@ -60,9 +61,8 @@ async def sample(client: Client, *, now: datetime | None = None) -> dict[Phase, 
     async def status(workflow_id: str) -> ChangeStatus | None:
         async with limit:
             try:
-                handle = client.get_workflow_handle(workflow_id)
-                result: ChangeStatus = await handle.query("status", result_type=ChangeStatus)
-                return result
+                handle = client.get_workflow_handle_for(GuardedChangeWorkflow.run, workflow_id)
+                return await handle.query(GuardedChangeWorkflow.status)
             except Exception as exc:  # closed since the listing, or no worker: skip it
                 log.debug("waiting sample skipped a change", change_id=workflow_id, error=str(exc))
                 return None

@@ -14,6 +14,10 @@ TARGET_BATCH = "TargetBatch"
 TARGET_LOCK = "TargetLock"
 CHANGE_EVENTS = "ChangeEvents"
 
+RECHECK = "recheck"
+"""``GuardedChange``'s recheck signal, as ``TargetLock`` sends it on hand-over (a reference to
+``GuardedChangeWorkflow.recheck`` would load the whole change workflow into the lock's sandbox)."""
+
 # Activities workflow code calls (workflows/calls.py), each registered by worker/registry.py.
 RECORD_AUDIT = "record_audit"
 CLAIM_CHANGE = "claim_change"

@@ -37,7 +37,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, ids
+    from workflows import calls, ids, names
     from workflows.errors import INVALID_INPUT
     from workflows.inputs import Refusal, decode
     from workflows.models import (
@@ -166,7 +166,9 @@ class TargetLockWorkflow:
             reason=excerpt(f"lock of {self._target} handed over by {previous.change_id}", 1000),
         )
         try:
-            await workflow.get_external_workflow_handle(waiter.change_id).signal("recheck", note)
+            await workflow.get_external_workflow_handle(waiter.change_id).signal(
+                names.RECHECK, note
+            )
         except FailureError as exc:
             workflow.logger.info(
                 "lock hand-over: the new holder could not be told",

@@ -36,12 +36,13 @@ from temporalio.client import Client, WorkflowExecution
 from temporalio.service import RPCError
 
 from guardrails.base import CheckContext, Guardrail
+from workflows import names
 from workflows import search_attributes as sa
 from workflows.models import Category, CheckResult, Phase
 
 CLIENT_SERVICE = "temporal_client"
 """The ``ctx.services`` key of the Temporal client."""
-WORKFLOW_TYPE = "GuardedChange"
+WORKFLOW_TYPE = names.GUARDED_CHANGE
 TARGETS_PER_QUERY = 200
 """Targets per ``ChangeTargets IN (…)`` query, so a 10,000-target change stays a sane query."""
 RPC_TIMEOUT = timedelta(seconds=10)

@@ -49,6 +49,7 @@ from workflows.models import (
     ReleaseLocksInput,
     TargetLockInput,
 )
+from workflows.target_lock import TargetLockWorkflow
 
 ATTEMPTS = 3
 """Tries to take or queue for one lock while it changes hands under us."""
@@ -154,11 +155,11 @@ async def _state(client: Client, target: str) -> TargetLockInput | None:
         if desc.status is not WorkflowExecutionStatus.RUNNING:
             return None
         try:
-            state: TargetLockInput = await handle.query("state", result_type=TargetLockInput)
+            state: TargetLockInput = await handle.query(TargetLockWorkflow.state)
             return state
         except (WorkflowQueryFailedError, WorkflowQueryRejectedError):
             # A lock run by a worker of an older version answers only ``holder``.
-            holder: LockHolder = await handle.query("holder", result_type=LockHolder)
+            holder: LockHolder = await handle.query(TargetLockWorkflow.holder)
             return TargetLockInput(target_id=target, holder=holder)
     except RPCError as exc:
         if exc.status is RPCStatusCode.NOT_FOUND:
@@ -173,7 +174,7 @@ async def _acquire(
     for _ in range(ATTEMPTS):
         try:
             await client.start_workflow(
-                "TargetLock",
+                TargetLockWorkflow.run,
                 TargetLockInput(
                     target_id=target, holder=_waiter(ctx), watch_every=params.watch_every
                 ),
@@ -194,7 +195,7 @@ async def _acquire(
 async def _enqueue(client: Client, target: str, waiter: LockHolder) -> TargetLockInput | None:
     """Ask to wait for the lock (idempotent); the lock's state after, ``None`` if it has ended."""
     try:
-        await client.get_workflow_handle(lock_id(target)).signal("enqueue", waiter)
+        await client.get_workflow_handle(lock_id(target)).signal(TargetLockWorkflow.enqueue, waiter)
     except RPCError as exc:
         if exc.status is RPCStatusCode.NOT_FOUND:
             return None
@@ -204,7 +205,9 @@ async def _enqueue(client: Client, target: str, waiter: LockHolder) -> TargetLoc
 
 async def _signal_release(client: Client, target: str, release: ReleaseLocksInput) -> None:
     try:
-        await client.get_workflow_handle(lock_id(target)).signal("release", release)
+        await client.get_workflow_handle(lock_id(target)).signal(
+            TargetLockWorkflow.release, release
+        )
     except RPCError as exc:
         if exc.status is not RPCStatusCode.NOT_FOUND:
             raise
