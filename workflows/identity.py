@@ -21,6 +21,7 @@ from datetime import datetime
 from typing import Any
 
 from temporalio import workflow
+from temporalio.exceptions import ActivityError
 
 from workflows import calls
 from workflows.identity_models import (
@@ -33,6 +34,8 @@ from workflows.identity_models import (
     parse_stamp,
 )
 from workflows.models import Approval, ChangeRequest, GuardrailReport
+from workflows.saga import failure_of
+from workflows.types import excerpt
 
 SIGN_HINT = {
     "approve": "changeguard approve --sign",
@@ -191,19 +194,34 @@ class IdentityGuard:
         requester: str = "",
         four_eyes: bool = False,
     ) -> VerifyResult:
-        """Verify in the ``verify_signature`` activity; then refuse a replay that raced it."""
-        result = await calls.verify_signature(
-            VerifyInput(
-                change_id=change_id,
-                signature=signature,
-                expected=expected,
-                now=workflow.now(),
-                requester=requester,
-                requester_identity=self.requester_identity,
-                four_eyes=four_eyes,
-            ),
-            summary=f"verify the signature of {expected.action} by {expected.actor}"[:200],
-        )
+        """Verify in the ``verify_signature`` activity; then refuse a replay that raced it.
+
+        An activity that fails for good (a JWKS that stays unreachable, an invalid directory) is a
+        refusal too: it must not escape a signal handler, where it would fail the whole run (I10).
+        """
+        try:
+            result = await calls.verify_signature(
+                VerifyInput(
+                    change_id=change_id,
+                    signature=signature,
+                    expected=expected,
+                    now=workflow.now(),
+                    requester=requester,
+                    requester_identity=self.requester_identity,
+                    four_eyes=four_eyes,
+                ),
+                summary=f"verify the signature of {expected.action} by {expected.actor}"[:200],
+            )
+        except ActivityError as exc:
+            message, _ = failure_of(exc)
+            return VerifyResult(
+                ok=False,
+                why=excerpt(
+                    f"unverified: the signature could not be checked ({message}); send it again",
+                    1000,
+                ),
+                digest=document_digest(signature.document),
+            )
         if result.ok:
             again = self.problem(signature, action=expected.action, required=False)
             if again:

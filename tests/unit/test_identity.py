@@ -13,13 +13,19 @@ import pytest
 from joserfc import jwt
 from joserfc.jwk import ECKey
 from pydantic import ValidationError
+from temporalio.testing import WorkflowEnvironment
 
+from activities.audit import AuditActivities, SqliteAuditStore
 from activities.directory import DirectoryError, YamlDirectory
 from activities.identity import IdentityActivities, check_token, read_jwks, verify
 from activities.ssh_keys import check_sshsig, parse_public_key
 from cli.signing import ssh_sign
 from guardrails.policy import IdentityPolicy
-from workflows.identity import request_digest, start_document
+from tests import fakes
+from tests.fakes import Switch
+from tests.helpers import until_phase, until_status
+from worker.main import build_worker
+from workflows.identity import approval_document, request_digest, start_document
 from workflows.identity_models import (
     OidcIdentity,
     OperatorKeys,
@@ -29,7 +35,17 @@ from workflows.identity_models import (
     canonical_bytes,
     document_digest,
 )
-from workflows.models import ChangeRequest, Directory, OptOutRule, Target
+from workflows.models import (
+    Approval,
+    ChangeRequest,
+    ChangeResult,
+    Directory,
+    OperatorAction,
+    OptOutRule,
+    Outcome,
+    Phase,
+    Target,
+)
 
 DOC = SignedDocument(
     action="approve",
@@ -273,3 +289,58 @@ def test_a_token_without_a_signature_algorithm_is_forged() -> None:
     unsigned = f"{header}.{good.split('.')[1]}."
     checked = check_token(unsigned, jwks=jwks, nonce=document_digest(DOC), now=NOW)
     assert checked.why.startswith("forged: the ID token's signature does not verify")
+
+
+async def test_a_verification_that_fails_for_good_is_a_recorded_refusal(
+    env: WorkflowEnvironment, task_queue: str, tmp_path: Path
+) -> None:
+    """A directory broken after the change began refuses a signed signal; the change lives on."""
+    path, _ = _key(tmp_path, "bob")
+    line = path.with_suffix(".pub").read_text().strip()
+    file = tmp_path / "operators.yaml"
+    file.write_text(f"operators:\n  bob: {{groups: [sre-leads], keys: ['{line}']}}\n")
+    store = SqliteAuditStore(tmp_path / "audit.db")
+    Switch.outcome = "fail"
+    request = ChangeRequest(
+        change_id="id-broken-directory",
+        kind="recording",
+        summary="s",
+        requester="alice",
+        team="web",
+        environment="prod",
+        targets=[Target(id="t1")],
+        policy={"guardrails": [{"use": "switch", "opt_out": {"approvers": ["sre-leads"]}}]},
+    )
+    async with build_worker(
+        env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(),
+        audit=AuditActivities(store, f"yaml:{file}"),
+    ):
+        handle = await env.client.start_workflow(
+            "GuardedChange",
+            request,
+            id="id-broken-directory",
+            task_queue=task_queue,
+            result_type=ChangeResult,
+        )
+        status = await until_phase(handle, Phase.AWAITING_APPROVAL)
+        assert status.report is not None
+        approval = Approval(
+            guardrails=["switch"], approver="bob", reason="r", report_hash=status.report.report_hash
+        )
+        doc = approval_document(approval, "id-broken-directory", "2099-01-01T00:00:00Z")
+        signed = approval.model_copy(
+            update={"signature": Signature(document=doc, sshsig=ssh_sign(doc, path))}
+        )
+        file.write_text("operators: [not, a, mapping]\n")
+        await handle.signal("approve_signal", signed)
+        status = await until_status(handle, lambda s: bool(s.rejected_approvals))
+        assert status.rejected_approvals[-1].why.startswith(
+            "unverified: the signature could not be checked (operator directory"
+        )
+        assert status.phase is Phase.AWAITING_APPROVAL
+        await handle.execute_update("abort", OperatorAction(operator="bob", reason="end"))
+        assert (await handle.result()).outcome is Outcome.ABORTED
+    store.close()
