@@ -81,6 +81,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
 
     from temporalio.api.enums.v1 import EventType
     from temporalio.common import WorkflowIDReusePolicy
+    from temporalio.service import RPCError
     from temporalio.worker import Worker
 
     from activities.audit import AuditActivities, SqliteAuditStore
@@ -154,7 +155,11 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
 
         async def roll_back(handle: Any) -> None:
             while True:
-                status = await handle.query(GuardedChangeWorkflow.status)
+                try:
+                    status = await handle.query(GuardedChangeWorkflow.status)
+                except RPCError:  # a workflow task timed out on a starved worker: ask again
+                    await asyncio.sleep(0.2)
+                    continue
                 if status.applied:
                     break
                 if status.outcome is not None:
