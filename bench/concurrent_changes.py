@@ -27,7 +27,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import os
 import statistics
 import sys
 import tempfile
@@ -345,6 +344,8 @@ def main() -> int:
 
 
 if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
+    from worker.exit import exit_now
+
     code = 1
     try:
         code = main()
@@ -353,6 +354,4 @@ if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
     except Exception:
         traceback.print_exc()
     finally:
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)  # the SDK's exit-time crash (worker/exit.py)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import sys
 import time
@@ -365,6 +364,8 @@ def main() -> int:
 
 
 if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
+    from worker.exit import exit_now
+
     code = 1
     try:
         code = main()
@@ -373,7 +374,4 @@ if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
     except Exception:
         traceback.print_exc()
     finally:
-        # Skip interpreter finalisation, where the SDK's native runtime can crash (cli/main.py).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)  # the SDK's exit-time crash (worker/exit.py)

@@ -33,7 +33,6 @@ import argparse
 import asyncio
 import collections
 import logging
-import os
 import statistics
 import sys
 import time
@@ -538,6 +537,8 @@ def main() -> int:
 
 
 if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
+    from worker.exit import exit_now
+
     code = 1
     try:
         code = main()
@@ -546,7 +547,4 @@ if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
     except Exception:
         traceback.print_exc()
     finally:
-        # Skip interpreter finalisation, where the SDK's native runtime can crash (cli/main.py).
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os._exit(code)
+        exit_now(code)  # the SDK's exit-time crash (worker/exit.py)

@@ -7,7 +7,6 @@ import asyncio
 import dataclasses
 import logging
 import os
-import sys
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -39,6 +38,7 @@ from guardrails.plugins import validation_problems
 from worker import telemetry, waiting
 from worker.client import SearchAttributesMissing, TemporalUnreachable
 from worker.devserver import DevServerError
+from worker.exit import exit_now
 from worker.main import DeploymentError, PolicyMissing
 from worker.settings import DEPLOYMENT, Settings, SettingsError
 from workflows.identity import action_document, approval_document, start_document
@@ -607,17 +607,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def entry() -> None:
-    """Console-script entry: run, flush, and leave without interpreter finalisation.
+    """Console-script entry: run, then leave through :func:`worker.exit.exit_now`.
 
-    The Temporal SDK's native runtime can crash (SIGSEGV/SIGABRT) while the interpreter finalises
-    after a client was used, turning a correct run into exit code -11. Everything we own is done
-    and flushed by then, so we exit directly with the contract exit code.
+    The SDK's exit-time crash would otherwise turn a correct run into exit code -11.
     """
-    code = main()
-    telemetry.flush()  # spans still batched would be lost at os._exit
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    exit_now(main())
 
 
 if __name__ == "__main__":

@@ -77,6 +77,7 @@ from tests.chaos.invariants import (
     reduce_history,
 )
 from worker.converter import data_converter
+from worker.exit import exit_now
 from workflows.models import (
     Approval,
     AuditQuery,
@@ -828,4 +829,4 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     code = main()
-    os._exit(code)  # skip interpreter finalisation, where the SDK's native runtime can crash
+    exit_now(code)  # the SDK's exit-time crash (worker/exit.py)

@@ -104,7 +104,7 @@ def problems_of(source: Any, **kwargs: Any) -> list[str]:
 
 
 def test_design_example_resolves(tmp_path: Path, registry: PluginRegistry[Guardrail[Any]]) -> None:
-    """The DESIGN.md example loads from a file and resolves with every default filled in."""
+    """The docs/design.md example loads from a file and resolves with every default filled in."""
     (tmp_path / "prod.yaml").write_text(DESIGN_EXAMPLE)
     policy, digest = load_policy("prod.yaml", base_dir=tmp_path, registry=registry)
     assert policy.responses == [
