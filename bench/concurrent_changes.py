@@ -31,7 +31,6 @@ import statistics
 import sys
 import tempfile
 import time
-import traceback
 import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -344,14 +343,6 @@ def main() -> int:
 
 
 if __name__ == "__main__" and not workflow.unsafe.in_sandbox():
-    from worker.exit import exit_now
+    from worker.exit import run_and_exit
 
-    code = 1
-    try:
-        code = main()
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-    except Exception:
-        traceback.print_exc()
-    finally:
-        exit_now(code)  # the SDK's exit-time crash (worker/exit.py)
+    run_and_exit(main)  # the SDK's exit-time crash (worker/exit.py)

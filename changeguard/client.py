@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from temporalio import workflow
 from temporalio.client import (
     Client as TemporalClient,
 )
@@ -49,6 +50,10 @@ from workflows.models import (
 from workflows.priorities import change_priority
 from workflows.summaries import static_details, static_summary
 
+OperatorUpdate = workflow.UpdateMethodMultiParam[
+    [GuardedChangeWorkflow, OperatorAction], OperatorActionResult
+]
+"""The type of the ``abort``, ``rollback`` and ``resume`` updates."""
 FOLLOW_INTERVAL = 0.5
 """Seconds between two ``status`` queries while :meth:`Change.follow` waits for a change."""
 CHECKS_DEADLINE = timedelta(hours=24)
@@ -231,13 +236,11 @@ class Change:
         Raises:
             Refused: e.g. the change is already ending.
         """
-        try:
-            return await self.handle.execute_update(
-                GuardedChangeWorkflow.abort,
-                OperatorAction(operator=operator, reason=reason, signature=signature),
-            )
-        except WorkflowUpdateFailedError as exc:
-            raise _refusal("abort", exc) from exc
+        return await self._operate(
+            GuardedChangeWorkflow.abort,
+            "abort",
+            OperatorAction(operator=operator, reason=reason, signature=signature),
+        )
 
     async def rollback(
         self, *, operator: str, reason: str, signature: Signature | None = None
@@ -247,13 +250,11 @@ class Change:
         Raises:
             Refused: nothing applied yet (use :meth:`abort`), or the change is ending.
         """
-        try:
-            return await self.handle.execute_update(
-                GuardedChangeWorkflow.rollback,
-                OperatorAction(operator=operator, reason=reason, signature=signature),
-            )
-        except WorkflowUpdateFailedError as exc:
-            raise _refusal("rollback", exc) from exc
+        return await self._operate(
+            GuardedChangeWorkflow.rollback,
+            "rollback",
+            OperatorAction(operator=operator, reason=reason, signature=signature),
+        )
 
     async def resume(
         self, *, operator: str, reason: str, signature: Signature | None = None
@@ -263,13 +264,19 @@ class Change:
         Raises:
             Refused: the change is not paused.
         """
+        return await self._operate(
+            GuardedChangeWorkflow.resume,
+            "resume",
+            OperatorAction(operator=operator, reason=reason, signature=signature),
+        )
+
+    async def _operate(
+        self, update: OperatorUpdate, what: str, action: OperatorAction
+    ) -> OperatorActionResult:
         try:
-            return await self.handle.execute_update(
-                GuardedChangeWorkflow.resume,
-                OperatorAction(operator=operator, reason=reason, signature=signature),
-            )
+            return await self.handle.execute_update(update, action)
         except WorkflowUpdateFailedError as exc:
-            raise _refusal("resume", exc) from exc
+            raise _refusal(what, exc) from exc
 
 
 @dataclass

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import sys
+import traceback
+from collections.abc import Callable
 from typing import NoReturn
 
 
@@ -21,3 +23,19 @@ def exit_now(code: int) -> NoReturn:
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)
+
+
+def run_and_exit(main: Callable[[], int]) -> NoReturn:
+    """Run a program's ``main`` and leave through :func:`exit_now` with its code.
+
+    An interrupt or an unexpected exception is reported on stderr and exits 1.
+    """
+    code = 1
+    try:
+        code = main()
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+    except Exception:
+        traceback.print_exc()
+    finally:
+        exit_now(code)
