@@ -1,7 +1,7 @@
 """Every workflow id changeguard uses, built and parsed here only (pure; safe in workflow code).
 
 The formats are contract: committed replay histories and running changes carry them, so each must
-stay byte-identical (docs/design.md, "Workflow ids").
+stay byte-identical (docs/design.md, "Public names").
 
 ==========================  ===================================  ==========================
 workflow                    id                                   built by
