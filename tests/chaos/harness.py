@@ -273,18 +273,23 @@ class FleetContainer(FleetProcess):
             self._container = None
 
 
-def build_fleet_image() -> str:
-    """Build infra/fleet (FROM scratch around this machine's Python); the tag."""
+def build_image(folder: str, tag: str) -> str:
+    """Run ``infra/<folder>/build.sh <tag>`` (images are built here from local files); the tag."""
     done = subprocess.run(
-        ["bash", str(ROOT / "infra" / "fleet" / "build.sh"), FLEET_TAG],
+        ["bash", str(ROOT / "infra" / folder / "build.sh"), tag],
         capture_output=True,
         text=True,
         timeout=600,
         check=False,
     )
     if done.returncode != 0:
-        raise ServerError(f"infra/fleet/build.sh failed:\n{done.stdout}{done.stderr}")
-    return FLEET_TAG
+        raise ServerError(f"infra/{folder}/build.sh failed:\n{done.stdout}{done.stderr}")
+    return tag
+
+
+def build_fleet_image() -> str:
+    """Build infra/fleet (FROM scratch around this machine's Python); the tag."""
+    return build_image("fleet", FLEET_TAG)
 
 
 # ------------------------------------------------------------------------- PostgreSQL process
@@ -411,16 +416,7 @@ class PostgresContainer:
 
 def build_postgres_image() -> str:
     """Build infra/postgres (FROM scratch around this machine's Debian PostgreSQL); the tag."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "infra" / "postgres" / "build.sh"), POSTGRES_TAG],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ServerError(f"infra/postgres/build.sh failed:\n{done.stdout}{done.stderr}")
-    return POSTGRES_TAG
+    return build_image("postgres", POSTGRES_TAG)
 
 
 # ------------------------------------------------------------------------------- dev server
@@ -527,16 +523,7 @@ def docker_available() -> bool:
 
 def build_devserver_image() -> str:
     """Build infra/devserver (FROM scratch, from local files only); the tag."""
-    done = subprocess.run(
-        ["bash", str(ROOT / "infra" / "devserver" / "build.sh"), DEVSERVER_TAG],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    if done.returncode != 0:
-        raise ServerError(f"infra/devserver/build.sh failed:\n{done.stdout}{done.stderr}")
-    return DEVSERVER_TAG
+    return build_image("devserver", DEVSERVER_TAG)
 
 
 # ------------------------------------------------------------------------------------ workers
