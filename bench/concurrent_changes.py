@@ -50,6 +50,7 @@ with workflow.unsafe.imports_passed_through():
         BareInput,
         BareRolloutWorkflow,
         check_ledger,
+        guarded_and_bare_workers,
         ledger_keys,
         progress,
         set_delay,
@@ -75,17 +76,10 @@ def p95(values: list[float]) -> float:
 
 async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Warm up, then R interleaved repeats of guarded, bare and rollback."""
-    from datetime import timedelta
-
     from temporalio.api.enums.v1 import EventType
     from temporalio.common import WorkflowIDReusePolicy
     from temporalio.service import RPCError
-    from temporalio.worker import Worker
 
-    from activities.audit import AuditActivities, SqliteAuditStore
-    from guardrails.bundle import BundleHolder
-    from worker import registry as worker_registry
-    from worker.main import build_worker
     from worker.settings import Settings
     from workflows.guarded_change import GuardedChangeWorkflow
     from workflows.models import ChangeRequest, ChangeResult, OperatorAction, Outcome
@@ -94,27 +88,8 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     guarded_queue, bare_queue = f"bench-cc-guarded-{tag}", f"bench-cc-bare-{tag}"
     settings = Settings.from_env(env={})
     seq = iter(range(1, 1_000_000))
-    open_bundle = BundleHolder.fixed({"unmatched": "allow"})
-
-    def audit() -> AuditActivities:
-        return AuditActivities(SqliteAuditStore(":memory:"))
-
-    guarded_worker = build_worker(
-        client, settings, task_queue=guarded_queue, audit=audit(), bundle=open_bundle
-    )
-    bare_worker = Worker(
-        client,
-        task_queue=bare_queue,
-        workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
-        activities=worker_registry.activities(
-            services={"temporal_client": client, "task_queue": bare_queue},
-            audit=audit(),
-            bundle=open_bundle,
-        ),
-        interceptors=worker_registry.interceptors(),
-        max_cached_workflows=1000,
-        max_concurrent_activities=settings.max_concurrent_activities,
-        graceful_shutdown_timeout=timedelta(seconds=10),
+    guarded_worker, bare_worker = guarded_and_bare_workers(
+        client, settings, guarded_queue, bare_queue
     )
 
     def request(i: int, n: int, version: str) -> ChangeRequest:

@@ -289,18 +289,54 @@ async def set_delay(url: str, ms: int) -> None:
         (await http.post("/admin/faults", json={"deploy_delay_ms": ms})).raise_for_status()
 
 
-async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Series]:
-    """Warm up, then time R interleaved runs of each series."""
+def guarded_and_bare_workers(
+    client: Client, settings: Any, guarded_queue: str, bare_queue: str
+) -> tuple[Any, Any]:
+    """The two workers a bench compares: changeguard's, and a hand-built one for the baseline.
+
+    GuardedChange runs on the worker changeguard builds. The baseline's worker is built by hand
+    with the same workflows, activities, interceptors and slot counts, plus its own workflow.
+    Neither writes an audit trail, and the open bundle lets every change through: the benches
+    measure, they do not judge.
+    """
     from datetime import timedelta
 
-    import httpx
-    from temporalio.common import WorkflowIDReusePolicy
     from temporalio.worker import Worker
 
     from activities.audit import AuditActivities, SqliteAuditStore
     from guardrails.bundle import BundleHolder
     from worker import registry as worker_registry
     from worker.main import build_worker
+
+    def audit() -> AuditActivities:
+        return AuditActivities(SqliteAuditStore(":memory:"))
+
+    open_bundle = BundleHolder.fixed({"unmatched": "allow"})
+    guarded = build_worker(
+        client, settings, task_queue=guarded_queue, audit=audit(), bundle=open_bundle
+    )
+    bare = Worker(
+        client,
+        task_queue=bare_queue,
+        workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
+        activities=worker_registry.activities(
+            services={"temporal_client": client, "task_queue": bare_queue},
+            audit=audit(),
+            bundle=open_bundle,
+        ),
+        interceptors=worker_registry.interceptors(),
+        max_cached_workflows=1000,
+        max_concurrent_activities=settings.max_concurrent_activities,
+        graceful_shutdown_timeout=timedelta(seconds=10),
+    )
+    return guarded, bare
+
+
+async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Series]:
+    """Warm up, then time R interleaved runs of each series."""
+    import httpx
+    from temporalio.common import WorkflowIDReusePolicy
+
     from worker.settings import Settings
     from workflows.guarded_change import GuardedChangeWorkflow
     from workflows.models import ChangeRequest, Outcome
@@ -314,28 +350,8 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     def params() -> dict[str, Any]:
         return {"base_url": url, "version": f"9.{tag}.{next(version_seq)}"}
 
-    def audit() -> AuditActivities:
-        return AuditActivities(SqliteAuditStore(":memory:"))  # the bench writes no audit trail
-
-    # GuardedChange runs on the worker changeguard builds. The baseline's worker is built by hand
-    # with the same workflows, activities, interceptors and slot counts, plus its own workflow.
-    open_bundle = BundleHolder.fixed({"unmatched": "allow"})  # the bench measures, not judges
-    guarded_worker = build_worker(
-        client, settings, task_queue=guarded_queue, audit=audit(), bundle=open_bundle
-    )
-    bare_worker = Worker(
-        client,
-        task_queue=bare_queue,
-        workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
-        activities=worker_registry.activities(
-            services={"temporal_client": client, "task_queue": bare_queue},
-            audit=audit(),
-            bundle=open_bundle,
-        ),
-        interceptors=worker_registry.interceptors(),
-        max_cached_workflows=1000,
-        max_concurrent_activities=settings.max_concurrent_activities,
-        graceful_shutdown_timeout=timedelta(seconds=10),
+    guarded_worker, bare_worker = guarded_and_bare_workers(
+        client, settings, guarded_queue, bare_queue
     )
 
     async def guarded(n: int, parallel: int) -> Run:
