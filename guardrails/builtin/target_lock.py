@@ -24,6 +24,7 @@ the holder and the length of its queue.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -50,6 +51,7 @@ from workflows.models import (
     TargetLockInput,
 )
 from workflows.target_lock import TargetLockWorkflow
+from workflows.types import excerpt
 
 ATTEMPTS = 3
 """Tries to take or queue for one lock while it changes hands under us."""
@@ -99,21 +101,73 @@ class TargetLock(Guardrail[TargetLockParams]):
         me = ctx.change.change_id
         targets = sorted({t.id for t in ctx.change.targets})
         if ctx.probe_only:
-            return await _probe(client, ctx, params, targets)
+            try:
+                return await _probe(client, ctx, params, targets)
+            except RPCError as exc:
+                if exc.status not in BUSY:
+                    raise
+                return _busy(ctx, params, targets[0] if targets else "?", exc)
         taken: list[str] = []
-        for i, target in enumerate(targets):
-            taken_now, queued = await _take_or_queue(client, target, task_queue, ctx, params)
-            if queued is None:
-                if taken_now:
-                    taken.append(target)
-                continue
-            await _release(client, ReleaseLocksInput(change_id=me, target_ids=taken))
-            await _leave_later(client, me, targets[i + 1 :])
-            return await _queued(client, ctx, params, queued)
+        target = ""
+        try:
+            for i, target in enumerate(targets):
+                taken_now, queued = await _take_or_queue(client, target, task_queue, ctx, params)
+                if queued is None:
+                    if taken_now:
+                        taken.append(target)
+                    continue
+                await _release(client, ReleaseLocksInput(change_id=me, target_ids=taken))
+                await _leave_later(client, me, targets[i + 1 :])
+                return await _queued(client, ctx, params, queued)
+        except RPCError as exc:
+            if exc.status not in BUSY:
+                raise
+            # Give back what this attempt took, as a queued change does (best effort: the server
+            # is busy; a lock whose holder gates again and does not take it is released by its
+            # lease). Locks held from an earlier gate stay held: a rollout keeps its targets.
+            with contextlib.suppress(Exception):
+                await _release(client, ReleaseLocksInput(change_id=me, target_ids=taken))
+            return _busy(ctx, params, target, exc)
         return ctx.passed(
             f"all {len(targets)} target lock(s) are held by this change",
             evidence={"targets": targets},
         )
+
+
+BUSY = frozenset(
+    {
+        RPCStatusCode.RESOURCE_EXHAUSTED,  # e.g. "consistent query buffer is full" on a hot lock
+        RPCStatusCode.DEADLINE_EXCEEDED,
+        RPCStatusCode.CANCELLED,  # the client's own rpc_timeout ("Timeout expired")
+        RPCStatusCode.UNAVAILABLE,
+    }
+)
+"""Answers of a busy or briefly unreachable server: the lock could not be read *now*."""
+
+RPC_TIMEOUT = timedelta(seconds=10)
+"""Bound of each look at a lock (describe, query): a busy lock answers ``wait``, within the check's
+own timeout, instead of the check timing out into an ``error`` that blocks until a recheck."""
+
+
+def _busy(ctx: CheckContext, params: TargetLockParams, target: str, exc: RPCError) -> CheckResult:
+    """The lock did not answer: wait and gate again by ``requeue_every`` (never ``proceed``).
+
+    An ``error`` here would block the change until someone rechecks it, and a change that never
+    reached a lock's queue is woken by no hand-over: the chaos campaign left 12 of 500 changes
+    ``Blocked`` that way (docs/chaos.md). Waiting keeps it safe (nothing is applied, I1) and live.
+    """
+    retry_after = _retry_after(ctx, params)
+    return ctx.wait(
+        f"the lock of {target} did not answer ({exc.status.name if exc.status else '?'}: "
+        f"{excerpt(exc.message, 200)}); this change gates again by "
+        f"{retry_after.isoformat(timespec='seconds')}",
+        remedy=(
+            "nothing to do: the Temporal server or the lock's worker is busy; this change gates "
+            f"again on its own every {params.requeue_every} until the lock answers"
+        ),
+        retry_after=retry_after,
+        evidence={"target": target, "rpc_status": exc.status.name if exc.status else None},
+    )
 
 
 def _waiter(ctx: CheckContext) -> LockHolder:
@@ -151,15 +205,19 @@ async def _state(client: Client, target: str) -> TargetLockInput | None:
     """The running lock of ``target`` (holder and queue), or ``None`` when it is free."""
     handle = client.get_workflow_handle(lock_id(target))
     try:
-        desc = await handle.describe()
+        desc = await handle.describe(rpc_timeout=RPC_TIMEOUT)
         if desc.status is not WorkflowExecutionStatus.RUNNING:
             return None
         try:
-            state: TargetLockInput = await handle.query(TargetLockWorkflow.state)
+            state: TargetLockInput = await handle.query(
+                TargetLockWorkflow.state, rpc_timeout=RPC_TIMEOUT
+            )
             return state
         except (WorkflowQueryFailedError, WorkflowQueryRejectedError):
             # A lock run by a worker of an older version answers only ``holder``.
-            holder: LockHolder = await handle.query(TargetLockWorkflow.holder)
+            holder: LockHolder = await handle.query(
+                TargetLockWorkflow.holder, rpc_timeout=RPC_TIMEOUT
+            )
             return TargetLockInput(target_id=target, holder=holder)
     except RPCError as exc:
         if exc.status is RPCStatusCode.NOT_FOUND:

@@ -22,7 +22,7 @@ from temporalio.client import (
 )
 from temporalio.common import RawValue
 from temporalio.exceptions import ApplicationError
-from temporalio.service import RPCError
+from temporalio.service import RPCError, RPCStatusCode
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
@@ -79,6 +79,7 @@ class Lab:
     task_queue: str
     prefix: str
     started: list[str] = field(default_factory=list)
+    targets: set[str] = field(default_factory=set)  # every target a check of this test locked
 
     async def change(self, name: str) -> WorkflowHandle[Any, Any]:
         self.started.append(name)
@@ -162,7 +163,8 @@ async def lab(env: WorkflowEnvironment, task_queue: str) -> AsyncIterator[Lab]:
         yield lab
         # Nothing of this test may outlive its worker: the time-skipping server never skips time
         # while a workflow task waits in a queue no worker polls, which would stall later tests.
-        for wid in (lock_id(lab.prefix), *(lab.cid(n) for n in lab.started)):
+        locks = [lock_id(t) for t in sorted(lab.targets)]
+        for wid in (lock_id(lab.prefix), *locks, *(lab.cid(n) for n in lab.started)):
             with contextlib.suppress(RPCError):  # already closed
                 await env.client.get_workflow_handle(wid).terminate("test over")
 
@@ -311,6 +313,7 @@ def _ctx(
         targets=[Target(id=f"{lab.prefix}.{t}") for t in targets],
         deadline=deadline,
     )
+    lab.targets.update(f"{lab.prefix}.{t}" for t in targets)
     spec = CheckSpec(
         guardrail="target-lock",
         category=Category.CONCURRENCY,
@@ -402,3 +405,98 @@ async def test_a_conflict_leaves_every_later_lock_and_waits_short_of_the_deadlin
     assert got.retry_after == ctx.change.deadline - timedelta(seconds=1)
     assert await _queue_of(lab, "a") == ("w", ["y"])
     assert await _queue_of(lab, "b") == ("x", [])
+
+
+async def _free(lab: Lab, target: str, *changes: str) -> None:
+    """Release and leave ``target``'s lock for ``changes`` and wait for it to end.
+
+    Terminating a lock instead could cut its ``holder_alive`` activity short, and the time-skipping
+    server never releases the time lock of an activity whose workflow has closed.
+    """
+    handle = lab.client.get_workflow_handle(lock_id(f"{lab.prefix}.{target}"))
+    for name in changes:
+        await handle.signal(
+            "release",
+            ReleaseLocksInput(
+                change_id=lab.cid(name), target_ids=[f"{lab.prefix}.{target}"], leave_queue=True
+            ),
+        )
+    await handle.result()
+
+
+class BusyQueries:
+    """``lab.client``, except that its next ``failures`` lock queries fail as a busy server's do."""
+
+    def __init__(self, client: Client, failures: int, status: RPCStatusCode) -> None:
+        self._client, self.failures, self._status = client, failures, status
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def get_workflow_handle(self, *args: Any, **kwargs: Any) -> Any:
+        handle = self._client.get_workflow_handle(*args, **kwargs)
+        outer = self
+
+        class Handle:
+            def __getattr__(self, name: str) -> Any:
+                return getattr(handle, name)
+
+            async def query(self, *a: Any, **kw: Any) -> Any:
+                if outer.failures > 0:
+                    outer.failures -= 1
+                    raise RPCError("consistent query buffer is full", outer._status, b"")
+                return await handle.query(*a, **kw)
+
+        return Handle()
+
+
+async def test_a_lock_that_does_not_answer_waits_and_gates_again_instead_of_blocking(
+    lab: Lab,
+) -> None:
+    """Chaos finding: a busy lock query was an ``error`` (blocked until a recheck; 12 of 500 lost).
+
+    It is a ``wait`` that gates again by ``requeue_every``: nothing proceeds, nothing is stuck.
+    Both for a change that has not reached the lock's queue yet and for the holder itself (a
+    rollout re-gating before its next wave), which keeps its lock.
+    """
+    x, _y = [await lab.change(n) for n in "xy"]
+    t = f"{lab.prefix}.t"
+    assert (await _check(_ctx(lab, "x", ["t"]))).status is CheckStatus.PASS
+
+    for name in ("y", "x"):  # a newcomer, then the holder re-gating mid-rollout
+        busy = BusyQueries(lab.client, failures=1, status=RPCStatusCode.RESOURCE_EXHAUSTED)
+        ctx = _ctx(lab, name, ["t"])
+        ctx.services["temporal_client"] = busy
+        result = await _check(ctx, requeue_every="20s")
+        assert (result.status, result.retry_after) == (
+            CheckStatus.WAIT,
+            ctx.now + timedelta(seconds=20),
+        ), result
+        assert result.reason.startswith(
+            f"the lock of {t} did not answer (RESOURCE_EXHAUSTED: consistent query buffer is full)"
+        )
+        assert "gates again on its own every" in result.remedy
+        assert busy.failures == 0
+        assert await _queue_of(lab, "t") == ("x", [])  # the holder kept it; nobody was queued
+
+    # Once the lock answers, the newcomer queues behind the holder as usual.
+    queued = await _check(_ctx(lab, "y", ["t"]))
+    assert queued.status is CheckStatus.WAIT and queued.reason.endswith(
+        "number 1 of 1 in its queue"
+    )
+    assert x.id in queued.remedy
+    await _free(lab, "t", "x", "y")
+
+
+async def test_a_refused_lock_query_still_fails_closed(lab: Lab) -> None:
+    """Only a busy or unreachable server waits: any other RPC failure stays an error of the check."""
+    await lab.change("x")
+    await lab.change("y")
+    assert (await _check(_ctx(lab, "x", ["t"]))).status is CheckStatus.PASS
+    ctx = _ctx(lab, "y", ["t"])
+    ctx.services["temporal_client"] = BusyQueries(
+        lab.client, failures=1, status=RPCStatusCode.PERMISSION_DENIED
+    )
+    with pytest.raises(RPCError):
+        await _check(ctx)
+    await _free(lab, "t", "x")
