@@ -150,6 +150,7 @@ async def test_server_histories_replay_per_type(
     doc = json.loads(capsys.readouterr().out)
     assert code == 0
     assert {name: (c["replayed"], c["failed"]) for name, c in doc["by_type"].items()} == {
+        "ChangeEvents": (0, 0),  # no change-event sink on this worker: none ran
         "GuardedChange": (4, 0),
         "GuardrailGate": (4, 0),
         "TargetBatch": (0, 0),

@@ -20,6 +20,7 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import changeguard.client
 import cli.main
 from cli.changefile import ChangeFileError, load_change
 from worker.client import TemporalUnreachable
@@ -119,7 +120,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise TemporalUnreachable("offline (fuzz): the file was valid")
 
-    monkeypatch.setattr(cli.main, "connect", refuse)
+    monkeypatch.setattr(changeguard.client, "_connect", refuse)  # under changeguard.connect
     yield
 
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 import yaml
 
+import changeguard.client
 import cli.main
 from cli.changefile import ChangeFileError, load_change
 from worker.client import TemporalUnreachable
@@ -38,7 +39,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     async def refuse(*args: Any, **kwargs: Any) -> Any:
         raise TemporalUnreachable("offline (test): the file was valid")
 
-    monkeypatch.setattr(cli.main, "connect", refuse)
+    monkeypatch.setattr(changeguard.client, "_connect", refuse)  # under changeguard.connect
 
 
 def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
