@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import hashlib
 import re
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -60,6 +61,10 @@ LIST_SECTIONS = ("guardrails", "signals", "responses")
 POLL_INTERVAL = 2.0
 """Seconds between two looks at the bundle's files."""
 WARNING_MAX = 600
+# An edit is loaded once two looks SETTLE seconds apart agree (at most SETTLE_LOOKS more looks):
+# a watcher that reads between an editor's truncate and write must not load half a file.
+SETTLE = 0.2
+SETTLE_LOOKS = 10
 
 
 class BundleError(PolicyError):
@@ -142,7 +147,13 @@ class _Merge:
     def add(self, label: str, raw: Any, lines: dict[tuple[Any, ...], int]) -> None:
         self.lines[label] = lines
         if raw is None:
-            return  # an empty file adds nothing
+            # An empty file is refused, never read as "no rules": a truncated save or a write
+            # caught half-way would otherwise put a bundle without checks in force.
+            self.problems.append(
+                f"{label}:1: the file is empty (or only comments); a bundle file must be a "
+                "mapping — write `{}` for a deliberately empty file"
+            )
+            return
         if not isinstance(raw, dict):
             self.problems.append(
                 f"{label}:1: a bundle file must be a mapping (guardrails, signals, responses, "
@@ -426,6 +437,7 @@ class BundleHolder:
         seen = _fingerprint(self.path)
         if seen == self._seen:
             return False
+        seen = self._settled(seen)
         self._seen = seen
         old = self._bundle
         try:
@@ -458,6 +470,16 @@ class BundleHolder:
                 rules=len(new.policy.guardrails),
             )
         return new.hash != old.hash
+
+    def _settled(self, seen: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+        """Wait until two looks ``SETTLE`` seconds apart agree (an editor's write is done)."""
+        for _ in range(SETTLE_LOOKS):
+            time.sleep(SETTLE)
+            again = _fingerprint(self.path) if self.path is not None else ()
+            if again == seen:
+                break
+            seen = again
+        return seen
 
     async def _watch(self) -> None:
         while True:

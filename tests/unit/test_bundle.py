@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 from structlog.testing import capture_logs
 
+from guardrails import bundle as bundle_module
 from guardrails.base import Guardrail, default_registry
 from guardrails.bundle import BundleError, BundleHolder, bundle_from_mapping, load_bundle
 from guardrails.plugins import PluginRegistry
@@ -222,6 +223,54 @@ async def test_the_watcher_picks_up_an_edit(
     finally:
         await holder.stop()
     assert holder._task is None
+
+
+def test_an_empty_file_is_refused_never_read_as_a_bundle_without_rules(
+    tmp_path: Path, registry: PluginRegistry[Guardrail[Any]]
+) -> None:
+    """An empty or comment-only file (a truncated save) is a located problem; `{}` is allowed."""
+    for text in ("", "# only a comment\n", "\n\n"):
+        (tmp_path / "policy.yaml").write_text(text)
+        assert problems(tmp_path / "policy.yaml", registry) == [
+            f"{tmp_path / 'policy.yaml'}:1: the file is empty (or only comments); a bundle file "
+            "must be a mapping — write `{}` for a deliberately empty file"
+        ]
+    (tmp_path / "policy.yaml").write_text("{}\n")
+    assert load_bundle(tmp_path / "policy.yaml", registry=registry).policy.guardrails == []
+
+
+def test_a_look_in_the_middle_of_a_write_waits_for_the_write_to_finish(
+    tmp_path: Path, registry: PluginRegistry[Guardrail[Any]]
+) -> None:
+    """A look that catches a file truncated but not yet written loads the finished file, not that.
+
+    The bug this guards: the watcher read an editor's truncated file as a bundle without rules,
+    put it in force, and only then refused the finished (invalid) file against the wrong hash.
+    """
+    path = tmp_path / "policy.yaml"
+    path.write_text(FLOOR)
+    holder = BundleHolder.load(path, registry=registry)
+    first = holder.current_hash()
+    path.write_text("")  # truncated: the editor has not written yet
+    final = FLOOR + "  - use: nope\n"
+    looks = 0
+    real = bundle_module._fingerprint
+
+    def fingerprint(root: Path) -> tuple[tuple[str, str], ...]:
+        nonlocal looks
+        looks += 1
+        if looks == 2:  # the write lands between the first look and the settling look
+            path.write_text(final)
+        return real(root)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(bundle_module, "_fingerprint", fingerprint)
+        mp.setattr(bundle_module, "SETTLE", 0.0)
+        assert holder.check() is False
+    assert holder.current_hash() == first  # the empty file was never in force
+    assert "guardrails[2].use: no guardrail named 'nope'" in holder.warning
+    assert "the file is empty" not in holder.warning
+    assert looks >= 3  # first look, a differing look, a look that agreed
 
 
 def test_a_fixed_bundle_never_reloads() -> None:
