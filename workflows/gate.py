@@ -12,7 +12,7 @@ gate (non-retryable ``InvalidInput``, every problem named), never a workflow tas
 from __future__ import annotations
 
 import asyncio
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -38,15 +38,30 @@ with workflow.unsafe.imports_passed_through():
     from workflows.report import aggregate, report_markdown
     from workflows.saga import failure_of
     from workflows.summaries import check_summary
+    from workflows.types import format_duration
 
 COMMON_OPENING_PATCH = "earliest-common-opening"
 """The ``workflow.patched`` id of the timing rules' one earliest-start answer (docs/versioning.md)."""
 
 
-def error_result(spec: CheckSpec, exc: BaseException) -> CheckResult:
-    """The fail-closed result of a check that raised or timed out."""
+def error_result(
+    spec: CheckSpec, exc: BaseException, elapsed: timedelta | None = None
+) -> CheckResult:
+    """The fail-closed result of a check that raised or timed out.
+
+    A check that gave up across its attempts (the schedule-to-close timeout) names the last
+    attempt's real failure and the time it took, not only the per-attempt timeout: an operator
+    must see *what* failed ("RPCError: consistent query buffer is full"), not a hunt for a slow
+    dependency that was never slow.
+    """
     cause = exc.cause if isinstance(exc, ActivityError) else None
-    if isinstance(cause, TimeoutError):
+    last = cause.cause if isinstance(cause, TimeoutError) else None
+    if isinstance(cause, TimeoutError) and last is not None and not isinstance(last, TimeoutError):
+        message, kind = failure_of(last)
+        took = f" after {format_duration(elapsed)}" if elapsed is not None else ""
+        reason = f"the check gave up{took} over its attempts; last failure: {kind}: {message}"
+        remedy = f"fix the cause reported by {spec.guardrail} (see the worker log), then recheck"
+    elif isinstance(cause, TimeoutError):
         reason = f"the check did not answer within {spec.timeout.total_seconds():g}s"
         remedy = (
             f"make what {spec.guardrail} queries respond in time (or raise its timeout in the "
@@ -137,8 +152,8 @@ class GuardrailGateWorkflow:
                 summary=check_summary(spec.rule or spec.guardrail),
             )
         except ActivityError as exc:
-            result = error_result(spec, exc)
             elapsed = workflow.now() - started
+            result = error_result(spec, exc, elapsed)
             result.duration_ms = int(elapsed.total_seconds() * 1000)
         # The rule, its source and the platform's note come from the policy, not the plug-in.
         return result.model_copy(

@@ -2,19 +2,25 @@
 
 from __future__ import annotations
 
+import asyncio
 import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from temporalio import activity
 from temporalio.client import WorkflowFailureError
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import WorkflowEnvironment
 
+from guardrails.base import CheckContext, EmptyParams, Guardrail
+from guardrails.plugins import PluginRegistry
 from tests import fakes
 from worker.main import build_worker
 from workflows.models import (
+    Category,
     ChangeContext,
+    CheckResult,
     CheckStatus,
     Decision,
     GateInput,
@@ -46,10 +52,16 @@ def _policy(**outcomes: str) -> dict[str, Any]:
 
 
 async def _gate(
-    env: WorkflowEnvironment, task_queue: str, policy: dict[str, Any]
+    env: WorkflowEnvironment,
+    task_queue: str,
+    policy: dict[str, Any],
+    guardrails: PluginRegistry[Guardrail[Any]] | None = None,
 ) -> GuardrailReport:
     async with build_worker(
-        env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()
+        env.client,
+        task_queue=task_queue,
+        guardrails=guardrails or fakes.guardrails(),
+        kinds=fakes.kinds(),
     ):
         return await env.client.execute_workflow(
             "GuardrailGate",
@@ -102,6 +114,42 @@ async def test_hanging_check_becomes_error_with_owner(
     health = report.checks[1]
     assert (health.status, health.owner) == (CheckStatus.ERROR, "service-owners")
     assert health.reason == "the check did not answer within 2s"
+
+
+class _RaisesThenHangs(Guardrail[EmptyParams]):
+    """Attempt 1 fails after a while (a busy server); attempt 2 hangs past the give-up time."""
+
+    name = "raises-then-hangs"
+    category = Category.CONCURRENCY
+    default_owner = "platform"
+    default_timeout = timedelta(seconds=2)
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        if activity.info().attempt == 1:
+            await asyncio.sleep(1.5)
+            raise RuntimeError("consistent query buffer is full")
+        await asyncio.sleep(3600)
+        raise AssertionError("unreachable")
+
+
+async def test_a_check_that_gives_up_names_the_last_real_failure(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """Given up by its schedule-to-close timeout, a check names the last attempt's failure.
+
+    Chaos finding: the report said "did not answer within 60s" after 130 s, hiding the
+    RESOURCE_EXHAUSTED query error behind it and sending the operator after a slow dependency.
+    """
+    registry = fakes.guardrails()
+    registry.register(_RaisesThenHangs)
+    report = await _gate(env, task_queue, {"guardrails": [{"use": "raises-then-hangs"}]}, registry)
+    [check] = report.checks
+    assert (check.status, check.owner) == (CheckStatus.ERROR, "platform")
+    assert check.reason.startswith("the check gave up after ")
+    assert check.reason.endswith(
+        " over its attempts; last failure: RuntimeError: consistent query buffer is full"
+    )
+    assert check.remedy.startswith("fix the cause reported by raises-then-hangs")
 
 
 async def test_wait_decision_uses_earliest_retry_after(
