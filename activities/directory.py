@@ -7,7 +7,7 @@ OIDC identities that sign for them (docs/approvals.md). It is a YAML file (``yam
 
 Errors::
 
-    Exception
+    ProblemsError (guardrails.problems)
     └── DirectoryError    a directory spec is malformed, a file is missing or invalid, or a
                           plug-in is unknown; ``problems`` lists every problem found
 """
@@ -32,6 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from activities.ssh_keys import parse_public_key
 from guardrails.plugins import PluginRegistry
+from guardrails.problems import ProblemsError, count
 from guardrails.yamlfile import YamlError, read_yaml
 from workflows.identity_models import OidcIdentity, OperatorKeys
 from workflows.models import Directory
@@ -40,16 +41,14 @@ DEFAULT_DIRECTORY = "yaml:.changeguard/operators.yaml"
 DIRECTORY_GROUP = "changeguard.directories"
 
 
-class DirectoryError(Exception):
+class DirectoryError(ProblemsError):
     """A directory spec, file or plug-in is unusable; ``problems`` lists every problem found."""
 
     def __init__(self, problems: list[str], *, source: str) -> None:
-        self.problems = list(problems)
-        self.source = source
-        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
         super().__init__(
-            f"operator directory {source} is unusable ({count}):\n"
-            + "\n".join(f"  - {p}" for p in self.problems)
+            problems,
+            source=source,
+            headline=f"operator directory {source} is unusable ({count(len(problems))})",
         )
 
 

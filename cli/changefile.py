@@ -27,6 +27,7 @@ from activities.kinds.base import default_registry as kind_registry
 from guardrails.base import default_registry as guardrail_registry
 from guardrails.plugins import params_errors
 from guardrails.policy import PolicyError, parse_additions
+from guardrails.problems import ProblemsError
 from guardrails.yamlfile import YamlError, YamlIssue, read_yaml
 from workflows.inputs import problems_of
 from workflows.models import REQUEST_MAX_BYTES, ChangeRequest
@@ -37,7 +38,7 @@ MAX_PROBLEMS = 50
 """A change file's error lists at most this many problems."""
 
 
-class ChangeFileError(Exception):
+class ChangeFileError(ProblemsError):
     """A change file is unusable; ``problems`` lists every mistake, each located."""
 
     def __init__(self, path: Path, problems: list[str]) -> None:
@@ -45,10 +46,8 @@ class ChangeFileError(Exception):
         shown = [excerpt(p, 500) for p in problems[:MAX_PROBLEMS]]
         if len(problems) > MAX_PROBLEMS:
             shown.append(f"… and {len(problems) - MAX_PROBLEMS} more problem(s)")
-        self.problems = shown
-        lines = "\n".join(f"  - {p}" for p in shown)
         name = excerpt(str(path), 300)
-        super().__init__(f"{name}: {len(problems)} problem(s):\n{lines}")
+        super().__init__(shown, source=str(path), headline=f"{name}: {len(problems)} problem(s)")
 
 
 def _here(issue: YamlIssue) -> str:

@@ -41,6 +41,7 @@ from guardrails.policy import (
     policy_hash,
     rule_problems,
 )
+from guardrails.problems import count
 from workflows.types import excerpt
 
 __all__ = [
@@ -71,9 +72,10 @@ class BundleError(PolicyError):
     """The bundle is missing, unreadable or invalid; ``problems`` lists each, located."""
 
     def __init__(self, problems: list[str], *, source: str) -> None:
-        count = f"{len(problems)} problem" + ("s" if len(problems) != 1 else "")
         super().__init__(
-            problems, source=source, headline=f"policy bundle {source} is invalid ({count})"
+            problems,
+            source=source,
+            headline=f"policy bundle {source} is invalid ({count(len(problems))})",
         )
 
 

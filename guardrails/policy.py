@@ -41,6 +41,7 @@ from pydantic_core import ErrorDetails
 
 from guardrails.base import Guardrail, params_errors
 from guardrails.plugins import PluginRegistry
+from guardrails.problems import ProblemsError, count
 from workflows.models import (
     Category,
     ChangeContext,
@@ -76,7 +77,7 @@ __all__ = [
 ]
 
 
-class PolicyError(Exception):
+class PolicyError(ProblemsError):
     """A policy file is missing, unreadable or invalid; ``problems`` lists every problem found.
 
     Each problem starts with its location in the policy (``guardrails[0].use: ...``), or with the
@@ -86,15 +87,11 @@ class PolicyError(Exception):
     def __init__(
         self, problems: list[str], *, source: str = "inline", headline: str | None = None
     ) -> None:
-        self.problems = list(problems)
-        self.source = source
-        count = f"{len(self.problems)} problem" + ("s" if len(self.problems) != 1 else "")
-        self.headline = headline or f"policy {source} is invalid ({count})"
-        super().__init__(f"{self.headline}:\n" + "\n".join(f"  - {p}" for p in problems))
-
-    def one_line(self) -> str:
-        """The headline and every problem on one line (for a workflow's failure message)."""
-        return f"{self.headline}: " + "; ".join(self.problems)
+        super().__init__(
+            problems,
+            source=source,
+            headline=headline or f"policy {source} is invalid ({count(len(problems))})",
+        )
 
 
 # --------------------------------------------------------------------------------------------------

@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
+from guardrails.problems import ProblemsError, count
+
 __all__ = [
     "MAX_ALIASES",
     "MAX_BYTES",
@@ -63,7 +65,7 @@ class YamlIssue:
         return f"{label}:{self.line}:{self.column}: {self.message}"
 
 
-class YamlError(Exception):
+class YamlError(ProblemsError):
     """A YAML text is unusable; ``problems`` lists every problem found, each located.
 
     Attributes:
@@ -75,10 +77,10 @@ class YamlError(Exception):
     def __init__(self, label: str, issues: list[YamlIssue]) -> None:
         self.label = label
         self.issues = list(issues)
-        self.problems = [i.located(label) for i in self.issues]
-        count = f"{len(self.issues)} problem" + ("s" if len(self.issues) != 1 else "")
         super().__init__(
-            f"{label} is unusable ({count}):\n" + "\n".join(f"  - {p}" for p in self.problems)
+            [i.located(label) for i in self.issues],
+            source=label,
+            headline=f"{label} is unusable ({count(len(self.issues))})",
         )
 
 
