@@ -12,8 +12,8 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from workflows.models import ChangeStatus, CheckStatus, Decision, GuardrailReport, Mode, Outcome
-from workflows.report import check_reason, rule_label, scheduled_for
+from workflows.models import ChangeStatus, CheckStatus, Decision, GuardrailReport, Outcome
+from workflows.report_view import NO_CHECKS, report_view, scheduled_for
 
 console = Console()
 err = Console(stderr=True)
@@ -39,17 +39,17 @@ def print_json(model: BaseModel | dict[str, object]) -> None:
 
 def report_table(report: GuardrailReport) -> Table:
     """The report as a table: one row per rule, failures explained, the bundle named."""
+    view = report_view(report)
     title = Text.assemble(
-        "Guardrail report: ", (report.decision.value, _DECISION_STYLE[report.decision])
+        "Guardrail report: ", (view.decision.value, _DECISION_STYLE[view.decision])
     )
     caption = Text(
-        f"report {report.report_hash} · policy {report.policy_hash} · "
-        f"bundle {report.bundle_hash or 'none'}"
+        f"report {view.report_hash} · policy {view.policy_hash} · bundle {view.bundle_hash}"
     )
-    if report.bundle_warning:
-        caption.append(f"\npolicy bundle: {report.bundle_warning}", style="bold yellow")
-    if report.decision is Decision.WAIT and report.retry_after is not None:
-        caption.append("\n" + scheduled(report.retry_after, report.retry_zone), style="yellow")
+    if view.bundle_warning:
+        caption.append(f"\npolicy bundle: {view.bundle_warning}", style="bold yellow")
+    if view.retry_after is not None:
+        caption.append("\n" + scheduled(view.retry_after, view.retry_zone), style="yellow")
     table = Table(title=title, caption=caption, show_lines=True, expand=True)
     table.add_column("rule", no_wrap=True)
     table.add_column("status", no_wrap=True)
@@ -57,18 +57,13 @@ def report_table(report: GuardrailReport) -> Table:
     table.add_column("remedy", ratio=3)
     table.add_column("owner", no_wrap=True)
     table.add_column("opt-out")
-    for c in report.checks:
-        status = Text(c.status.value, style=_STATUS_STYLE[c.status])
-        if c.mode is Mode.SHADOW:
+    for row in view.rows:
+        status = Text(row.status.value, style=_STATUS_STYLE[row.status])
+        if row.shadow:
             status.append(" (shadow)", style="dim")
-        opt = (
-            ""
-            if c.passing
-            else c.opt_out.value + (f" ({', '.join(c.approvers)})" if c.approvers else "")
-        )
-        table.add_row(rule_label(c), status, check_reason(c), c.remedy, c.owner, opt)
-    if not report.checks:
-        table.add_row("—", "", "no guardrail applies to this change", "", "", "")
+        table.add_row(row.label, status, row.reason, row.remedy, row.owner, row.opt_out)
+    if not view.rows:
+        table.add_row("—", "", NO_CHECKS, "", "", "")
     return table
 
 

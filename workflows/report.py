@@ -1,11 +1,14 @@
-"""Pure functions that turn check results into one report, and render it for the Web UI.
+"""Pure functions that turn check results into one report, hash it, and render it for the Web UI.
 
-Deterministic and free of I/O, so the gate workflow, the CLI and tests share them.
+Deterministic and free of I/O, so the gate workflow, the CLI and tests share them. What each check
+says comes from the one report view (:mod:`workflows.report_view`); the markdown only lays it out.
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+import hashlib
+import json
+from datetime import datetime
 
 from guardrails.builtin.change_window.spans import Opening, earliest_common_opening
 from workflows.models import (
@@ -16,9 +19,52 @@ from workflows.models import (
     GuardrailReport,
     Mode,
     OptOut,
-    report_hash,
 )
-from workflows.types import format_duration
+from workflows.report_view import (
+    NO_CHECKS,
+    CheckRow,
+    check_reason,
+    report_view,
+    rule_label,
+    scheduled_for,
+    who_may_approve,
+)
+
+__all__ = [
+    "aggregate",
+    "approver_groups",
+    "check_block",
+    "check_reason",
+    "earliest_opening",
+    "ledger_checks",
+    "report_hash",
+    "report_markdown",
+    "rule_label",
+    "scheduled_for",
+    "who_may_approve",
+]
+
+
+def report_hash(checks: list[CheckResult], policy_hash: str) -> str:
+    """A stable digest of which checks do not pass, and how, that an approval binds to.
+
+    Reasons, evidence and timings are left out: they may carry the clock ("Sat 10:00 is outside
+    the window"), and the same failures re-evaluated a minute later must give the same hash, or
+    every recheck would make approvals stale. The policy hash is in: a new policy is a new report.
+    """
+    material = [
+        {
+            "g": c.rule_id,
+            "s": c.status.value,
+            "m": c.mode.value,
+        }
+        for c in checks
+        if not c.passing
+    ]
+    digest = hashlib.sha256(
+        json.dumps({"p": policy_hash, "c": material}, sort_keys=True).encode()
+    ).hexdigest()
+    return digest[:16]
 
 
 def aggregate(
@@ -122,22 +168,6 @@ def earliest_opening(timed: list[CheckResult], now: datetime) -> datetime:
     return max([horizon, *singles])
 
 
-def scheduled_for(instant: datetime, zone: str = "", *, local: datetime | None = None) -> str:
-    """``scheduled for 2026-05-04 07:00 UTC`` (the rules' zone beside it when known).
-
-    ``local``: the same instant already converted to ``zone`` (the CLI does that; workflow code
-    reads no time-zone database), shown first.
-    """
-    utc = instant.astimezone(UTC)
-    text = f"{utc:%Y-%m-%d %H:%M} UTC"
-    if local is not None and zone and zone != "UTC":
-        day = "%H:%M" if local.date() == utc.date() else "%Y-%m-%d %H:%M"
-        return f"scheduled for {local:%Y-%m-%d %H:%M} {zone} ({utc.strftime(day)} UTC)"
-    if zone and zone != "UTC":
-        text += f" (rules in {zone})"
-    return f"scheduled for {text}"
-
-
 def approver_groups(report: GuardrailReport) -> list[str]:
     """Groups that could approve every blocking failure, or empty if any failure is forbidden."""
     failures = report.failures
@@ -146,85 +176,51 @@ def approver_groups(report: GuardrailReport) -> list[str]:
     return sorted({g for c in failures for g in c.approvers})
 
 
-def rule_label(check: CheckResult) -> str:
-    """The rule id, with the plug-in name beside it where the two differ."""
-    rule = check.rule_id
-    return rule if rule == check.guardrail else f"{rule} ({check.guardrail})"
-
-
-def check_reason(check: CheckResult) -> str:
-    """The check's reason, and the platform's note where it relaxed a floor rule."""
-    if not check.note:
-        return check.reason
-    note = f"platform note: {check.note}"
-    return f"{check.reason} ({note})" if check.reason else note
-
-
 def _plain(text: str) -> str:
     """One line of markdown text: no line breaks, no table or HTML syntax that would reflow it."""
     return " ".join(text.split()).replace("|", "\\|").replace("<", "&lt;")
 
 
-def who_may_approve(check: CheckResult) -> str:
-    """``sre-leads (1 approval, not the requester, up to 4h)``, or why nobody may."""
-    if check.mode is Mode.SHADOW:
-        return "nobody needs to: a shadow rule never blocks"
-    if check.status is CheckStatus.WAIT:
-        until = check.retry_after.isoformat(timespec="minutes") if check.retry_after else "later"
-        return f"nobody needs to: the change waits and gates again ({until})"
-    if check.opt_out is OptOut.FORBIDDEN or not check.approvers:
-        return "nobody: this rule may not be opted out of; fix the cause, then recheck"
-    terms = []
-    rule = check.approval
-    if rule is not None:
-        terms.append(f"{rule.required} approval{'s' if rule.required != 1 else ''}")
-        if rule.distinct_from_requester:
-            terms.append("not the requester")
-        terms.append(f"up to {format_duration(rule.max_duration)}")
-    groups = ", ".join(check.approvers)
-    return f"{groups} ({', '.join(terms)})" if terms else groups
-
-
-def check_block(check: CheckResult) -> list[str]:
+def check_block(check: CheckResult | CheckRow) -> list[str]:
     """One non-passing check as a short block: rule, status, why, to pass, owner, who may approve.
 
     Short lines that wrap (no table), so it fits a 1280 px Web UI panel whatever the text.
     """
-    shadow = " · shadow: would have blocked, decides nothing" if check.mode is Mode.SHADOW else ""
+    row = CheckRow.of(check) if isinstance(check, CheckResult) else check
+    shadow = " · shadow: would have blocked, decides nothing" if row.shadow else ""
     return [
-        f"#### {check.status.value.upper()} · {_plain(rule_label(check))}{shadow}",
+        f"#### {row.status.value.upper()} · {_plain(row.label)}{shadow}",
         "",
-        f"- **why:** {_plain(check_reason(check)) or '(no reason given)'}",
-        f"- **to pass:** {_plain(check.remedy) or '(no remedy given)'}",
-        f"- **owner:** {_plain(check.owner) or '(none)'}",
-        f"- **who may approve:** {_plain(who_may_approve(check))}",
+        f"- **why:** {_plain(row.reason) or '(no reason given)'}",
+        f"- **to pass:** {_plain(row.remedy) or '(no remedy given)'}",
+        f"- **owner:** {_plain(row.owner) or '(none)'}",
+        f"- **who may approve:** {_plain(row.who_may_approve)}",
         "",
     ]
 
 
 def report_markdown(report: GuardrailReport, *, title: str = "Guardrail report") -> str:
     """The report for the Web UI's current details: each non-passing check as a short block."""
+    view = report_view(report)
     lines = [
-        f"### {title}: **{report.decision.value}**",
+        f"### {title}: **{view.decision.value}**",
         "",
-        f"- evaluated {report.evaluated_at.isoformat(timespec='seconds')}",
-        f"- report `{report.report_hash}`",
-        f"- policy `{report.policy_hash or 'none'}` · bundle `{report.bundle_hash or 'none'}`",
+        f"- evaluated {view.evaluated_at.isoformat(timespec='seconds')}",
+        f"- report `{view.report_hash}`",
+        f"- policy `{view.policy_hash}` · bundle `{view.bundle_hash}`",
         "",
     ]
-    if report.bundle_warning:
-        lines += [f"> ⚠️ **policy bundle:** {_plain(report.bundle_warning)}", ""]
-    if report.decision is Decision.WAIT and report.retry_after is not None:
-        lines += [f"⏳ **{scheduled_for(report.retry_after, report.retry_zone)}**", ""]
-    if not report.checks:
-        lines.append("_No guardrail applies to this change._")
+    if view.bundle_warning:
+        lines += [f"> ⚠️ **policy bundle:** {_plain(view.bundle_warning)}", ""]
+    if view.scheduled():
+        lines += [f"⏳ **{view.scheduled()}**", ""]
+    if not view.rows:
+        lines.append(f"_{NO_CHECKS[0].upper()}{NO_CHECKS[1:]}._")
         return "\n".join(lines)
-    for c in report.checks:
-        if not c.passing:
-            lines += check_block(c)
-    passing = [rule_label(c) for c in report.checks if c.passing]
-    if passing:
-        lines.append(f"**passing ({len(passing)}):** {_plain(', '.join(passing))}")
+    for row in view.failing:
+        lines += check_block(row)
+    if view.passing:
+        lines.append(f"**passing ({len(view.passing)}):** {_plain(', '.join(view.passing))}")
     return "\n".join(lines).rstrip()
 
 

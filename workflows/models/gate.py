@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import json
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -151,25 +149,10 @@ class GuardrailReport(BaseModel):
 
 
 def report_hash(checks: list[CheckResult], policy_hash: str) -> str:
-    """A stable digest of which checks do not pass, and how, that an approval binds to.
+    """Moved beside the report: :func:`workflows.report.report_hash` (kept here for old imports)."""
+    from workflows.report import report_hash as moved  # the report imports these models
 
-    Reasons, evidence and timings are left out: they may carry the clock ("Sat 10:00 is outside
-    the window"), and the same failures re-evaluated a minute later must give the same hash, or
-    every recheck would make approvals stale. The policy hash is in: a new policy is a new report.
-    """
-    material = [
-        {
-            "g": c.rule_id,
-            "s": c.status.value,
-            "m": c.mode.value,
-        }
-        for c in checks
-        if not c.passing
-    ]
-    digest = hashlib.sha256(
-        json.dumps({"p": policy_hash, "c": material}, sort_keys=True).encode()
-    ).hexdigest()
-    return digest[:16]
+    return moved(checks, policy_hash)
 
 
 class GateInput(BaseModel):
