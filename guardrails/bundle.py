@@ -29,7 +29,6 @@ from pathlib import Path
 from typing import Any
 
 import structlog
-import yaml
 from pydantic import ValidationError
 
 from guardrails.policy import (
@@ -42,6 +41,7 @@ from guardrails.policy import (
     rule_problems,
 )
 from guardrails.problems import count
+from guardrails.yamlfile import PATH, Located, YamlError, format_path, parse_path, read_located
 from workflows.types import excerpt
 
 __all__ = [
@@ -66,6 +66,8 @@ WARNING_MAX = 600
 # a watcher that reads between an editor's truncate and write must not load half a file.
 SETTLE = 0.2
 SETTLE_LOOKS = 10
+_SIBLING = re.compile(r"\b(guardrails|signals|responses)\[(\d+)\]")
+"""Another list item named in a message (the other half of a clash), located in its own file."""
 
 
 class BundleError(PolicyError):
@@ -113,41 +115,26 @@ def bundle_files(path: Path) -> list[Path]:
     return [path]
 
 
-def _lines(node: yaml.Node | None, path: tuple[Any, ...], out: dict[tuple[Any, ...], int]) -> None:
-    """Record the 1-based line of every key and item under ``node``."""
-    if isinstance(node, yaml.MappingNode):
-        for key, value in node.value:
-            here = (*path, key.value)
-            out[here] = key.start_mark.line + 1
-            _lines(value, here, out)
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            here = (*path, i)
-            out[here] = item.start_mark.line + 1
-            _lines(item, here, out)
-
-
 @dataclass
 class _Merge:
     """The merged document and, for every part of it, the file and line it came from."""
 
     doc: dict[str, Any] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
-    lines: dict[str, dict[tuple[Any, ...], int]] = field(default_factory=dict)
+    files: dict[str, Located] = field(default_factory=dict)
+    """Per file read (in order): its document and the line of every key and item."""
     items: dict[str, list[tuple[str, int]]] = field(default_factory=dict)
     """Per list section: merged index → (file, index in that file)."""
     settings: dict[str, str] = field(default_factory=dict)
     """Per setting: the file that set it."""
 
     def line(self, label: str, path: tuple[Any, ...]) -> int | None:
-        lines = self.lines.get(label, {})
-        for n in range(len(path), 0, -1):
-            if path[:n] in lines:
-                return lines[path[:n]]
-        return None
+        located = self.files.get(label)
+        return located.line(path) if located is not None else None
 
-    def add(self, label: str, raw: Any, lines: dict[tuple[Any, ...], int]) -> None:
-        self.lines[label] = lines
+    def add(self, label: str, located: Located) -> None:
+        self.files[label] = located
+        raw = located.data
         if raw is None:
             # An empty file is refused, never read as "no rules": a truncated save or a write
             # caught half-way would otherwise put a bundle without checks in force.
@@ -202,60 +189,31 @@ class _Merge:
     def locate(self, problem: str, default: str) -> str:
         """Prefix a ``path: message`` problem with the file and line it is about."""
         where, sep, message = problem.partition(": ")
-        if not sep or not _PATH.fullmatch(where):
+        if not sep or not PATH.fullmatch(where):
             return f"{default}: {problem}"
-        label, local = self.where(_parse_path(where))
+        label, local = self.where(parse_path(where))
         if label is None:
             return f"{default}: {problem}"
         message = _SIBLING.sub(lambda m: self._sibling(m), message)
         line = self.line(label, local)
         at = f"{label}:{line}" if line is not None else label
-        return f"{at}: {_format_path(local)}: {message}"
+        return f"{at}: {format_path(local)}: {message}"
 
     def _sibling(self, m: re.Match[str]) -> str:
         """``guardrails[3]`` in a message (the other half of a clash) → its file and line."""
         label, local = self.where((m[1], int(m[2])))
         if label is None:
             return m[0]
-        return f"{_format_path(local)} ({label}:{self.line(label, local)})"
-
-
-_PATH = re.compile(r"[A-Za-z_][\w-]*(?:\[\d+\]|\.[\w-]+)*")
-_TOKEN = re.compile(r"\[(\d+)\]|\.?([^.\[\]]+)")
-_SIBLING = re.compile(r"\b(guardrails|signals|responses)\[(\d+)\]")
-
-
-def _parse_path(where: str) -> tuple[Any, ...]:
-    return tuple(int(m[1]) if m[1] is not None else m[2] for m in _TOKEN.finditer(where))
-
-
-def _format_path(path: tuple[Any, ...]) -> str:
-    out = ""
-    for part in path:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
-    return out
+        return f"{format_path(local)} ({label}:{self.line(label, local)})"
 
 
 def _read(path: Path, label: str, merge: _Merge) -> None:
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        merge.problems.append(f"{label}: no such file or directory")
+        located = read_located(path, label)
+    except YamlError as exc:
+        merge.problems.extend(exc.problems)
         return
-    except (OSError, UnicodeDecodeError) as exc:
-        merge.problems.append(f"{label}: cannot read: {exc}")
-        return
-    try:
-        raw = yaml.safe_load(text)
-        lines: dict[tuple[Any, ...], int] = {}
-        _lines(yaml.compose(text, Loader=yaml.SafeLoader), (), lines)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
-        merge.problems.append(f"{where}: invalid YAML: {problem}")
-        return
-    merge.add(label, raw, lines)
+    merge.add(label, located)
 
 
 def _validate(merge: _Merge, source: str, registry: GuardrailRegistry | None) -> Bundle:
@@ -281,7 +239,7 @@ def _validate(merge: _Merge, source: str, registry: GuardrailRegistry | None) ->
         policy=policy,
         hash=policy_hash(policy),
         source=source,
-        files=tuple(merge.lines),
+        files=tuple(merge.files),
         origins=origins,
     )
 
@@ -299,7 +257,7 @@ def _each_rule(doc: dict[str, Any]) -> list[Any]:
 
 def _ordered(problems: list[str], merge: _Merge) -> list[str]:
     """Problems in file order, then line order."""
-    order = {label: i for i, label in enumerate(merge.lines)}
+    order = {label: i for i, label in enumerate(merge.files)}
 
     def key(problem: str) -> tuple[int, int, str]:
         label, _, rest = problem.partition(":")
@@ -344,7 +302,7 @@ def bundle_from_mapping(
 
     """
     merge = _Merge()
-    merge.add(source, raw, {})
+    merge.add(source, Located(raw))
     return _validate(merge, source, registry)
 
 

@@ -35,13 +35,13 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-import yaml
 from pydantic import Discriminator, Field, Tag, ValidationError, field_validator, model_validator
 from pydantic_core import ErrorDetails
 
 from guardrails.base import Guardrail, params_errors
 from guardrails.plugins import PluginRegistry
 from guardrails.problems import ProblemsError, count
+from guardrails.yamlfile import YamlError, read_yaml
 from workflows.models import (
     Category,
     ChangeContext,
@@ -311,19 +311,12 @@ def policy_hash(policy: PolicyFile) -> str:
 
 
 def _read_yaml(path: Path, label: str) -> Any:
+    if not path.exists():
+        raise PolicyError([f"{label}: no such file ({path})"], source=label)
     try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise PolicyError([f"{label}: no such file ({path})"], source=label) from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise PolicyError([f"{label}: cannot read: {exc}"], source=label) from None
-    try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        problem = getattr(exc, "problem", None) or str(exc)
-        where = f"{label}:{mark.line + 1}:{mark.column + 1}" if mark is not None else label
-        raise PolicyError([f"{where}: invalid YAML: {problem}"], source=label) from None
+        return read_yaml(path, label)
+    except YamlError as exc:
+        raise PolicyError(exc.problems, source=label) from None
 
 
 def load_policy(
