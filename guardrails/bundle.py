@@ -36,8 +36,8 @@ from guardrails.policy import (
     GuardrailRule,
     PlatformBundle,
     PolicyError,
-    _pydantic_problems,
     policy_hash,
+    pydantic_problems,
     rule_problems,
 )
 from guardrails.problems import count
@@ -222,7 +222,7 @@ def _validate(merge: _Merge, source: str, registry: GuardrailRegistry | None) ->
     try:
         policy = PlatformBundle.model_validate(merge.doc)
     except ValidationError as exc:
-        problems += [merge.locate(p, source) for p in _pydantic_problems(exc)]
+        problems += [merge.locate(p, source) for p in pydantic_problems(exc)]
     rules: list[Any] = list(policy.guardrails) if policy else _each_rule(merge.doc)
     problems += [
         merge.locate(p, source)
