@@ -18,8 +18,10 @@ import asyncio
 import json
 import re
 import sys
+from collections.abc import Callable
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from pydantic import ValidationError
 from rich.markup import escape
@@ -56,6 +58,15 @@ _ACTION_STYLE = {
 _HASH = re.compile(r"^[0-9a-f]{64}$")
 PROGRESS_FROM = 10_000
 """``verify`` reports progress on stderr for stores holding more records than this."""
+
+T = TypeVar("T")
+
+
+@dataclass(frozen=True)
+class Read(Generic[T]):
+    """What :func:`read_store` read (kept apart from an exit code, which is an ``int`` too)."""
+
+    value: T
 
 
 def add_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> argparse.ArgumentParser:
@@ -100,11 +111,27 @@ async def _open(settings: Settings) -> AuditStore | int:
     try:
         return await asyncio.to_thread(open_audit_store, settings.audit_url)
     except AuditUrlError as exc:
-        err.print(f"[bold red]invalid audit store URL:[/] {escape(str(exc))}")
-        return exitcodes.INVALID
+        return exitcodes.fail("invalid audit store URL:", str(exc))
     except AuditStoreError as exc:
-        err.print(f"[bold red]audit store unavailable:[/] {escape(str(exc))}")
-        return exitcodes.UNREACHABLE
+        return exitcodes.fail("audit store unavailable:", str(exc), exitcodes.UNREACHABLE)
+
+
+async def read_store(settings: Settings, read: Callable[[AuditStore], T]) -> Read[T] | int:
+    """``read(store)`` in a thread, on the store the settings name, closed afterwards.
+
+    Returns:
+        What ``read`` returned, in a :class:`Read`; or the exit code (a message printed) when the
+        store cannot be opened or read.
+    """
+    store = await _open(settings)
+    if isinstance(store, int):
+        return store
+    try:
+        return Read(await asyncio.to_thread(read, store))
+    except AuditStoreError as exc:
+        return exitcodes.fail("audit store unavailable:", str(exc), exitcodes.UNREACHABLE)
+    finally:
+        store.close()
 
 
 async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
@@ -116,18 +143,11 @@ async def cmd_audit(args: argparse.Namespace, settings: Settings) -> int:
     try:
         query = AuditQuery(change_id=args.change, limit=getattr(args, "limit", 1000))
     except ValidationError as exc:
-        err.print(f"[bold red]invalid input:[/] {escape(str(exc))}")
-        return exitcodes.INVALID
-    store = await _open(settings)
-    if isinstance(store, int):
-        return store
-    try:
-        entries = await asyncio.to_thread(store.entries, query)
-    except AuditStoreError as exc:
-        err.print(f"[bold red]audit store unavailable:[/] {escape(str(exc))}")
-        return exitcodes.UNREACHABLE
-    finally:
-        store.close()
+        return exitcodes.fail("invalid input:", str(exc))
+    read = await read_store(settings, lambda store: store.entries(query))
+    if isinstance(read, int):
+        return read
+    entries = read.value
     if args.json:
         data = [e.as_json() for e in entries]
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
@@ -149,18 +169,11 @@ async def cmd_verify(args: argparse.Namespace, settings: Settings) -> int:
     """
     head = args.head.strip().lower() if args.head else None
     if head is not None and not _HASH.match(head):
-        err.print("[bold red]invalid input:[/] --head must be a record hash (64 hex characters)")
-        return exitcodes.INVALID
-    store = await _open(settings)
-    if isinstance(store, int):
-        return store
-    try:
-        report = await asyncio.to_thread(_verify, store, head, as_json=args.json)
-    except AuditStoreError as exc:
-        err.print(f"[bold red]audit store unavailable:[/] {escape(str(exc))}")
-        return exitcodes.UNREACHABLE
-    finally:
-        store.close()
+        return exitcodes.fail("invalid input:", "--head must be a record hash (64 hex characters)")
+    read = await read_store(settings, lambda store: _verify(store, head, as_json=args.json))
+    if isinstance(read, int):
+        return read
+    report = read.value
     if args.json:
         sys.stdout.write(json.dumps(report.as_json(), indent=2, sort_keys=True) + "\n")
     else:

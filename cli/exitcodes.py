@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from rich.markup import escape
+
+from cli.render import err
 from workflows.models import Decision, Outcome, Phase
 
 OK = 0
@@ -38,3 +41,9 @@ def for_phase(phase: Phase) -> int:
 def for_decision(decision: Decision) -> int:
     """Exit code of ``changeguard checks``: 0 only when the gate would proceed now."""
     return OK if decision is Decision.PROCEED else BLOCKED
+
+
+def fail(what: str, message: str, code: int = INVALID) -> int:
+    """Print ``what`` in bold red and ``message`` (markup escaped) on stderr; return ``code``."""
+    err.print(f"[bold red]{what}[/] {escape(message)}")
+    return code

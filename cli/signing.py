@@ -8,16 +8,20 @@ here touches a private key itself. docs/approvals.md shows the whole flow.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import subprocess
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from cli.exitcodes import fail
 from workflows.identity_models import (
     NAMESPACE,
     Signature,
     SignedDocument,
     canonical_bytes,
+    document_digest,
     parse_stamp,
     utc_stamp,
 )
@@ -145,3 +149,37 @@ def signature_for(document: SignedDocument, args: argparse.Namespace) -> Signatu
             raise SigningError(f"--oidc-token {args.oidc_token}: {exc}") from None
         return Signature(document=document, oidc_token=token)
     return Signature(document=document, sshsig=ssh_sign(document, signing_key(args.key)))
+
+
+@dataclasses.dataclass
+class Signed:
+    """What :func:`signed` made: the signature to attach, or ``None`` for an unsigned payload."""
+
+    signature: Signature | None = None
+
+
+def signed(
+    args: argparse.Namespace,
+    document: Callable[[str], SignedDocument],
+    default_expiry: timedelta,
+) -> Signed | None:
+    """Sign what the flags ask for; ``None`` after printing why signing failed (exit 2).
+
+    With ``--print-nonce`` the document's digest (an ID token's nonce) is printed instead.
+
+    Args:
+        args: the command's flags (:func:`add_arguments`).
+        document: the document to sign, given its expiry stamp.
+        default_expiry: how long a signature holds without ``--expires-at``.
+    """
+    if not wants_signature(args):
+        return Signed()
+    try:
+        doc = document(expiry(args, default_expiry))
+        if args.print_nonce:
+            print(document_digest(doc))
+            return Signed()
+        return Signed(signature_for(doc, args))
+    except SigningError as exc:
+        fail("cannot sign:", str(exc))
+        return None
