@@ -12,7 +12,7 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, TypeVar
 
 from temporalio import workflow
 from temporalio.client import (
@@ -50,9 +50,11 @@ from workflows.models import (
 from workflows.priorities import change_priority
 from workflows.summaries import static_details, static_summary
 
-OperatorUpdate = workflow.UpdateMethodMultiParam[
-    [GuardedChangeWorkflow, OperatorAction], OperatorActionResult
-]
+A = TypeVar("A")
+R = TypeVar("R")
+Update = workflow.UpdateMethodMultiParam[[GuardedChangeWorkflow, A], R]
+"""The type of a ``GuardedChange`` update taking an ``A`` and answering an ``R``."""
+OperatorUpdate = Update[OperatorAction, OperatorActionResult]
 """The type of the ``abort``, ``rollback`` and ``resume`` updates."""
 FOLLOW_INTERVAL = 0.5
 """Seconds between two ``status`` queries while :meth:`Change.follow` waits for a change."""
@@ -214,10 +216,7 @@ class Change:
         Raises:
             Refused: the change refused it.
         """
-        try:
-            return await self.handle.execute_update(GuardedChangeWorkflow.approve, approval)
-        except WorkflowUpdateFailedError as exc:
-            raise _refusal("approval", exc) from exc
+        return await self._update(GuardedChangeWorkflow.approve, "approval", approval)
 
     async def recheck(
         self, *, requested_by: str = "", reason: str = "", signature: Signature | None = None
@@ -236,11 +235,8 @@ class Change:
         Raises:
             Refused: e.g. the change is already ending.
         """
-        return await self._operate(
-            GuardedChangeWorkflow.abort,
-            "abort",
-            OperatorAction(operator=operator, reason=reason, signature=signature),
-        )
+        action = OperatorAction(operator=operator, reason=reason, signature=signature)
+        return await self._update(GuardedChangeWorkflow.abort, "abort", action)
 
     async def rollback(
         self, *, operator: str, reason: str, signature: Signature | None = None
@@ -250,11 +246,8 @@ class Change:
         Raises:
             Refused: nothing applied yet (use :meth:`abort`), or the change is ending.
         """
-        return await self._operate(
-            GuardedChangeWorkflow.rollback,
-            "rollback",
-            OperatorAction(operator=operator, reason=reason, signature=signature),
-        )
+        action = OperatorAction(operator=operator, reason=reason, signature=signature)
+        return await self._update(GuardedChangeWorkflow.rollback, "rollback", action)
 
     async def resume(
         self, *, operator: str, reason: str, signature: Signature | None = None
@@ -264,17 +257,13 @@ class Change:
         Raises:
             Refused: the change is not paused.
         """
-        return await self._operate(
-            GuardedChangeWorkflow.resume,
-            "resume",
-            OperatorAction(operator=operator, reason=reason, signature=signature),
-        )
+        action = OperatorAction(operator=operator, reason=reason, signature=signature)
+        return await self._update(GuardedChangeWorkflow.resume, "resume", action)
 
-    async def _operate(
-        self, update: OperatorUpdate, what: str, action: OperatorAction
-    ) -> OperatorActionResult:
+    async def _update(self, update: Update[A, R], what: str, arg: A) -> R:
+        """Run an update of the change; its refusal raises :class:`Refused`."""
         try:
-            return await self.handle.execute_update(update, action)
+            return await self.handle.execute_update(update, arg)
         except WorkflowUpdateFailedError as exc:
             raise _refusal(what, exc) from exc
 
