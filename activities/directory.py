@@ -32,7 +32,7 @@ from pydantic import ValidationError as PydanticValidationError
 
 from activities.ssh_keys import parse_public_key
 from guardrails.plugins import PluginRegistry
-from guardrails.problems import ProblemsError, count
+from guardrails.problems import ProblemsError
 from guardrails.yamlfile import YamlError, read_yaml
 from workflows.identity_models import OidcIdentity, OperatorKeys
 from workflows.models import Directory
@@ -44,12 +44,7 @@ DIRECTORY_GROUP = "changeguard.directories"
 class DirectoryError(ProblemsError):
     """A directory spec, file or plug-in is unusable; ``problems`` lists every problem found."""
 
-    def __init__(self, problems: list[str], *, source: str) -> None:
-        super().__init__(
-            problems,
-            source=source,
-            headline=f"operator directory {source} is unusable ({count(len(problems))})",
-        )
+    HEADLINE = "operator directory {source} is unusable ({count})"
 
 
 class DirectorySource(Protocol):

@@ -27,7 +27,6 @@ from guardrails.policy import (
     pydantic_problems,
     rule_problems,
 )
-from guardrails.problems import count
 from guardrails.yamlfile import PATH, Located, YamlError, format_path, parse_path, read_located
 from workflows.types import excerpt
 
@@ -49,12 +48,7 @@ _SIBLING = re.compile(r"\b(guardrails|signals|responses)\[(\d+)\]")
 class BundleError(PolicyError):
     """The bundle is missing, unreadable or invalid; ``problems`` lists each, located."""
 
-    def __init__(self, problems: list[str], *, source: str) -> None:
-        super().__init__(
-            problems,
-            source=source,
-            headline=f"policy bundle {source} is invalid ({count(len(problems))})",
-        )
+    HEADLINE = "policy bundle {source} is invalid ({count})"
 
 
 @dataclass(frozen=True)

@@ -1,15 +1,6 @@
 """The policy's models: guardrail rules, where they apply, and the platform bundle's settings.
 
-A rule looks like::
-
-    guardrails:
-      - id: business-hours          # the rule id (default: the plug-in name); unique
-        use: change-window          # the plug-in
-        applies_to: {environments: [prod]}
-        params: {timezone: Europe/Berlin, allow: ["Mon-Thu 09:00-16:00"]}
-        opt_out: {approvers: [sre-leads], max_duration: 4h}
-    responses:
-      - {signal: error-rate, state: critical, do: rollback}
+An example of each is in :mod:`guardrails.policy`'s docstring.
 
 Pure models (pydantic and our leaf models); what makes a rule wrong is in
 :mod:`guardrails.policy_rules`, a request's additions in :mod:`guardrails.additions`.

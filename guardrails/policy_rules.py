@@ -19,7 +19,7 @@ from pydantic_core import ErrorDetails
 from guardrails.base import Guardrail, params_errors
 from guardrails.plugins import PluginRegistry
 from guardrails.policy_models import GuardrailRule, PolicyFile
-from guardrails.problems import ProblemsError, count
+from guardrails.problems import ProblemsError
 from workflows.models import Mode, OptOut, OptOutRule
 
 __all__ = [
@@ -41,14 +41,12 @@ class PolicyError(ProblemsError):
     file name when the file itself is the problem.
     """
 
+    HEADLINE = "policy {source} is invalid ({count})"
+
     def __init__(
         self, problems: list[str], *, source: str = "inline", headline: str | None = None
     ) -> None:
-        super().__init__(
-            problems,
-            source=source,
-            headline=headline or f"policy {source} is invalid ({count(len(problems))})",
-        )
+        super().__init__(problems, source=source, headline=headline)
 
 
 def _location(loc: tuple[int | str, ...]) -> str:

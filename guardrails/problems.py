@@ -29,7 +29,9 @@ def count(n: int) -> str:
 class ProblemsError(Exception):
     """Something people wrote is unusable; ``problems`` lists every problem found, each located.
 
-    The message is the headline, then one ``  - problem`` line per problem.
+    The message is the headline, then one ``  - problem`` line per problem. A subclass names its
+    kind of headline in :attr:`HEADLINE` (``{source}`` and ``{count}`` filled in), unless the
+    caller gives one.
 
     Attributes:
         problems: one line per problem, each starting with where it is.
@@ -37,12 +39,16 @@ class ProblemsError(Exception):
         headline: the first line of the message (``policy bundle x is invalid (2 problems)``).
     """
 
+    HEADLINE = "{source} is unusable ({count})"
+
     def __init__(
         self, problems: list[str], *, source: str | None = None, headline: str | None = None
     ) -> None:
         self.problems = list(problems)
         self.source = source
-        self.headline = headline or f"{source or 'input'} is unusable ({count(len(self.problems))})"
+        self.headline = headline or self.HEADLINE.format(
+            source=source or "input", count=count(len(self.problems))
+        )
         super().__init__(f"{self.headline}:\n" + "\n".join(f"  - {p}" for p in self.problems))
 
     def one_line(self) -> str:

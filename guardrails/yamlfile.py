@@ -26,12 +26,12 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack
 
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from guardrails.problems import ProblemsError, count
+from guardrails.problems import ProblemsError
 from guardrails.yaml_loader import Fatal, Loader, YamlIssue, at, check_events, expanded, printable
 
 __all__ = [
@@ -41,6 +41,7 @@ __all__ = [
     "MAX_VALUES",
     "PATH",
     "Key",
+    "Limits",
     "Located",
     "YamlError",
     "YamlIssue",
@@ -72,11 +73,7 @@ class YamlError(ProblemsError):
     def __init__(self, label: str, issues: list[YamlIssue]) -> None:
         self.label = label
         self.issues = list(issues)
-        super().__init__(
-            [i.located(label) for i in self.issues],
-            source=label,
-            headline=f"{label} is unusable ({count(len(self.issues))})",
-        )
+        super().__init__([i.located(label) for i in self.issues], source=label)
 
 
 def _decode(data: bytes, label: str) -> str:
@@ -198,24 +195,29 @@ def _lines(node: Node, path: tuple[Key, ...], out: dict[tuple[Key, ...], int]) -
             _lines(item, (*path, i), out)
 
 
+class Limits(TypedDict, total=False):
+    """The bounds a caller may tighten or loosen (each defaults to its ``MAX_*`` constant)."""
+
+    max_bytes: int
+    """A larger file or text is refused."""
+    max_depth: int
+    """Deeper nesting is refused (aliases expanded)."""
+    max_aliases: int
+    """More aliases are refused; ``0`` refuses any alias."""
+    max_values: int
+    """A document that expands to more values (aliases expanded) is refused."""
+
+
 def read_yaml(
-    source: Path | str | bytes,
-    label: str | None = None,
-    *,
-    max_bytes: int = MAX_BYTES,
-    max_depth: int = MAX_DEPTH,
-    max_aliases: int = MAX_ALIASES,
-    max_values: int = MAX_VALUES,
+    source: Path | str | bytes, label: str | None = None, **limits: Unpack[Limits]
 ) -> Any:
     """Read one YAML document (JSON is YAML too) into JSON-like data, or say every problem.
 
     Args:
         source: a file (:class:`~pathlib.Path`), or the text itself (``str`` or ``bytes``).
         label: how problems name the source (default: the path, else ``"<text>"``).
-        max_bytes: a larger file or text is refused.
-        max_depth: deeper nesting is refused (aliases expanded).
-        max_aliases: more aliases are refused; ``0`` refuses any alias.
-        max_values: a document that expands to more values (aliases expanded) is refused.
+        **limits: ``max_bytes``, ``max_depth``, ``max_aliases`` (``0`` refuses any alias) and
+            ``max_values`` (see :class:`Limits`).
 
     Returns:
         The document (``None`` for an empty one): dicts with string keys, lists, str, int, float,
@@ -226,25 +228,17 @@ def read_yaml(
             holds duplicate or non-string keys, unsupported tags, non-finite numbers, integers
             beyond 64 bits, too many aliases, recursion or too much depth; every problem located.
     """
-    limits = (max_bytes, max_depth, max_aliases, max_values)
     return _load(source, label, limits, lines=False).data
 
 
 def read_located(
-    source: Path | str | bytes,
-    label: str | None = None,
-    *,
-    max_bytes: int = MAX_BYTES,
-    max_depth: int = MAX_DEPTH,
-    max_aliases: int = MAX_ALIASES,
-    max_values: int = MAX_VALUES,
+    source: Path | str | bytes, label: str | None = None, **limits: Unpack[Limits]
 ) -> Located:
     """:func:`read_yaml`, plus the line of every key and item (to locate later problems).
 
     Raises:
         YamlError: as :func:`read_yaml`.
     """
-    limits = (max_bytes, max_depth, max_aliases, max_values)
     return _load(source, label, limits, lines=True)
 
 
@@ -259,14 +253,11 @@ def _text(source: Path | str | bytes, name: str, max_bytes: int) -> str:
     return _decode(raw, name) if isinstance(source, bytes) else source
 
 
-def _load(
-    source: Path | str | bytes,
-    label: str | None,
-    limits: tuple[int, int, int, int],
-    *,
-    lines: bool,
-) -> Located:
-    max_bytes, max_depth, max_aliases, max_values = limits
+def _load(source: Path | str | bytes, label: str | None, limits: Limits, *, lines: bool) -> Located:
+    max_bytes = limits.get("max_bytes", MAX_BYTES)
+    max_depth = limits.get("max_depth", MAX_DEPTH)
+    max_aliases = limits.get("max_aliases", MAX_ALIASES)
+    max_values = limits.get("max_values", MAX_VALUES)
     name = label or (str(source) if isinstance(source, Path) else "<text>")
     text = _text(source, name, max_bytes)
     loader: Loader | None = None
