@@ -215,7 +215,7 @@ def report_markdown(report: GuardrailReport, *, title: str = "Guardrail report")
     if view.scheduled():
         lines += [f"⏳ **{view.scheduled()}**", ""]
     if not view.rows:
-        lines.append(f"_{NO_CHECKS[0].upper()}{NO_CHECKS[1:]}._")
+        lines.append(f"_{NO_CHECKS.capitalize()}._")
         return "\n".join(lines)
     for row in view.failing:
         lines += check_block(row)

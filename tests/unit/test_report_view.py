@@ -8,6 +8,7 @@ from typing import Any
 from rich.console import Console
 
 from cli.render import report_table
+from demo import narration
 from workflows import models
 from workflows.models import CheckResult, CheckStatus, Decision, GuardrailReport, OptOutRule
 from workflows.report import aggregate, report_hash, report_markdown
@@ -105,6 +106,27 @@ def test_markdown_and_cli_table_show_the_same_rows_and_decision_line() -> None:
     assert "policy `none` · bundle `bh`" in markdown
     assert f"report {report.report_hash} · policy none · bundle bh" in table  # was "policy  ·"
     assert "**block**" in markdown and "Guardrail report: block" in table
+
+
+def test_the_demo_shows_the_rows_the_web_ui_and_cli_show() -> None:
+    """The demo's report says the same why, fix, owner and who may approve as the markdown."""
+    report = aggregate(
+        [
+            _check("freeze", reason="frozen", note="n", remedy="wait it out", owner="sre"),
+            _check("ok", "pass"),
+        ],
+        policy_hash="p",
+        now=NOW,
+        bundle_warning="an edit was refused",
+    )
+    with narration.console.capture() as captured:
+        narration.show_report(report)
+    shown, markdown = " ".join(captured.get().split()), report_markdown(report)
+    row = report_view(report).rows[0]
+    for text in (row.reason, row.remedy, row.who_may_approve, "an edit was refused"):
+        assert text in shown and text in markdown
+    assert f"gate report {report.report_hash} decided block (platform bundle none)" in shown
+    assert "✓ ok (change-window) pass" in shown
 
 
 def test_waiting_and_empty_reports_read_alike_everywhere() -> None:
