@@ -23,7 +23,8 @@ from activities.audit import open_audit_store
 from demo.narration import console, operator, say
 from demo.stack import FLEET_IN_FILES, DevStack, StandIns
 from worker.settings import Settings
-from workflows.models import AuditAction, AuditQuery, Outcome
+from workflows.guarded_change import GuardedChangeWorkflow
+from workflows.models import AuditAction, AuditQuery, OperatorAction, Outcome
 
 HERE = Path(__file__).parent
 CHANGES = HERE / "changes"
@@ -147,6 +148,13 @@ class Demo:
         )
         say(f"  the worker now holds bundle [bold]{new}[/] (no freeze)")
         return new
+
+    async def abort(self, change_id: str, by: str, reason: str) -> None:
+        """Abort a change as ``changeguard abort`` would, showing the command typed."""
+        operator(f"changeguard abort {change_id} --operator {by} --reason '{reason}'")
+        await self.client.get_workflow_handle(change_id).execute_update(
+            GuardedChangeWorkflow.abort, OperatorAction(operator=by, reason=reason)
+        )
 
     def _localise(self, text: str) -> str:
         return text.replace(FLEET_IN_FILES, self.stack.fleet.url).replace(

@@ -23,7 +23,6 @@ from workflows.models import (
     AuditAction,
     ChangeStatus,
     GuardrailReport,
-    OperatorAction,
     Phase,
     RecheckInput,
 )
@@ -125,11 +124,7 @@ async def step_freeze(d: Demo, r: StepResult) -> None:
     )
 
     say("\nalice gives up on this change: she will split it, and wait for the freeze to end.")
-    operator(f"changeguard abort {r.change_id} --operator alice --reason 'split per environment'")
-    await handle.execute_update(
-        GuardedChangeWorkflow.abort,
-        OperatorAction(operator="alice", reason="split per environment"),
-    )
+    await d.abort(r.change_id, "alice", "split per environment")
     s = await w.end()
     r.outcome = s.outcome
     expect(await d.deploys(r.change_id) == {}, "the fleet's ledger shows deploys by this change")

@@ -12,8 +12,7 @@ import httpx
 from demo.harness import Demo, StepResult, expect
 from demo.live import Watch
 from demo.narration import fleet_table, operator, say
-from workflows.guarded_change import GuardedChangeWorkflow
-from workflows.models import OperatorAction, Phase
+from workflows.models import Phase
 
 
 async def step_good(d: Demo, r: StepResult) -> None:
@@ -120,11 +119,7 @@ async def step_frozen(d: Demo, r: StepResult) -> None:
         "change paused and paged its team instead of going on or leaving it unattended."
     )
     say("\nalice will not wait the incident out: she aborts, and the first wave is undone.")
-    operator(f"changeguard abort {r.change_id} --operator alice --reason 'incident freeze'")
-    await handle.execute_update(
-        GuardedChangeWorkflow.abort,
-        OperatorAction(operator="alice", reason="incident freeze"),
-    )
+    await d.abort(r.change_id, "alice", "incident freeze")
     s = await w.end(within=60)
     r.outcome = s.outcome
     hosts = await d.hosts()
