@@ -4,8 +4,9 @@ Thin entry points over ``activities/kinds``. Every mutation carries the idempote
 derived from (change id, step, target), so retries and late attempts never apply an effect twice.
 
 Each mutation and compensation that took effect is written to the change ledger (the audit store)
-from here, keyed by its idempotency key: the record exists exactly when the effect does, a retried
-attempt writes nothing new, and the workflow's history does not grow by an activity per target.
+from here (:mod:`activities.effects`), keyed by its idempotency key: the record exists exactly when
+the effect does, a retried attempt writes nothing new, and the workflow's history does not grow by
+an activity per target.
 A mutation that reports it changed nothing — neither now nor by an earlier attempt of the same key
 — fails that target (``NothingApplied``): an "applied to 2 targets" over unchanged hosts is a lie.
 
@@ -25,7 +26,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import structlog
@@ -34,7 +34,7 @@ from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
 from activities import observe
-from activities.audit import AuditStoreError, as_activity_error
+from activities.effects import EffectLedger
 from activities.kinds.base import ChangeKind, accepts_progress, default_registry
 from activities.kinds.progress import Progress
 from guardrails.plugins import PluginRegistry, params_errors
@@ -49,7 +49,6 @@ from workflows.models import (
     ApplyInput,
     ApplyResult,
     AuditAction,
-    AuditRecord,
     DescribeInput,
     TargetState,
     ValidateChangeInput,
@@ -62,20 +61,6 @@ if TYPE_CHECKING:
     from activities.audit import AuditStore
 
 log = structlog.get_logger(__name__)
-LEDGER_PATIENCE_S = 60.0
-"""How long a mutation that took effect keeps trying to record it before its attempt fails."""
-
-
-def _event_time() -> datetime:
-    """When this attempt was scheduled, on the server's clock: the clock workflow records use.
-
-    The ledger orders a change's story by time; a worker's own clock may differ from the server's
-    (and does, by days, under the time-skipping test server), which would misplace effects.
-    """
-    try:
-        return activity.info().current_attempt_scheduled_time
-    except RuntimeError:  # not in an activity (unit tests of a kind alone)
-        return datetime.now(UTC)
 
 
 class ChangeActivities:
@@ -98,63 +83,8 @@ class ChangeActivities:
     ) -> None:
         self.kinds = kinds if kinds is not None else default_registry()
         self.ledger = ledger
+        self.effects = EffectLedger(ledger)
         self.change_events = change_events  # the worker has a change-event sink
-
-    async def _record(
-        self,
-        action: AuditAction,
-        inp: ApplyInput,
-        result: ApplyResult,
-        *,
-        run_id: str | None = None,
-    ) -> None:
-        """Write the effect to the ledger, idempotently by its key (a retry adds nothing)."""
-        if self.ledger is None or not result.took_effect:
-            return
-        if run_id is None:
-            run_id = activity.info().workflow_run_id or ""
-        record = AuditRecord(
-            record_id=f"effect:{inp.idempotency_key}",
-            action=action,
-            actor="changeguard",
-            at=_event_time(),
-            change_id=inp.change_id,
-            run_id=run_id,
-            reason=excerpt(result.detail, 2000),
-            detail={
-                "target": inp.target.id,
-                "idempotency_key": inp.idempotency_key,
-                "applied_key": inp.applied_key or "",
-                "by_earlier_attempt": result.replayed and not result.applied,
-                "before": {k: excerpt(v, 200) for k, v in list(result.before.items())[:10]},
-                "after": {k: excerpt(v, 200) for k, v in list(result.after.items())[:10]},
-                **({"irreversible": result.irreversible[:50]} if result.irreversible else {}),
-            },
-        )
-        await self._append(record)
-
-    async def _append(self, record: AuditRecord) -> None:
-        """Append to the ledger, riding out a short outage: the effect has already happened.
-
-        An attempt that failed here after its effect landed would leave the effect unrecorded if no
-        later attempt came (the chaos campaign saw it), so the write is retried for up to a minute,
-        heartbeating, before the attempt fails (retryably: the next attempt finds the effect made
-        and records it).
-        """
-        assert self.ledger is not None
-        delay = 0.5
-        deadline = asyncio.get_running_loop().time() + LEDGER_PATIENCE_S
-        while True:
-            try:
-                await asyncio.to_thread(self.ledger.append, record)
-                return
-            except AuditStoreError as exc:
-                if not exc.retryable or asyncio.get_running_loop().time() + delay > deadline:
-                    raise as_activity_error(exc) from exc
-                log.warning("ledger write failed; retrying", error=str(exc), retry_in_s=delay)
-                activity.heartbeat()
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 8.0)
 
     def _kind(self, name: str) -> ChangeKind[Any]:
         try:
@@ -331,7 +261,7 @@ class ChangeActivities:
             detail=result.detail,
         )
         self._nothing_applied(kind_name, inp.target.id, result)
-        await self._record(AuditAction.MUTATION, inp, result, run_id=run_id)
+        await self.effects.record(AuditAction.MUTATION, inp, result, run_id=run_id)
         return result
 
     async def finish_handoff(self, ticket: HandoffTicket, result: ApplyResult) -> ApplyResult:
@@ -353,7 +283,7 @@ class ChangeActivities:
             applied_key=ticket.applied_key,
         )
         if ticket.activity == "revert_change":
-            await self._record(AuditAction.COMPENSATION, inp, result, run_id=ticket.run_id)
+            await self.effects.record(AuditAction.COMPENSATION, inp, result, run_id=ticket.run_id)
             return result
         return await self._finish_apply(ticket.kind, inp, result, run_id=ticket.run_id)
 
@@ -399,36 +329,9 @@ class ChangeActivities:
             detail=result.detail,
         )
         if result.took_effect and inp.applied_key:
-            await self._record_forward(inp, result)
-        await self._record(AuditAction.COMPENSATION, inp, result)
+            await self.effects.record_forward(inp, result)
+        await self.effects.record(AuditAction.COMPENSATION, inp, result)
         return result
-
-    async def _record_forward(self, inp: ApplyInput, result: ApplyResult) -> None:
-        """A revert that took effect proves its mutation did: make sure the ledger says so too.
-
-        Idempotent (the mutation's own record id): it adds nothing when the mutation's attempt
-        recorded itself, and closes the gap when that attempt died between effect and record.
-        """
-        if self.ledger is None:
-            return
-        await self._append(
-            AuditRecord(
-                record_id=f"effect:{inp.applied_key}",
-                action=AuditAction.MUTATION,
-                actor="changeguard",
-                at=_event_time(),
-                change_id=inp.change_id,
-                run_id=activity.info().workflow_run_id or "",
-                reason="recorded by its compensation (the mutation's own attempt did not)",
-                detail={
-                    "target": inp.target.id,
-                    "idempotency_key": inp.applied_key,
-                    "by_earlier_attempt": True,
-                    "before": {k: excerpt(v, 200) for k, v in list(result.after.items())[:10]},
-                    "after": {k: excerpt(v, 200) for k, v in list(result.before.items())[:10]},
-                },
-            )
-        )
 
     @activity.defn(name="describe_target")
     async def describe_target(self, inp: DescribeInput) -> TargetState:

@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from temporalio import activity
 from temporalio.exceptions import ApplicationError
 
-from guardrails.base import CheckContext, Guardrail, default_registry
+from guardrails.base import CheckContext, Guardrail, Services, default_registry
 from guardrails.builtin import irreversible
 from guardrails.bundle import Bundle, BundleHolder
 from guardrails.plugins import PluginRegistry
@@ -47,7 +47,7 @@ class CheckActivities:
     Args:
         guardrails: the registry checks are looked up in (default: every entry point).
         bundle: the platform bundle in force (read at every resolution).
-        services: worker-wide resources guardrails may use, by name (``temporal_client`` …).
+        services: worker-wide resources guardrails may use (the Temporal client, the kinds …).
     """
 
     def __init__(
@@ -55,11 +55,11 @@ class CheckActivities:
         guardrails: PluginRegistry[Guardrail[Any]] | None = None,
         *,
         bundle: BundleHolder,
-        services: dict[str, Any] | None = None,
+        services: Services | None = None,
     ) -> None:
         self.guardrails = guardrails if guardrails is not None else default_registry()
         self.bundle = bundle
-        self.services = services or {}
+        self.services = services if services is not None else Services()
 
     def _effective(self, inp: ResolvePolicyInput) -> tuple[Bundle, PolicyFile, PolicyFile | None]:
         bundle = self.bundle.current()
@@ -91,7 +91,7 @@ class CheckActivities:
             resolved.checks = irreversible.with_builtin_check(
                 resolved.checks,
                 inp.change,
-                self.services.get(irreversible.KINDS_SERVICE),
+                self.services.change_kinds,
                 categories=inp.categories,
             )
         except PolicyError as exc:

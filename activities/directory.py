@@ -31,7 +31,7 @@ from pydantic import (
 from pydantic import ValidationError as PydanticValidationError
 
 from activities.ssh_keys import parse_public_key
-from guardrails.plugins import PluginRegistry
+from guardrails.plugins import PluginKind, PluginRegistry
 from guardrails.problems import ProblemsError
 from guardrails.yamlfile import YamlError, read_yaml
 from workflows.identity_models import OidcIdentity, OperatorKeys
@@ -183,18 +183,20 @@ def _validate_directory(cls: type[DirectorySource]) -> list[str]:
     return []
 
 
+DIRECTORIES: PluginKind[DirectorySource] = PluginKind(
+    kind="operator directory", group=DIRECTORY_GROUP, validate=_validate_directory
+)
+"""The directory plug-in kind: its entry-point group and contract (structural: no base class)."""
+
+
 def new_directory_registry() -> PluginRegistry[DirectorySource]:
     """An empty registry of directory plug-ins (tests use their own)."""
-    return PluginRegistry(
-        kind="operator directory", group=DIRECTORY_GROUP, validate=_validate_directory
-    )
+    return DIRECTORIES.new_registry()
 
 
 def default_directory_registry() -> PluginRegistry[DirectorySource]:
     """A registry with every directory plug-in advertised through entry points."""
-    registry = new_directory_registry()
-    registry.load_entry_points()
-    return registry
+    return DIRECTORIES.default_registry()
 
 
 def open_directory(

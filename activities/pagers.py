@@ -16,10 +16,9 @@ receiver collapses repeats into one incident.
 
 from __future__ import annotations
 
-import inspect
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from datetime import timedelta
-from typing import Annotated, Any, ClassVar, Generic, TypeVar
+from typing import Annotated, Any, ClassVar, TypeVar
 
 import httpx
 import structlog
@@ -29,12 +28,19 @@ from temporalio.exceptions import ApplicationError
 
 from activities.resilience import retryable_error
 from guardrails.builtin._params import http_url, positive
-from guardrails.plugins import PluginRegistry, validation_problems
+from guardrails.plugins import (
+    Plugin,
+    PluginKind,
+    PluginRegistry,
+    subclass_contract,
+    validation_problems,
+)
 from workflows.errors import INVALID_INPUT, TARGET_UNAVAILABLE
 from workflows.models import Duration
 from workflows.rollout_models import PageInput, PageResult
 
 __all__ = [
+    "PAGERS",
     "PAGER_GROUP",
     "LogPager",
     "LogParams",
@@ -56,46 +62,31 @@ BODY_EXCERPT = 200
 log = structlog.get_logger(__name__)
 
 
-class Pager(ABC, Generic[P]):
+class Pager(Plugin[P]):
     """Base class of every pager."""
 
-    name: ClassVar[str]
-    params_model: ClassVar[type[BaseModel]]
-    description: ClassVar[str] = ""
-
-    def parse_params(self, raw: dict[str, Any]) -> P:
-        """Validate the pager's params (raises ``pydantic.ValidationError``)."""
-        return self.params_model.model_validate(raw)  # type: ignore[return-value]
+    async_methods: ClassVar[tuple[str, ...]] = ("page",)
+    unimplemented: ClassVar[str] = "it must implement page"
 
     @abstractmethod
     async def page(self, params: P, inp: PageInput) -> PageResult:
         """Deliver one page; raise a retryable error when it could not be delivered."""
 
 
-def _validate_pager(cls: type[Pager[Any]]) -> list[str]:
-    if not (isinstance(cls, type) and issubclass(cls, Pager)):
-        return ["it must subclass activities.pagers.Pager"]
-    problems = []
-    if inspect.isabstract(cls):
-        problems.append("it must implement page")
-    elif not inspect.iscoroutinefunction(cls.page):
-        problems.append("page must be 'async def'")
-    pm = getattr(cls, "params_model", None)
-    if not (isinstance(pm, type) and issubclass(pm, BaseModel)):
-        problems.append("params_model must be a pydantic model class")
-    return problems
+PAGERS: PluginKind[Pager[Any]] = PluginKind(
+    kind="pager", group=PAGER_GROUP, validate=subclass_contract(Pager, "activities.pagers.Pager")
+)
+"""The pager plug-in kind: its entry-point group and contract."""
 
 
 def new_registry() -> PluginRegistry[Pager[Any]]:
     """An empty pager registry."""
-    return PluginRegistry(kind="pager", group=PAGER_GROUP, validate=_validate_pager)
+    return PAGERS.new_registry()
 
 
 def default_registry() -> PluginRegistry[Pager[Any]]:
     """A registry with every pager advertised through entry points (the built-ins included)."""
-    registry = new_registry()
-    registry.load_entry_points()
-    return registry
+    return PAGERS.default_registry()
 
 
 # --------------------------------------------------------------------------------------------------

@@ -204,6 +204,7 @@ async def measure(
     from temporalio.worker import Worker
 
     from activities.audit import AuditActivities, SqliteAuditStore
+    from guardrails.base import Services
     from guardrails.bundle import BundleHolder
     from worker import registry as worker_registry
     from worker.main import build_worker
@@ -235,7 +236,7 @@ async def measure(
         activities=worker_registry.activities(
             guardrails=guardrails,
             kinds=kinds,
-            services={"temporal_client": client},
+            services=Services(temporal_client=client),
             bundle=bundle,
             audit=AuditActivities(SqliteAuditStore(":memory:")),  # the bench writes no audit
         ),

@@ -304,6 +304,7 @@ def guarded_and_bare_workers(
     from temporalio.worker import Worker
 
     from activities.audit import AuditActivities, SqliteAuditStore
+    from guardrails.base import Services
     from guardrails.bundle import BundleHolder
     from worker import registry as worker_registry
     from worker.main import build_worker
@@ -320,7 +321,7 @@ def guarded_and_bare_workers(
         task_queue=bare_queue,
         workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
         activities=worker_registry.activities(
-            services={"temporal_client": client, "task_queue": bare_queue},
+            services=Services(temporal_client=client, task_queue=bare_queue),
             audit=audit(),
             bundle=open_bundle,
         ),

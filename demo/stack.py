@@ -21,11 +21,11 @@ from temporalio.client import Client
 from temporalio.worker import Worker
 
 from demo.fleet import FleetServer
-from guardrails.base import default_registry
 from guardrails.bundle import BundleHolder, bundle_files
 from worker.client import connect
 from worker.devserver import DevServer
 from worker.main import build_worker
+from worker.registry import Plugins
 from worker.settings import Settings
 
 DEMO_BUNDLE = Path(__file__).parent / "platform"
@@ -107,21 +107,21 @@ class DevStack:
         if policy.resolve() == DEMO_BUNDLE.resolve() and self.fleet.port != 8800:
             url = f"http://127.0.0.1:{self.fleet.port}"
             policy = copy_bundle(policy, self.state_dir / "platform", {FLEET_IN_FILES: url})
-        holder = BundleHolder.load(policy, registry=self._guardrails)
+        holder = BundleHolder.load(policy, registry=self._plugins.guardrails)
         holder.interval = self.bundle_interval
         return holder
 
     async def __aenter__(self) -> DevStack:
-        self._guardrails = default_registry()
+        self._plugins = Plugins.load()  # once for the bundle checks and the worker
         # An invalid bundle stops everything before any server starts.
-        await asyncio.to_thread(BundleHolder.load, self.policy, registry=self._guardrails)
+        await asyncio.to_thread(BundleHolder.load, self.policy, registry=self._plugins.guardrails)
         await asyncio.to_thread(self.server.start)
         try:
             await asyncio.to_thread(self.fleet.start)
             self.bundle = await asyncio.to_thread(self._load_bundle)  # the fleet's port is known
             self.client = await connect(self.settings)
             self._worker = build_worker(
-                self.client, self.settings, bundle=self.bundle, guardrails=self._guardrails
+                self.client, self.settings, bundle=self.bundle, plugins=self._plugins
             )
             await self._worker.__aenter__()
         except BaseException:

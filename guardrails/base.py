@@ -19,15 +19,22 @@ Example::
 
 from __future__ import annotations
 
-import inspect
-from abc import ABC, abstractmethod
+from abc import abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 
-from guardrails.plugins import PluginRegistry, params_errors
+from guardrails.plugins import (
+    EmptyParams,
+    Plugin,
+    PluginKind,
+    PluginRegistry,
+    params_errors,
+    subclass_contract,
+)
 from workflows.models import (
     Category,
     ChangeContext,
@@ -37,27 +44,44 @@ from workflows.models import (
     OptOut,
 )
 
+if TYPE_CHECKING:
+    from temporalio.client import Client
+
+    from activities.kinds.base import ChangeKind
+    from guardrails.builtin.change_window.calendars import CalendarCache
+
 P = TypeVar("P", bound=BaseModel)
 
 
-class EmptyParams(BaseModel):
-    """Params model for guardrails that take none."""
+@dataclass(frozen=True)
+class Services:
+    """Worker-wide resources a guardrail may use, so that guardrails need not import the worker.
 
-    model_config = ConfigDict(extra="forbid")
+    The worker fills them in (:func:`worker.registry.activities`): ``change_kinds`` always,
+    ``temporal_client`` and ``task_queue`` when it has a client. A field left ``None`` is not
+    available; a guardrail that needs it reports an ``error`` result naming it.
+    """
+
+    temporal_client: Client | None = None
+    """The worker's Temporal client (``target-lock``, ``no-conflicting-changes``)."""
+    task_queue: str | None = None
+    """The worker's task queue (where ``target-lock`` starts lock workflows)."""
+    change_kinds: PluginRegistry[ChangeKind[Any]] | None = None
+    """The worker's change-kind registry (``target-state``, ``irreversible-steps``)."""
+    calendar_cache: CalendarCache | None = None
+    """The holiday-calendar cache of ``change-window`` (default: the process's own)."""
+    extra: Mapping[str, Any] = field(default_factory=dict)
+    """Resources of third-party guardrails, by name (``build_worker(services=...)``)."""
 
 
 @dataclass
 class CheckContext:
-    """What a check may use: the change, its own resolved spec, the time, and shared services.
-
-    ``services`` carries worker-wide resources by name (``temporal_client``, ``change_kinds``)
-    so that guardrails need not import the worker.
-    """
+    """What a check may use: the change, its own resolved spec, the time, and shared services."""
 
     change: ChangeContext
     spec: CheckSpec
     now: datetime
-    services: dict[str, Any] = field(default_factory=dict)
+    services: Services = field(default_factory=Services)
     probe_only: bool = False
     """True when the gate runs alone (``changeguard checks``): look, but take nothing (no locks)."""
 
@@ -112,70 +136,65 @@ class CheckContext:
         return self._result(CheckStatus.ERROR, reason, remedy=remedy, evidence=evidence or {})
 
 
-class Guardrail(ABC, Generic[P]):
+class Guardrail(Plugin[P]):
     """Base class of every guardrail; see the module docstring for the contract."""
 
-    name: ClassVar[str]
     category: ClassVar[Category]
     params_model: ClassVar[type[BaseModel]] = EmptyParams
     default_owner: ClassVar[str]
     default_timeout: ClassVar[timedelta] = timedelta(seconds=30)
     default_opt_out: ClassVar[OptOut] = OptOut.APPROVABLE
-    description: ClassVar[str] = ""
-
-    def parse_params(self, raw: dict[str, Any]) -> P:
-        """Validate raw policy params against ``params_model`` (raises ``ValidationError``)."""
-        return self.params_model.model_validate(raw)  # type: ignore[return-value]
+    async_methods: ClassVar[tuple[str, ...]] = ("check",)
+    unimplemented: ClassVar[str] = "it must implement async check(params, ctx)"
 
     @abstractmethod
     async def check(self, params: P, ctx: CheckContext) -> CheckResult:
         """Judge the change; return a result built with ``ctx.passed/failed/wait/error``."""
 
-
-def _validate_guardrail(cls: type[Guardrail[Any]]) -> list[str]:
-    problems = []
-    if not (isinstance(cls, type) and issubclass(cls, Guardrail)):
-        return ["it must subclass guardrails.base.Guardrail"]
-    if inspect.isabstract(cls):
-        problems.append("it must implement async check(params, ctx)")
-    elif not inspect.iscoroutinefunction(cls.check):
-        problems.append("check must be 'async def'")
-    if not isinstance(getattr(cls, "category", None), Category):
-        problems.append(f"category must be one of {[c.value for c in Category]}")
-    pm = getattr(cls, "params_model", None)
-    if not (isinstance(pm, type) and issubclass(pm, BaseModel)):
-        problems.append("params_model must be a pydantic model class")
-    owner = getattr(cls, "default_owner", None)
-    if not isinstance(owner, str) or not owner.strip():
-        problems.append("default_owner must name the team that owns the fix")
-    timeout = getattr(cls, "default_timeout", None)
-    if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
-        problems.append("default_timeout must be a positive timedelta")
-    if not isinstance(getattr(cls, "default_opt_out", None), OptOut):
-        problems.append("default_opt_out must be an OptOut")
-    return problems
+    @classmethod
+    def attribute_problems(cls) -> list[str]:
+        """The category, params model, owner, timeout and opt-out the contract requires."""
+        problems = []
+        if not isinstance(getattr(cls, "category", None), Category):
+            problems.append(f"category must be one of {[c.value for c in Category]}")
+        problems += super().attribute_problems()
+        owner = getattr(cls, "default_owner", None)
+        if not isinstance(owner, str) or not owner.strip():
+            problems.append("default_owner must name the team that owns the fix")
+        timeout = getattr(cls, "default_timeout", None)
+        if not isinstance(timeout, timedelta) or timeout <= timedelta(0):
+            problems.append("default_timeout must be a positive timedelta")
+        if not isinstance(getattr(cls, "default_opt_out", None), OptOut):
+            problems.append("default_opt_out must be an OptOut")
+        return problems
 
 
 GUARDRAIL_GROUP = "changeguard.guardrails"
+GUARDRAILS: PluginKind[Guardrail[Any]] = PluginKind(
+    kind="guardrail",
+    group=GUARDRAIL_GROUP,
+    validate=subclass_contract(Guardrail, "guardrails.base.Guardrail"),
+)
+"""The guardrail plug-in kind: its entry-point group and contract."""
 
 
 def new_registry() -> PluginRegistry[Guardrail[Any]]:
     """An empty guardrail registry (tests use their own; the worker loads entry points)."""
-    return PluginRegistry(kind="guardrail", group=GUARDRAIL_GROUP, validate=_validate_guardrail)
+    return GUARDRAILS.new_registry()
 
 
 def default_registry() -> PluginRegistry[Guardrail[Any]]:
     """A registry with every guardrail advertised through entry points, built-ins included."""
-    registry = new_registry()
-    registry.load_entry_points()
-    return registry
+    return GUARDRAILS.default_registry()
 
 
 __all__ = [
+    "GUARDRAILS",
     "GUARDRAIL_GROUP",
     "CheckContext",
     "EmptyParams",
     "Guardrail",
+    "Services",
     "default_registry",
     "new_registry",
     "params_errors",

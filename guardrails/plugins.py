@@ -1,20 +1,34 @@
-"""A small plug-in registry shared by guardrails, change kinds and pagers.
+"""The one plug-in base and registry shared by guardrails, change kinds, pagers and directories.
 
 Modelled on pluggy: the contract lives apart from implementations, registration validates an
 implementation against it and refuses duplicates, and third-party plug-ins arrive through Python
-entry points loaded once at start-up. Built-ins are registered through the same entry points.
+entry points loaded once at start-up (the worker loads each group once and hands the registries
+out, see :class:`worker.registry.Plugins`). Built-ins are registered through the same entry points.
+
+What every plug-in kind shares lives here once:
+
+- :class:`Plugin`, the base class: ``name``, ``params_model``, ``description``,
+  :meth:`~Plugin.parse_params` and the contract check (:meth:`~Plugin.contract_problems`: the
+  declared async methods and the params model; each kind adds its own attributes);
+- :class:`PluginKind`, one per kind of plug-in: its name in messages, its entry-point group and its
+  contract, with :meth:`~PluginKind.new_registry` and :meth:`~PluginKind.default_registry`;
+- :class:`PluginRegistry`, the validated registry itself, and the params error helpers.
 """
 
 from __future__ import annotations
 
+import inspect
 import re
+from abc import ABC
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from importlib.metadata import entry_points
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 T = TypeVar("T")
+P = TypeVar("P", bound=BaseModel)
 
 _NAME = re.compile(r"^[a-z][a-z0-9]*(?:-[a-z0-9]+)*$")
 
@@ -24,6 +38,68 @@ class HasParams(Protocol):
 
     def parse_params(self, raw: dict[str, Any]) -> Any:
         """Validate raw params; raises ``pydantic.ValidationError``."""
+
+
+class EmptyParams(BaseModel):
+    """Params model for plug-ins that take none."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Plugin(ABC, Generic[P]):
+    """Base class of guardrails, change kinds and pagers: a name, a params model, a contract.
+
+    A kind of plug-in subclasses this with its abstract async methods, lists them in
+    ``async_methods`` (and what to say when one is missing in ``unimplemented``), and adds its own
+    attribute checks by overriding :meth:`attribute_problems` (calling ``super()``).
+    """
+
+    name: ClassVar[str]
+    params_model: ClassVar[type[BaseModel]]
+    description: ClassVar[str] = ""
+    async_methods: ClassVar[tuple[str, ...]] = ()
+    """The methods the contract requires to be ``async def``."""
+    unimplemented: ClassVar[str] = ""
+    """The problem reported when a class leaves one of its abstract methods unimplemented."""
+
+    def parse_params(self, raw: dict[str, Any]) -> P:
+        """Validate raw params against ``params_model`` (raises ``pydantic.ValidationError``)."""
+        return self.params_model.model_validate(raw)  # type: ignore[return-value]
+
+    @classmethod
+    def contract_problems(cls) -> list[str]:
+        """Every way this class breaks its contract (empty when it conforms)."""
+        return [*cls.method_problems(), *cls.attribute_problems()]
+
+    @classmethod
+    def method_problems(cls) -> list[str]:
+        """An unimplemented abstract method, or a required method that is not ``async def``."""
+        if inspect.isabstract(cls):
+            return [cls.unimplemented]
+        return [
+            f"{m} must be 'async def'"
+            for m in cls.async_methods
+            if not inspect.iscoroutinefunction(getattr(cls, m, None))
+        ]
+
+    @classmethod
+    def attribute_problems(cls) -> list[str]:
+        """Problems with the class attributes (here: the params model)."""
+        pm = getattr(cls, "params_model", None)
+        if not (isinstance(pm, type) and issubclass(pm, BaseModel)):
+            return ["params_model must be a pydantic model class"]
+        return []
+
+
+def subclass_contract(base: type[Plugin[Any]], path: str) -> Callable[[type[Any]], list[str]]:
+    """The contract check of a plug-in kind whose plug-ins subclass ``base`` (spelled ``path``)."""
+
+    def validate(cls: type[Any]) -> list[str]:
+        if not (isinstance(cls, type) and issubclass(cls, base)):
+            return [f"it must subclass {path}"]
+        return cls.contract_problems()
+
+    return validate
 
 
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
@@ -137,3 +213,29 @@ class PluginRegistry(Generic[T]):
 
     def __iter__(self) -> Iterator[str]:
         return iter(self.names())
+
+
+@dataclass(frozen=True)
+class PluginKind(Generic[T]):
+    """One kind of plug-in: what messages call it, its entry-point group and its contract check.
+
+    Args:
+        kind: what its registries hold, for error messages ("guardrail", "change kind").
+        group: the entry-point group its third-party plug-ins register under.
+        validate: returns the contract problems of a class (empty when it conforms); see
+            :func:`subclass_contract`.
+    """
+
+    kind: str
+    group: str
+    validate: Callable[[type[T]], list[str]]
+
+    def new_registry(self) -> PluginRegistry[T]:
+        """An empty registry of this kind (tests use their own; the worker loads entry points)."""
+        return PluginRegistry(kind=self.kind, group=self.group, validate=self.validate)
+
+    def default_registry(self) -> PluginRegistry[T]:
+        """A registry with every plug-in of this kind advertised through entry points."""
+        registry = self.new_registry()
+        registry.load_entry_points()
+        return registry

@@ -32,7 +32,7 @@ from temporalio.runtime import Runtime
 from temporalio.service import RPCError, RPCStatusCode
 from temporalio.worker import Worker, WorkerDeploymentConfig
 
-from guardrails.base import Guardrail, default_registry
+from guardrails.base import Guardrail, Services
 from guardrails.bundle import Bundle, BundleError, BundleHolder
 from guardrails.plugins import PluginRegistry
 from worker import registry, telemetry, waiting
@@ -80,6 +80,7 @@ class ChangeguardWorker(Worker):
     """A Temporal worker that watches its policy bundle while it runs."""
 
     bundle: BundleHolder
+    plugins: registry.Plugins
 
     async def run(self) -> None:
         """Run the worker (and the bundle's watcher) until it is shut down."""
@@ -210,6 +211,7 @@ def build_worker(
     task_queue: str | None = None,
     max_cached_workflows: int = 1000,
     bundle: BundleSpec | None = None,
+    plugins: registry.Plugins | None = None,
     **activity_options: Any,
 ) -> ChangeguardWorker:
     """A worker for every workflow and activity in :mod:`worker.registry`.
@@ -223,7 +225,10 @@ def build_worker(
         max_cached_workflows: 0 makes every workflow task replay from history (tests use it).
         bundle: the platform bundle to hold (a holder, a bundle, or a mapping); default: the one
             ``settings.policy`` names, watched for edits.
-        activity_options: registries and services passed to :func:`worker.registry.activities`;
+        plugins: the worker's plug-in registries, loaded once (:class:`worker.registry.Plugins`);
+            default: loaded from the entry points now. ``guardrails=`` / ``kinds=`` in
+            ``activity_options`` replace one of them (tests pass fakes).
+        activity_options: options of :func:`worker.registry.activities` (``services`` …);
             an ``audit`` given here records the bundle hash only if it was built with
             ``bundle_hash=`` (the holder's ``current_hash``).
 
@@ -234,12 +239,14 @@ def build_worker(
     """
     settings = settings or Settings.from_env()
     queue = task_queue or settings.task_queue
-    guardrails = activity_options.get("guardrails")
-    if guardrails is None:
-        guardrails = activity_options["guardrails"] = default_registry()
-    holder = load_holder(settings, guardrails) if bundle is None else _holder(bundle)
+    plugins = registry.plugins_of(
+        plugins,
+        guardrails=activity_options.pop("guardrails", None),
+        kinds=activity_options.pop("kinds", None),
+    )
+    holder = load_holder(settings, plugins.guardrails) if bundle is None else _holder(bundle)
     _count_refusals(client, holder)
-    activity_options.setdefault("services", {"temporal_client": client, "task_queue": queue})
+    activity_options.setdefault("services", Services(temporal_client=client, task_queue=queue))
     activity_options.setdefault("pager_params", settings.pagers)
     if "change_events" not in activity_options and settings.change_events_url:
         from activities.change_events import ChangeEventSink
@@ -256,13 +263,14 @@ def build_worker(
         activity_options["audit"] = AuditActivities(
             open_audit_store(settings.audit_url),
             settings.directory,
+            directories=plugins.directories,
             bundle_hash=holder.current_hash,  # each change's `started` record names the bundle
         )
     worker = ChangeguardWorker(
         client,
         task_queue=queue,
         workflows=list(registry.WORKFLOWS),
-        activities=registry.activities(bundle=holder, **activity_options),
+        activities=registry.activities(plugins=plugins, bundle=holder, **activity_options),
         interceptors=registry.interceptors(),
         max_cached_workflows=max_cached_workflows,
         max_concurrent_activities=settings.max_concurrent_activities,
@@ -271,11 +279,12 @@ def build_worker(
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # status sees every beat
     )
     worker.bundle = holder
+    worker.plugins = plugins
     return worker
 
 
 async def _serve_handoff_callbacks(
-    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, options: dict[str, Any]
+    stack: contextlib.AsyncExitStack, client: Client, settings: Settings, plugins: registry.Plugins
 ) -> None:
     """Serve the hand-off callback endpoint (docs/long-running-changes.md) when it is configured.
 
@@ -292,7 +301,7 @@ async def _serve_handoff_callbacks(
     store = open_audit_store(settings.audit_url)
     stack.callback(store.close)
     url = await stack.enter_async_context(
-        serve_callbacks(client, kinds=options.get("kinds"), ledger=store)
+        serve_callbacks(client, kinds=plugins.kinds, ledger=store)
     )
     log.info("hand-off callbacks on", url=url)
 
@@ -302,8 +311,9 @@ async def run_worker(
 ) -> None:
     """Run a worker until ``stop`` is set, then shut it down gracefully.
 
-    ``options`` go to :func:`build_worker` (``bundle``, registries). With ``settings.set_current``
-    the worker's version becomes its deployment's current one once the server has registered it.
+    ``options`` go to :func:`build_worker` (``bundle``, ``plugins``, registries). With
+    ``settings.set_current`` the worker's version becomes its deployment's current one once the
+    server has registered it.
     """
     worker = build_worker(client, settings, **options)
     version = settings.deployment_version()
@@ -317,7 +327,7 @@ async def run_worker(
     )
     async with contextlib.AsyncExitStack() as stack:
         await stack.enter_async_context(worker)
-        await _serve_handoff_callbacks(stack, client, settings, options)
+        await _serve_handoff_callbacks(stack, client, settings, worker.plugins)
         if version is not None and settings.set_current:
             previous = await set_current_version(client, version)
             log.info(
@@ -339,8 +349,8 @@ async def serve(settings: Settings) -> None:
     """
     from worker.client import connect, ensure_search_attributes
 
-    guardrails = default_registry()
-    holder = load_holder(settings, guardrails)  # before connecting: a bad bundle is exit 2
+    plugins = registry.Plugins.load()  # every entry-point group, once, for the whole worker
+    holder = load_holder(settings, plugins.guardrails)  # before connecting: a bad bundle is exit 2
     interval = waiting.interval_from_env()
     client = await connect(settings, serve_metrics=True)
     await ensure_search_attributes(client, settings.namespace)
@@ -350,6 +360,6 @@ async def serve(settings: Settings) -> None:
         loop.add_signal_handler(sig, stop.set)
     try:
         async with waiting.sampling(client, telemetry.runtime(settings.metrics_bind), interval):
-            await run_worker(client, settings, stop, bundle=holder, guardrails=guardrails)
+            await run_worker(client, settings, stop, bundle=holder, plugins=plugins)
     finally:
         telemetry.flush()  # the process may exit without finalising (cli.main.entry)

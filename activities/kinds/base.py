@@ -29,15 +29,15 @@ record (docs/writing-a-change-kind.md).
 from __future__ import annotations
 
 import inspect
-from abc import ABC, abstractmethod
+from abc import abstractmethod
 from collections.abc import AsyncGenerator
 from datetime import timedelta
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
 
 from activities.kinds.progress import Progress, current_progress
-from guardrails.plugins import PluginRegistry
+from guardrails.plugins import Plugin, PluginKind, PluginRegistry, subclass_contract
 from workflows.models import ApplyResult, Target, TargetState
 from workflows.progress_models import (
     DEFAULT_HEARTBEAT_INTERVAL,
@@ -47,6 +47,7 @@ from workflows.progress_models import (
 )
 
 __all__ = [
+    "CHANGE_KINDS",
     "CHANGE_KIND_GROUP",
     "ChangeKind",
     "MutationOptions",
@@ -63,23 +64,18 @@ P = TypeVar("P", bound=BaseModel)
 CHANGE_KIND_GROUP = "changeguard.change_kinds"
 
 
-class ChangeKind(ABC, Generic[P]):
+class ChangeKind(Plugin[P]):
     """Base class of every change kind."""
 
-    name: ClassVar[str]
-    params_model: ClassVar[type[BaseModel]]
     reversible: ClassVar[bool] = True
-    description: ClassVar[str] = ""
     start_to_close: ClassVar[timedelta] = DEFAULT_START_TO_CLOSE
     heartbeat_interval: ClassVar[timedelta] = DEFAULT_HEARTBEAT_INTERVAL
     stall_after: ClassVar[timedelta | None] = None
     checkpoint_model: ClassVar[type[BaseModel] | None] = None
     apply_many_size: ClassVar[int] = 0
     """At most this many targets in one ``apply_change_many`` activity; 0: one per activity."""
-
-    def parse_params(self, raw: dict[str, Any]) -> P:
-        """Validate the change's ``params`` (raises ``pydantic.ValidationError``)."""
-        return self.params_model.model_validate(raw)  # type: ignore[return-value]
+    async_methods: ClassVar[tuple[str, ...]] = ("apply", "revert_if_applied", "describe")
+    unimplemented: ClassVar[str] = "it must implement apply, revert_if_applied and describe"
 
     def options(self, params: P) -> MutationOptions:
         """The activity options of this change's mutations (override to derive them from params)."""
@@ -130,33 +126,31 @@ class ChangeKind(ABC, Generic[P]):
     async def describe(self, params: P, target: Target) -> TargetState:
         """Report the target's current state (reachable, healthy, version)."""
 
+    @classmethod
+    def attribute_problems(cls) -> list[str]:
+        """The params model, reversibility, timeouts, batch size and checkpoint model."""
+        problems = super().attribute_problems()
+        if not isinstance(getattr(cls, "reversible", None), bool):
+            problems.append("reversible must be a bool")
+        for attr in ("start_to_close", "heartbeat_interval"):
+            value = getattr(cls, attr, None)
+            if not isinstance(value, timedelta) or value <= timedelta(0):
+                problems.append(f"{attr} must be a positive timedelta")
+        size = getattr(cls, "apply_many_size", 0)
+        if not isinstance(size, int) or isinstance(size, bool) or size < 0:
+            problems.append("apply_many_size must be an int >= 0 (0: one target per activity)")
+        cm = getattr(cls, "checkpoint_model", None)
+        if cm is not None and not (isinstance(cm, type) and issubclass(cm, BaseModel)):
+            problems.append("checkpoint_model must be a pydantic model class or None")
+        return problems
 
-def _validate_kind(cls: type[ChangeKind[Any]]) -> list[str]:
-    if not (isinstance(cls, type) and issubclass(cls, ChangeKind)):
-        return ["it must subclass activities.kinds.base.ChangeKind"]
-    problems = []
-    if inspect.isabstract(cls):
-        problems.append("it must implement apply, revert_if_applied and describe")
-    else:
-        for m in ("apply", "revert_if_applied", "describe"):
-            if not inspect.iscoroutinefunction(getattr(cls, m)):
-                problems.append(f"{m} must be 'async def'")
-    pm = getattr(cls, "params_model", None)
-    if not (isinstance(pm, type) and issubclass(pm, BaseModel)):
-        problems.append("params_model must be a pydantic model class")
-    if not isinstance(getattr(cls, "reversible", None), bool):
-        problems.append("reversible must be a bool")
-    for attr in ("start_to_close", "heartbeat_interval"):
-        value = getattr(cls, attr, None)
-        if not isinstance(value, timedelta) or value <= timedelta(0):
-            problems.append(f"{attr} must be a positive timedelta")
-    size = getattr(cls, "apply_many_size", 0)
-    if not isinstance(size, int) or isinstance(size, bool) or size < 0:
-        problems.append("apply_many_size must be an int >= 0 (0: one target per activity)")
-    cm = getattr(cls, "checkpoint_model", None)
-    if cm is not None and not (isinstance(cm, type) and issubclass(cm, BaseModel)):
-        problems.append("checkpoint_model must be a pydantic model class or None")
-    return problems
+
+CHANGE_KINDS: PluginKind[ChangeKind[Any]] = PluginKind(
+    kind="change kind",
+    group=CHANGE_KIND_GROUP,
+    validate=subclass_contract(ChangeKind, "activities.kinds.base.ChangeKind"),
+)
+"""The change-kind plug-in kind: its entry-point group and contract."""
 
 
 def accepts_progress(method: Any) -> bool:
@@ -172,11 +166,9 @@ def accepts_progress(method: Any) -> bool:
 
 def new_registry() -> PluginRegistry[ChangeKind[Any]]:
     """An empty change-kind registry."""
-    return PluginRegistry(kind="change kind", group=CHANGE_KIND_GROUP, validate=_validate_kind)
+    return CHANGE_KINDS.new_registry()
 
 
 def default_registry() -> PluginRegistry[ChangeKind[Any]]:
     """A registry with every change kind advertised through entry points."""
-    registry = new_registry()
-    registry.load_entry_points()
-    return registry
+    return CHANGE_KINDS.default_registry()

@@ -1,6 +1,6 @@
 """``no-conflicting-changes``: a change does not start while another one is busy on the same things.
 
-Other changes are found through Temporal visibility (``ctx.services["temporal_client"]``): running
+Other changes are found through Temporal visibility (``ctx.services.temporal_client``): running
 ``GuardedChange`` workflows whose search attributes overlap this change's, by shared target
 (``ChangeTargets``), same environment (``ChangeEnvironment``) or same team (``ChangeTeam``).
 
@@ -41,7 +41,7 @@ from workflows import search_attributes as sa
 from workflows.models import Category, CheckResult, Phase
 
 CLIENT_SERVICE = "temporal_client"
-"""The ``ctx.services`` key of the Temporal client."""
+"""The :class:`~guardrails.base.Services` field of the Temporal client (named in messages)."""
 WORKFLOW_TYPE = names.GUARDED_CHANGE
 TARGETS_PER_QUERY = 200
 """Targets per ``ChangeTargets IN (…)`` query, so a 10,000-target change stays a sane query."""
@@ -141,14 +141,14 @@ class NoConflictingChanges(Guardrail[NoConflictingChangesParams]):
 
     async def check(self, params: NoConflictingChangesParams, ctx: CheckContext) -> CheckResult:
         """List candidate changes through visibility, confirm each, and report the conflicts."""
-        client = ctx.services.get(CLIENT_SERVICE)
+        client = ctx.services.temporal_client
         if not isinstance(client, Client):
             return ctx.error(
                 f"{ctx.spec.guardrail} cannot look for other changes: the worker provides no "
                 f"{CLIENT_SERVICE!r} service",
                 remedy=(
                     "run the check in a changeguard worker (worker.main.build_worker passes its "
-                    f"client), or pass services={{{CLIENT_SERVICE!r}: client}}"
+                    f"client), or pass services=Services({CLIENT_SERVICE}=client)"
                 ),
             )
         queries = build_queries(params, ctx)

@@ -1,7 +1,7 @@
 """``irreversible-steps``: a change with a step that cannot be undone needs the platform's sign-off.
 
 The change's own kind declares its steps (``ChangeKind.steps(params)``, e.g. ``pg-migrate``'s
-``reversible: false`` on a ``DROP COLUMN``); the kinds come from ``ctx.services["change_kinds"]``,
+``reversible: false`` on a ``DROP COLUMN``); the kinds come from ``ctx.services.change_kinds``,
 as for ``target-state``. The check passes when every step can be undone and fails naming the
 irreversible steps otherwise: once such a step has run, a rollback cannot restore the targets, so
 a later failure pauses the change for a human instead of unwinding it.
@@ -53,11 +53,11 @@ class IrreversibleSteps(Guardrail[EmptyParams]):
     async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
         """Ask the change's kind for its steps; fail on any that cannot be undone."""
         change = ctx.change
-        kinds: Any = ctx.services.get(KINDS_SERVICE)
+        kinds = ctx.services.change_kinds
         if kinds is None:
             return ctx.error(
                 "the worker gave this check no change-kind registry, so it cannot see the steps",
-                remedy="run the check on a changeguard worker (services['change_kinds'])",
+                remedy="run the check on a changeguard worker (Services.change_kinds)",
             )
         try:
             kind = kinds.get(change.kind)

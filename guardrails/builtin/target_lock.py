@@ -91,8 +91,8 @@ class TargetLock(Guardrail[TargetLockParams]):
 
     async def check(self, params: TargetLockParams, ctx: CheckContext) -> CheckResult:
         """Take every lock, or queue behind the holder of the first one that is taken."""
-        client: Client | None = ctx.services.get("temporal_client")
-        task_queue = ctx.services.get("task_queue")
+        client: Client | None = ctx.services.temporal_client
+        task_queue = ctx.services.task_queue
         if client is None or not task_queue:
             return ctx.error(
                 "target-lock needs the worker's Temporal client and task queue",

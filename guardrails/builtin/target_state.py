@@ -5,7 +5,7 @@ any kind without knowing how to reach a target. A target is known-good when it i
 healthy (unless ``require_healthy`` is off) and at ``expect_version`` (when one is given). Up to
 ``max_unreachable`` unreachable targets are tolerated; they are still named in the result.
 
-The kinds come from ``ctx.services["change_kinds"]`` (the worker's change-kind registry). Without
+The kinds come from ``ctx.services.change_kinds`` (the worker's change-kind registry). Without
 that service, or when the change's kind or params are unknown to it, the check cannot decide and
 answers ``error``. A ``describe`` that raises counts as an unreachable target, not a crash: one bad
 host must not hide what the others report.
@@ -25,7 +25,7 @@ from guardrails.plugins import validation_problems
 from workflows.models import Category, CheckResult, Target, TargetState
 
 KINDS_SERVICE = "change_kinds"
-"""The ``ctx.services`` key of the change-kind registry."""
+"""The :class:`~guardrails.base.Services` field of the change-kind registry (named in messages)."""
 LISTED = 20
 """How many problem targets the reason and remedy name before summarising the rest."""
 EVIDENCE_TARGETS = 500
@@ -89,14 +89,14 @@ class TargetStateGuardrail(Guardrail[TargetStateParams]):
 
     async def check(self, params: TargetStateParams, ctx: CheckContext) -> CheckResult:
         """Describe every target (at most ``concurrency`` at once) and judge the baseline."""
-        kinds = ctx.services.get(KINDS_SERVICE)
+        kinds = ctx.services.change_kinds
         if kinds is None:
             return ctx.error(
                 f"{ctx.spec.guardrail} cannot describe targets: the worker provides no "
                 f"{KINDS_SERVICE!r} service",
                 remedy=(
                     "run the check in a changeguard worker (worker.registry.activities passes "
-                    f"the change-kind registry), or pass services={{{KINDS_SERVICE!r}: registry}}"
+                    f"the change-kind registry), or pass services=Services({KINDS_SERVICE}=registry)"
                 ),
             )
         try:

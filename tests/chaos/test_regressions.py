@@ -127,7 +127,7 @@ async def test_an_effect_whose_ledger_write_failed_on_the_last_attempt_is_still_
     attempt of the mutation could.
     """
     if patience is not None:
-        monkeypatch.setattr("activities.change.LEDGER_PATIENCE_S", patience)
+        monkeypatch.setattr("activities.effects.LEDGER_PATIENCE_S", patience)
     monkeypatch.setattr(  # three quick attempts, all refused by the store below when patience is 0
         "workflows.calls.MUTATION_RETRY",
         RetryPolicy(initial_interval=timedelta(milliseconds=200), maximum_attempts=3),

@@ -14,7 +14,7 @@ from temporalio.client import Client, WorkflowFailureError, WorkflowHandle
 from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
-from guardrails.base import CheckContext
+from guardrails.base import CheckContext, Services
 from guardrails.builtin.conflicting_changes import (
     NoConflictingChanges,
     NoConflictingChangesParams,
@@ -140,8 +140,9 @@ def make_ctx(
         requester="bob",
         targets=[Target(id=t) for t in targets],
     )
-    services = {} if client is None else {"temporal_client": client}
-    return CheckContext(change=change, spec=spec, now=NOW, services=services)
+    return CheckContext(
+        change=change, spec=spec, now=NOW, services=Services(temporal_client=client)
+    )
 
 
 async def run(params: dict[str, Any], ctx: CheckContext) -> CheckResult:

@@ -14,7 +14,7 @@ from zoneinfo import ZoneInfo
 import icalendar
 import pytest
 
-from guardrails.base import CheckContext
+from guardrails.base import CheckContext, Services
 from guardrails.builtin.change_window import CalendarCache, ChangeWindow
 from workflows.models import (
     Category,
@@ -79,7 +79,7 @@ def make_ctx(now: datetime, cache: CalendarCache, *, source: str = "platform") -
         requester="alice",
         targets=[Target(id="web-1")],
     )
-    return CheckContext(change=change, spec=spec, now=now, services={"calendar_cache": cache})
+    return CheckContext(change=change, spec=spec, now=now, services=Services(calendar_cache=cache))
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from pathlib import Path
 from temporalio import activity
 
 from activities.audit import AuditActivities
+from guardrails.base import Services
 from guardrails.bundle import BundleHolder
 from tests.helpers import OPEN_BUNDLE
 from worker import registry
@@ -19,7 +20,9 @@ WORKFLOWS = Path(__file__).parents[2] / "workflows"
 
 def registered(audit: AuditActivities) -> set[str]:
     fns = registry.activities(
-        bundle=BundleHolder.fixed(OPEN_BUNDLE), audit=audit, services={"temporal_client": object()}
+        bundle=BundleHolder.fixed(OPEN_BUNDLE),
+        audit=audit,
+        services=Services(temporal_client=object()),  # type: ignore[arg-type]
     )
     out = set()
     for fn in fns:

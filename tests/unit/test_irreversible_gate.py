@@ -12,7 +12,7 @@ from temporalio.testing import ActivityEnvironment
 from activities.checks import CheckActivities
 from activities.kinds.base import new_registry as new_kind_registry
 from activities.kinds.pg_migrate import PgMigrate
-from guardrails.base import default_registry
+from guardrails.base import Services, default_registry
 from guardrails.builtin.irreversible import BUILTIN_NOTE, builtin_spec, with_builtin_check
 from guardrails.bundle import BundleError, BundleHolder, bundle_from_mapping
 from tests import fakes
@@ -68,7 +68,7 @@ async def resolve(
     activities = CheckActivities(
         guardrails,
         bundle=BundleHolder.fixed(bundle_from_mapping(bundle, registry=guardrails)),
-        services={"change_kinds": kinds()},
+        services=Services(change_kinds=kinds()),
     )
     inp = ResolvePolicyInput(change=ctx, policy=policy, categories=categories)
     return await ActivityEnvironment().run(activities.resolve_policy, inp)
@@ -150,7 +150,7 @@ async def test_it_runs_on_workers_whose_guardrail_registry_lacks_it() -> None:
     activities = CheckActivities(
         guardrails,
         bundle=BundleHolder.fixed({"unmatched": "allow"}),
-        services={"change_kinds": kinds()},
+        services=Services(change_kinds=kinds()),
     )
     result = await ActivityEnvironment().run(
         activities.run_check,

@@ -23,7 +23,7 @@ from activities.kinds.base import new_registry
 from activities.kinds.pg_migrate import PgMigrate
 from activities.kinds.progress import Progress
 from cli.pending import classify, liveness
-from guardrails.base import CheckContext
+from guardrails.base import CheckContext, Services
 from guardrails.builtin.irreversible import IrreversibleSteps
 from tests.fakes import RecordingKind
 from workflows.errors import MUTATION_PAUSED
@@ -270,7 +270,7 @@ def test_callback_urls_are_signed_per_task() -> None:
     assert handoff.verify(a, handoff.sign(a, b"x" * 32), secret) is None
 
 
-def _ctx(kind: str, params: dict[str, Any], services: dict[str, Any]) -> CheckContext:
+def _ctx(kind: str, params: dict[str, Any], services: Services) -> CheckContext:
     return CheckContext(
         change=ChangeContext(
             change_id="chg",
@@ -297,7 +297,8 @@ async def test_irreversible_steps_fails_naming_the_steps_and_passes_reversible_c
     registry.register(PgMigrate)
     check = IrreversibleSteps()
     failed = await check.check(
-        check.parse_params({}), _ctx("pg-migrate", {"steps": STEPS}, {"change_kinds": registry})
+        check.parse_params({}),
+        _ctx("pg-migrate", {"steps": STEPS}, Services(change_kinds=registry)),
     )
     assert (failed.status, failed.opt_out, failed.evidence["irreversible"]) == (
         CheckStatus.FAIL,
@@ -307,10 +308,10 @@ async def test_irreversible_steps_fails_naming_the_steps_and_passes_reversible_c
     assert "drop-old" in failed.reason and failed.remedy
     passed = await check.check(
         check.parse_params({}),
-        _ctx("pg-migrate", {"steps": STEPS[:1]}, {"change_kinds": registry}),
+        _ctx("pg-migrate", {"steps": STEPS[:1]}, Services(change_kinds=registry)),
     )
     assert passed.status is CheckStatus.PASS
-    blind = await check.check(check.parse_params({}), _ctx("pg-migrate", {}, {}))
+    blind = await check.check(check.parse_params({}), _ctx("pg-migrate", {}, Services()))
     assert blind.status is CheckStatus.ERROR  # fail-closed without the kinds
     assert IrreversibleSteps.default_opt_out is OptOut.FORBIDDEN
 

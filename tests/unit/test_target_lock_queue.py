@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,7 +27,7 @@ from temporalio.testing import WorkflowEnvironment
 from temporalio.worker import UnsandboxedWorkflowRunner, Worker
 
 from activities.locks import LockActivities
-from guardrails.base import CheckContext
+from guardrails.base import CheckContext, Services
 from guardrails.builtin.target_lock import TargetLock
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
@@ -324,7 +324,7 @@ def _ctx(
         change=change,
         spec=spec,
         now=datetime.now(UTC).replace(microsecond=0),
-        services={"temporal_client": lab.client, "task_queue": lab.task_queue},
+        services=Services(temporal_client=lab.client, task_queue=lab.task_queue),
         probe_only=probe,
     )
 
@@ -466,7 +466,7 @@ async def test_a_lock_that_does_not_answer_waits_and_gates_again_instead_of_bloc
     for name in ("y", "x"):  # a newcomer, then the holder re-gating mid-rollout
         busy = BusyQueries(lab.client, failures=1, status=RPCStatusCode.RESOURCE_EXHAUSTED)
         ctx = _ctx(lab, name, ["t"])
-        ctx.services["temporal_client"] = busy
+        ctx.services = replace(ctx.services, temporal_client=busy)
         result = await _check(ctx, requeue_every="20s")
         assert (result.status, result.retry_after) == (
             CheckStatus.WAIT,
@@ -494,8 +494,9 @@ async def test_a_refused_lock_query_still_fails_closed(lab: Lab) -> None:
     await lab.change("y")
     assert (await _check(_ctx(lab, "x", ["t"]))).status is CheckStatus.PASS
     ctx = _ctx(lab, "y", ["t"])
-    ctx.services["temporal_client"] = BusyQueries(
-        lab.client, failures=1, status=RPCStatusCode.PERMISSION_DENIED
+    ctx.services = replace(
+        ctx.services,
+        temporal_client=BusyQueries(lab.client, failures=1, status=RPCStatusCode.PERMISSION_DENIED),
     )
     with pytest.raises(RPCError):
         await _check(ctx)

@@ -16,7 +16,7 @@ from activities.kinds.base import ChangeKind
 from activities.kinds.base import new_registry as new_kind_registry
 from activities.kinds.http_deploy import HttpDeploy
 from demo.fleet import FleetServer
-from guardrails.base import CheckContext, new_registry, params_errors
+from guardrails.base import CheckContext, Services, new_registry, params_errors
 from guardrails.builtin.target_state import TargetStateGuardrail, TargetStateParams
 from guardrails.plugins import PluginRegistry
 from workflows.models import (
@@ -90,8 +90,7 @@ def make_ctx(
         targets=[Target(id=t) for t in targets],
         params={"base_url": base_url, "version": "1.1.0", "timeout": 5},
     )
-    services = {} if kinds is None else {"change_kinds": kinds}
-    return CheckContext(change=change, spec=spec, now=NOW, services=services)
+    return CheckContext(change=change, spec=spec, now=NOW, services=Services(change_kinds=kinds))
 
 
 async def run(params: dict[str, Any], ctx: CheckContext) -> CheckResult:

@@ -136,7 +136,7 @@ class CalendarCache:
 
 
 DEFAULT_CACHE = CalendarCache()
-"""The worker's cache (``ctx.services["calendar_cache"]`` may supply another, e.g. in tests)."""
+"""The worker's cache (``Services.calendar_cache`` may supply another, e.g. in tests)."""
 
 
 async def _get(

@@ -143,7 +143,9 @@ async def read_calendars(
 
     The check and the rollout's wave timing (:mod:`.fit`) both read calendars this way.
     """
-    cache: CalendarCache = ctx.services.get("calendar_cache", DEFAULT_CACHE)
+    cache: CalendarCache = (
+        DEFAULT_CACHE if ctx.services.calendar_cache is None else ctx.services.calendar_cache
+    )
     sources = list(dict.fromkeys(e.calendar for e in params.calendars))
 
     async def read(source: str) -> LoadedCalendar:
