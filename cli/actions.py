@@ -16,7 +16,7 @@ import changeguard
 from changeguard.client import NoReport, Refused
 from cli import exitcodes, signing
 from cli.changes import follow
-from cli.render import console, err, print_json
+from cli.render import console, err
 from guardrails.plugins import validation_problems
 from worker.settings import Settings
 from workflows.identity import action_document, approval_document
@@ -25,20 +25,16 @@ from workflows.models import OperatorAction, RecheckInput
 
 async def cmd_recheck(args: argparse.Namespace, settings: Settings) -> int:
     """Ask a blocked or waiting change to run its gate again now."""
-    signed = signing.signed(
+    signed = signing.sign_or_stop(
         args,
         lambda expires: action_document("recheck", args.id, args.by, args.reason, expires),
         timedelta(minutes=15),
+        lambda signature: RecheckInput(
+            requested_by=args.by, reason=args.reason, signature=signature
+        ),
     )
-    if signed is None or args.print_nonce:
-        return exitcodes.INVALID if signed is None else exitcodes.OK
-    if args.print_json:
-        print_json(
-            RecheckInput(
-                requested_by=args.by, reason=args.reason, signature=signed.signature
-            ).model_dump(mode="json")
-        )
-        return exitcodes.OK
+    if isinstance(signed, int):
+        return signed
     change = (await changeguard.connect(settings=settings)).get(args.id)
     await change.recheck(requested_by=args.by, reason=args.reason, signature=signed.signature)
     console.print(f"Recheck requested for {args.id}")
@@ -56,17 +52,16 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
             report_hash=args.report_hash,
             expires_in=args.expires_in,
         )
-        signed = signing.signed(
+        unsigned = approval
+        signed = signing.sign_or_stop(
             args,
-            lambda expires: approval_document(approval, args.id, expires),
-            approval.expires_in,
+            lambda expires: approval_document(unsigned, args.id, expires),
+            unsigned.expires_in,
+            lambda signature: unsigned.model_copy(update={"signature": signature}),
         )
-        if signed is None or args.print_nonce:
-            return exitcodes.INVALID if signed is None else exitcodes.OK
+        if isinstance(signed, int):
+            return signed
         approval = approval.model_copy(update={"signature": signed.signature})
-        if args.print_json:
-            print_json(approval.model_dump(mode="json"))
-            return exitcodes.OK
         result = await change.submit_approval(approval)
     except NoReport as exc:
         err.print(f"[red]{escape(str(exc))}[/]")
@@ -87,19 +82,16 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     """Send an operator update (``abort``, ``rollback``, ``resume``); refusals exit 2."""
-    signed = signing.signed(
+    signed = signing.sign_or_stop(
         args,
         lambda expires: action_document(args.command, args.id, args.operator, args.reason, expires),
         timedelta(minutes=15),
+        lambda signature: OperatorAction(
+            operator=args.operator, reason=args.reason, signature=signature
+        ),
     )
-    if signed is None or args.print_nonce:
-        return exitcodes.INVALID if signed is None else exitcodes.OK
-    if args.print_json:
-        action = OperatorAction(
-            operator=args.operator, reason=args.reason, signature=signed.signature
-        )
-        print_json(action.model_dump(mode="json"))
-        return exitcodes.OK
+    if isinstance(signed, int):
+        return signed
     client = await changeguard.connect(settings=settings)
     change = client.get(args.id)
     send = {"abort": change.abort, "rollback": change.rollback, "resume": change.resume}

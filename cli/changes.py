@@ -33,15 +33,15 @@ async def cmd_start(args: argparse.Namespace, settings: Settings) -> int:
     scheduled = load_change(Path(args.file), not_before=args.not_before)
     request, change_id = with_change_id(scheduled)
     unsigned = request
-    signed = signing.signed(
-        args, lambda expires: start_document(unsigned, change_id, expires), timedelta(hours=1)
+    signed = signing.sign_or_stop(
+        args,
+        lambda expires: start_document(unsigned, change_id, expires),
+        timedelta(hours=1),
+        lambda signature: unsigned.model_copy(update={"signature": signature}),
     )
-    if signed is None or args.print_nonce:
-        return exitcodes.INVALID if signed is None else exitcodes.OK
+    if isinstance(signed, int):
+        return signed
     request = request.model_copy(update={"signature": signed.signature})
-    if args.print_json:
-        print_json(request.model_dump(mode="json"))
-        return exitcodes.OK
     client = await changeguard.connect(settings=settings)
     run_id = await start_change(client, request, quiet=args.json)
     if not args.wait:

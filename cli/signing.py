@@ -15,7 +15,11 @@ from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
+from pydantic import BaseModel
+
+from cli import exitcodes
 from cli.exitcodes import fail
+from cli.render import print_json
 from workflows.identity_models import (
     NAMESPACE,
     Signature,
@@ -183,3 +187,25 @@ def signed(
     except SigningError as exc:
         fail("cannot sign:", str(exc))
         return None
+
+
+def sign_or_stop(
+    args: argparse.Namespace,
+    document: Callable[[str], SignedDocument],
+    default_expiry: timedelta,
+    payload: Callable[[Signature | None], BaseModel],
+) -> Signed | int:
+    """:func:`signed`, or the exit code when the command ends here.
+
+    It ends when signing failed (2, the reason printed), with ``--print-nonce`` (0, the digest
+    printed) and with ``--print-json`` (0, ``payload(signature)`` printed: what would be sent).
+    """
+    made = signed(args, document, default_expiry)
+    if made is None:
+        return exitcodes.INVALID
+    if args.print_nonce:
+        return exitcodes.OK
+    if args.print_json:
+        print_json(payload(made.signature).model_dump(mode="json"))
+        return exitcodes.OK
+    return made

@@ -1,25 +1,14 @@
 """Replay recorded histories against the current workflow code, set up exactly like the worker.
 
-A replay feeds a recorded history to today's workflow code and checks that the code issues the same
-commands in the same order. A mismatch is non-determinism: deployed, that code would fail the
-workflow tasks of every running workflow with such a history (see ``docs/versioning.md``).
+A mismatch is non-determinism: deployed, that code would fail the workflow tasks of every running
+workflow with such a history (``docs/versioning.md``). The pieces, every name re-exported here:
 
-The replayer takes its workflows and interceptors from :mod:`worker.registry`, the pydantic data
-converter, and the worker-side half of the client's plug-ins (:func:`worker.telemetry.client_plugins`:
-the OpenTelemetry plug-in adds its workflow interceptor and the ``opentelemetry`` sandbox
-pass-through), just as a :class:`temporalio.worker.Worker` built on our client receives them.
-
-Histories come from JSON files (``WorkflowHistory.to_json``, ``temporal workflow show -o json``) or
-from a server through a visibility query; each yields one :class:`ReplayResult`.
-
-:func:`replay_server_sample` is the replay gate fed by the live server (``changeguard replay
---from-server``): a recent sample of every workflow type the registry holds, each replayed, counted
-per type, and optionally saved into the committed corpus when it adds branch coverage
-(:func:`event_shape`, :func:`save_new_shapes`).
-
-The pieces: :mod:`worker.histories` (reading histories, their shapes), :mod:`worker.replayer` (the
-replayer, files and queries), :mod:`worker.server_replay` (the gate fed by the server). Every name
-is re-exported here.
+- :mod:`worker.histories`: JSON history files (``WorkflowHistory.to_json``, ``temporal workflow
+  show -o json``) and the branch each took (:func:`event_shape`, :func:`save_new_shapes`);
+- :mod:`worker.replayer`: the replayer built from :mod:`worker.registry`, the data converter and
+  the client's worker plug-ins; files and visibility queries, one :class:`ReplayResult` each;
+- :mod:`worker.server_replay`: :func:`replay_server_sample`, the replay gate fed by the live
+  server (``changeguard replay --from-server``), counted per workflow type.
 """
 
 from __future__ import annotations
