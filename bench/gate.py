@@ -215,8 +215,7 @@ async def measure(
         task_queue=seq_queue,
         workflows=[*worker_registry.WORKFLOWS, SequentialChecksWorkflow],
         activities=worker_registry.activities(
-            guardrails=guardrails,
-            kinds=kinds,
+            plugins=gate_worker.plugins,  # the same registries, read once
             services=Services(temporal_client=client),
             bundle=bundle,
             audit=AuditActivities(SqliteAuditStore(":memory:")),  # the bench writes no audit

@@ -227,6 +227,7 @@ def guarded_and_bare_workers(
         task_queue=bare_queue,
         workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
         activities=worker_registry.activities(
+            plugins=guarded.plugins,  # the same registries, read once
             services=Services(temporal_client=client, task_queue=bare_queue),
             audit=audit(),
             bundle=open_bundle,

@@ -116,6 +116,11 @@ def activities(
     from activities.checks import CheckActivities
     from activities.timing import TimingActivities
 
+    if services is not None and not isinstance(services, Services):
+        raise TypeError(
+            f"services must be a guardrails.base.Services, not a {type(services).__name__}: "
+            "write services=Services(temporal_client=client, task_queue=queue, extra={...})"
+        )
     plugins = plugins_of(plugins, guardrails=guardrails, kinds=kinds)
     services = replace(services or Services(), change_kinds=plugins.kinds)
     checks = CheckActivities(plugins.guardrails, bundle=bundle, services=services)

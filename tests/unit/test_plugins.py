@@ -186,3 +186,16 @@ def test_every_plugin_kind_shares_the_base() -> None:
     )
     guardrail = fakes.AlwaysPass()
     assert guardrail.parse_params({}) == EmptyParams()
+
+
+def test_a_services_dict_is_refused_with_the_fix() -> None:
+    """The string-keyed dict of old is refused at once, saying what to write instead."""
+    with pytest.raises(
+        TypeError, match=r"services must be a guardrails\.base\.Services, not a dict"
+    ):
+        registry.activities(
+            plugins=registry.Plugins.load(guardrails=fakes.guardrails(), kinds=fakes.kinds()),
+            services={"temporal_client": object()},  # type: ignore[arg-type]
+            bundle=BundleHolder.fixed(OPEN_BUNDLE),
+            audit=AuditActivities(SqliteAuditStore(":memory:")),
+        )
