@@ -28,7 +28,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows import calls, observe
     from workflows.apply_many_models import ApplyManyInput
     from workflows.models import ApplyResult, Target
-    from workflows.mutations import apply_input
+    from workflows.mutation_keys import apply_input
     from workflows.progress_models import MutationOptions
     from workflows.summaries import line
 

@@ -30,13 +30,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.apply_many import APPLY_MANY_PATCH, apply_chunks
     from workflows.inputs import Refusal, decode
     from workflows.models import ApplyResult, BatchInput, BatchResult, CompensationFailure
-    from workflows.mutations import (
-        apply_input,
-        apply_targets,
-        irreversible_in,
-        revert_input,
-        revert_one,
-    )
+    from workflows.mutation_keys import apply_input, revert_input
+    from workflows.mutations import apply_targets, irreversible_in, revert_one
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga, failure_of
 

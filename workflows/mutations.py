@@ -30,8 +30,8 @@ with workflow.unsafe.imports_passed_through():
         ApplyResult,
         Target,
         ValidateChangeResult,
-        idempotency_key,
     )
+    from workflows.mutation_keys import apply_input, revert_input
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga
     from workflows.summaries import apply_summary, revert_summary
@@ -53,29 +53,6 @@ def _timeouts(options: MutationOptions | None) -> tuple[timedelta, timedelta]:
     if options is None:
         return MUTATION_TIMEOUT, MUTATION_HEARTBEAT
     return options.start_to_close, options.heartbeat_timeout
-
-
-def apply_input(change_id: str, kind: str, params: dict[str, Any], target: Target) -> ApplyInput:
-    """The mutation of one target, keyed by (change, "apply", target)."""
-    return ApplyInput(
-        change_id=change_id,
-        kind=kind,
-        step="apply",
-        target=target,
-        params=params,
-        idempotency_key=idempotency_key(change_id, "apply", target.id),
-    )
-
-
-def revert_input(apply: ApplyInput) -> ApplyInput:
-    """The compensation of a mutation, keyed by (change, "revert", target)."""
-    return apply.model_copy(
-        update={
-            "step": "revert",
-            "idempotency_key": idempotency_key(apply.change_id, "revert", apply.target.id),
-            "applied_key": apply.idempotency_key,
-        }
-    )
 
 
 async def apply_one(inp: ApplyInput, options: MutationOptions | None = None) -> ApplyResult:

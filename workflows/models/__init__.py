@@ -1,12 +1,14 @@
 """Wire models: every payload that crosses a workflow, activity, signal, update or query boundary.
 
 A package split by concern (enums, request, gate, mutations, approvals, status); every name is
-re-exported here, so ``from workflows.models import X`` keeps working.
+re-exported here, so ``from workflows.models import X`` keeps working. The logic lives where it is
+used and is re-exported too: :func:`~workflows.waves.plan_waves` (wave planning) and
+:func:`~workflows.mutation_keys.idempotency_key` (beside the mutations).
 
-This is a leaf module: it imports only pydantic, the standard library and its sibling leaf
-:mod:`workflows.types`, so workflow code, activities,
-guardrails, the CLI and tests can all share it. New fields always get defaults, so histories recorded
-by older workers still decode.
+This is a leaf module: it imports only pydantic, the standard library and its sibling leaves
+(:mod:`workflows.types`, :mod:`workflows.waves`, :mod:`workflows.mutation_keys`), so workflow
+code, activities, guardrails, the CLI and tests can all share it. New fields always get defaults,
+so histories recorded by older workers still decode.
 """
 
 from workflows.ids import LOCK_PREFIX, lock_id
@@ -50,7 +52,6 @@ from workflows.models.mutations import (
     ApplyResult,
     DescribeInput,
     TargetState,
-    idempotency_key,
 )
 from workflows.models.request import (
     ID_RULE,
@@ -64,7 +65,6 @@ from workflows.models.request import (
     Rollout,
     ShortName,
     Target,
-    plan_waves,
     valid_id,
 )
 from workflows.models.status import (
@@ -85,7 +85,9 @@ from workflows.models.status import (
     ValidateChangeResult,
     WaveProgress,
 )
+from workflows.mutation_keys import idempotency_key
 from workflows.types import Duration, Strict, format_duration, parse_duration
+from workflows.waves import plan_waves
 
 __all__ = [
     "ID_RULE",

@@ -21,11 +21,6 @@ from workflows.types import parse_duration as parse_duration
 # --------------------------------------------------------------------------------------------------
 
 
-def idempotency_key(change_id: str, step: str, target_id: str) -> str:
-    """The key every side effect carries: the same (change, step, target) never applies twice."""
-    return f"{change_id}:{step}:{target_id}"
-
-
 class ApplyInput(BaseModel):
     """Input of ``apply_change`` and ``revert_change`` for one target."""
 

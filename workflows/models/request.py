@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import re
 from datetime import datetime, timedelta
 from typing import Annotated, Any
@@ -23,12 +22,12 @@ from workflows.types import Duration as Duration
 from workflows.types import Strict as Strict
 from workflows.types import format_duration as format_duration
 from workflows.types import parse_duration as parse_duration
+from workflows.waves import WAVE_SPEC
 
 # The change request (validated at the edge)
 # --------------------------------------------------------------------------------------------------
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:-]{0,127}$")
-_WAVE = re.compile(r"^(\d+)(%?)$")
 ID_RULE = (
     "1-128 characters of letters, digits, '.', '_', ':' or '-', starting with a letter or digit"
 )
@@ -98,7 +97,7 @@ class Rollout(Strict):
         if not v:
             raise ValueError("at least one wave is needed, e.g. ['1', '25%', '100%']")
         for w in v:
-            m = _WAVE.match(w.strip()) if len(w) <= 12 else None
+            m = WAVE_SPEC.match(w.strip()) if len(w) <= 12 else None
             if not m or int(m.group(1)) == 0 or (m.group(2) and int(m.group(1)) > 100):
                 raise ValueError(
                     f"wave {w!r} must be a positive target count ('3') or a share 1-100% ('25%')"
@@ -106,23 +105,6 @@ class Rollout(Strict):
         if v[-1].strip() != "100%":
             raise ValueError("the last wave must be '100%' so that every target is covered")
         return [w.strip() for w in v]
-
-
-def plan_waves(target_ids: list[str], waves: list[str]) -> list[list[str]]:
-    """Split targets into waves; each spec is a cumulative size; empty waves are dropped."""
-    n = len(target_ids)
-    plan: list[list[str]] = []
-    done = 0
-    for spec in waves:
-        m = _WAVE.match(spec)
-        assert m is not None, spec
-        size = int(m.group(1))
-        upto = math.ceil(n * size / 100) if m.group(2) else size
-        upto = max(done, min(n, upto))
-        if upto > done:
-            plan.append(target_ids[done:upto])
-            done = upto
-    return plan
 
 
 class ChangeRequest(Strict):
