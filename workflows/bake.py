@@ -1,72 +1,46 @@
 """The bake: observe health signals after each wave and answer them as the policy says.
 
-A mixin of :class:`~workflows.guarded_change.GuardedChangeWorkflow` (deterministic workflow code):
-it reads and writes the workflow's status, waits through the workflow's interruptible ``_wait``,
-and stops the rollout by raising the workflow's unwind exception. The decision itself is the pure
-:func:`workflows.responses.decide`.
+Deterministic workflow code, composed into ``GuardedChange``: a :class:`BakeMonitor` receives the
+change's :class:`~workflows.change_run.ChangeRun` (status, interruptible wait, the operator's
+resume) and its :class:`~workflows.paging.Pager`, and stops the rollout by raising
+:class:`~workflows.unwind.Unwind`. The decision itself is the pure :func:`workflows.responses.decide`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
     from workflows import calls, observe
-    from workflows.models import (
-        ChangeContext,
-        ChangeRequest,
-        ChangeStatus,
-        Outcome,
-        Phase,
-        ResolvePolicyInput,
-        WaveProgress,
-    )
+    from workflows.change_run import ChangeRun
+    from workflows.models import ChangeRequest, Outcome, Phase, WaveProgress
+    from workflows.paging import Pager
     from workflows.responses import DEFAULTS, Response, decide
     from workflows.rollout_models import (
         ObserveInput,
         ObserveResult,
-        PageInput,
         ResponseRule,
         RolloutPolicy,
         SignalState,
     )
-    from workflows.saga import failure_of
     from workflows.summaries import clock, line
-
-if TYPE_CHECKING:
-    from workflows.guarded_change import _Unwind
+    from workflows.unwind import Unwind
 
 
-class BakeMixin:
-    """Bake, observe, pause-and-page and page; state lives on the workflow instance."""
+class BakeMonitor:
+    """Bake a wave: observe, wait, pause-and-page or roll back, as the rollout policy says."""
 
-    _change_id: str
-    _request: ChangeRequest
-    _status: ChangeStatus
-    _resumed: bool
-    _rollout: RolloutPolicy | None
-    _pages_sent: int
+    def __init__(self, change: ChangeRun, pager: Pager) -> None:
+        self._change = change
+        self._pager = pager
 
-    def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
-        raise NotImplementedError
-
-    async def _wait(
-        self, condition: Callable[[], bool], limit: timedelta | None, *, summary: str | None = None
-    ) -> bool:
-        raise NotImplementedError
-
-    def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
-        raise NotImplementedError
-
-    async def _bake(self, request: ChangeRequest, wave: WaveProgress) -> None:
+    async def bake(self, request: ChangeRequest, wave: WaveProgress) -> None:
         """Observe the health signals for the bake time and answer each as the policy says."""
-        self._rollout = None  # each wave's bake answers by the bundle the worker holds now
-        rollout = await self._rollout_policy()
+        change = self._change
+        self._pager.refresh()  # each wave's bake answers by the bundle the worker holds now
+        rollout = await self._pager.policy()
         bake = request.rollout.bake
         if bake <= timedelta(0) and not rollout.signals:
             return
@@ -79,14 +53,14 @@ class BakeMixin:
         acknowledged: set[tuple[str, str]] = set()  # resumed past: not paged again this bake
         while True:
             label = f"baking wave {wave.index + 1}"
-            self._set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
+            change.set_phase(Phase.BAKING, f"{label} until {end.isoformat(timespec='seconds')}")
             response = decide([], [])
             if rollout.signals:
                 with observe.span("bake.poll", observe.bake_attributes(wave, rollout)) as polled:
                     observed = await self._observe(request, wave, rollout, previous)
                     observe.set_attributes(polled, observe.readings_attributes(observed))
                 previous = observed.states()
-                self._status.signals = observed.readings
+                change.status.signals = observed.readings
                 heeded = [
                     r for r in observed.readings if (r.signal, str(r.state)) not in acknowledged
                 ]
@@ -111,12 +85,12 @@ class BakeMixin:
                             response.reading,
                         )
                 else:
-                    self._set_phase(Phase.BAKING, f"{label}: waiting, {response.why()}")
+                    change.set_phase(Phase.BAKING, f"{label}: waiting, {response.why()}")
                     end = max(end, now + poll)
             else:
                 waiting_since = None
             if action == "rollback":
-                raise self._unwind_with(Outcome.ROLLED_BACK, f"rolled back: {response.why()}")
+                raise Unwind(Outcome.ROLLED_BACK, f"rolled back: {response.why()}")
             if action == "pause_and_page":
                 await self._pause_and_page(request, response.rule, response.why())
                 if response.reading is not None:
@@ -125,21 +99,11 @@ class BakeMixin:
                 continue
             if action == "proceed" and now >= end:
                 return
-            await self._wait(
+            await change.wait(
                 lambda: False,
                 min(poll, max(end - now, timedelta(seconds=1))),
                 summary=f"bake wave {wave.index + 1} until {clock(end)}",
             )
-
-    async def _rollout_policy(self) -> RolloutPolicy:
-        if self._rollout is None:
-            self._rollout = await calls.resolve_rollout(
-                ResolvePolicyInput(
-                    change=ChangeContext.of(self._request, self._change_id),
-                    policy=self._request.policy,
-                )
-            )
-        return self._rollout
 
     async def _observe(
         self,
@@ -150,10 +114,10 @@ class BakeMixin:
     ) -> ObserveResult:
         return await calls.observe_signals(
             ObserveInput(
-                change_id=self._change_id,
+                change_id=self._change.change_id,
                 kind=request.kind,
                 params=request.params,
-                targets=list(self._status.applied),
+                targets=list(self._change.status.applied),
                 environment=request.environment,
                 signals=rollout.signals,
                 previous=previous,
@@ -163,45 +127,20 @@ class BakeMixin:
 
     async def _pause_and_page(self, request: ChangeRequest, rule: ResponseRule, why: str) -> None:
         """Page the owner, wait for resume or rollback, and apply ``then`` on timeout."""
+        change = self._change
         timeout = rule.timeout or timedelta(minutes=30)
-        self._resumed = False
-        await self._page(f"{self._change_id} paused: {why}", within=timeout)
-        self._set_phase(
+        change.resumed = False
+        await self._pager.page(f"{change.change_id} paused: {why}", within=timeout)
+        change.set_phase(
             Phase.PAUSED,
             f"paused: {why}; paged {request.team}; resume or rollback within {timeout}",
         )
-        if await self._wait(
-            lambda: self._resumed, timeout, summary=f"wait for resume or rollback ({timeout})"
+        if await change.wait(
+            lambda: change.resumed, timeout, summary=f"wait for resume or rollback ({timeout})"
         ):
-            self._resumed = False
+            change.resumed = False
             return
         then = rule.then or "rollback"
         if then == "rollback":
-            raise self._unwind_with(
-                Outcome.ROLLED_BACK, f"rolled back: nobody answered the page; {why}"
-            )
+            raise Unwind(Outcome.ROLLED_BACK, f"rolled back: nobody answered the page; {why}")
         # "proceed" or "wait" after an unanswered page: carry on baking
-
-    async def _page(self, summary: str, *, within: timedelta = timedelta(minutes=5)) -> None:
-        """Page the change's team through the policy's pager; a failed page is recorded, not fatal."""
-        rollout = await self._rollout_policy()
-        request = self._request
-        page = PageInput(
-            pager=rollout.pager,
-            change_id=self._change_id,
-            owner=request.team,
-            severity="critical",
-            summary=summary,
-            details={"requester": request.requester, "applied": len(self._status.applied)},
-            dedup_key=f"{self._change_id}:page:{self._pages_sent}",
-        )
-        try:
-            await calls.page(
-                page, within=within, summary=line(f"page {request.team} via {rollout.pager}")
-            )
-            self._status.pages.append(f"{rollout.pager}: {summary}")
-        except ActivityError as exc:
-            message, _ = failure_of(exc)
-            self._status.pages.append(f"{rollout.pager} FAILED ({message}): {summary}")
-        self._pages_sent += 1
-        del self._status.pages[:-50]  # the status stays small (I10)

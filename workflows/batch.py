@@ -33,7 +33,8 @@ with workflow.unsafe.imports_passed_through():
     from workflows.mutation_keys import apply_input, revert_input
     from workflows.mutations import apply_targets, irreversible_in, revert_one
     from workflows.progress_models import MutationOptions
-    from workflows.saga import Saga, failure_of
+    from workflows.saga import Saga
+    from workflows.unwind import failure_of
 
 
 @workflow.defn(name="TargetBatch", failure_exception_types=[ValidationError])

@@ -30,7 +30,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.calls import DELIVERY_LIMIT as DELIVERY_LIMIT
     from workflows.event_models import ChangeEvent, ChangeEventsInput
     from workflows.inputs import Refusal, decode
-    from workflows.saga import failure_of
+    from workflows.unwind import failure_of
 
 EVENTS_PATCH = "change-events"
 """The ``workflow.patched`` id of the change-event commands (docs/versioning.md)."""

@@ -34,8 +34,8 @@ from workflows.identity_models import (
     parse_stamp,
 )
 from workflows.models import Approval, ChangeRequest, GuardrailReport
-from workflows.saga import failure_of
 from workflows.types import excerpt
+from workflows.unwind import failure_of
 
 SIGN_HINT = {
     "approve": "changeguard approve --sign",

@@ -28,9 +28,9 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 from temporalio import workflow
-from temporalio.exceptions import ActivityError, ApplicationError, ChildWorkflowError
 
 from workflows.models import CompensationFailure
+from workflows.unwind import failure_of as failure_of  # its home is workflows.unwind
 
 T = TypeVar("T")
 
@@ -39,16 +39,6 @@ T = TypeVar("T")
 class _Compensation:
     step: str
     action: Callable[[], Awaitable[object]]
-
-
-def failure_of(exc: BaseException) -> tuple[str, str]:
-    """The real message and error type behind an activity/child failure (unwraps ``.cause``)."""
-    inner: BaseException = exc
-    while isinstance(inner, ActivityError | ChildWorkflowError) and inner.cause is not None:
-        inner = inner.cause
-    if isinstance(inner, ApplicationError):
-        return inner.message, inner.type or "ApplicationError"
-    return str(inner) or type(inner).__name__, type(inner).__name__
 
 
 class Saga:

@@ -1,9 +1,10 @@
 """Freeze-aware waves and scheduled starts: the rollout never starts a wave it cannot finish.
 
-A mixin of :class:`~workflows.guarded_change.GuardedChangeWorkflow` (deterministic workflow code),
-like :mod:`workflows.bake`: it reads and writes the workflow's status, waits through its
-interruptible ``_wait`` (an operator's abort or rollback ends any wait), pages through its
-``_page`` and stops the rollout by raising its unwind exception. The timing answer comes from the
+Deterministic workflow code, composed into ``GuardedChange`` like :mod:`workflows.bake`: a
+:class:`WaveTimingPlanner` receives the change's :class:`~workflows.change_run.ChangeRun` (status,
+the interruptible wait an operator's abort or rollback ends, resume and recheck), its
+:class:`~workflows.paging.Pager` and its :class:`~workflows.gate_loop.GateLoop`, and stops the
+rollout by raising :class:`~workflows.unwind.Unwind`. The timing answer comes from the
 ``check_wave_timing`` activity, which resolves the ``change-window`` rules from the bundle the
 worker holds then (so a calendar edit or a new bundle mid-rollout is seen before the next wave).
 
@@ -26,30 +27,20 @@ take the old path); a ``not_before`` wait needs no patch, since no earlier reque
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import TYPE_CHECKING
 
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
     from workflows import calls
-    from workflows.models import (
-        Category,
-        ChangeContext,
-        ChangeRequest,
-        ChangeStatus,
-        GuardrailReport,
-        Outcome,
-        Phase,
-        WaveProgress,
-    )
+    from workflows.change_run import ChangeRun
+    from workflows.gate_loop import GateLoop
+    from workflows.models import ChangeContext, ChangeRequest, Outcome, Phase, WaveProgress
+    from workflows.paging import Pager
     from workflows.summaries import clock, line
     from workflows.timing_models import WaveTimingInput, WaveTimingResult
     from workflows.types import format_duration
-
-if TYPE_CHECKING:
-    from workflows.guarded_change import _Unwind
+    from workflows.unwind import Unwind
 
 WAVE_TIMING_PATCH = "freeze-aware-waves"
 """The ``workflow.patched`` id of the timing check before each wave (docs/versioning.md)."""
@@ -59,65 +50,40 @@ FREEZE_PAUSE_TIMEOUT = timedelta(hours=24)
 """How long a rollout paused by a freeze waits for an operator before it rolls back."""
 
 
-class WaveTimingMixin:
-    """The timing check before each wave, and the ``not_before`` wait; state on the workflow."""
+class WaveTimingPlanner:
+    """The timing check before each wave, and the ``not_before`` wait of a scheduled change."""
 
-    _change_id: str
-    _request: ChangeRequest
-    _status: ChangeStatus
-    _resumed: bool
-    _recheck: bool
-
-    def _set_phase(self, phase: Phase, message: str, *, awaiting: list[str] | None = None) -> None:
-        raise NotImplementedError
-
-    async def _wait(
-        self, condition: Callable[[], bool], limit: timedelta | None, *, summary: str | None = None
-    ) -> bool:
-        raise NotImplementedError
-
-    def _unwind_with(self, outcome: Outcome, message: str) -> _Unwind:
-        raise NotImplementedError
-
-    async def _page(self, summary: str, *, within: timedelta = timedelta(minutes=5)) -> None:
-        raise NotImplementedError
-
-    async def _release_locks(self, *, ending: bool = False) -> None:
-        raise NotImplementedError
-
-    async def _deadline_passed(self) -> None:
-        raise NotImplementedError
-
-    async def _gate_until_proceed(
-        self, ctx: ChangeContext, deadline: datetime, *, categories: list[Category] | None
-    ) -> GuardrailReport | None:
-        raise NotImplementedError
+    def __init__(self, change: ChangeRun, pager: Pager, gate: GateLoop) -> None:
+        self._change = change
+        self._pager = pager
+        self._gate = gate
 
     # ------------------------------------------------------------ not_before
 
-    async def _until_not_before(self, request: ChangeRequest) -> None:
+    async def until_not_before(self, request: ChangeRequest) -> None:
         """A scheduled change waits, on a durable timer, until its ``not_before`` (abortable)."""
         start = request.not_before
         if start is None or start <= workflow.now():
             return
         self._hold(start, "", f"scheduled for {start.isoformat()} (not_before); gates then")
-        await self._wait(
+        await self._change.wait(
             lambda: False, start - workflow.now(), summary=line(f"scheduled: until {clock(start)}")
         )
 
     # ------------------------------------------------------------ before each wave
 
-    async def _fit_wave(
+    async def fit_wave(
         self, ctx: ChangeContext, deadline: datetime, wave: WaveProgress, waves: int
     ) -> None:
         """Return once the wave and its bake fit every timing rule; else wait, pause or unwind."""
+        change, status = self._change, self._change.status
         label = f"wave {wave.index + 1}/{waves}"
         while True:
             timing = await self._wave_timing(ctx, wave, waves)
             if timing.fits:
-                self._status.wave_timing = None
+                status.wave_timing = None
                 return
-            self._status.wave_timing = timing
+            status.wave_timing = timing
             why = timing.why()
             now = workflow.now()
             until = timing.earliest or now + UNKNOWN_RETRY
@@ -125,28 +91,28 @@ class WaveTimingMixin:
             # the gate, or no opening lasts long enough).
             late = timing.earliest is None or until >= deadline
             when = timing.earliest_label or until.isoformat()
-            if not self._status.applied:  # nothing changed yet: wait for the opening, gate again
+            if not status.applied:  # nothing changed yet: wait for the opening, gate again
                 if late and not any(r.error for r in timing.rules):
-                    self._status.message = (
+                    status.message = (
                         f"{label} cannot finish before the timing rules close ({why}); no start "
                         f"that fits comes before the deadline {deadline.isoformat()}"
                     )
-                    await self._deadline_passed()
-                    raise self._unwind_with(Outcome.REJECTED, self._status.message)
-                await self._release_locks()
+                    await self._gate.deadline_passed()
+                    raise Unwind(Outcome.REJECTED, status.message)
+                await self._gate.release_locks()
                 self._hold(until, timing, f"{label} waits: {why}; scheduled for {when}")
-                await self._wait(
-                    lambda: self._recheck,  # an operator's recheck asks again early
+                await change.wait(
+                    lambda: change.recheck,  # an operator's recheck asks again early
                     until - now,
                     summary=line(f"{label} waits until {clock(until)}"),
                 )
-                self._recheck = False
-                if await self._gate_until_proceed(ctx, deadline, categories=None) is None:
-                    raise self._unwind_with(Outcome.REJECTED, self._status.message)
+                change.recheck = False
+                if await self._gate.until_proceed(ctx, deadline, categories=None) is None:
+                    raise Unwind(Outcome.REJECTED, status.message)
                 continue
             choice = timing.choice()
             if choice == "rollback":
-                raise self._unwind_with(
+                raise Unwind(
                     Outcome.ROLLED_BACK,
                     f"rolled back before {label} (mid_rollout: rollback): {why}",
                 )
@@ -159,62 +125,65 @@ class WaveTimingMixin:
             if choice == "pause":
                 await self._pause_for_timing(label, why, then)
             else:
-                await self._page(
-                    f"{self._change_id} holds before {label} (mid_rollout: finish): {why}; {then}"
+                await self._pager.page(
+                    f"{change.change_id} holds before {label} (mid_rollout: finish): {why}; {then}"
                 )
             if late:
                 return  # the re-gate before the wave judges, as it did before this check
             self._hold(
                 until, timing, f"{label} held mid-rollout: {why}; scheduled for {when} (paged)"
             )
-            await self._wait(
-                lambda: self._recheck,
+            await change.wait(
+                lambda: change.recheck,
                 until - workflow.now(),
                 summary=line(f"{label} held mid-rollout until {clock(until)}"),
             )
-            self._recheck = False
+            change.recheck = False
 
     async def _pause_for_timing(self, label: str, why: str, then: str) -> None:
         """Page and wait for an operator: resume goes on (``then``); no answer: roll back."""
-        self._resumed = False
-        await self._page(
-            f"{self._change_id} paused before {label} (mid_rollout: pause): {why}; resume: "
+        change = self._change
+        change.resumed = False
+        await self._pager.page(
+            f"{change.change_id} paused before {label} (mid_rollout: pause): {why}; resume: "
             f"{then}; rollback or abort undo it"
         )
-        self._set_phase(
+        change.set_phase(
             Phase.PAUSED,
-            f"paused before {label} (mid_rollout: pause): {why}; paged {self._request.team}; "
+            f"paused before {label} (mid_rollout: pause): {why}; paged {change.request.team}; "
             f"resume: {then}; rollback undoes it",
         )
         pause = line(f"paused before {label}: resume or rollback")
-        if not await self._wait(lambda: self._resumed, FREEZE_PAUSE_TIMEOUT, summary=pause):
-            raise self._unwind_with(
+        if not await change.wait(lambda: change.resumed, FREEZE_PAUSE_TIMEOUT, summary=pause):
+            raise Unwind(
                 Outcome.ROLLED_BACK,
                 f"rolled back: nobody answered the page within "
                 f"{format_duration(FREEZE_PAUSE_TIMEOUT)}; {why}",
             )
-        self._resumed = False
+        change.resumed = False
 
     def _hold(self, until: datetime, timing: WaveTimingResult | str, message: str) -> None:
         """Phase ``Waiting`` until ``until``, shown as the status's ``retry_after``."""
-        self._set_phase(Phase.WAITING, message)
-        self._status.retry_after = until
+        status = self._change.status
+        self._change.set_phase(Phase.WAITING, message)
+        status.retry_after = until
         timed = isinstance(timing, WaveTimingResult) and timing.rules
-        self._status.retry_zone = timing.rules[0].timezone if timed else ""  # type: ignore[union-attr]
+        status.retry_zone = timing.rules[0].timezone if timed else ""  # type: ignore[union-attr]
 
     async def _wave_timing(
         self, ctx: ChangeContext, wave: WaveProgress, waves: int
     ) -> WaveTimingResult:
+        request, status = self._change.request, self._change.status
         return await calls.check_wave_timing(
             WaveTimingInput(
                 change=ctx.model_dump(mode="json"),
-                policy=self._request.policy,
+                policy=request.policy,
                 at=workflow.now(),
-                bake=self._request.rollout.bake,
+                bake=request.rollout.bake,
                 wave=wave.index,
                 waves=waves,
                 approved=sorted(
-                    {a.guardrail for a in self._status.approvals if a.expires_at > workflow.now()}
+                    {a.guardrail for a in status.approvals if a.expires_at > workflow.now()}
                 ),
             ),
             summary=line(f"check timing of wave {wave.index + 1}/{waves}"),

@@ -38,8 +38,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from worker.main import build_worker
 from worker.settings import Settings
-from workflows.guarded_change import BATCH_SIZE
 from workflows.models import ChangeRequest, ChangeResult, Outcome
+from workflows.wave_apply import BATCH_SIZE
 
 TARGETS = 2000
 MAX_EVENTS = 10_000

@@ -12,8 +12,8 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import until_phase
 from worker.main import build_worker
-from workflows.guarded_change import BATCH_SIZE
 from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
+from workflows.wave_apply import BATCH_SIZE
 
 N = 250
 IDS = [f"h{i:03d}" for i in range(N)]
