@@ -82,6 +82,8 @@ def plugins_of(
     """``plugins`` with the registries given instead of its own (loaded when ``plugins`` is None)."""
     if plugins is None:
         return Plugins.load(guardrails=guardrails, kinds=kinds)
+    if guardrails is None and kinds is None:
+        return plugins
     return replace(
         plugins,
         guardrails=plugins.guardrails if guardrails is None else guardrails,

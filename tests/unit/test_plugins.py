@@ -108,7 +108,7 @@ def test_registries_given_replace_those_of_the_bundle(loads: collections.Counter
         plugins.guardrails,
         plugins.pagers,
     )
-    assert registry.plugins_of(plugins) == plugins
+    assert registry.plugins_of(plugins) is plugins
 
 
 def test_services_given_keep_their_fields_and_always_carry_the_kinds() -> None:
