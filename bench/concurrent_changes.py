@@ -7,7 +7,7 @@ Usage::
 
 On a real Temporal dev server and the demo fleet with C x T hosts (its own process), one worker
 process each for ``GuardedChange`` (the worker ``build_worker`` builds) and for the bare workflow
-of ``bench/rollout.py`` (same activities, interceptors and slot counts). Each change has hosts of
+of ``bench/baseline.py`` (same activities, interceptors and slot counts). Each change has hosts of
 its own (no target-lock waits). Three measurements, interleaved R times after a warm-up:
 
 1. ``guarded``: C ``GuardedChange`` runs started at once (``http-deploy``, one wave, P at a time,
@@ -44,13 +44,8 @@ if not workflow.unsafe.in_sandbox():
         sys.path.insert(0, ROOT)
 
 with workflow.unsafe.imports_passed_through():
+    from baseline import POLICY, BareInput, BareRolloutWorkflow, guarded_and_bare_workers
     from harness import check_ledger, dev_server, fleet, ledger_keys, progress, quiet_logs
-    from rollout import (  # the bare workflow and its workers, shared with the rollout bench
-        POLICY,
-        BareInput,
-        BareRolloutWorkflow,
-        guarded_and_bare_workers,
-    )
 
     from workflows.models import Target
 

@@ -12,7 +12,7 @@ the demo fleet with N hosts (in a process of its own, on loopback), it measures 
 1. ``guarded``: ``GuardedChange`` deploying to all N hosts with ``http-deploy`` (waves as given,
    ``max_parallel`` P, no bake, an always-open change window as the policy): gate, re-checks before
    each wave, saga, ``TargetBatch`` children for waves over ``BATCH_SIZE`` targets;
-2. ``bare``: ``BenchBareRollout``, a workflow defined here: the same ``apply_change`` activity for
+2. ``bare``: ``BenchBareRollout`` (bench/baseline.py): the same ``apply_change`` activity for
    every target, with the same options and the same idempotency-key scheme (another change id), at
    most P at a time, and nothing else: no gate, no waves, no saga, no batches;
 3. ``fleet``: no Temporal at all: the same N reads and deploys sent straight to the fleet with one
@@ -41,78 +41,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
 from temporalio import workflow
-from temporalio.workflow import ActivityCancellationType
 
-# The bench's workflow runs in the default sandbox, which re-executes this whole file to validate
-# and run it: module-level code must be sandbox-safe (see bench/gate.py).
 if not workflow.unsafe.in_sandbox():
     ROOT = str(Path(__file__).resolve().parent.parent)
     if ROOT not in sys.path:
         sys.path.insert(0, ROOT)
 
 with workflow.unsafe.imports_passed_through():
+    from baseline import POLICY, BareInput, BareRolloutWorkflow, guarded_and_bare_workers
     from harness import check_ledger, dev_server, fleet, ledger_keys, progress, quiet_logs
 
-    from activities.change import ChangeActivities
-    from workflows.calls import MUTATION_HEARTBEAT, MUTATION_RETRY, MUTATION_TIMEOUT
-    from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
+    from workflows.models import Target, idempotency_key
 
 if TYPE_CHECKING:
     from temporalio.client import Client
 
 
-class BareInput(BaseModel):
-    """What the bare workflow deploys, and how many at a time."""
-
-    change_id: str
-    kind: str
-    params: dict[str, Any]
-    targets: list[Target]
-    max_parallel: int
-
-
-@workflow.defn(name="BenchBareRollout")
-class BareRolloutWorkflow:
-    """The baseline: ``apply_change`` for every target, at most ``max_parallel`` at a time."""
-
-    @workflow.run
-    async def run(self, inp: BareInput) -> list[ApplyResult]:
-        """Apply every target with the options ``GuardedChange`` uses, and nothing else."""
-        limit = asyncio.Semaphore(inp.max_parallel)
-
-        async def one(target: Target) -> ApplyResult:
-            async with limit:
-                return await workflow.execute_activity_method(
-                    ChangeActivities.apply_change,
-                    ApplyInput(
-                        change_id=inp.change_id,
-                        kind=inp.kind,
-                        step="apply",
-                        target=target,
-                        params=inp.params,
-                        idempotency_key=idempotency_key(inp.change_id, "apply", target.id),
-                    ),
-                    start_to_close_timeout=MUTATION_TIMEOUT,
-                    heartbeat_timeout=MUTATION_HEARTBEAT,
-                    retry_policy=MUTATION_RETRY,
-                    cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
-                )
-
-        return list(await asyncio.gather(*(one(t) for t in inp.targets)))
-
-
-# --------------------------------------------------------------------------------------------------
-# Everything below runs outside workflow code only.
-# --------------------------------------------------------------------------------------------------
-
-POLICY: dict[str, Any] = {
-    "guardrails": [
-        {"use": "change-window", "params": {"timezone": "UTC", "allow": ["Mon-Sun 00:00-24:00"]}}
-    ]
-}
-"""Always open: the gate runs (one real check) and proceeds."""
 WARM_UP_TARGETS = 5
 
 
@@ -193,51 +138,6 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
             progress(f"  up after {time.perf_counter() - started:.1f}s")
             series = await measure(env.client, url, args)
     return series, time.perf_counter() - started
-
-
-def guarded_and_bare_workers(
-    client: Client, settings: Any, guarded_queue: str, bare_queue: str
-) -> tuple[Any, Any]:
-    """The two workers a bench compares: changeguard's, and a hand-built one for the baseline.
-
-    GuardedChange runs on the worker changeguard builds. The baseline's worker is built by hand
-    with the same workflows, activities, interceptors and slot counts, plus its own workflow.
-    Neither writes an audit trail, and the open bundle lets every change through: the benches
-    measure, they do not judge.
-    """
-    from datetime import timedelta
-
-    from temporalio.worker import Worker
-
-    from activities.audit import AuditActivities, SqliteAuditStore
-    from guardrails.base import Services
-    from guardrails.bundle import BundleHolder
-    from worker import registry as worker_registry
-    from worker.main import build_worker
-
-    def audit() -> AuditActivities:
-        return AuditActivities(SqliteAuditStore(":memory:"))
-
-    open_bundle = BundleHolder.fixed({"unmatched": "allow"})
-    guarded = build_worker(
-        client, settings, task_queue=guarded_queue, audit=audit(), bundle=open_bundle
-    )
-    bare = Worker(
-        client,
-        task_queue=bare_queue,
-        workflows=[*worker_registry.WORKFLOWS, BareRolloutWorkflow],
-        activities=worker_registry.activities(
-            plugins=guarded.plugins,  # the same registries, read once
-            services=Services(temporal_client=client, task_queue=bare_queue),
-            audit=audit(),
-            bundle=open_bundle,
-        ),
-        interceptors=worker_registry.interceptors(),
-        max_cached_workflows=1000,
-        max_concurrent_activities=settings.max_concurrent_activities,
-        graceful_shutdown_timeout=timedelta(seconds=10),
-    )
-    return guarded, bare
 
 
 async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Series]:
