@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -144,3 +146,13 @@ def test_waiting_and_empty_reports_read_alike_everywhere() -> None:
     assert "_No guardrail applies to this change._" in report_markdown(empty)
     assert NO_CHECKS in _text(empty)
     assert all(r.status is CheckStatus.WAIT for r in report_view(waiting).failing)
+
+
+def test_the_view_loads_nothing_workflow_code_may_not() -> None:
+    """Importing the view (in a fresh interpreter) loads no rich, yaml, httpx or structlog."""
+    probe = (
+        "import sys, workflows.report_view; "
+        "print(sorted(m for m in ('rich', 'yaml', 'httpx', 'structlog') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
