@@ -43,7 +43,7 @@ from activities.directory import (
     open_directory,
 )
 from guardrails.plugins import PluginRegistry
-from workflows import errors
+from workflows import errors, names
 from workflows.identity_models import IdentityRequirements
 from workflows.models import (
     AuditRecord,
@@ -83,9 +83,9 @@ __all__ = [
 
 log = structlog.get_logger(__name__)
 
-RECORD_AUDIT = "record_audit"
-CLAIM_CHANGE = "claim_change"
-LOAD_DIRECTORY = "load_directory"
+RECORD_AUDIT = names.RECORD_AUDIT
+CLAIM_CHANGE = names.CLAIM_CHANGE
+LOAD_DIRECTORY = names.LOAD_DIRECTORY
 
 
 def _no_bundle() -> str:

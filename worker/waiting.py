@@ -28,6 +28,7 @@ from temporalio.common import MetricMeter
 from temporalio.runtime import Runtime
 
 from worker.settings import SettingsError
+from workflows import names
 from workflows.guarded_change import GuardedChangeWorkflow
 from workflows.models import ChangeStatus, Phase
 
@@ -52,7 +53,7 @@ async def sample(client: Client, *, now: datetime | None = None) -> dict[Phase, 
     """Count the running changes in each waiting phase and find the longest wait."""
     phases = ", ".join(f"'{p.value}'" for p in WAITING_PHASES)
     query = (
-        "WorkflowType = 'GuardedChange' AND ExecutionStatus = 'Running' "
+        f"WorkflowType = '{names.GUARDED_CHANGE}' AND ExecutionStatus = 'Running' "
         f"AND ChangePhase IN ({phases})"
     )
     ids = [w.id async for w in client.list_workflows(query, limit=LIMIT)]
