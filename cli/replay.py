@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.markup import escape
+from temporalio.client import Client
 from temporalio.service import RPCError, RPCStatusCode
 
 from cli import exitcodes
@@ -140,6 +141,14 @@ def _positive(text: str) -> int:
     return value
 
 
+async def _connected(settings: Settings) -> Client | int:
+    """A client, or the exit code when Temporal does not answer (the reason printed)."""
+    try:
+        return await connect(settings)
+    except TemporalUnreachable as exc:
+        return exitcodes.fail("Temporal unreachable:", str(exc), exitcodes.UNREACHABLE)
+
+
 async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     """Replay a directory of histories, or a server's, and report each."""
     if args.dir is not None and args.query is not None:
@@ -151,11 +160,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
     if args.from_server:
         return await _from_server(args, settings)
     if args.query is not None:
-        try:
-            client = await connect(settings)
-        except TemporalUnreachable as exc:
-            err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")
-            return exitcodes.UNREACHABLE
+        client = await _connected(settings)
+        if isinstance(client, int):
+            return client
         if not args.json:
             err.print(f"replaying at most {args.limit} runs matching: {escape(args.query)}")
         report = await replay_from_server(client, args.query, args.limit)
@@ -174,11 +181,9 @@ async def cmd_replay(args: argparse.Namespace, settings: Settings) -> int:
 
 async def _from_server(args: argparse.Namespace, settings: Settings) -> int:
     """The replay gate fed by the live server: sample, replay, count per type, save new shapes."""
-    try:
-        client = await connect(settings)
-    except TemporalUnreachable as exc:
-        err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")
-        return exitcodes.UNREACHABLE
+    client = await _connected(settings)
+    if isinstance(client, int):
+        return client
 
     def progress(line: str) -> None:
         if not args.json:
@@ -265,11 +270,9 @@ def _line(r: ReplayResult) -> str:
 
 async def cmd_history_export(args: argparse.Namespace, settings: Settings) -> int:
     """Write one workflow's history as replayable JSON."""
-    try:
-        client = await connect(settings)
-    except TemporalUnreachable as exc:
-        err.print(f"[bold red]Temporal unreachable:[/] {escape(str(exc))}")
-        return exitcodes.UNREACHABLE
+    client = await _connected(settings)
+    if isinstance(client, int):
+        return client
     handle = client.get_workflow_handle(args.id, run_id=args.run_id)
     try:
         history = await handle.fetch_history()
