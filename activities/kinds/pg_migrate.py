@@ -11,14 +11,14 @@ no row is left. ``reversible`` defaults to "has a ``down``"; a step that destroy
 (``DROP COLUMN``) says ``reversible: false`` and the ``irreversible-steps`` guardrail makes the
 change need the platform's approval.
 
-Exactly once, per step: a table in the target database, ``changeguard_migrations``, keyed by
-(idempotency key, step), records each step in the same transaction as the step's SQL, so a step
-either ran and is recorded or did neither. Every step runs in its own transaction; a backfill runs
-each batch in its own transaction together with the update of its row's ``last_key``, under a row
-lock, so no batch is ever applied twice — not after a SIGKILL, and not by a late attempt running
-beside the retry. The heartbeat checkpoint (:class:`PgMigrateCheckpoint`, after every batch) is the
-hint a retried attempt logs and status shows; the committed ``last_key`` is the truth it resumes
-from.
+Exactly once, per step (:mod:`activities.kinds.pg_steps`, the database side): a table in the target
+database, ``changeguard_migrations``, keyed by (idempotency key, step), records each step in the
+same transaction as the step's SQL, so a step either ran and is recorded or did neither. Every step
+runs in its own transaction; a backfill runs each batch in its own transaction together with the
+update of its row's ``last_key``, under a row lock, so no batch is ever applied twice — not after a
+SIGKILL, and not by a late attempt running beside the retry. The heartbeat checkpoint
+(:class:`PgMigrateCheckpoint`, after every batch) is the hint a retried attempt logs and status
+shows; the committed ``last_key`` is the truth it resumes from.
 
 Revert (``revert_if_applied``) walks the steps backwards: steps the forward key never ran are
 skipped, reversible ones run ``down`` (recorded under the compensation's own key, so once), and the
@@ -41,12 +41,19 @@ from typing import Any, ClassVar
 
 import psycopg
 import structlog
-from psycopg import sql
-from psycopg.types.json import Jsonb
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from temporalio.exceptions import ApplicationError
 
 from activities.kinds.base import ChangeKind
+from activities.kinds.pg_steps import (
+    TABLE,
+    backfill,
+    down,
+    ensure_table,
+    recorded,
+    step_record,
+    up,
+)
 from activities.kinds.progress import Progress
 from activities.resilience import retryable_error
 from workflows.errors import IRREVERSIBLE_STEP, TARGET_REJECTED, TARGET_UNAVAILABLE
@@ -58,29 +65,9 @@ log = structlog.get_logger(__name__)
 
 TARGETS_ENV = "CHANGEGUARD_PG_TARGETS"
 """A compensation reached a step that cannot be undone; non-retryable: a human decides."""
-TABLE = "changeguard_migrations"
 
 _IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,62}(\.[A-Za-z_][A-Za-z0-9_]{0,62})?$")
 _STEP = re.compile(r"^[a-z0-9][a-z0-9_.-]{0,63}$")
-
-_SCHEMA = f"""
-CREATE TABLE IF NOT EXISTS {TABLE} (
-    idempotency_key text NOT NULL,
-    step text NOT NULL,
-    state text NOT NULL CHECK (state IN ('running', 'done')),
-    reversible boolean NOT NULL,
-    last_key jsonb,
-    rows bigint NOT NULL DEFAULT 0,
-    started_at timestamptz NOT NULL DEFAULT now(),
-    finished_at timestamptz,
-    PRIMARY KEY (idempotency_key, step)
-)
-"""
-
-
-def _ident(value: str) -> sql.Composable:
-    """``schema.table`` or ``column`` as a quoted identifier."""
-    return sql.SQL(".").join(sql.Identifier(part) for part in value.split("."))
 
 
 class Backfill(BaseModel):
@@ -264,20 +251,22 @@ class PgMigrate(ChangeKind[PgMigrateParams]):
         conn = await self._connect(target)
         async with conn:
             try:
-                await _ensure_table(conn)
-                done = await _recorded(conn, idempotency_key)
+                await ensure_table(conn)
+                done = await recorded(conn, idempotency_key)
                 cp = PgMigrateCheckpoint()
                 for index, step in enumerate(params.steps):
                     cp = cp.model_copy(update={"step": step.name, "step_index": index})
                     state = done.get(step.name, {}).get("state")
                     if state == "done":
-                        records.append(_record(step, "already", "recorded by an earlier attempt"))
+                        records.append(
+                            step_record(step, "already", "recorded by an earlier attempt")
+                        )
                     elif step.backfill is not None:
                         records.append(
-                            await _backfill(conn, params, step, idempotency_key, progress, cp)
+                            await backfill(conn, params, step, idempotency_key, progress, cp)
                         )
                     else:
-                        records.append(await _up(conn, params, step, idempotency_key))
+                        records.append(await up(conn, params, step, idempotency_key))
                     cp.steps_done.append(step.name)
                     progress.checkpoint(cp.model_copy(), stage=f"done {step.name}")
             except psycopg.Error as exc:
@@ -301,19 +290,21 @@ class PgMigrate(ChangeKind[PgMigrateParams]):
         conn = await self._connect(target)
         async with conn:
             try:
-                await _ensure_table(conn)
-                applied = await _recorded(conn, applied_key)
-                reverted = await _recorded(conn, idempotency_key)
+                await ensure_table(conn)
+                applied = await recorded(conn, applied_key)
+                reverted = await recorded(conn, idempotency_key)
                 for step in reversed(params.steps):
                     if step.name not in applied:
                         continue
                     if step.name in reverted:
-                        records.append(_record(step, "already", "reverted by an earlier attempt"))
+                        records.append(
+                            step_record(step, "already", "reverted by an earlier attempt")
+                        )
                         continue
                     if not step.reversible or step.down is None:
                         raise _irreversible(target, step, records)
                     progress.stage(f"reverting {step.name}")
-                    records.append(await _down(conn, params, step, idempotency_key))
+                    records.append(await down(conn, params, step, idempotency_key))
             except psycopg.Error as exc:
                 raise _sql_error(target, records, exc) from exc
         if not records:
@@ -351,155 +342,7 @@ class PgMigrate(ChangeKind[PgMigrateParams]):
         )
 
 
-# ---------------------------------------------------------------------- SQL
-
-
-async def _ensure_table(conn: psycopg.AsyncConnection[Any]) -> None:
-    """Create the migrations table once, even with several workers starting at once."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (TABLE,))
-        await conn.execute(_SCHEMA)
-
-
-async def _recorded(conn: psycopg.AsyncConnection[Any], key: str) -> dict[str, dict[str, Any]]:
-    cur = await conn.execute(
-        f"SELECT step, state, last_key, rows FROM {TABLE} WHERE idempotency_key = %s", (key,)
-    )
-    return {r[0]: {"state": r[1], "last_key": r[2], "rows": r[3]} for r in await cur.fetchall()}
-
-
-async def _limits(conn: psycopg.AsyncConnection[Any], params: PgMigrateParams) -> None:
-    """Statement and lock timeouts for the current transaction only."""
-    for name, value in (
-        ("statement_timeout", params.statement_timeout),
-        ("lock_timeout", params.lock_timeout),
-    ):
-        ms = max(1, int(value.total_seconds() * 1000))
-        await conn.execute("SELECT set_config(%s, %s, true)", (name, f"{ms}ms"))
-
-
-async def _claim(
-    conn: psycopg.AsyncConnection[Any], key: str, step: MigrationStep, state: str
-) -> bool:
-    """Record the step under ``key`` in this transaction; False when it already is."""
-    cur = await conn.execute(
-        f"INSERT INTO {TABLE} (idempotency_key, step, state, reversible, finished_at) "
-        "VALUES (%s, %s, %s, %s, CASE WHEN %s = 'done' THEN now() END) "
-        "ON CONFLICT DO NOTHING RETURNING 1",
-        (key, step.name, state, bool(step.reversible), state),
-    )
-    return await cur.fetchone() is not None
-
-
-async def _up(
-    conn: psycopg.AsyncConnection[Any], params: PgMigrateParams, step: MigrationStep, key: str
-) -> StepRecord:
-    assert step.up is not None
-    async with conn.transaction():
-        await _limits(conn, params)
-        if not await _claim(conn, key, step, "done"):  # a late attempt committed it meanwhile
-            return _record(step, "already", "recorded by a concurrent attempt")
-        await conn.execute(step.up.encode())
-    return _record(step, "applied", "ran up")
-
-
-async def _down(
-    conn: psycopg.AsyncConnection[Any], params: PgMigrateParams, step: MigrationStep, key: str
-) -> StepRecord:
-    assert step.down is not None
-    async with conn.transaction():
-        await _limits(conn, params)
-        if not await _claim(conn, key, step, "done"):
-            return _record(step, "already", "reverted by a concurrent attempt")
-        await conn.execute(step.down.encode())
-    return _record(step, "reverted", "ran down")
-
-
-def _literal(fragment: str) -> str:
-    """A request's SQL fragment inside a parameterised statement: its ``%`` is not a placeholder."""
-    return fragment.replace("%", "%%")
-
-
-def _batch_sql(fill: Backfill, first: bool) -> sql.Composed:
-    """One batch: the next ``batch`` keys after ``%(last)s``, updated; returns (max key, count)."""
-    table, key = _ident(fill.table), _ident(fill.key)
-    conditions: list[sql.Composable] = []
-    if not first:
-        conditions.append(sql.SQL("{} > %(last)s").format(key))
-    if fill.where:
-        conditions.append(sql.SQL("(") + sql.SQL(_literal(fill.where)) + sql.SQL(")"))
-    where = sql.SQL(" WHERE ") + sql.SQL(" AND ").join(conditions) if conditions else sql.SQL("")
-    return sql.SQL(
-        "WITH cg_batch AS (SELECT {key} AS cg_key FROM {table}{where} ORDER BY {key} "
-        "LIMIT %(batch)s), cg_done AS (UPDATE {table} AS cg_t SET {set} FROM cg_batch "
-        "WHERE cg_t.{key} = cg_batch.cg_key RETURNING cg_batch.cg_key) "
-        "SELECT max(cg_key), count(*) FROM cg_done"
-    ).format(key=key, table=table, where=where, set=sql.SQL(_literal(fill.set)))
-
-
-async def _backfill(
-    conn: psycopg.AsyncConnection[Any],
-    params: PgMigrateParams,
-    step: MigrationStep,
-    key: str,
-    progress: Progress[PgMigrateCheckpoint],
-    cp: PgMigrateCheckpoint,
-) -> StepRecord:
-    """Batch after batch, each with its ``last_key`` in one transaction, under the row's lock."""
-    fill = step.backfill
-    assert fill is not None
-    async with conn.transaction():
-        await _claim(conn, key, step, "running")
-    hint = progress.resumed_from
-    applied_now = 0
-    while True:
-        async with conn.transaction():
-            await _limits(conn, params)
-            cur = await conn.execute(
-                f"SELECT state, last_key, rows FROM {TABLE} "
-                "WHERE idempotency_key = %s AND step = %s FOR UPDATE",
-                (key, step.name),
-            )
-            row = await cur.fetchone()
-            assert row is not None
-            state, last, rows = row
-            if hint is not None and hint.step == step.name and hint.last_key != last:
-                log.info("checkpoint was stale", step=step.name, hint=hint.last_key, real=last)
-            hint = None
-            if state == "done":
-                break
-            found = await (
-                await conn.execute(
-                    _batch_sql(fill, last is None), {"last": last, "batch": fill.batch}
-                )
-            ).fetchone()
-            top, count = (found or (None, 0))[0], int((found or (None, 0))[1])
-            if count == 0:
-                await conn.execute(
-                    f"UPDATE {TABLE} SET state = 'done', finished_at = now() "
-                    "WHERE idempotency_key = %s AND step = %s",
-                    (key, step.name),
-                )
-                break
-            rows += count
-            applied_now += count
-            await conn.execute(
-                f"UPDATE {TABLE} SET last_key = %s, rows = %s "
-                "WHERE idempotency_key = %s AND step = %s",
-                (Jsonb(top), rows, key, step.name),
-            )
-        cp.last_key, cp.rows, cp.batches = top, rows, cp.batches + 1
-        progress.checkpoint(cp.model_copy(), stage=f"backfilling {step.name}")
-    if applied_now == 0:
-        return _record(step, "already", f"finished by an earlier attempt ({rows} rows)")
-    return _record(step, "applied", f"{rows} rows in {fill.table} ({applied_now} by this attempt)")
-
-
 # ---------------------------------------------------------------------- results
-
-
-def _record(step: MigrationStep, state: str, detail: str) -> StepRecord:
-    return StepRecord(name=step.name, reversible=bool(step.reversible), state=state, detail=detail)
 
 
 def _result(target: Target, records: list[StepRecord], verb: str) -> ApplyResult:
