@@ -40,6 +40,17 @@ DUE_WAIT_PATCH = "due-wait-regates"
 for the deadline having passed, and the change ended rejected)."""
 DUE_WAIT_REGATE = timedelta(seconds=1)
 """How soon a change gates again after a ``wait`` that came due while its gate ran."""
+UNANSWERED_PATCH = "unanswered-block-regates"
+"""``workflow.patched`` id: a ``block`` made only of checks that could not answer (``error``, with
+at most ``wait``s beside them) gates again by itself, with backoff, instead of waiting for a
+recheck until the deadline (chaos finding 11: a change held its locks, and three changes queued
+behind it, for a day after one check timed out during a server restart)."""
+UNANSWERED_FIRST = timedelta(seconds=30)
+"""The first automatic re-gate after a block of unanswered checks; each next one waits twice as
+long, up to :data:`UNANSWERED_LONGEST`."""
+UNANSWERED_LONGEST = timedelta(minutes=10)
+UNANSWERED_REGATES = 12
+"""Automatic re-gates before the change stops trying by itself (about 85 minutes) and pages."""
 REGATE_CATEGORIES = [Category.TIMING, Category.CONCURRENCY, Category.IN_FLIGHT]
 """Re-checked before every wave after the first: the world may have caught fire mid-rollout."""
 
@@ -52,6 +63,20 @@ def queued_only(report: GuardrailReport) -> bool:
     )
 
 
+def unanswered_only(report: GuardrailReport) -> bool:
+    """True when a ``block`` comes only from checks that could not answer: no check *failed*.
+
+    Every enforced, non-passing check is an ``error`` (fail-closed: a timeout, a dependency
+    down) or a ``wait``, and at least one is an ``error``. Such a block says "we do not know",
+    which is worth asking again; a ``fail`` says "no", which only a fix and a recheck change.
+    """
+    stopping = [c for c in report.checks if c.mode.value == "enforce" and not c.passing]
+    statuses = {c.status.value for c in stopping}
+    return (
+        report.decision is Decision.BLOCK and "error" in statuses and statuses <= {"error", "wait"}
+    )
+
+
 class GateLoop:
     """Gate a change until it may proceed; hold and give back its target locks."""
 
@@ -59,6 +84,22 @@ class GateLoop:
         self._change = change
         self._pager = pager
         self._holds_locks = False
+        self._unanswered = 0  # automatic re-gates since the last report that was not unanswered
+
+    def _regate_unanswered(
+        self, report: GuardrailReport, now: datetime, deadline: datetime
+    ) -> datetime | None:
+        """When a block of unanswered checks gates again by itself; ``None``: it does not."""
+        if not unanswered_only(report):
+            self._unanswered = 0
+            return None
+        if self._unanswered >= UNANSWERED_REGATES:
+            return None
+        again = now + min(UNANSWERED_FIRST * (1 << self._unanswered), UNANSWERED_LONGEST)
+        if again >= deadline or not workflow.patched(UNANSWERED_PATCH):
+            return None
+        self._unanswered += 1
+        return again
 
     async def until_proceed(
         self, ctx: ChangeContext, deadline: datetime, *, categories: list[Category] | None
@@ -94,6 +135,13 @@ class GateLoop:
                 timer = window_wait_summary(until, report)
             else:
                 names = ", ".join(c.rule_id for c in report.failures)
+                again = self._regate_unanswered(report, now, deadline)
+                by_itself = (
+                    f"; it gates again by itself at {day_clock(again)} (a check could not answer; "
+                    f"automatic re-gate {self._unanswered} of {UNANSWERED_REGATES})"
+                    if again is not None
+                    else ""
+                )
                 if approvable(report):
                     change.directory = await calls.load_directory(
                         LoadDirectoryInput(change_id=change.change_id)
@@ -103,16 +151,26 @@ class GateLoop:
                     status.still_needed = still_needed(report, status.approvals, now)
                     change.set_phase(
                         Phase.AWAITING_APPROVAL,
-                        f"blocked by {names}; awaiting approval of report {report.report_hash}",
+                        f"blocked by {names}; awaiting approval of report {report.report_hash}"
+                        + by_itself,
                         awaiting=approver_groups(report),
                     )
                 else:
                     change.set_phase(
-                        Phase.BLOCKED, f"blocked by {names}; fix the cause and recheck"
+                        Phase.BLOCKED, f"blocked by {names}; fix the cause and recheck" + by_itself
                     )
                 until = deadline
                 awaited = "approval or recheck" if approvable(report) else "a recheck"
                 timer = line(f"wait for {awaited} until {day_clock(deadline)}")
+                if again is not None:
+                    until = again
+                    timer = line(f"gate again at {day_clock(again)}: a check could not answer")
+                elif self._unanswered == UNANSWERED_REGATES and unanswered_only(report):
+                    self._unanswered += 1  # page once, then wait for a person as before
+                    await self._pager.page(
+                        f"{change.change_id} is blocked: {names} could not answer through "
+                        f"{UNANSWERED_REGATES} automatic re-gates; fix the cause and recheck"
+                    )
             if until <= now and until < deadline and workflow.patched(DUE_WAIT_PATCH):
                 # A wait that came due while the gate ran (a slow gate): gate again shortly.
                 until = now + DUE_WAIT_REGATE

@@ -35,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, ClassVar
 
+from temporalio import activity
 from temporalio.client import (
     Client,
     WorkflowExecutionStatus,
@@ -60,6 +61,7 @@ from worker.main import build_worker
 from worker.replay import history_files, replay_files
 from worker.settings import Settings
 from worker.telemetry import client_plugins
+from workflows import ids
 from workflows import search_attributes as sa
 from workflows.models import (
     Approval,
@@ -149,10 +151,25 @@ class SlowCheck(Guardrail[EmptyParams]):
         return ctx.passed("late")
 
 
+class FirstGateDown(Guardrail[EmptyParams]):
+    """Raises in every attempt of a change's first gate (its dependency is down), passes after."""
+
+    name = "first-gate-down"
+    category = Category.TARGET_STATE
+    default_owner = "infra"
+
+    async def check(self, params: EmptyParams, ctx: CheckContext) -> CheckResult:
+        """Raise under the first gate's child workflow, pass under any later one."""
+        if activity.info().workflow_id == ids.gate_id(ctx.change.change_id, 1):
+            raise RuntimeError("the state service is down")
+        return ctx.passed("the state service answers")
+
+
 def guardrails() -> Any:
     """The fake registry plus target-lock and the capture-only guardrails."""
     registry = fakes.guardrails()
-    for g in (TargetLock, ChangeWindow, SoonWindow, DueWindow, MidRolloutFreeze, SlowCheck):
+    capture_only = (SoonWindow, DueWindow, MidRolloutFreeze, SlowCheck, FirstGateDown)
+    for g in (TargetLock, ChangeWindow, *capture_only):
         registry.register(g)
     return registry
 
@@ -526,6 +543,11 @@ BRANCHES: list[Branch] = [
             {"use": "always-pass"},
         ],
         deadline_in=DEADLINE,
+    ),
+    Branch(
+        "unanswered_regates",
+        Outcome.COMPLETED,
+        rules=[{"use": "first-gate-down", "opt_out": "forbidden"}],
     ),
     Branch(
         "apply_failure_rollback",
