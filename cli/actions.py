@@ -82,6 +82,12 @@ async def cmd_approve(args: argparse.Namespace, settings: Settings) -> int:
 
 async def cmd_operator(args: argparse.Namespace, settings: Settings) -> int:
     """Send an operator update (``abort``, ``rollback``, ``resume``); refusals exit 2."""
+    try:  # at the edge, before anything is signed or sent
+        OperatorAction(operator=args.operator, reason=args.reason)
+    except ValidationError as exc:
+        for problem in validation_problems(exc):
+            err.print(f"[red]invalid {args.command}:[/] {escape(problem)}")
+        return exitcodes.INVALID
     signed = signing.sign_or_stop(
         args,
         lambda expires: action_document(args.command, args.id, args.operator, args.reason, expires),
