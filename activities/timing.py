@@ -19,8 +19,8 @@ from guardrails.base import CheckContext
 from guardrails.builtin.change_window import ChangeWindow, earliest_common_opening
 from guardrails.builtin.change_window.fit import wave_fit
 from guardrails.builtin.change_window.guardrail import local_label
-from guardrails.builtin.change_window.spans import Opening
 from workflows.models import Category, ChangeContext, Mode, ResolvePolicyInput
+from workflows.spans import Opening
 from workflows.timing_models import RuleTiming, WaveTimingInput, WaveTimingResult
 
 

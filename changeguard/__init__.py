@@ -23,7 +23,7 @@ from changeguard.client import (
     connect,
     with_change_id,
 )
-from guardrails.base import CheckContext, EmptyParams, Guardrail
+from guardrails.base import CheckContext, EmptyParams, Guardrail, Services
 from worker.client import TemporalUnreachable
 from worker.converter import data_converter
 from worker.settings import Settings
@@ -83,6 +83,7 @@ __all__ = [
     "Phase",
     "Refused",
     "Rollout",
+    "Services",
     "Settings",
     "Target",
     "TemporalUnreachable",

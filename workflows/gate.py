@@ -36,9 +36,9 @@ with workflow.unsafe.imports_passed_through():
         RunCheckInput,
     )
     from workflows.report import aggregate, report_markdown
-    from workflows.saga import failure_of
     from workflows.summaries import check_summary
     from workflows.types import format_duration
+    from workflows.unwind import failure_of
 
 COMMON_OPENING_PATCH = "earliest-common-opening"
 """The ``workflow.patched`` id of the timing rules' one earliest-start answer (docs/versioning.md)."""

@@ -10,7 +10,6 @@ import hashlib
 import json
 from datetime import datetime
 
-from guardrails.builtin.change_window.spans import Opening, earliest_common_opening
 from workflows.models import (
     Category,
     CheckResult,
@@ -29,6 +28,7 @@ from workflows.report_view import (
     scheduled_for,
     who_may_approve,
 )
+from workflows.spans import Opening, earliest_common_opening
 
 __all__ = [
     "aggregate",

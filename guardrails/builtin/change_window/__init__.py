@@ -7,7 +7,7 @@ holidays. When the rule is closed the check answers ``wait`` with the next openi
 ``retry_after`` if it comes before the change's deadline, ``fail`` otherwise, and ``error`` when
 a calendar cannot be read (fail-closed). docs/change-windows.md describes every param.
 
-Modules: :mod:`.spans` (pure UTC span algebra, usable from workflow code), :mod:`.rules` (the
+Modules: :mod:`workflows.spans` (pure UTC span algebra, shared with workflow code), :mod:`.rules` (the
 window and freeze texts), :mod:`.calendars` (reading calendars and holidays), :mod:`.params`,
 :mod:`.schedule` (the pure questions :func:`next_opening` and :func:`opening_end`) and
 :mod:`.guardrail` (the check).
@@ -39,7 +39,7 @@ from guardrails.builtin.change_window.schedule import (
     next_opening,
     opening_end,
 )
-from guardrails.builtin.change_window.spans import (
+from workflows.spans import (
     Opening,
     Span,
     earliest_common_opening,

@@ -27,7 +27,7 @@ import icalendar
 import recurring_ical_events  # ships no py.typed marker: mypy override in pyproject.toml
 
 from guardrails.builtin._params import excerpt
-from guardrails.builtin.change_window.spans import Span, wall_to_utc
+from workflows.spans import Span, wall_to_utc
 
 
 class CalendarError(Exception):

@@ -15,7 +15,7 @@ from guardrails.builtin.change_window.calendars import CalendarError
 from guardrails.builtin.change_window.guardrail import local_label, read_calendars
 from guardrails.builtin.change_window.params import ChangeWindowParams
 from guardrails.builtin.change_window.schedule import SEARCH_DAYS, build_schedule
-from guardrails.builtin.change_window.spans import Opening
+from workflows.spans import Opening
 from workflows.timing_models import RuleTiming
 from workflows.types import format_duration
 

@@ -20,8 +20,8 @@ from guardrails.builtin.change_window.calendars import (
 )
 from guardrails.builtin.change_window.params import CalendarEntry, ChangeWindowParams
 from guardrails.builtin.change_window.schedule import SEARCH_DAYS, Schedule, build_schedule
-from guardrails.builtin.change_window.spans import Span
 from workflows.models import Category, CheckResult, OptOut
+from workflows.spans import Span
 
 EVIDENCE_DAYS = 28
 """How far ahead a result lists the rule's openings (for the gate's earliest-start answer)."""

@@ -16,7 +16,7 @@ from zoneinfo import ZoneInfo
 
 from pydantic_core import PydanticCustomError
 
-from guardrails.builtin.change_window.spans import Span, wall_to_utc
+from workflows.spans import Span, wall_to_utc
 
 DAYS = ("mon", "tue", "wed", "thu", "fri", "sat", "sun")
 _FULL_DAYS = ("monday", "tuesday", "wednesday", "thursday", "friday", "saturday", "sunday")

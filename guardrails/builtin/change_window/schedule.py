@@ -21,7 +21,7 @@ from guardrails.builtin.change_window.calendars import (
     holiday_spans,
 )
 from guardrails.builtin.change_window.params import CalendarEntry, ChangeWindowParams
-from guardrails.builtin.change_window.spans import Opening, Span, first_opening, subtract, union
+from workflows.spans import Opening, Span, first_opening, subtract, union
 
 SEARCH_DAYS = 400
 """How far ahead openings are searched for before the policy is declared unsatisfiable."""
