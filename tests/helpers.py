@@ -1,9 +1,10 @@
-"""Helpers the suites share (phase polling, the suite's default policy bundle)."""
+"""Helpers the suites share (phase polling, the suite's default policy bundle, the repository root)."""
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from temporalio.client import WorkflowHandle
@@ -13,6 +14,9 @@ from worker.client import ensure_search_attributes
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
 from workflows.models import ChangeStatus, Phase
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+"""The repository's root (tests find the code, docs and infra/ from it, wherever they sit)."""
 
 OPEN_BUNDLE: dict[str, Any] = {"unmatched": "allow"}
 """The suite's default platform bundle: no rules, and ``unmatched: allow`` said explicitly, so a

@@ -2,7 +2,7 @@
 
 Workflow modules call activities only through these helpers, by the name constants of
 :mod:`workflows.names` with ``result_type=``, so no workflow module imports an activity class (and
-with it httpx, yaml, structlog or a guardrail). ``tests/unit/test_calls.py`` checks that the worker
+with it httpx, yaml, structlog or a guardrail). ``tests/unit/workflows/test_calls.py`` checks that the worker
 registers every name used here. Changing an option here changes no command a workflow emits (the
 activity type and its arguments stay), so committed histories keep replaying (docs/versioning.md).
 """

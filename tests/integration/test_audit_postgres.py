@@ -32,7 +32,7 @@ from activities.audit import (
 )
 from activities.audit_chain import verify_chain
 from tests.servers import PostgresServer, free_port
-from tests.unit.test_audit_sqlite import T0, AuditStoreContract, record
+from tests.unit.activities.test_audit_sqlite import T0, AuditStoreContract, record
 from workflows import errors
 from workflows.models import AuditAction, AuditQuery, ClaimChangeInput
 

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import ast
-from pathlib import Path
 
+from tests.helpers import REPO_ROOT
 from workflows import models, mutation_keys, saga, unwind, waves
 
-WORKFLOWS = Path(__file__).parents[2] / "workflows"
+WORKFLOWS = REPO_ROOT / "workflows"
 
 
 def _modules() -> dict[str, ast.Module]:

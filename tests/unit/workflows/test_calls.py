@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import ast
 import inspect
-from pathlib import Path
 
 from temporalio import activity
 
 from activities.audit import AuditActivities
 from guardrails.base import Services
 from guardrails.bundle import BundleHolder
-from tests.helpers import OPEN_BUNDLE
+from tests.helpers import OPEN_BUNDLE, REPO_ROOT
 from worker import registry
 from workflows import calls, names
 
-WORKFLOWS = Path(__file__).parents[2] / "workflows"
+WORKFLOWS = REPO_ROOT / "workflows"
 
 
 def registered(audit: AuditActivities) -> set[str]:

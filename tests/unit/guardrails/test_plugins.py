@@ -157,7 +157,7 @@ def test_the_shared_contract_check_keeps_each_kinds_messages() -> None:
     with pytest.raises(RegistrationError) as caught:
         CHANGE_KINDS.new_registry().register(BadKind)
     assert str(caught.value) == (
-        "change kind tests.unit.test_plugins.BadKind does not meet the contract: "
+        "change kind tests.unit.guardrails.test_plugins.BadKind does not meet the contract: "
         "params_model must be a pydantic model class; reversible must be a bool; "
         "apply_many_size must be an int >= 0 (0: one target per activity)"
     )

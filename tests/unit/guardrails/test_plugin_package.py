@@ -10,9 +10,10 @@ from pathlib import Path
 import pytest
 
 from guardrails.base import CheckContext, default_registry
+from tests.helpers import REPO_ROOT
 from workflows.models import Category, ChangeContext, CheckSpec, CheckStatus
 
-PACKAGE = Path(__file__).resolve().parent.parent / "plugins" / "changeguard-freeze-file"
+PACKAGE = REPO_ROOT / "tests" / "plugins" / "changeguard-freeze-file"
 
 
 @pytest.fixture(scope="module")

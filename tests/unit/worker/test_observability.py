@@ -9,7 +9,6 @@ import logging
 import subprocess
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,6 +19,7 @@ from activities.change import ChangeActivities
 from activities.observe import input_checksum
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
+from tests.helpers import REPO_ROOT
 from worker import logging as cg_logging
 from worker import telemetry
 from worker.telemetry import TelemetryConfigError, trace_exporters
@@ -174,7 +174,7 @@ def test_console_tracing_prints_spans() -> None:
     done = subprocess.run(
         [sys.executable, "-c", code],
         env={"CHANGEGUARD_TRACE_CONSOLE": "1", "PATH": "/usr/bin:/bin"},
-        cwd=Path(__file__).resolve().parents[2],
+        cwd=REPO_ROOT,
         capture_output=True,
         text=True,
         timeout=60,
@@ -210,7 +210,7 @@ async def test_apply_many_chunks_each_get_a_mutations_span(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from tests.unit.test_apply_many import ManyKind, _request, _run
+    from tests.unit.workflows.test_apply_many import ManyKind, _request, _run
 
     RecordingKind.ledger = Ledger()
     ManyKind.unavailable_once, ManyKind.calls = set(), []
