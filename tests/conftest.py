@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 from google.protobuf.empty_pb2 import Empty
 from temporalio.client import Client
@@ -24,6 +25,7 @@ from temporalio.service import RPCError
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
+from demo.fleet import FleetServer
 from tests.helpers import start_time_skipping
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
@@ -214,6 +216,20 @@ def audit(tmp_path: Path, store: SqliteAuditStore, operators: str) -> AuditActiv
     """The audit activities over ``store``, reading ``operators`` as the operator directory."""
     (tmp_path / "operators.yaml").write_text(operators)
     return AuditActivities(store, f"yaml:{tmp_path / 'operators.yaml'}")
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Iterator[FleetServer]:
+    """The demo fleet service over real HTTP on a free loopback port, with a fresh database."""
+    with FleetServer(tmp_path / "fleet.db") as server:
+        yield server
+
+
+@pytest.fixture
+async def fleet_client(fleet: FleetServer) -> AsyncIterator[httpx.AsyncClient]:
+    """An HTTP client of ``fleet`` (its ``url`` as base; no proxy from the environment)."""
+    async with httpx.AsyncClient(base_url=fleet.url, trust_env=False, timeout=10) as client:
+        yield client
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""Integration fixtures: the real fleet over HTTP, a worker on the dev server, the CLI as a process."""
+"""Integration fixtures: a worker on the dev server, the CLI as a process (``fleet``: tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import json
 import os
 import sys
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,19 +17,9 @@ from temporalio.client import Client
 from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities
-from demo.fleet import FleetServer
 from tests import fakes
 from worker.main import build_worker
 from worker.settings import Settings
-
-
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    """The demo fleet service on a free port with a fresh database."""
-    server = FleetServer(tmp_path / "fleet.db", port=0)
-    server.start()
-    yield server
-    server.stop()
 
 
 @dataclass

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import socket
-from collections.abc import AsyncIterator, Iterator
 from datetime import timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -30,18 +28,6 @@ REVERT_KEY = idempotency_key("chg-1", "revert", "web-01")
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    with FleetServer(tmp_path / "fleet.db") as server:
-        yield server
-
-
-@pytest.fixture
-async def client(fleet: FleetServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fleet.url, trust_env=False, timeout=10) as c:
-        yield c
-
-
-@pytest.fixture
 def params(fleet: FleetServer) -> HttpDeployParams:
     return HttpDeployParams(base_url=fleet.url, version="2.0.0", timeout=5)
 
@@ -49,8 +35,8 @@ def params(fleet: FleetServer) -> HttpDeployParams:
 kind = HttpDeploy()
 
 
-async def ledger(client: httpx.AsyncClient) -> list[tuple[str, str, str, str]]:
-    rows: list[dict[str, Any]] = (await client.get("/deploys")).json()
+async def ledger(fleet_client: httpx.AsyncClient) -> list[tuple[str, str, str, str]]:
+    rows: list[dict[str, Any]] = (await fleet_client.get("/deploys")).json()
     return [(r["idempotency_key"], r["host"], r["from_version"], r["to_version"]) for r in rows]
 
 
@@ -77,7 +63,7 @@ def test_kind_meets_the_contract() -> None:
 
 
 async def test_apply_then_revert_restores_previous_version(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """Apply deploys the version; revert redeploys the one it replaced; the ledger shows both."""
     applied = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
@@ -100,14 +86,14 @@ async def test_apply_then_revert_restores_previous_version(
         after={"version": "1.0.0"},
     )
     assert (await kind.describe(params, WEB1)).version == "1.0.0"
-    assert await ledger(client) == [
+    assert await ledger(fleet_client) == [
         (APPLY_KEY, "web-01", "1.0.0", "2.0.0"),
         (REVERT_KEY, "web-01", "2.0.0", "1.0.0"),
     ]
 
 
 async def test_revert_twice_applies_once(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A retried compensation with the same key is a replay and changes nothing more."""
     await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
@@ -118,11 +104,11 @@ async def test_revert_twice_applies_once(
     )
 
     assert (again.applied, again.after) == (False, {"version": "1.0.0"})
-    assert len(await ledger(client)) == 2
+    assert len(await ledger(fleet_client)) == 2
 
 
 async def test_revert_of_never_applied_key_applies_nothing(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """Reverting a step that never took effect applies nothing and says so."""
     result = await kind.revert_if_applied(
@@ -132,11 +118,11 @@ async def test_revert_of_never_applied_key_applies_nothing(
     assert result == ApplyResult(
         target_id="web-01", applied=False, detail=f"nothing to revert: {APPLY_KEY} never applied"
     )
-    assert await ledger(client) == []
+    assert await ledger(fleet_client) == []
 
 
 async def test_apply_with_replayed_key_applies_nothing(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """The same key twice: the second reports replayed (applied=False); one ledger entry."""
     await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
@@ -151,15 +137,15 @@ async def test_apply_with_replayed_key_applies_nothing(
         after={"version": "2.0.0"},
         replayed=True,
     )
-    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+    assert await ledger(fleet_client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
 
 async def test_describe_reports_version_and_health(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """Describe reports the host's version and health, which follows bad-version marks."""
     healthy = await kind.describe(params, WEB1)
-    await client.post("/versions/1.0.0", json={"bad": True})
+    await fleet_client.post("/versions/1.0.0", json={"bad": True})
     sick = await kind.describe(params, WEB1)
 
     assert healthy == TargetState(
@@ -183,7 +169,7 @@ async def test_describe_unreachable_target() -> None:
 
 
 async def test_unknown_host_is_rejected(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """Applying to a host the fleet does not know is a non-retryable TargetRejected."""
     with pytest.raises(ApplicationError) as caught:
@@ -191,7 +177,7 @@ async def test_unknown_host_is_rejected(
 
     assert (caught.value.type, caught.value.non_retryable) == (TARGET_REJECTED, True)
     assert "web-99" in caught.value.message and "404" in caught.value.message
-    assert await ledger(client) == []
+    assert await ledger(fleet_client) == []
 
 
 async def test_key_reused_for_another_version_is_rejected(params: HttpDeployParams) -> None:
@@ -207,14 +193,14 @@ async def test_key_reused_for_another_version_is_rejected(params: HttpDeployPara
 
 
 async def test_server_fault_is_retryable_unavailable(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A 503 is a retryable TargetUnavailable that applied nothing; the retry then applies."""
-    await client.post("/admin/faults", json={"fail_next": 1})
+    await fleet_client.post("/admin/faults", json={"fail_next": 1})
 
     with pytest.raises(ApplicationError) as caught:
         await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
-    assert await ledger(client) == []
+    assert await ledger(fleet_client) == []
     retried = await kind.apply(params, WEB1, idempotency_key=APPLY_KEY)
 
     assert (caught.value.type, caught.value.non_retryable) == (TARGET_UNAVAILABLE, False)
@@ -223,10 +209,10 @@ async def test_server_fault_is_retryable_unavailable(
 
 
 async def test_timeout_then_retry_reports_replay(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A timed-out deploy is retryable; its retry with the same key never deploys twice."""
-    await client.post("/admin/faults", json={"deploy_delay_ms": 800})
+    await fleet_client.post("/admin/faults", json={"deploy_delay_ms": 800})
     hasty = params.model_copy(update={"timeout": 0.3})  # the GET fits, the POST does not
 
     with pytest.raises(ApplicationError) as caught:
@@ -236,7 +222,7 @@ async def test_timeout_then_retry_reports_replay(
     assert (caught.value.type, caught.value.non_retryable) == (TARGET_UNAVAILABLE, False)
     assert "timed out" in caught.value.message
     assert retried.applied is False  # the timed-out attempt had already deployed
-    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+    assert await ledger(fleet_client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
 
 async def test_connection_refused_is_retryable_unavailable() -> None:
@@ -266,8 +252,8 @@ class Clock:
         return self.now
 
 
-async def faults(client: httpx.AsyncClient) -> dict[str, int]:
-    found: dict[str, int] = (await client.get("/admin/faults")).json()
+async def faults(fleet_client: httpx.AsyncClient) -> dict[str, int]:
+    found: dict[str, int] = (await fleet_client.get("/admin/faults")).json()
     return found
 
 
@@ -299,10 +285,10 @@ def apply_input(params: HttpDeployParams, step: str = "apply", **extra: Any) -> 
 
 
 async def test_server_fault_sets_jittered_retry_delay(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A 503 is a TargetUnavailable carrying a jittered next_retry_delay (first attempt: <= 2 s)."""
-    await client.post("/admin/faults", json={"fail_next": 1})
+    await fleet_client.post("/admin/faults", json={"fail_next": 1})
 
     with pytest.raises(ApplicationError) as caught:
         await HttpDeploy(CircuitBreakers()).apply(params, WEB1, idempotency_key=APPLY_KEY)
@@ -322,13 +308,13 @@ async def test_server_fault_sets_jittered_retry_delay(
 
 
 async def test_breaker_opens_after_repeated_503s(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """Repeated 503s open the fleet's breaker; calls then fail fast until a probe succeeds."""
     clock = Clock()
     breakers = CircuitBreakers(failure_threshold=3, clock=clock)
     deploy = HttpDeploy(breakers)
-    await client.post("/admin/faults", json={"fail_next": 4})
+    await fleet_client.post("/admin/faults", json={"fail_next": 4})
     types = []
     for _ in range(4):
         with pytest.raises(ApplicationError) as caught:
@@ -336,7 +322,7 @@ async def test_breaker_opens_after_repeated_503s(
         types.append(caught.value.type)
 
     assert types == [TARGET_UNAVAILABLE] * 3 + [CIRCUIT_OPEN]
-    assert await faults(client) == {
+    assert await faults(fleet_client) == {
         "fail_next": 1,
         "deploy_delay_ms": 0,
         "silent_drains": 0,
@@ -360,7 +346,7 @@ async def test_breaker_opens_after_repeated_503s(
     assert breakers.snapshot() == {
         params.base_url: BreakerStatus(key=params.base_url, state=BreakerState.CLOSED)
     }
-    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+    assert await ledger(fleet_client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
 
 async def test_rejections_do_not_open_the_breaker(params: HttpDeployParams) -> None:
@@ -378,12 +364,12 @@ async def test_rejections_do_not_open_the_breaker(params: HttpDeployParams) -> N
 
 
 async def test_retried_attempt_reports_ledger_without_posting(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A retried apply_change whose key is in the ledger returns it and sends no deploy."""
     activities = change_activities()
     await activity_env().run(activities.apply_change, apply_input(params))
-    await client.post("/admin/faults", json={"fail_next": 1})  # a POST now would answer 503
+    await fleet_client.post("/admin/faults", json={"fail_next": 1})  # a POST now would answer 503
 
     retried = await activity_env(attempt=2).run(activities.apply_change, apply_input(params))
 
@@ -398,12 +384,12 @@ async def test_retried_attempt_reports_ledger_without_posting(
         after={"version": "2.0.0"},
         replayed=True,
     )
-    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}
-    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+    assert await faults(fleet_client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}
+    assert await ledger(fleet_client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
 
 async def test_retried_attempt_without_ledger_entry_deploys(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A retried attempt whose first try never landed deploys normally, once."""
     result = await activity_env(attempt=3).run(
@@ -411,18 +397,18 @@ async def test_retried_attempt_without_ledger_entry_deploys(
     )
 
     assert (result.applied, result.detail) == (True, "deployed 1.0.0 -> 2.0.0 on web-01")
-    assert await ledger(client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
+    assert await ledger(fleet_client) == [(APPLY_KEY, "web-01", "1.0.0", "2.0.0")]
 
 
 async def test_retried_revert_reports_ledger_without_posting(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A retried revert_change whose own key is in the ledger returns it and sends nothing."""
     activities = change_activities()
     revert = apply_input(params, step="revert", applied_key=APPLY_KEY)
     await activity_env().run(activities.apply_change, apply_input(params))
     await activity_env().run(activities.revert_change, revert)
-    await client.post("/admin/faults", json={"fail_next": 1})
+    await fleet_client.post("/admin/faults", json={"fail_next": 1})
 
     retried = await activity_env(attempt=2).run(activities.revert_change, revert)
 
@@ -437,15 +423,15 @@ async def test_retried_revert_reports_ledger_without_posting(
         after={"version": "1.0.0"},
         replayed=True,
     )
-    assert await faults(client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}
-    assert len(await ledger(client)) == 2
+    assert await faults(fleet_client) == {"fail_next": 1, "deploy_delay_ms": 0, "silent_drains": 0}
+    assert len(await ledger(fleet_client)) == 2
 
 
 async def test_apply_and_revert_heartbeat_their_stage(
-    params: HttpDeployParams, client: httpx.AsyncClient
+    params: HttpDeployParams, fleet_client: httpx.AsyncClient
 ) -> None:
     """A slow deploy heartbeats {target, stage} at each stage and periodically in between."""
-    await client.post("/admin/faults", json={"deploy_delay_ms": 400})
+    await fleet_client.post("/admin/faults", json={"deploy_delay_ms": 400})
     beats: list[Any] = []
     env = activity_env(heartbeat_timeout=0.15)
     env.on_heartbeat = lambda *details: beats.append(details[0])

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
-from pathlib import Path
+from collections.abc import Iterator
 
 import httpx
 import pytest
@@ -30,22 +29,10 @@ RECOVERING, NO_DATA = SignalState.RECOVERING, SignalState.INSUFFICIENT_DATA
 monitoring = MonitoringActivities()
 
 
-@pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    with FleetServer(tmp_path / "fleet.db") as server:
-        yield server
-
-
-@pytest.fixture
-async def client(fleet: FleetServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fleet.url, trust_env=False, timeout=10) as c:
-        yield c
-
-
-async def ship_bad_version(client: httpx.AsyncClient, host: str) -> None:
+async def ship_bad_version(fleet_client: httpx.AsyncClient, host: str) -> None:
     """Mark 2.0.0 bad and deploy it to one host, as a bad rollout wave would."""
-    await client.post("/versions/2.0.0", json={"bad": True})
-    response = await client.post(
+    await fleet_client.post("/versions/2.0.0", json={"bad": True})
+    response = await fleet_client.post(
         f"/hosts/{host}/deploy", json={"version": "2.0.0"}, headers={"Idempotency-Key": "k1"}
     )
     assert response.status_code == 200
@@ -142,10 +129,10 @@ async def test_healthy_fleet_is_ok(fleet: FleetServer) -> None:
 
 
 async def test_bad_version_on_one_host_is_critical(
-    fleet: FleetServer, client: httpx.AsyncClient
+    fleet: FleetServer, fleet_client: httpx.AsyncClient
 ) -> None:
     """A bad version deployed to one host raises that host's ratio to critical."""
-    await ship_bad_version(client, "web-03")
+    await ship_bad_version(fleet_client, "web-03")
 
     result = await monitoring.observe_signals(observe_input(fleet.url))
 
@@ -164,10 +151,10 @@ async def test_bad_version_on_one_host_is_critical(
 
 
 async def test_looser_thresholds_read_degraded(
-    fleet: FleetServer, client: httpx.AsyncClient
+    fleet: FleetServer, fleet_client: httpx.AsyncClient
 ) -> None:
     """The same bad host against higher thresholds is degraded, not critical; signals keep order."""
-    await ship_bad_version(client, "web-03")
+    await ship_bad_version(fleet_client, "web-03")
     loose = SignalSpec(name="error-rate-loose", degraded_above=0.1, critical_above=0.5)
 
     result = await monitoring.observe_signals(
@@ -181,12 +168,12 @@ async def test_looser_thresholds_read_degraded(
 
 
 async def test_recovering_after_critical_then_ok(
-    fleet: FleetServer, client: httpx.AsyncClient
+    fleet: FleetServer, fleet_client: httpx.AsyncClient
 ) -> None:
     """Critical, then healthy again: recovering first, ok at the next observation."""
-    await ship_bad_version(client, "web-03")
+    await ship_bad_version(fleet_client, "web-03")
     critical = await monitoring.observe_signals(observe_input(fleet.url))
-    await client.post("/versions/2.0.0", json={"bad": False})
+    await fleet_client.post("/versions/2.0.0", json={"bad": False})
 
     recovering = await monitoring.observe_signals(
         observe_input(fleet.url, previous=critical.states())
@@ -331,8 +318,8 @@ async def test_prometheus_signal_turns_critical(
 ) -> None:
     """After a bad version lands on a host, the next scrapes make the Prometheus signal critical."""
     spec = prometheus_signal(prometheus.url, 'max(fleet_error_ratio{host=~"{targets}"})')
-    async with httpx.AsyncClient(base_url=scraped_fleet.url, trust_env=False) as client:
-        await ship_bad_version(client, "web-05")
+    async with httpx.AsyncClient(base_url=scraped_fleet.url, trust_env=False) as fleet_client:
+        await ship_bad_version(fleet_client, "web-05")
 
     deadline = time.monotonic() + 15
     while True:

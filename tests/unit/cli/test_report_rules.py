@@ -6,7 +6,6 @@ import asyncio
 import json
 import os
 import sys
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 from activities.audit import AuditActivities, SqliteAuditStore
 from cli.report import percentile, rule_stats
 from tests import fakes
+from tests.builders import change_request, new_change_id
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase
 from worker.main import build_worker
@@ -55,15 +55,11 @@ def operators() -> str:
 
 
 def _request(environment: str) -> ChangeRequest:
-    return ChangeRequest(
-        change_id=f"rep-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
+        change_id=new_change_id("rep"),
         summary="report rules script",
-        requester="alice",
         team="web",
         environment=environment,
-        targets=[{"id": "t1"}],  # type: ignore[list-item]
-        rollout={"waves": ["100%"]},  # type: ignore[arg-type]
     )
 
 

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import socket
 import uuid
-from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -36,27 +34,14 @@ NOW = datetime(2026, 6, 11, 8, 0, tzinfo=UTC)
 
 
 @pytest.fixture
-def fleet(tmp_path: Path) -> Iterator[FleetServer]:
-    server = FleetServer(tmp_path / "fleet.db", port=0).start()
-    yield server
-    server.stop()
-
-
-@pytest.fixture
-async def api(fleet: FleetServer) -> AsyncIterator[httpx.AsyncClient]:
-    async with httpx.AsyncClient(base_url=fleet.url, trust_env=False, timeout=10) as client:
-        yield client
-
-
-@pytest.fixture
 def kinds() -> PluginRegistry[Any]:
     registry = new_kind_registry()
     registry.register(HttpDeploy)
     return registry
 
 
-async def deploy(api: httpx.AsyncClient, host: str, version: str) -> None:
-    response = await api.post(
+async def deploy(fleet_client: httpx.AsyncClient, host: str, version: str) -> None:
+    response = await fleet_client.post(
         f"/hosts/{host}/deploy",
         json={"version": version},
         headers={"Idempotency-Key": f"test-{uuid.uuid4().hex}"},
@@ -64,8 +49,8 @@ async def deploy(api: httpx.AsyncClient, host: str, version: str) -> None:
     response.raise_for_status()
 
 
-async def mark_bad(api: httpx.AsyncClient, version: str) -> None:
-    (await api.post(f"/versions/{version}", json={"bad": True})).raise_for_status()
+async def mark_bad(fleet_client: httpx.AsyncClient, version: str) -> None:
+    (await fleet_client.post(f"/versions/{version}", json={"bad": True})).raise_for_status()
 
 
 def make_ctx(
@@ -128,11 +113,11 @@ async def test_all_good_passes(fleet: FleetServer, kinds: PluginRegistry[Any]) -
 
 
 async def test_drift_is_listed_by_target(
-    fleet: FleetServer, api: httpx.AsyncClient, kinds: PluginRegistry[Any]
+    fleet: FleetServer, fleet_client: httpx.AsyncClient, kinds: PluginRegistry[Any]
 ) -> None:
     """Hosts off the baseline are named with the version found and the one expected."""
-    await deploy(api, "web-05", "0.9.0")
-    await deploy(api, "web-02", "1.0.1")
+    await deploy(fleet_client, "web-05", "0.9.0")
+    await deploy(fleet_client, "web-02", "1.0.1")
     result = await run({"expect_version": "1.0.0"}, make_ctx(fleet.url, HOSTS, kinds=kinds))
     assert (result.status, result.reason, result.remedy) == (
         CheckStatus.FAIL,
@@ -145,20 +130,20 @@ async def test_drift_is_listed_by_target(
 
 
 async def test_without_expected_version_drift_is_ignored(
-    fleet: FleetServer, api: httpx.AsyncClient, kinds: PluginRegistry[Any]
+    fleet: FleetServer, fleet_client: httpx.AsyncClient, kinds: PluginRegistry[Any]
 ) -> None:
     """With no expect_version a mixed fleet passes as long as it is reachable and healthy."""
-    await deploy(api, "web-05", "0.9.0")
+    await deploy(fleet_client, "web-05", "0.9.0")
     result = await run({}, make_ctx(fleet.url, HOSTS, kinds=kinds))
     assert (result.status, result.reason) == (CheckStatus.PASS, "6 targets reachable, healthy")
 
 
 async def test_unhealthy_is_listed(
-    fleet: FleetServer, api: httpx.AsyncClient, kinds: PluginRegistry[Any]
+    fleet: FleetServer, fleet_client: httpx.AsyncClient, kinds: PluginRegistry[Any]
 ) -> None:
     """A host running a version marked bad is named as unhealthy; require_healthy=false allows it."""
-    await deploy(api, "web-06", "1.0.1")
-    await mark_bad(api, "1.0.1")
+    await deploy(fleet_client, "web-06", "1.0.1")
+    await mark_bad(fleet_client, "1.0.1")
     ctx = make_ctx(fleet.url, HOSTS, kinds=kinds)
     result = await run({}, ctx)
     assert (result.status, result.reason, result.remedy) == (
@@ -172,11 +157,11 @@ async def test_unhealthy_is_listed(
 
 
 async def test_drifted_and_unhealthy_on_one_target(
-    fleet: FleetServer, api: httpx.AsyncClient, kinds: PluginRegistry[Any]
+    fleet: FleetServer, fleet_client: httpx.AsyncClient, kinds: PluginRegistry[Any]
 ) -> None:
     """One host both off the baseline and unhealthy is listed once with both problems."""
-    await deploy(api, "web-03", "0.9.0")
-    await mark_bad(api, "0.9.0")
+    await deploy(fleet_client, "web-03", "0.9.0")
+    await mark_bad(fleet_client, "0.9.0")
     result = await run({"expect_version": "1.0.0"}, make_ctx(fleet.url, HOSTS, kinds=kinds))
     assert result.reason == (
         "1 of 6 targets is not in a known-good state: web-03 at 0.9.0, expected 1.0.0 and unhealthy"
@@ -188,10 +173,10 @@ async def test_drifted_and_unhealthy_on_one_target(
 
 
 async def test_unreachable_is_listed_and_max_unreachable_honoured(
-    fleet: FleetServer, api: httpx.AsyncClient, kinds: PluginRegistry[Any]
+    fleet: FleetServer, fleet_client: httpx.AsyncClient, kinds: PluginRegistry[Any]
 ) -> None:
     """A host the fleet does not know is unreachable: it fails at 0 and is tolerated at 1."""
-    await deploy(api, "web-05", "0.9.0")
+    await deploy(fleet_client, "web-05", "0.9.0")
     ctx = make_ctx(fleet.url, [*HOSTS, "web-99"], kinds=kinds)
     strict = await run({"expect_version": "1.0.0"}, ctx)
     assert strict.status is CheckStatus.FAIL
@@ -207,7 +192,7 @@ async def test_unreachable_is_listed_and_max_unreachable_honoured(
     assert (evidence["reachable"], evidence["healthy"], evidence["version"]) == (False, False, None)
     assert "404" in evidence["error"]
 
-    await deploy(api, "web-05", "1.0.0")
+    await deploy(fleet_client, "web-05", "1.0.0")
     tolerant = await run({"expect_version": "1.0.0", "max_unreachable": 1}, ctx)
     assert tolerant.status is CheckStatus.PASS
     assert tolerant.reason.startswith("6 of 7 targets reachable, healthy, at 1.0.0; web-99 ")
@@ -264,12 +249,12 @@ async def test_invalid_change_params_are_an_error(kinds: PluginRegistry[Any]) ->
 
 
 async def test_every_non_pass_says_why_what_and_who(
-    fleet: FleetServer, api: httpx.AsyncClient, kinds: PluginRegistry[Any]
+    fleet: FleetServer, fleet_client: httpx.AsyncClient, kinds: PluginRegistry[Any]
 ) -> None:
     """I5: drift, ill health, unreachability and errors all carry reason, remedy and owner."""
-    await deploy(api, "web-05", "0.9.0")
-    await deploy(api, "web-06", "1.0.1")
-    await mark_bad(api, "1.0.1")
+    await deploy(fleet_client, "web-05", "0.9.0")
+    await deploy(fleet_client, "web-06", "1.0.1")
+    await mark_bad(fleet_client, "1.0.1")
     results = [
         await run({"expect_version": "1.0.0"}, make_ctx(fleet.url, HOSTS, kinds=kinds)),
         await run({}, make_ctx(fleet.url, ["web-99"], kinds=kinds)),

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import uuid
 from typing import Any, ClassVar
 
 import pytest
@@ -16,6 +15,7 @@ from activities.change import ChangeActivities
 from activities.kinds.base import ChangeKind, new_registry
 from guardrails.plugins import PluginRegistry
 from tests import fakes
+from tests.builders import change_request, new_change_id, target_list
 from tests.fakes import Ledger, RecordingKind, RecordingParams
 from worker.main import build_worker
 from workflows import errors
@@ -157,16 +157,13 @@ def test_chunks_keep_the_budget_busy_and_the_order() -> None:
 
 
 def _request(params: dict[str, Any]) -> ChangeRequest:
-    return ChangeRequest(
-        change_id=f"many-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
+        change_id=new_change_id("many"),
         summary="many targets per activity",
-        requester="alice",
         team="web",
-        environment="prod",
-        targets=[{"id": f"h{i:03d}"} for i in range(1, 251)],  # type: ignore[misc]
+        targets=target_list(250, "h{:03d}"),
         params=params,
-        rollout={"waves": ["100%"], "max_parallel": 4},  # type: ignore[arg-type]
+        rollout={"waves": ["100%"], "max_parallel": 4},
         policy={"guardrails": [{"use": "always-pass"}]},
     )
 

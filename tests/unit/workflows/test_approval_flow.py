@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import timedelta
 from typing import Any
 
@@ -12,6 +11,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
 from tests import fakes
+from tests.builders import change_request, new_change_id, target_list
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase
 from worker.main import build_worker
@@ -58,15 +58,12 @@ def _request(
 ) -> ChangeRequest:
     guardrail: dict[str, Any] = {"use": use}
     guardrail["opt_out"] = rule if rule is not None else {"approvers": ["sre-leads"]}
-    return ChangeRequest(
-        change_id=f"appr-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
+        change_id=new_change_id("appr"),
         summary="needs approval",
-        requester="alice",
         team="web",
-        environment="prod",
-        targets=[{"id": "t1"}, {"id": "t2"}],  # type: ignore[list-item]
-        rollout={"waves": waves or ["100%"], "bake": bake},  # type: ignore[arg-type]
+        targets=target_list(2),
+        rollout={"waves": waves or ["100%"], "bake": bake},
         policy={"guardrails": [guardrail]},
     )
 

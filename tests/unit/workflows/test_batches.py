@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from typing import Any
 
 import pytest
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
+from tests.builders import change_request, new_change_id
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import until_phase
 from worker.main import build_worker
@@ -26,16 +26,13 @@ def ledger() -> Ledger:
 
 
 def _request(params: dict[str, Any]) -> ChangeRequest:
-    return ChangeRequest(
-        change_id=f"big-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
+        change_id=new_change_id("big"),
         summary="many targets",
-        requester="alice",
         team="web",
-        environment="prod",
-        targets=[{"id": t} for t in IDS],  # type: ignore[misc]
+        targets=[{"id": t} for t in IDS],
         params=params,
-        rollout={"waves": ["10", "100%"], "max_parallel": 20},  # type: ignore[arg-type]
+        rollout={"waves": ["10", "100%"], "max_parallel": 20},
         policy={"guardrails": [{"use": "always-pass"}]},
     )
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -13,6 +12,7 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
+from tests.builders import change_request, target_list
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import start_time_skipping, until_phase
 from worker.main import build_worker
@@ -37,15 +37,9 @@ def _request(*, deadline: datetime | None = None, opt_out: Any = None) -> Change
     rule: dict[str, Any] = {"use": "switch"}
     if opt_out is not None:
         rule["opt_out"] = opt_out
-    return ChangeRequest(
-        change_id=f"chg-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
         summary="gate loop",
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[{"id": "t1"}, {"id": "t2"}],  # type: ignore[list-item]
-        rollout={"waves": ["100%"]},  # type: ignore[arg-type]
+        targets=target_list(2),
         policy={"guardrails": [rule]},
         deadline=deadline,
     )

@@ -2,18 +2,17 @@
 
 from __future__ import annotations
 
-import uuid
-
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 import changeguard
 from cli.main import start_change
 from tests import fakes
+from tests.builders import change_request, new_change_id
 from tests.fakes import Ledger, RecordingKind
 from worker.main import build_worker
 from worker.settings import Settings
-from workflows.models import ChangeRequest, ChangeResult, Outcome
+from workflows.models import ChangeResult, Outcome
 from workflows.priorities import change_priority
 
 
@@ -35,16 +34,12 @@ async def test_a_rolled_back_change_schedules_reverts_first_then_checks_then_mut
     dev_env: WorkflowEnvironment, task_queue: str
 ) -> None:
     RecordingKind.ledger = Ledger()
-    req = ChangeRequest(
-        change_id=f"prio-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    req = change_request(
+        change_id=new_change_id("prio"),
         summary="priorities",
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[{"id": "a"}, {"id": "b"}],  # type: ignore[list-item]
+        targets=[{"id": "a"}, {"id": "b"}],
         params={"fail_apply": ["b"]},
-        rollout={"waves": ["100%"], "max_parallel": 1},  # type: ignore[arg-type]
+        rollout={"waves": ["100%"], "max_parallel": 1},
         policy={"guardrails": [{"use": "always-pass"}]},
     )
     async with build_worker(

@@ -12,6 +12,7 @@ from temporalio.exceptions import CancelledError
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
+from tests.builders import change_request
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import until_phase
 from worker.main import build_worker
@@ -29,16 +30,11 @@ def fresh_ledger() -> Ledger:
 def _request(
     params: dict[str, Any], *, waves: list[str] | None = None, bake: str = "0s"
 ) -> ChangeRequest:
-    return ChangeRequest(
-        change_id=f"chg-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
         summary="saga test",
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[{"id": t} for t in TARGETS],  # type: ignore[misc]
+        targets=[{"id": t} for t in TARGETS],
         params=params,
-        rollout={"waves": waves or ["100%"], "max_parallel": 1, "bake": bake},  # type: ignore[arg-type]
+        rollout={"waves": waves or ["100%"], "max_parallel": 1, "bake": bake},
         policy={"guardrails": [{"use": "always-pass"}]},
     )
 

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime
 
 from temporalio.api.enums.v1 import EventType
 from temporalio.testing import WorkflowEnvironment
 
 from tests import fakes
+from tests.builders import change_request, target_list
 from tests.fakes import Ledger, RecordingKind, Switch
 from worker.converter import data_converter
 from worker.main import build_worker
@@ -31,15 +31,9 @@ from workflows.summaries import (
 
 
 def _request(targets: int = 3, summary: str = "Roll out 1.4.2") -> ChangeRequest:
-    return ChangeRequest(
-        change_id=f"chg-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    return change_request(
         summary=summary,
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[{"id": f"web-{i:02d}"} for i in range(1, targets + 1)],  # type: ignore[misc]
-        rollout={"waves": ["100%"]},  # type: ignore[arg-type]
+        targets=target_list(targets, "web-{:02d}"),
         policy={"guardrails": [{"use": "switch"}]},
     )
 

@@ -8,7 +8,6 @@ in which nothing *failed* now gates again with backoff; a block with a real fail
 
 from __future__ import annotations
 
-import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any, ClassVar
 
@@ -17,6 +16,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from guardrails.base import CheckContext, EmptyParams, Guardrail
 from tests import fakes
+from tests.builders import change_request
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase, until_status
 from worker.main import build_worker
@@ -64,17 +64,7 @@ def _registry() -> Any:
 
 
 def _request(*rules: dict[str, Any]) -> ChangeRequest:
-    return ChangeRequest(
-        change_id=f"chg-{uuid.uuid4().hex[:8]}",
-        kind="recording",
-        summary="unanswered",
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[{"id": "t1"}],  # type: ignore[list-item]
-        rollout={"waves": ["100%"]},  # type: ignore[arg-type]
-        policy={"guardrails": list(rules)},
-    )
+    return change_request(summary="unanswered", policy={"guardrails": list(rules)})
 
 
 async def test_a_block_of_unanswered_checks_gates_again_by_itself(

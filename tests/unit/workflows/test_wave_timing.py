@@ -18,6 +18,7 @@ from activities.timing import TimingActivities
 from guardrails.builtin.change_window import ChangeWindow
 from guardrails.bundle import BundleHolder, bundle_from_mapping
 from tests import fakes
+from tests.builders import change_request_dict, target_list
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import until_phase, until_status
 from worker.main import build_worker
@@ -57,17 +58,12 @@ def freeze_rule(start: datetime, end: datetime, **params: Any) -> dict[str, Any]
 def request(
     rule: dict[str, Any], *, waves: list[str], bake: str, targets: int = 2
 ) -> dict[str, Any]:
-    return {
-        "change_id": f"chg-{uuid.uuid4().hex[:8]}",
-        "kind": "recording",
-        "summary": "freeze-aware waves",
-        "requester": "alice",
-        "team": "payments",
-        "environment": "prod",
-        "targets": [{"id": f"t{i}"} for i in range(1, targets + 1)],
-        "rollout": {"waves": waves, "bake": bake},
-        "policy": {"guardrails": [rule]},
-    }
+    return change_request_dict(
+        summary="freeze-aware waves",
+        targets=target_list(targets),
+        rollout={"waves": waves, "bake": bake},
+        policy={"guardrails": [rule]},
+    )
 
 
 async def start(

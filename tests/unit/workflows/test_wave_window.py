@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import uuid
 from typing import Any, ClassVar
 
 import pytest
@@ -12,9 +11,10 @@ from temporalio.testing import WorkflowEnvironment
 from activities.kinds.base import ChangeKind, new_registry
 from guardrails.plugins import PluginRegistry
 from tests import fakes
+from tests.builders import change_request, new_change_id, target_list
 from tests.fakes import Ledger, RecordingKind, RecordingParams
 from worker.main import build_worker
-from workflows.models import ApplyResult, ChangeRequest, ChangeResult, Outcome, Target
+from workflows.models import ApplyResult, ChangeResult, Outcome, Target
 from workflows.wave_window import lane_widths, run_in_lanes
 
 
@@ -100,16 +100,13 @@ async def test_a_wave_of_three_batches_runs_them_at_once_within_max_parallel(
     """250 targets, max_parallel 20: batches overlap, never more than 20 mutations at once."""
     RecordingKind.ledger = Ledger()
     CountingKind.in_flight, CountingKind.peak, CountingKind.batches_at_once = set(), 0, 0
-    req = ChangeRequest(
-        change_id=f"lanes-{uuid.uuid4().hex[:8]}",
-        kind="recording",
+    req = change_request(
+        change_id=new_change_id("lanes"),
         summary="many targets",
-        requester="alice",
         team="web",
-        environment="prod",
-        targets=[{"id": f"h{i:03d}"} for i in range(1, 251)],  # type: ignore[misc]
+        targets=target_list(250, "h{:03d}"),
         params={"delay": 0.05},
-        rollout={"waves": ["100%"], "max_parallel": 20},  # type: ignore[arg-type]
+        rollout={"waves": ["100%"], "max_parallel": 20},
         policy={"guardrails": [{"use": "always-pass"}]},
     )
     async with build_worker(
