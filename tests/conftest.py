@@ -190,6 +190,11 @@ async def _time_skipping_healthy(request: pytest.FixtureRequest) -> AsyncIterato
     :func:`_time_skips`) would make every later test that waits on a timer hang until its
     timeout, far from the cause. So the culprit fails at its own teardown, naming the cause, and
     every later test on that server fails at once, naming the culprit.
+
+    Only the session's shared server is probed. A module that starts its own (test_target_lock_queue)
+    loses it with the module, and its tests assert their own outcomes; probing it failed teardowns of
+    passing tests there (the lock lab terminates locks that may have a `holder_alive` in flight, and
+    the Java test server then keeps its time lock), and cost 30 s a test.
     """
     if "env" not in request.fixturenames:
         yield
@@ -198,14 +203,15 @@ async def _time_skipping_healthy(request: pytest.FixtureRequest) -> AsyncIterato
     if not isinstance(environment, WorkflowEnvironment) or not environment.supports_time_skipping:
         yield
         return
-    shared = environment in _session_env
-    if shared and _stalled_by:
+    if environment not in _session_env:
+        yield
+        return
+    if _stalled_by:
         pytest.fail(f"the session's time-skipping server is unusable since {_stalled_by[0]}")
     yield
     problem = await _time_skips(environment)
     if problem is not None:
-        if shared:
-            _stalled_by.append(f"{request.node.nodeid}: {problem}")
+        _stalled_by.append(f"{request.node.nodeid}: {problem}")
         pytest.fail(f"after this test, {problem}")
 
 
