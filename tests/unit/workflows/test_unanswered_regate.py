@@ -95,6 +95,31 @@ async def test_a_block_of_unanswered_checks_gates_again_by_itself(
     assert final.gate_runs == 3
 
 
+async def test_after_twelve_automatic_regates_it_pages_once_and_waits_for_a_person(
+    env: WorkflowEnvironment, task_queue: str, reset: Ledger
+) -> None:
+    """The check never answers: 12 re-gates (~85 min), one page, then no more gates by itself."""
+    req = _request({"use": "unanswering", "opt_out": "forbidden"})
+    async with build_worker(
+        env.client, task_queue=task_queue, guardrails=_registry(), kinds=fakes.kinds()
+    ):
+        handle = await env.client.start_workflow(
+            GuardedChangeWorkflow.run, req, id=req.change_id, task_queue=task_queue
+        )
+        await until_phase(handle, Phase.BLOCKED, within=60)
+        await env.sleep(timedelta(hours=2))  # past every automatic re-gate (about 85 minutes)
+        spent = await until_status(handle, lambda s: s.gate_runs == 13 and bool(s.pages))
+        await env.sleep(timedelta(hours=2))
+        later = await handle.query(GuardedChangeWorkflow.status)
+        await handle.cancel()
+        with pytest.raises(Exception):  # noqa: B017 (cancelled: any failure type)
+            await handle.result()
+    assert "gates again by itself" not in spent.message
+    assert [p for p in spent.pages if "could not answer through 12 automatic re-gates" in p]
+    assert (later.phase, later.gate_runs, len(later.pages)) == (Phase.BLOCKED, 13, len(spent.pages))
+    assert reset.applied == []
+
+
 async def test_a_real_failure_beside_an_unanswered_check_still_waits_for_a_person(
     env: WorkflowEnvironment, task_queue: str, reset: Ledger
 ) -> None:
