@@ -91,6 +91,11 @@ class Ledger:
     revert_calls: list[str] = field(default_factory=list)
     reverted: list[str] = field(default_factory=list)
     keys: list[str] = field(default_factory=list)
+    gates: dict[str, asyncio.Event] = field(default_factory=dict)
+
+    def gate(self, name: str) -> asyncio.Event:
+        """The gate an ``apply`` with ``hold: name`` waits on; a test opens it with ``.set()``."""
+        return self.gates.setdefault(name, asyncio.Event())
 
 
 class RecordingParams(BaseModel):
@@ -98,6 +103,7 @@ class RecordingParams(BaseModel):
     fail_apply: list[str] = []
     fail_revert: list[str] = []
     delay: float = 0.0
+    hold: str = ""  # apply waits until the test opens ledger.gate(hold): no race with load
     irreversible: list[str] = []  # targets whose apply runs an irreversible step ("drop-column")
     flaky: list[str] = []  # targets whose first apply fails (non-retryably); later ones succeed
 
@@ -114,6 +120,8 @@ class RecordingKind(ChangeKind[RecordingParams]):
     ) -> ApplyResult:
         if params.delay:
             await asyncio.sleep(params.delay)
+        if params.hold:
+            await self.ledger.gate(params.hold).wait()
         if target.id in params.fail_apply or (
             target.id in params.flaky and target.id not in self.ledger.failed_once
         ):

@@ -38,7 +38,13 @@ def ledger() -> Ledger:
 
 
 def _request(
-    targets: list[str], *, delay: float, team: str, bake: str = "0s", name: str = "lock"
+    targets: list[str],
+    *,
+    delay: float,
+    team: str,
+    bake: str = "0s",
+    name: str = "lock",
+    hold: str = "",
 ) -> ChangeRequest:
     return ChangeRequest(
         change_id=f"{name}-{uuid.uuid4().hex[:8]}",
@@ -48,7 +54,7 @@ def _request(
         team=team,
         environment="prod",
         targets=[{"id": t} for t in targets],
-        params={"delay": delay},
+        params={"delay": delay, "hold": hold},
         rollout={"waves": ["100%"], "max_parallel": 5, "bake": bake},
     )
 
@@ -144,8 +150,9 @@ async def test_exactly_one_of_two_racing_changes_proceeds_the_other_queues(
     dev_env: WorkflowEnvironment, task_queue: str, ledger: Ledger
 ) -> None:
     """Two changes racing on a shared target: one runs, the other waits its turn, then runs."""
-    a = _request(["r1", "r2"], delay=2, team="payments")
-    b = _request(["r2", "r3"], delay=2, team="search")
+    # The winner's mutation waits for the test (a fixed delay could end before the loser gated).
+    a = _request(["r1", "r2"], delay=0, team="payments", hold="race")
+    b = _request(["r2", "r3"], delay=0, team="search", hold="race")
     async with _worker(dev_env, task_queue):
         ha, hb = await asyncio.gather(*(_start(dev_env, task_queue, r) for r in (a, b)))
         sa, sb = await asyncio.gather(
@@ -163,6 +170,7 @@ async def test_exactly_one_of_two_racing_changes_proceeds_the_other_queues(
         assert lock.reason.endswith("this change is number 1 of 1 in its queue")
         assert _cid(wreq) in lock.remedy
 
+        ledger.gate("race").set()
         assert (await winner.result()).outcome is Outcome.COMPLETED
         assert (await loser.result()).outcome is Outcome.COMPLETED  # no recheck sent
     assert sorted(ledger.applied) == ["r1", "r2", "r2", "r3"]
@@ -199,8 +207,10 @@ async def test_three_changes_on_one_target_are_served_in_arrival_order(
     dev_env: WorkflowEnvironment, task_queue: str, ledger: Ledger
 ) -> None:
     """Holder, then two waiters in order: the lock is handed over in arrival order."""
-    first = _request(["s1"], delay=3, team="payments", name="first")
-    second = _request(["s1"], delay=1, team="search", name="second")
+    # The holders keep their mutation open until the test has seen the queue (a fixed delay
+    # raced the gates of the waiters on a loaded machine: CI saw the holder finish first).
+    first = _request(["s1"], delay=0, team="payments", name="first", hold="first")
+    second = _request(["s1"], delay=0, team="search", name="second", hold="second")
     third = _request(["s1"], delay=0, team="web", name="third")
     # Only the hand-over wakes a waiter: its fallback re-gate is an hour away.
     async with _worker(dev_env, task_queue, requeue_every="1h"):
@@ -215,6 +225,14 @@ async def test_three_changes_on_one_target_are_served_in_arrival_order(
             first.change_id,
             [second.change_id, third.change_id],
         )
+        ledger.gate("first").set()
+        await until_phase(h2, Phase.EXECUTING)
+        state = await _lock_state(dev_env, "s1")
+        assert (state.holder.change_id, [w.change_id for w in state.queue]) == (
+            second.change_id,
+            [third.change_id],
+        )
+        ledger.gate("second").set()
         results = await asyncio.gather(h1.result(), h2.result(), h3.result())
     assert [r.outcome for r in results] == [Outcome.COMPLETED] * 3
     assert _applied_order(ledger, "s1") == [first.change_id, second.change_id, third.change_id]
@@ -225,7 +243,7 @@ async def test_an_aborted_waiter_leaves_the_queue_and_the_next_gets_the_lock(
     dev_env: WorkflowEnvironment, task_queue: str, ledger: Ledger
 ) -> None:
     """Aborting a queued change takes it out of the queue; the waiter after it is served next."""
-    first = _request(["x1"], delay=4, team="payments", name="first")
+    first = _request(["x1"], delay=0, team="payments", name="first", hold="first")
     second = _request(["x1"], delay=0, team="search", name="second")
     third = _request(["x1"], delay=0, team="web", name="third")
     async with _worker(dev_env, task_queue, requeue_every="1h"):
@@ -251,6 +269,7 @@ async def test_an_aborted_waiter_leaves_the_queue_and_the_next_gets_the_lock(
             first.change_id,
             [third.change_id],
         )
+        ledger.gate("first").set()
         assert (await h1.result()).outcome is Outcome.COMPLETED
         assert (await h3.result()).outcome is Outcome.COMPLETED
     assert _applied_order(ledger, "x1") == [first.change_id, third.change_id]
@@ -260,7 +279,7 @@ async def test_hostile_signals_never_fail_a_lock_task(
     dev_env: WorkflowEnvironment, task_queue: str, ledger: Ledger
 ) -> None:
     """No payload, null, a number, two args: ignored, no WorkflowTaskFailed; the lock still works."""
-    holder = _request(["h1"], delay=3, team="payments", name="holder")
+    holder = _request(["h1"], delay=0, team="payments", name="holder", hold="holder")
     waiter = _request(["h1"], delay=0, team="search", name="waiter")
     async with _worker(dev_env, task_queue, requeue_every="1h"):
         hh = await _start(dev_env, task_queue, holder)
@@ -282,6 +301,7 @@ async def test_hostile_signals_never_fail_a_lock_task(
         assert (state.holder.change_id, state.queue) == (holder.change_id, [])
         hw = await _start(dev_env, task_queue, waiter)
         await until_status(hw, lambda s: _queued(s, "number 1 of 1"))
+        ledger.gate("holder").set()
         assert (await hh.result()).outcome is Outcome.COMPLETED
         assert (await hw.result()).outcome is Outcome.COMPLETED
     assert await _task_failures(run) == []
