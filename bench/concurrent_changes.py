@@ -67,6 +67,7 @@ def p95(values: list[float]) -> float:
 async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Warm up, then R interleaved repeats of guarded, bare and rollback."""
     from temporalio.api.enums.v1 import EventType
+    from temporalio.client import WorkflowUpdateFailedError
     from temporalio.common import WorkflowIDReusePolicy
     from temporalio.service import RPCError
 
@@ -130,11 +131,22 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
                     raise RuntimeError(f"{handle.id} ended before any target was applied")
                 await asyncio.sleep(0.05)
             sent = time.time()
-            await handle.execute_update(
-                GuardedChangeWorkflow.rollback,
-                OperatorAction(operator="bench", reason="bench rollback latency"),
-            )
-            await handle.result()
+            try:
+                await handle.execute_update(
+                    GuardedChangeWorkflow.rollback,
+                    OperatorAction(operator="bench", reason="bench rollback latency"),
+                )
+            except WorkflowUpdateFailedError as exc:  # e.g. its rollout ended first
+                raise RuntimeError(
+                    f"{handle.id}: the rollback was refused ({exc.cause}); the change finished "
+                    "before it arrived: give each change more --targets or --deploy-delay-ms"
+                ) from exc
+            ended = await handle.result()
+            if ended.outcome is not Outcome.ROLLED_BACK:
+                raise RuntimeError(
+                    f"{handle.id}: rollback accepted, but it ended {ended.outcome.value}: "
+                    f"{ended.message}"
+                )
             for event in (await handle.fetch_history()).events:
                 if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
                     attrs = event.activity_task_scheduled_event_attributes

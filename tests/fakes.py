@@ -7,6 +7,7 @@ behind them are fakes, so tests exercise the real workflow → activity → plug
 from __future__ import annotations
 
 import asyncio
+import threading
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -14,13 +15,22 @@ from typing import Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 from temporalio.exceptions import ApplicationError
 
+from activities.audit_sqlite import SqliteAuditStore
 from activities.kinds.base import ChangeKind
 from activities.kinds.base import new_registry as new_kind_registry
 from guardrails.base import CheckContext, EmptyParams, Guardrail
 from guardrails.base import new_registry as new_guardrail_registry
 from guardrails.plugins import PluginRegistry
 from workflows import errors
-from workflows.models import ApplyResult, Category, CheckResult, Target, TargetState
+from workflows.models import (
+    ApplyResult,
+    AuditAction,
+    AuditRecord,
+    Category,
+    CheckResult,
+    Target,
+    TargetState,
+)
 
 
 class FakeParams(BaseModel):
@@ -104,6 +114,7 @@ class RecordingParams(BaseModel):
     fail_revert: list[str] = []
     delay: float = 0.0
     hold: str = ""  # apply waits until the test opens ledger.gate(hold): no race with load
+    hold_only: list[str] = []  # the targets that wait on ``hold`` (empty: every target)
     irreversible: list[str] = []  # targets whose apply runs an irreversible step ("drop-column")
     flaky: list[str] = []  # targets whose first apply fails (non-retryably); later ones succeed
 
@@ -120,7 +131,7 @@ class RecordingKind(ChangeKind[RecordingParams]):
     ) -> ApplyResult:
         if params.delay:
             await asyncio.sleep(params.delay)
-        if params.hold:
+        if params.hold and (not params.hold_only or target.id in params.hold_only):
             await self.ledger.gate(params.hold).wait()
         if target.id in params.fail_apply or (
             target.id in params.flaky and target.id not in self.ledger.failed_once
@@ -192,3 +203,35 @@ class TimingSwitch(Switch):
     name = "timing-switch"
     category = Category.TIMING
     default_owner = "release-eng"
+
+
+class HoldingAuditStore(SqliteAuditStore):
+    """The real SQLite audit store, except that chosen records wait for the test to let them in.
+
+    ``hold(change_id, action)`` makes the next ``append`` of that change's ``action`` record wait
+    (in the activity's thread) until ``let_in`` is called; ``arrived`` says it is waiting. Tests
+    use it to keep an operator's handler inside its audit while the workflow moves on.
+    """
+
+    def __init__(self, path: str = ":memory:") -> None:
+        super().__init__(path)
+        self._held: dict[tuple[str, AuditAction], tuple[threading.Event, threading.Event]] = {}
+
+    def hold(self, change_id: str, action: AuditAction) -> None:
+        self._held[(change_id, action)] = (threading.Event(), threading.Event())
+
+    async def arrived(self, change_id: str, action: AuditAction, within: float = 20) -> None:
+        came, _ = self._held[(change_id, action)]
+        if not await asyncio.to_thread(came.wait, within):
+            raise AssertionError(f"no {action.value} record of {change_id} within {within}s")
+
+    def let_in(self, change_id: str, action: AuditAction) -> None:
+        self._held[(change_id, action)][1].set()
+
+    def append(self, record: AuditRecord) -> bool:
+        held = self._held.get((record.change_id, record.action))
+        if held is not None:
+            came, go = held
+            came.set()
+            go.wait(60)
+        return super().append(record)

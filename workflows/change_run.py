@@ -49,6 +49,7 @@ class ChangeRun:
         self.request = request
         self.status = ChangeStatus(change_id=change_id, kind=request.kind)
         self.stop: Unwind | None = None  # set by the abort / rollback updates
+        self.completing = False  # the rollout is over: abort and rollback are refused from here
         self.resumed = False  # set by the resume update while paused
         self.recheck = False  # set by the recheck signal
         self.directory: Directory | None = None  # the operators, loaded when approvals are due

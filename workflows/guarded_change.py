@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from pydantic import ValidationError
@@ -254,15 +254,23 @@ class GuardedChangeWorkflow:
             if report is None:
                 return await self._finish(Outcome.REJECTED, self._status.message)
             await self._rollout.execute(request, ctx, deadline)
+            await self._desk.settle()  # an abort or rollback accepted just now still counts
         except BaseException as exc:
             if not compensable(exc):
                 raise
             if self._past.irreversible:  # past the point of no return: a human decides
-                roll_forward = functools.partial(self._rollout.roll_forward, request, ctx, deadline)
+                roll_forward = functools.partial(self._roll_forward, request, ctx, deadline)
                 return await self._end(await self._compensation.hold_for_a_human(exc, roll_forward))
             return await self._end(await self._compensation.unwind(exc))
         applied = len(self._status.applied)
         return await self._finish(Outcome.COMPLETED, f"applied to {applied} target(s)")
+
+    async def _roll_forward(
+        self, request: ChangeRequest, ctx: ChangeContext, deadline: datetime
+    ) -> None:
+        """``resume`` past the point of no return: the rollout again, then settle its stops."""
+        await self._rollout.roll_forward(request, ctx, deadline)
+        await self._desk.settle()
 
     async def _refuse(self, why: str, *, payload: str = "") -> ChangeResult:
         """End ``rejected`` before any check or mutation; the refusal is in the ledger."""

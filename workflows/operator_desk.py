@@ -59,6 +59,10 @@ def operator_action(args: tuple[Any, ...]) -> OperatorAction:
     return action
 
 
+LATE_STOP_PATCH = "late-stop-honoured"
+"""``workflow.patched`` id: an abort or rollback accepted as the last wave ended is honoured."""
+
+
 class OperatorDesk:
     """Judge, verify, accept or refuse approvals and operator actions; record every refusal."""
 
@@ -268,9 +272,41 @@ class OperatorDesk:
 
     def refuse_if_ending(self, consequence: str) -> None:
         """Validators: refuse once the change is unwinding or over."""
-        phase = self._change.status.phase
-        if self._change.stop is not None or phase in TERMINAL_PHASES or phase is Phase.ROLLING_BACK:
+        change = self._change
+        phase = change.status.phase
+        if change.stop is not None or phase in TERMINAL_PHASES or phase is Phase.ROLLING_BACK:
             raise refused(f"the change is already {phase.value}; {consequence}")
+        if change.completing:
+            raise refused(
+                f"the change has finished its rollout (applied to {len(change.status.applied)} "
+                f"target(s)) and is recording its outcome; {consequence}: to undo it, start a "
+                "new change"
+            )
+
+    async def settle(self) -> None:
+        """After the last wave: honour an abort or rollback already accepted; refuse later ones.
+
+        An operator's update accepted while the last wave was ending is still verifying or
+        auditing (activities) when the rollout returns; without this the change completed and
+        the accepted, audited stop was lost (its caller was told "unwinding"). From here the
+        validators refuse new ones (:meth:`refuse_if_ending`); every handler already accepted
+        finishes first, and a stop it set raises here, so the change unwinds as any stop does.
+        Behind a patch: older workers completed at once.
+        """
+        if not workflow.patched(LATE_STOP_PATCH):
+            return
+        change = self._change
+        change.completing = True
+        if not workflow.all_handlers_finished():
+            change.status.message = (
+                f"the rollout is over (applied to {len(change.status.applied)} target(s)); an "
+                "operator's action accepted before it ended is being recorded, and decides how "
+                "the change ends"
+            )
+            await workflow.wait_condition(workflow.all_handlers_finished)
+        if change.stop is not None:
+            change.completing = False
+            raise change.stop
 
     def refuse_unsigned(self, name: str, action: OperatorAction) -> None:
         """Validators: refuse an unsigned operator action where one is required, or a replay."""

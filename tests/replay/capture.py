@@ -54,6 +54,7 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import OPEN_BUNDLE
 from tests.replay.identity_branch import signed_approval
+from tests.replay.late_stop_branch import late_stop
 from tests.servers import EventReceiver
 from worker.converter import data_converter
 from worker.devserver import temporal_binary
@@ -778,6 +779,7 @@ BRANCHES: list[Branch] = [
         max_parallel=20,
         params={"fail_apply": ["wave_window_failure_reverts.t150"]},
     ),
+    Branch("late_stop", None, max_parallel=1, drive=late_stop),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 

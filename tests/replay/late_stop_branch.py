@@ -1,0 +1,61 @@
+"""The ``late_stop`` capture branch: a rollback still being audited when the last wave ends.
+
+Kept beside ``capture.py`` so that the branch table stays one line per branch. The branch runs on a
+worker of its own (its own task queue) whose audit store holds the operator's ``rollback`` record
+until the last target is applied, so the change settles (``patched("late-stop-honoured")``) with
+the handler in flight and then unwinds: the race ``bench/concurrent_changes.py`` found, made
+certain.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from activities.audit import AuditActivities
+from tests import fakes
+from tests.fakes import HoldingAuditStore, RecordingKind
+from tests.helpers import OPEN_BUNDLE
+from worker.main import build_worker
+from worker.settings import Settings
+from workflows.models import AuditAction, ChangeResult, OperatorAction, Outcome
+
+if TYPE_CHECKING:
+    from tests.replay.capture import Branch, Capture
+
+
+async def late_stop(cap: Capture, branch: Branch) -> None:
+    """t1 applied, a rollback accepted and held in its audit, t2 applied, the rollback lands."""
+    from tests.replay.capture import guardrails  # capture.py imports this module
+
+    last = f"{branch.name}.t2"
+    req = cap.request(branch, params={"hold": branch.name, "hold_only": [last]})
+    cid = req.change_id or ""
+    queue = f"{cap.task_queue}-{branch.name}"
+    store = HoldingAuditStore(str(cap.state / f"{branch.name}-audit.db"))
+    store.hold(cid, AuditAction.ROLLBACK)
+    directory = f"yaml:{cap.state / 'operators.yaml'}"
+    worker = build_worker(
+        cap.client,
+        Settings.from_env(env={"CHANGEGUARD_DIRECTORY": directory}, task_queue=queue),
+        guardrails=guardrails(),
+        kinds=fakes.kinds(many=True),
+        bundle=OPEN_BUNDLE,
+        audit=AuditActivities(store, directory),
+    )
+    async with worker:
+        handle = await cap.client.start_workflow(
+            "GuardedChange", req, id=cid, task_queue=queue, result_type=ChangeResult
+        )
+        await cap.until(handle, lambda s: s.applied == [f"{branch.name}.t1"])
+        stop = asyncio.create_task(
+            handle.execute_update(
+                "rollback", OperatorAction(operator="capture", reason="late stop"), result_type=None
+            )
+        )
+        await store.arrived(cid, AuditAction.ROLLBACK)
+        RecordingKind.ledger.gate(branch.name).set()
+        await cap.until(handle, lambda s: s.message.startswith("the rollout is over"))
+        store.let_in(cid, AuditAction.ROLLBACK)
+        await stop
+        await cap.expect(handle, Outcome.ROLLED_BACK)
