@@ -143,7 +143,9 @@ async def bench(args: argparse.Namespace) -> tuple[dict[int, dict[str, Series]],
     return series, time.perf_counter() - started
 
 
-async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[int, dict[str, Series]]:
+async def measure(
+    client: Client, url: str, args: argparse.Namespace
+) -> dict[int, dict[str, Series]]:
     """Warm up, then time R interleaved runs of each series."""
     import httpx
     from temporalio.common import WorkflowIDReusePolicy

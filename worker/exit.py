@@ -28,14 +28,15 @@ def exit_now(code: int) -> NoReturn:
 def run_and_exit(main: Callable[[], int]) -> NoReturn:
     """Run a program's ``main`` and leave through :func:`exit_now` with its code.
 
-    An interrupt or an unexpected exception is reported on stderr and exits 1.
+    An interrupt or any other exception (``CancelledError`` included) is reported on stderr and
+    exits 1.
     """
     code = 1
     try:
         code = main()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
-    except Exception:
+    except BaseException:  # a CancelledError escaping asyncio.run too: never a silent exit 1
         traceback.print_exc()
     finally:
         exit_now(code)

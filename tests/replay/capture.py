@@ -780,6 +780,7 @@ BRANCHES: list[Branch] = [
         params={"fail_apply": ["wave_window_failure_reverts.t150"]},
     ),
     Branch("late_stop", None, max_parallel=1, drive=late_stop),
+    Branch("ending_without_locks", Outcome.COMPLETED, targets=3),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 
