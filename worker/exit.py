@@ -36,6 +36,11 @@ def run_and_exit(main: Callable[[], int]) -> NoReturn:
         code = main()
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
+    except SystemExit as exc:  # argparse's --help (0) and usage errors (2), sys.exit(...)
+        if exc.code is None or isinstance(exc.code, int):
+            code = exc.code or 0
+        else:
+            print(exc.code, file=sys.stderr)
     except BaseException:  # a CancelledError escaping asyncio.run too: never a silent exit 1
         traceback.print_exc()
     finally:
