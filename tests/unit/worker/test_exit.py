@@ -35,7 +35,7 @@ def test_a_cancellation_escaping_the_program_is_printed_too() -> None:
 
 
 def test_sys_exit_keeps_its_code_without_a_traceback() -> None:
-    """argparse's ``--help`` exits 0 and a usage error 2, through ``SystemExit``."""
+    """The ``--help`` of argparse exits 0 and a usage error 2, through ``SystemExit``."""
     for code in (0, 2):
         done = run(
             "import sys\nfrom worker.exit import run_and_exit\n"
