@@ -54,10 +54,10 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import OPEN_BUNDLE
 from tests.replay.identity_branch import signed_approval
-from tests.replay.late_stop_branch import late_stop
+from tests.replay.stop_branches import late_stop, stop_cancels
 from tests.servers import EventReceiver
 from worker.converter import data_converter
-from worker.devserver import temporal_binary
+from worker.devserver import STARTUP_TIMEOUT, temporal_binary
 from worker.main import build_worker
 from worker.replay import history_files, replay_files
 from worker.settings import Settings
@@ -781,6 +781,7 @@ BRANCHES: list[Branch] = [
     ),
     Branch("late_stop", None, max_parallel=1, drive=late_stop),
     Branch("ending_without_locks", Outcome.COMPLETED, targets=3),
+    Branch("stop_cancels", None, targets=4, max_parallel=2, drive=stop_cancels),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 
@@ -939,6 +940,7 @@ async def _capture(state: Path, out: Path, branches: list[Branch], *, verbose: b
         task_queue=TASK_QUEUE,
     )
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
         data_converter=data_converter,
         plugins=client_plugins(),
         dev_server_existing_path=temporal_binary("temporal"),

@@ -1,10 +1,12 @@
-"""The ``late_stop`` capture branch: a rollback still being audited when the last wave ends.
+"""Capture branches of operator stops at the edges of a rollout (kept beside ``capture.py``).
 
-Kept beside ``capture.py`` so that the branch table stays one line per branch. The branch runs on a
-worker of its own (its own task queue) whose audit store holds the operator's ``rollback`` record
-until the last target is applied, so the change settles (``patched("late-stop-honoured")``) with
-the handler in flight and then unwinds: the race ``bench/concurrent_changes.py`` found, made
-certain.
+- ``late_stop``: a rollback still being audited when the last wave ends. The branch runs on a
+  worker of its own (its own task queue) whose audit store holds the operator's ``rollback``
+  record until the last target is applied, so the change settles
+  (``patched("late-stop-honoured")``) with the handler in flight and then unwinds: the race
+  ``bench/concurrent_changes.py`` found, made certain.
+- ``stop_cancels``: a rollback while two mutations hang; behind
+  ``patched("stop-cancels-mutations")`` they are cancelled and the change unwinds at once.
 """
 
 from __future__ import annotations
@@ -59,3 +61,18 @@ async def late_stop(cap: Capture, branch: Branch) -> None:
         store.let_in(cid, AuditAction.ROLLBACK)
         await stop
         await cap.expect(handle, Outcome.ROLLED_BACK)
+
+
+async def stop_cancels(cap: Capture, branch: Branch) -> None:
+    """t1 applied, t2 and t3 hang in their mutations, a rollback cancels them and unwinds."""
+    hung = [f"{branch.name}.t2", f"{branch.name}.t3"]
+    req = cap.request(branch, params={"hold": branch.name, "hold_only": hung})
+    handle = await cap.start(req)
+    try:
+        await cap.until(handle, lambda s: s.applied == [f"{branch.name}.t1"])
+        await handle.execute_update(
+            "rollback", OperatorAction(operator="capture", reason="stop"), result_type=None
+        )
+        await asyncio.wait_for(cap.expect(handle, Outcome.ROLLED_BACK), timeout=60)
+    finally:
+        RecordingKind.ledger.gate(branch.name).set()
