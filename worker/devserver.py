@@ -14,6 +14,7 @@ import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 from pathlib import Path
 
 from workflows.search_attributes import cli_flags
@@ -30,6 +31,12 @@ VERSIONING_DYNAMIC_CONFIG: dict[str, str] = {
     "matching.wv.VersionDrainageStatusRefreshInterval": '"1s"',
 }
 """``--dynamic-config-value KEY=VALUE`` settings of the dev server (values are YAML)."""
+
+
+STARTUP_TIMEOUT = timedelta(seconds=60)
+"""How long ``WorkflowEnvironment.start_local`` may wait for a dev server (its default, 5 s, ran
+out twice in one afternoon on a busy 2-core machine: "did not start within 5s"). Every caller
+passes it as ``dev_server_startup_timeout``."""
 
 
 def dynamic_config_flags(values: dict[str, str] | None = None) -> list[str]:

@@ -33,7 +33,7 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import until_phase
 from worker.converter import data_converter
-from worker.devserver import temporal_binary
+from worker.devserver import STARTUP_TIMEOUT, temporal_binary
 from worker.main import build_worker
 from workflows import search_attributes as sa
 from workflows.models import (
@@ -102,6 +102,7 @@ async def ui_server() -> AsyncIterator[UiServer]:
     """A dev server with the Web UI on a free loopback port (changeguard's search attributes)."""
     port = _free_port()
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
         data_converter=data_converter,
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(sa.ALL),

@@ -27,7 +27,7 @@ from tests.replay import capture
 from tests.replay.broken_workflow import BrokenGuardedChangeWorkflow
 from worker import registry
 from worker.converter import data_converter
-from worker.devserver import temporal_binary
+from worker.devserver import STARTUP_TIMEOUT, temporal_binary
 from worker.main import build_worker
 from worker.replay import SAVED_PREFIX, history_files, load_history, shape_signature
 from worker.settings import Settings
@@ -44,6 +44,7 @@ FIRST_MISMATCH = (
 
 async def _server() -> WorkflowEnvironment:
     return await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
         data_converter=data_converter,
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(sa.ALL),

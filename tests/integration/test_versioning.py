@@ -25,7 +25,7 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import OPEN_BUNDLE, until_phase
 from worker.converter import data_converter
-from worker.devserver import dynamic_config_flags, temporal_binary
+from worker.devserver import STARTUP_TIMEOUT, dynamic_config_flags, temporal_binary
 from worker.main import describe_deployment, run_worker
 from worker.settings import Settings
 from workflows import search_attributes as sa
@@ -46,6 +46,7 @@ def operators() -> str:
 async def versioned_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server with the dynamic config ``changeguard dev`` passes (fast drainage status)."""
     env = await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
         data_converter=data_converter,
         dev_server_existing_path=temporal_binary("temporal"),
         search_attributes=list(sa.ALL),
