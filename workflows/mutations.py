@@ -126,8 +126,8 @@ async def apply_targets(
     limit = asyncio.Semaphore(max_parallel)
     failed: list[BaseException] = []
     running: dict[str, asyncio.Future[ApplyResult]] = {}
-    stopped: list[bool] = []  # a stop cancelled the mutations in flight (STOP_CANCELS_PATCH)
-    finished: list[bool] = []
+    stopped = False  # a stop cancelled the mutations in flight (STOP_CANCELS_PATCH)
+    finished = False
 
     async def compensate(inp: ApplyInput) -> None:
         result = await revert_one(inp, options)
@@ -160,16 +160,17 @@ async def apply_targets(
             on_applied(target.id)
 
     async def cancel_on_stop() -> None:
-        await workflow.wait_condition(lambda: bool(finished) or should_stop())
+        nonlocal stopped
+        await workflow.wait_condition(lambda: finished or should_stop())
         if finished or not running or not workflow.patched(STOP_CANCELS_PATCH):
             return
-        stopped.append(True)
+        stopped = True
         for mutation in list(running.values()):
             mutation.cancel()
 
     watch = asyncio.ensure_future(cancel_on_stop())
     await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
-    finished.append(True)
+    finished = True
     await watch
     if failed:
         raise failed[0]

@@ -12,7 +12,7 @@
 --                            DELETE, TRUNCATE, no ownership, so no ALTER TABLE ... DISABLE TRIGGER;
 --                            not a superuser, so no SET session_replication_role = replica either.
 --
--- The DDL below is activities/audit_store.py's postgres_schema(), verbatim (a test checks it); a
+-- The DDL below is activities/audit_postgres.py's postgres_schema(), verbatim (a test checks it); a
 -- store whose table, columns, unique index and triggers exist is used by workers without any DDL.
 
 CREATE TABLE IF NOT EXISTS audit_records (
