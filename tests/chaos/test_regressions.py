@@ -148,6 +148,8 @@ async def test_an_effect_whose_ledger_write_failed_on_the_last_attempt_is_still_
                 "targets": [{"id": "web-01"}],
                 "params": {"base_url": fleet.url, "version": "2.0.0"},
                 "rollout": {"waves": ["100%"], "max_parallel": 1, "bake": "0s"},
+                # It holds a lock to give back (a change no lock check gated signals none).
+                "policy": {"guardrails": [{"use": "target-lock"}]},
             }
         )
         settings = Settings.from_env(task_queue=task_queue)
@@ -280,6 +282,8 @@ async def test_a_worker_dying_while_it_releases_locks_costs_seconds_not_two_minu
                 "targets": [{"id": "web-01"}],
                 "params": {"base_url": fleet.url, "version": "2.0.0"},
                 "rollout": {"waves": ["100%"], "max_parallel": 1, "bake": "0s"},
+                # It holds a lock to give back (a change no lock check gated signals none).
+                "policy": {"guardrails": [{"use": "target-lock"}]},
             }
         )
         settings = Settings.from_env(task_queue=task_queue)

@@ -202,8 +202,9 @@ async def test_save_adds_only_new_shapes(
         "GuardrailGate",
         "TargetLock",
     }
-    # gate-a, gate-b (3 targets) and gate-lock took one branch of GuardedChange; gate-waiting another.
-    assert len([p for p in saved if "__GuardedChange__" in p.name]) == 2
+    # gate-a and gate-b (3 targets) took one branch of GuardedChange; gate-lock another (it gives
+    # its lock back at the end, a change no lock check gated does not); gate-waiting a third.
+    assert len([p for p in saved if "__GuardedChange__" in p.name]) == 3
     capsys.readouterr()
     assert await _run(settings, "replay", "--from-server", "--save", str(tmp_path)) == 0
     assert history_files([tmp_path]) == saved  # nothing new the second time
