@@ -17,6 +17,7 @@ import httpx
 import pytest
 from temporalio import activity
 from temporalio.api.failure.v1 import Failure
+from temporalio.client import WorkflowExecutionStatus
 from temporalio.common import RetryPolicy
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
@@ -32,6 +33,7 @@ from worker.converter import data_converter
 from worker.main import build_worker
 from worker.settings import Settings
 from workflows.calls import MUTATION_RETRY
+from workflows.ids import lock_id
 from workflows.models import (
     AuditAction,
     AuditQuery,
@@ -266,7 +268,9 @@ async def test_a_worker_dying_while_it_releases_locks_costs_seconds_not_two_minu
         attempts.append(activity.info().attempt)
         if len(attempts) == 1:
             await asyncio.Event().wait()  # a dead worker: no heartbeat, no result
-        return await real(self, inp)
+        # Set on the class, this function's first parameter hint is taken for the payload's: the
+        # input arrives as a plain mapping.
+        return await real(self, ReleaseLocksInput.model_validate(inp))
 
     monkeypatch.setattr(LockActivities, "release_target_locks", dies_the_first_time)
     cid = f"locks-{uuid.uuid4().hex[:8]}"
@@ -302,6 +306,12 @@ async def test_a_worker_dying_while_it_releases_locks_costs_seconds_not_two_minu
     assert result.outcome is Outcome.COMPLETED
     assert attempts[:2] == [1, 2], "the release was retried after the first attempt died"
     assert took < 45, f"the change took {took:.0f}s: the dead attempt was noticed late"
+    lock = dev_env.client.get_workflow_handle(lock_id("web-01"))
+    for _ in range(100):  # the second attempt gave the lock back (it would bar later tests)
+        if (await lock.describe()).status is not WorkflowExecutionStatus.RUNNING:
+            break
+        await asyncio.sleep(0.1)
+    assert str(await lock.result()) == f"released by {cid}"
 
 
 def test_a_mutations_retry_budget_outlasts_a_35_second_target_outage() -> None:
