@@ -35,7 +35,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from guardrails.base import Guardrail, Services
 from guardrails.bundle import Bundle, BundleError, BundleHolder
 from guardrails.plugins import PluginRegistry
-from worker import registry, telemetry, waiting
+from worker import registry, sdk_shims, telemetry, waiting
 from worker.settings import Settings
 from workflows.progress_models import HEARTBEAT_THROTTLE
 
@@ -266,6 +266,7 @@ def build_worker(
             directories=plugins.directories,
             bundle_hash=holder.current_hash,  # each change's `started` record names the bundle
         )
+    sdk_shims.install()  # the SDK's payload passes cost nothing without a codec (worker/sdk_shims.py)
     worker = ChangeguardWorker(
         client,
         task_queue=queue,

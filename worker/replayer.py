@@ -27,7 +27,7 @@ from temporalio.runtime import LoggingConfig, Runtime, TelemetryConfig, Telemetr
 from temporalio.worker import Replayer
 from temporalio.workflow import NondeterminismError
 
-from worker import registry
+from worker import registry, sdk_shims
 from worker.converter import data_converter
 from worker.histories import Progress, history_files, history_ids, load_history
 from worker.telemetry import client_plugins
@@ -107,6 +107,7 @@ def build_replayer(*, workflows: Sequence[type] | None = None) -> Replayer:
     Args:
         workflows: replace the registry's workflows (tests replay a deliberately broken one).
     """
+    sdk_shims.install()  # as every worker does: a replay decodes the same payloads
     return Replayer(
         workflows=list(registry.WORKFLOWS if workflows is None else workflows),
         interceptors=registry.interceptors(),
