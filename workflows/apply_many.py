@@ -25,7 +25,8 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, observe
+    import workflows.calls as calls
+    import workflows.observe as observe
     from workflows.apply_many_models import ApplyManyInput
     from workflows.models import ApplyResult, Target
     from workflows.mutation_keys import apply_input

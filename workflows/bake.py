@@ -13,7 +13,8 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, observe
+    import workflows.calls as calls
+    import workflows.observe as observe
     from workflows.change_run import ChangeRun
     from workflows.models import ChangeRequest, Outcome, Phase, WaveProgress
     from workflows.paging import Pager

@@ -26,7 +26,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import errors
+    import workflows.errors as errors
     from workflows.apply_many import APPLY_MANY_PATCH, apply_chunks
     from workflows.inputs import Refusal, decode
     from workflows.models import ApplyResult, BatchInput, BatchResult, CompensationFailure

@@ -17,7 +17,9 @@ from temporalio.common import RetryPolicy
 from temporalio.workflow import ActivityCancellationType
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import errors, names, priorities
+    import workflows.errors as errors
+    import workflows.names as names
+    import workflows.priorities as priorities
     from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
     from workflows.event_models import ChangeEvent, SendChangeEventResult
     from workflows.identity_models import VerifyInput, VerifyResult

@@ -26,7 +26,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, errors, ids
+    import workflows.calls as calls
+    import workflows.errors as errors
+    import workflows.ids as ids
     from workflows.calls import DELIVERY_LIMIT as DELIVERY_LIMIT
     from workflows.event_models import ChangeEvent, ChangeEventsInput
     from workflows.inputs import Refusal, decode

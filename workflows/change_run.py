@@ -17,8 +17,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, observe
-    from workflows import search_attributes as sa
+    import workflows.calls as calls
+    import workflows.observe as observe
+    import workflows.search_attributes as sa
     from workflows.details import change_details
     from workflows.models import (
         AuditAction,

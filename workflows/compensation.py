@@ -19,7 +19,7 @@ from temporalio import workflow
 from temporalio.exceptions import is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import observe
+    import workflows.observe as observe
     from workflows.change_run import ChangeRun
     from workflows.models import ApplyResult, BatchResult, ChangeStatus, Outcome, Phase
     from workflows.mutations import irreversible_in

@@ -20,7 +20,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, TimeoutError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, observe
+    import workflows.calls as calls
+    import workflows.observe as observe
     from workflows.calls import CHECK_RETRY as CHECK_RETRY
     from workflows.calls import RESOLVE_TIMEOUT as RESOLVE_TIMEOUT
     from workflows.errors import INVALID_INPUT

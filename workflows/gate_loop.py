@@ -16,7 +16,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, ids, observe
+    import workflows.calls as calls
+    import workflows.ids as ids
+    import workflows.observe as observe
     from workflows.approvals import approvable, still_needed
     from workflows.change_run import ChangeRun
     from workflows.gate import GuardrailGateWorkflow

@@ -37,8 +37,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, observe
-    from workflows import search_attributes as sa
+    import workflows.calls as calls
+    import workflows.observe as observe
+    import workflows.search_attributes as sa
     from workflows.bake import BakeMonitor
     from workflows.change_events import ChangeEventEmitter
     from workflows.change_run import ChangeRun

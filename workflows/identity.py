@@ -23,7 +23,7 @@ from typing import Any
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
-from workflows import calls
+import workflows.calls as calls
 from workflows.identity_models import (
     IdentityRequirements,
     Signature,

@@ -22,7 +22,8 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, observe
+    import workflows.calls as calls
+    import workflows.observe as observe
     from workflows.calls import MUTATION_HEARTBEAT as MUTATION_HEARTBEAT
     from workflows.calls import MUTATION_TIMEOUT as MUTATION_TIMEOUT
     from workflows.models import (

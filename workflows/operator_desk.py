@@ -17,7 +17,8 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import errors, observe
+    import workflows.errors as errors
+    import workflows.observe as observe
     from workflows.approvals import approval_problem, grant, still_needed
     from workflows.change_run import ChangeRun, keep_last
     from workflows.identity import IdentityGuard

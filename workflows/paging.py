@@ -13,7 +13,7 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls
+    import workflows.calls as calls
     from workflows.change_run import ChangeRun
     from workflows.models import ChangeContext, ResolvePolicyInput
     from workflows.rollout_models import PageInput, RolloutPolicy

@@ -13,7 +13,7 @@ from datetime import datetime
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import observe
+    import workflows.observe as observe
     from workflows.bake import BakeMonitor
     from workflows.change_events import ChangeEventEmitter
     from workflows.change_run import ChangeRun

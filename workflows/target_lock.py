@@ -37,7 +37,9 @@ from temporalio import workflow
 from temporalio.exceptions import ActivityError, ApplicationError, FailureError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls, ids, names
+    import workflows.calls as calls
+    import workflows.ids as ids
+    import workflows.names as names
     from workflows.errors import INVALID_INPUT
     from workflows.inputs import Refusal, decode
     from workflows.models import (

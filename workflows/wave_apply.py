@@ -14,7 +14,7 @@ from temporalio import workflow
 from temporalio.exceptions import ApplicationError, ChildWorkflowError
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import ids
+    import workflows.ids as ids
     from workflows.batch import TargetBatchWorkflow
     from workflows.change_run import ChangeRun
     from workflows.compensation import PointOfNoReturn

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from temporalio import workflow
 
 with workflow.unsafe.imports_passed_through():
-    from workflows import calls
+    import workflows.calls as calls
     from workflows.change_run import ChangeRun
     from workflows.gate_loop import GateLoop
     from workflows.models import ChangeContext, ChangeRequest, Outcome, Phase, WaveProgress
