@@ -32,6 +32,7 @@ from workflows.models import (
     OptOutRule,
     Target,
 )
+from workflows.spans import Span
 
 BERLIN = "Europe/Berlin"
 WEEKDAYS = {"timezone": BERLIN, "allow": ["Mon-Thu 09:00-16:00"]}
@@ -623,3 +624,25 @@ def test_search_horizon_is_documented_constant() -> None:
         timedelta(days=SEARCH_DAYS),
         [Opening(utc(2026, 1, 1), None)],
     )
+
+
+def test_a_windows_days_are_laid_out_once_and_kept_as_laid_out() -> None:
+    """The same rule and local days give the same schedule without laying 400 days out again."""
+    from guardrails.builtin.change_window import rules
+
+    params = parse({"timezone": BERLIN, "allow": ["Mon-Fri 09:00-16:00", "Sun 01:30-03:30"]})
+    after = utc(2026, 10, 20, 9)  # the horizon crosses the end of summer time, 2026-10-25
+    rules._window_spans.cache_clear()
+    first = build_schedule(params, after)
+    assert rules._window_spans.cache_info().misses == 2  # one per window
+    again = build_schedule(params, after + timedelta(hours=3))  # the same local days
+    assert rules._window_spans.cache_info().misses == 2
+    assert rules._window_spans.cache_info().hits == 2
+    rules._window_spans.cache_clear()
+    afresh = build_schedule(params, after + timedelta(hours=3))
+    assert again.allows == afresh.allows == first.allows
+    assert [(s.what, s.source, s.timezone) for s in again.allows] == [
+        (s.what, s.source, s.timezone) for s in afresh.allows
+    ]
+    # 01:30-03:30 on the night clocks fall back (03:00 → 02:00) lasts three hours, once.
+    assert Span(utc(2026, 10, 24, 23, 30), utc(2026, 10, 25, 2, 30)) in first.allows
