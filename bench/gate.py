@@ -11,13 +11,17 @@ to its result of:
 1. ``gate``: ``GuardrailGate`` with an inline policy listing all N guardrails;
 2. ``single``: ``GuardrailGate`` with only one of them: the floor, the gate of its slowest check;
 3. ``sequential``: a bench-only workflow running the same ``resolve_policy`` and then the same N
-   ``run_check`` activities one after another.
+   ``run_check`` activities one after another;
+4. ``bare`` and ``bare-1``: a bench-only workflow that only starts N (or 1) activities which sleep L
+   ms, all at once, and waits for them: what Temporal itself charges for the same fan-out on this
+   machine (no policy, no guardrail, no report).
 
 Each is run once to warm up (discarded), then R times, interleaved (gate, single, sequential, gate,
 …) so drift hits all three alike; the medians are compared. Only ratios between figures of the same
 run mean anything: absolute milliseconds depend on the machine. The last two lines are
 ``gate_vs_sequential_ratio=<y>`` and ``gate_vs_slowest_check_ratio=<x>`` (x = gate / single; the
-ideal is 1.00, with y ideally about 1/N).
+ideal is 1.00, with y ideally about 1/N); before them ``bare_fanout_ratio=<b>`` (bare / bare-1: the
+same ratio for Temporal's fan-out alone, the floor of x on this machine).
 """
 
 from __future__ import annotations
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
-from temporalio import workflow
+from temporalio import activity, workflow
 
 # The bench's own workflow is defined in this module and runs in the default sandbox, which
 # re-executes this whole file in isolation to validate it and to run each workflow. So everything at
@@ -87,6 +91,42 @@ class SequentialChecksWorkflow:
                 )
             )
         return results
+
+
+class FanOutInput(BaseModel):
+    """How many sleeping activities the bare fan-out starts, and how long each sleeps."""
+
+    n: int = Field(ge=1)
+    ms: int = Field(ge=0)
+
+
+@activity.defn(name="bench_sleep")
+async def bench_sleep(ms: int) -> int:
+    """Sleep ``ms`` and return it: an activity with nothing of changeguard in it."""
+    await asyncio.sleep(ms / 1000)
+    return ms
+
+
+@workflow.defn(name="BenchBareFanOut")
+class BareFanOutWorkflow:
+    """Temporal's own fan-out: N activities at once, awaited together; no policy, no report."""
+
+    @workflow.run
+    async def run(self, inp: FanOutInput) -> int:
+        """Start every activity, then wait for all of them."""
+        results = await asyncio.gather(
+            *(
+                workflow.execute_activity(
+                    bench_sleep,
+                    inp.ms,
+                    activity_id=f"sleep-{i}",
+                    start_to_close_timeout=timedelta(seconds=30),
+                    retry_policy=CHECK_RETRY,
+                )
+                for i in range(inp.n)
+            )
+        )
+        return len(results)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -155,8 +195,8 @@ def ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float]:
-    """Run the three measurements; print the table; return (gate/single, gate/sequential)."""
+async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float, float]:
+    """Run the five series; print the table; return (gate/single, gate/sequential, bare/bare-1)."""
     from activities.kinds.base import new_registry as new_kind_registry
     from guardrails.base import new_registry
 
@@ -213,13 +253,16 @@ async def measure(
     seq_worker = Worker(
         client,
         task_queue=seq_queue,
-        workflows=[*worker_registry.WORKFLOWS, SequentialChecksWorkflow],
-        activities=worker_registry.activities(
-            plugins=gate_worker.plugins,  # the same registries, read once
-            services=Services(temporal_client=client),
-            bundle=bundle,
-            audit=AuditActivities(SqliteAuditStore(":memory:")),  # the bench writes no audit
-        ),
+        workflows=[*worker_registry.WORKFLOWS, SequentialChecksWorkflow, BareFanOutWorkflow],
+        activities=[
+            *worker_registry.activities(
+                plugins=gate_worker.plugins,  # the same registries, read once
+                services=Services(temporal_client=client),
+                bundle=bundle,
+                audit=AuditActivities(SqliteAuditStore(":memory:")),  # the bench writes no audit
+            ),
+            bench_sleep,
+        ],
         interceptors=worker_registry.interceptors(),
         max_cached_workflows=1000,
         max_concurrent_activities=settings.max_concurrent_activities,
@@ -264,10 +307,25 @@ async def measure(
             raise RuntimeError(f"the sequential baseline did not pass all {n} checks")
         return elapsed
 
+    async def run_bare(count: int) -> float:
+        t0 = time.perf_counter()
+        done = await client.execute_workflow(
+            BareFanOutWorkflow.run,
+            FanOutInput(n=count, ms=latency_ms),
+            id=f"bench-bare-{uuid.uuid4().hex[:10]}",
+            task_queue=seq_queue,
+        )
+        elapsed = time.perf_counter() - t0
+        if done != count:
+            raise RuntimeError(f"the bare fan-out ran {done} of {count} activities")
+        return elapsed
+
     series: dict[str, tuple[Callable[[], Awaitable[float]], list[float]]] = {
         "gate": (lambda: run_gate(all_policy, n), []),
         "single": (lambda: run_gate(one_policy, 1), []),
         "sequential": (run_sequential, []),
+        "bare": (lambda: run_bare(n), []),
+        "bare-1": (lambda: run_bare(1), []),
     }
 
     async with gate_worker, seq_worker:
@@ -284,11 +342,12 @@ async def measure(
 
 def table(
     samples: dict[str, list[float]], n: int, latency_ms: int, repeats: int, runtime: float
-) -> tuple[float, float]:
-    """Print the figures; return (gate / single, gate / sequential) of the medians."""
+) -> tuple[float, float, float]:
+    """Print the figures; return (gate / single, gate / sequential, bare / bare-1) of the medians."""
     med = {label: statistics.median(values) for label, values in samples.items()}
     gate_vs_single = med["gate"] / med["single"]
     gate_vs_seq = med["gate"] / med["sequential"]
+    bare_ratio = med["bare"] / med["bare-1"]
     print()
     print(f"GuardrailGate bench: N={n} checks of L={latency_ms} ms each, R={repeats} timed runs")
     print(f"{'':<12}{'median ms':>11}{'min ms':>10}{'max ms':>10}   what")
@@ -296,6 +355,8 @@ def table(
         ("gate", f"GuardrailGate, {n} checks in parallel"),
         ("single", "GuardrailGate, 1 check: the floor"),
         ("sequential", f"the same {n} checks one after another"),
+        ("bare", f"Temporal alone: {n} activities sleeping {latency_ms} ms at once"),
+        ("bare-1", "Temporal alone: 1 such activity"),
     ]
     for label, what in rows:
         values = samples[label]
@@ -314,8 +375,12 @@ def table(
     print(
         f"gate - single       = {ms(med['gate'] - med['single']):7.1f} ms (what the other checks add)"
     )
+    print(
+        f"bare / bare-1       = {bare_ratio:7.2f}   (the same fan-out in Temporal alone: the floor "
+        "of gate / single here)"
+    )
     print(f"runtime             = {runtime:7.1f} s")
-    return gate_vs_single, gate_vs_seq
+    return gate_vs_single, gate_vs_seq, bare_ratio
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -337,7 +402,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> int:
     """Run the bench; the last line is ``gate_vs_slowest_check_ratio=<x>``."""
     args = parse_args()
-    gate_vs_single, gate_vs_seq = asyncio.run(bench(args.checks, args.latency_ms, args.repeats))
+    gate_vs_single, gate_vs_seq, bare = asyncio.run(
+        bench(args.checks, args.latency_ms, args.repeats)
+    )
+    print(f"bare_fanout_ratio={bare:.2f}")
     print(f"gate_vs_sequential_ratio={gate_vs_seq:.2f}")
     print(f"gate_vs_slowest_check_ratio={gate_vs_single:.2f}")
     return 0
