@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import copy
 import uuid
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from workflows.models import ChangeRequest
+from workflows.models import ChangeContext, ChangeRequest, Target
 
 REQUEST_DEFAULTS: dict[str, Any] = {
     "kind": "recording",
@@ -50,3 +51,17 @@ def change_request_dict(**overrides: Any) -> dict[str, Any]:
 def change_request(**overrides: Any) -> ChangeRequest:
     """A valid :class:`ChangeRequest` (see :func:`change_request_dict`), fields overridden."""
     return ChangeRequest(**change_request_dict(**overrides))
+
+
+def change_context(target: str = "web-01") -> ChangeContext:
+    """What a gate judges: a ``recording`` change by ``alice`` of ``payments`` in ``prod``."""
+    return ChangeContext(
+        change_id=new_change_id(),
+        kind="recording",
+        summary="test",
+        requester="alice",
+        team="payments",
+        environment="prod",
+        targets=[Target(id=target)],
+        deadline=datetime.now(UTC) + timedelta(hours=24),
+    )

@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import uuid
 from collections.abc import Iterator, Sequence
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -18,10 +17,10 @@ from temporalio.converter import DataConverter, PayloadCodec
 from temporalio.testing import WorkflowEnvironment
 from temporalio.worker.workflow_sandbox import _runner
 
-from tests import fakes
+from tests import builders, fakes
 from worker import sdk_shims
 from worker.main import build_worker
-from workflows.models import ChangeContext, Decision, GateInput, GuardrailReport, Target
+from workflows.models import Decision, GateInput, GuardrailReport
 
 FIVE = ("fake-timing", "fake-lock", "fake-health", "fake-state", "fake-inflight")
 """The five fake guardrails of ``tests.fakes.guardrails``."""
@@ -129,16 +128,7 @@ async def _gate_counting_sandbox_calls(
         return real(self, command_info)
 
     monkeypatch.setattr(_runner._Instance, "get_serialization_context", counting)
-    change = ChangeContext(
-        change_id=f"chg-{uuid.uuid4().hex[:8]}",
-        kind="recording",
-        summary="test",
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[Target(id="web-01")],
-        deadline=datetime.now(UTC) + timedelta(hours=24),
-    )
+    change = builders.change_context()
     policy = {"guardrails": [{"use": n, "params": {"outcome": "pass"}} for n in FIVE]}
     async with build_worker(
         env.client, task_queue=task_queue, guardrails=fakes.guardrails(), kinds=fakes.kinds()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from datetime import UTC, datetime, timedelta
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -15,7 +15,7 @@ from temporalio.testing import WorkflowEnvironment
 
 from guardrails.base import CheckContext, EmptyParams, Guardrail
 from guardrails.plugins import PluginRegistry
-from tests import fakes
+from tests import builders, fakes
 from worker.main import build_worker
 from workflows.models import (
     Category,
@@ -25,21 +25,11 @@ from workflows.models import (
     Decision,
     GateInput,
     GuardrailReport,
-    Target,
 )
 
 
 def _change() -> ChangeContext:
-    return ChangeContext(
-        change_id=f"chg-{uuid.uuid4().hex[:8]}",
-        kind="recording",
-        summary="test",
-        requester="alice",
-        team="payments",
-        environment="prod",
-        targets=[Target(id="web-01")],
-        deadline=datetime.now(UTC) + timedelta(hours=24),
-    )
+    return builders.change_context()
 
 
 def _policy(**outcomes: str) -> dict[str, Any]:
