@@ -52,7 +52,7 @@ class Window:
 
         Laid out once per (window, zone, days, label) and kept (:func:`_window_spans`): every gate's
         check and every wave's timing check of a change asks for the same 400 days, and each day is a
-        daylight-saving conversion (12 ms a call for an always-open window; bench/README.md, "Scale").
+        daylight-saving conversion (14 ms a call for an always-open window; bench/README.md, "Scale").
         """
         return list(_window_spans(self, zone, first, last, what))
 
