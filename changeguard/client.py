@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -26,6 +26,7 @@ from temporalio.client import (
 )
 from temporalio.common import WorkflowIDReusePolicy
 from temporalio.exceptions import ApplicationError, WorkflowAlreadyStartedError
+from temporalio.service import RPCError, RPCStatusCode
 
 from worker.client import connect as _connect
 from worker.settings import Settings
@@ -60,6 +61,9 @@ FOLLOW_INTERVAL = 0.5
 """Seconds between two ``status`` queries while :meth:`Change.follow` waits for a change."""
 CHECKS_DEADLINE = timedelta(hours=24)
 """A dry-run gate's deadline when the request names none."""
+NOT_READY_WAIT = 10.0
+"""Seconds a query or an update waits out the server's "Workflow Task in failed state" refusal."""
+NOT_READY_DETAIL = "temporal.api.errordetails.v1.WorkflowNotReadyFailure"
 
 
 class ChangeExists(Exception):
@@ -102,6 +106,47 @@ def _refusal(what: str, exc: WorkflowUpdateFailedError) -> Refused:
     return Refused(what, cause.message if isinstance(cause, ApplicationError) else str(cause))
 
 
+def not_ready(exc: BaseException) -> bool:
+    """Whether the server refused a query or an update as not ready (the task is being retried).
+
+    The server answers ``FAILED_PRECONDITION`` with a ``WorkflowNotReadyFailure`` ("Workflow Task
+    in failed state") while the run's latest workflow task failed and its next attempt has not
+    completed: for a moment when a burst of large signals makes it close a task to flush them,
+    for good when the worker's code fails every attempt (docs/design.md, I10).
+    """
+    if not isinstance(exc, RPCError) or exc.status != RPCStatusCode.FAILED_PRECONDITION:
+        return False
+    try:
+        details = exc.grpc_status.details
+    except Exception:
+        return False
+    return any(d.type_url.endswith("/" + NOT_READY_DETAIL) for d in details)
+
+
+async def while_not_ready(
+    call: Callable[[], Awaitable[R]], *, wait: float | None = None, first_delay: float = 0.1
+) -> R:
+    """``call()``, retried while the server answers :func:`not_ready`, for ``wait`` seconds.
+
+    The delay between tries grows from ``first_delay`` to 1 s; the last try is at the deadline
+    (``wait``, default :data:`NOT_READY_WAIT`), and its refusal is raised as it came. Safe for
+    queries (they change nothing) and for updates: a refused update was not admitted (send every
+    try with the same update id, as :meth:`Change._update` does).
+    """
+    loop = asyncio.get_running_loop()
+    end = loop.time() + (NOT_READY_WAIT if wait is None else wait)
+    delay = first_delay
+    while True:
+        try:
+            return await call()
+        except RPCError as exc:
+            left = end - loop.time()
+            if not not_ready(exc) or left <= 0:
+                raise
+        await asyncio.sleep(min(delay, left))  # the last try is at the deadline
+        delay = min(delay * 2, 1.0)
+
+
 def with_change_id(request: ChangeRequest) -> tuple[ChangeRequest, str]:
     """The request with its change id: its own, else a new one (drawn here, at the edge)."""
     if request.change_id is not None:
@@ -129,8 +174,13 @@ class Change:
         return await self.handle.result()
 
     async def status(self, *, rpc_timeout: timedelta | None = None) -> ChangeStatus:
-        """Where the change is now (the ``status`` query; works on finished changes too)."""
-        return await self.handle.query(GuardedChangeWorkflow.status, rpc_timeout=rpc_timeout)
+        """Where the change is now (the ``status`` query; works on finished changes too).
+
+        Waits out a brief :func:`not_ready` refusal (up to :data:`NOT_READY_WAIT`).
+        """
+        return await while_not_ready(
+            lambda: self.handle.query(GuardedChangeWorkflow.status, rpc_timeout=rpc_timeout)
+        )
 
     async def follow(self, *, interval: float = FOLLOW_INTERVAL) -> AsyncIterator[ChangeStatus]:
         """Yield the status each time its phase or message changes, until the change ends.
@@ -261,9 +311,15 @@ class Change:
         return await self._update(GuardedChangeWorkflow.resume, "resume", action)
 
     async def _update(self, update: Update[A, R], what: str, arg: A) -> R:
-        """Run an update of the change; its refusal raises :class:`Refused`."""
+        """Run an update of the change; its refusal raises :class:`Refused`.
+
+        A :func:`not_ready` answer is waited out (up to :data:`NOT_READY_WAIT`), with one update id.
+        """
+        update_id = f"{what}-{uuid.uuid4()}"
         try:
-            return await self.handle.execute_update(update, arg)
+            return await while_not_ready(
+                lambda: self.handle.execute_update(update, arg, id=update_id)
+            )
         except WorkflowUpdateFailedError as exc:
             raise _refusal(what, exc) from exc
 

@@ -16,7 +16,7 @@ from temporalio.client import (
 from temporalio.service import RPCError
 
 import changeguard
-from changeguard.client import ChangeExists, GateRefused, with_change_id
+from changeguard.client import ChangeExists, GateRefused, not_ready, with_change_id
 from cli import exitcodes, signing
 from cli.changefile import ChangeFileError, load_change
 from cli.pending import QUERY_TIMEOUT, liveness, unanswered, went_unanswered
@@ -125,15 +125,17 @@ async def cmd_status(args: argparse.Namespace, settings: Settings) -> int:
     """Show a change's status (works on finished changes too)."""
     change = (await changeguard.connect(settings=settings)).get(args.id)
     status: ChangeStatus | None = None
+    refused = False
     try:
         status = await change.status(rpc_timeout=QUERY_TIMEOUT)
     except RPCError as exc:
         if not went_unanswered(exc):
             raise
         why = exc.message  # no worker answered: show what the server knows (cli/pending.py)
+        refused = not_ready(exc)  # the server refused it, after NOT_READY_WAIT of retries
     desc = await change.handle.describe()
     if status is None:
-        status = unanswered(desc, args.id, why)
+        status = unanswered(desc, args.id, why, refused=refused)
         err.print(f"[yellow]{escape(status.message)}[/]")
     if desc.status is WorkflowExecutionStatus.CANCELED and status.phase not in TERMINAL_PHASES:
         status.phase = Phase.ABORTED

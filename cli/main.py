@@ -17,6 +17,7 @@ from rich.markup import escape
 from temporalio.service import RPCError, RPCStatusCode
 
 from activities.audit import AuditStoreError
+from changeguard.client import NOT_READY_WAIT, not_ready
 from cli import exitcodes, signing
 from cli import replay as replay_cli
 from cli.actions import cmd_approve, cmd_operator, cmd_recheck
@@ -179,6 +180,15 @@ def main(argv: list[str] | None = None) -> int:
         if exc.status is RPCStatusCode.NOT_FOUND and getattr(args, "id", None):
             err.print(f"[red]no running change with id {args.id!r}:[/] {escape(exc.message)}")
             return exitcodes.INVALID
+        if not_ready(exc):
+            return fail(
+                "the change cannot answer now:",
+                f"{exc.message} (for {NOT_READY_WAIT:g}s): its latest workflow task failed and is "
+                "being retried; nothing was sent to it. A burst of large signals causes this for a "
+                "moment: try again. If it lasts, the change's history in the Web UI shows "
+                "WorkflowTaskFailed and its cause (e.g. a worker whose code cannot replay it)",
+                exitcodes.UNREACHABLE,
+            )
         raise
     except DevServerError as exc:
         return fail("cannot start the dev server:", str(exc))

@@ -129,8 +129,14 @@ def went_unanswered(exc: RPCError) -> bool:
     )
 
 
-def unanswered(desc: WorkflowExecutionDescription, change_id: str, why: str) -> ChangeStatus:
-    """The status the server alone can give when no worker answers the ``status`` query."""
+def unanswered(
+    desc: WorkflowExecutionDescription, change_id: str, why: str, *, refused: bool = False
+) -> ChangeStatus:
+    """The status the server alone can give when no worker answers the ``status`` query.
+
+    ``refused``: the server itself refused the query because the change's latest workflow task
+    failed and is being retried (:func:`changeguard.client.not_ready`), not for want of a worker.
+    """
     attrs = desc.typed_search_attributes
     raw_phase = attrs.get(sa.CHANGE_PHASE)
     phase = Phase(raw_phase) if raw_phase in {p.value for p in Phase} else Phase.PENDING
@@ -139,7 +145,17 @@ def unanswered(desc: WorkflowExecutionDescription, change_id: str, why: str) -> 
         kind=attrs.get(sa.CHANGE_KIND) or "",
         phase=phase,
         message=(
-            f"no worker answered the status query ({why}): the phase is the server's last "
-            "record (ChangePhase); the pending work below is live — look for suspicious workers"
+            (
+                f"the server refused the status query ({why}): the change's latest workflow task "
+                "failed and is being retried — a burst of large signals does this for a moment, "
+                "a worker that fails every attempt for good (the Web UI's history shows "
+                "WorkflowTaskFailed and its cause); the phase is the server's last record "
+                "(ChangePhase)"
+            )
+            if refused
+            else (
+                f"no worker answered the status query ({why}): the phase is the server's last "
+                "record (ChangePhase); the pending work below is live — look for suspicious workers"
+            )
         ),
     )

@@ -10,6 +10,7 @@ from typing import Any
 from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from changeguard.client import while_not_ready
 from worker.client import ensure_search_attributes
 from worker.converter import data_converter
 from worker.devserver import STARTUP_TIMEOUT, temporal_binary
@@ -38,11 +39,18 @@ async def start_time_skipping() -> WorkflowEnvironment:
 async def until_status(
     handle: WorkflowHandle[Any, Any], ready: Callable[[ChangeStatus], bool], *, within: float = 20
 ) -> ChangeStatus:
-    """Poll the ``status`` query until ``ready``; fail with the last phase and message."""
+    """Poll the ``status`` query until ``ready``; fail with the last phase and message.
+
+    The server's "Workflow Task in failed state" refusal (:func:`changeguard.client.not_ready`) is
+    waited out as any client of ours does, within the same deadline.
+    """
     loop = asyncio.get_running_loop()
     end = loop.time() + within
     while True:
-        status: ChangeStatus = await handle.query("status", result_type=ChangeStatus)
+        left = max(end - loop.time(), 0.0)
+        status: ChangeStatus = await while_not_ready(
+            lambda: handle.query("status", result_type=ChangeStatus), wait=left
+        )
         if ready(status):
             return status
         if loop.time() > end:
