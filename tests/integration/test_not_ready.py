@@ -155,3 +155,16 @@ async def test_the_cli_says_the_change_cannot_answer_and_exits_4(
     assert "the change cannot answer now:" in said
     assert "Workflow Task in failed state" in said and "WorkflowTaskFailed" in said
     assert (await wedged.describe()).status is WorkflowExecutionStatus.RUNNING  # nothing applied
+
+
+async def test_status_says_the_server_refused_the_query(
+    wedged: WorkflowHandle[WedgedChange, str], cli: Cli
+) -> None:
+    result = await cli("status", wedged.id, "--json")
+
+    status = result.json()
+    assert status["change_id"] == wedged.id
+    assert status["message"].startswith("the server refused the status query (")
+    assert "Workflow Task in failed state" in status["message"]
+    assert "no worker answered" not in status["message"]
+    assert "the server refused the status query" in " ".join(result.stderr.split())
