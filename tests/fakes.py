@@ -115,6 +115,7 @@ class RecordingParams(BaseModel):
     delay: float = 0.0
     hold: str = ""  # apply waits until the test opens ledger.gate(hold): no race with load
     hold_only: list[str] = []  # the targets that wait on ``hold`` (empty: every target)
+    hold_except: list[str] = []  # the targets that never wait on ``hold``
     irreversible: list[str] = []  # targets whose apply runs an irreversible step ("drop-column")
     flaky: list[str] = []  # targets whose first apply fails (non-retryably); later ones succeed
 
@@ -131,7 +132,11 @@ class RecordingKind(ChangeKind[RecordingParams]):
     ) -> ApplyResult:
         if params.delay:
             await asyncio.sleep(params.delay)
-        if params.hold and (not params.hold_only or target.id in params.hold_only):
+        if (
+            params.hold
+            and (not params.hold_only or target.id in params.hold_only)
+            and target.id not in params.hold_except
+        ):
             await self.ledger.gate(params.hold).wait()
         if target.id in params.fail_apply or (
             target.id in params.flaky and target.id not in self.ledger.failed_once

@@ -15,10 +15,16 @@ steps), also when the batch fails: a failed apply batch fails with the failing m
 and type and its ``BatchResult`` (targets applied, irreversible steps) as details. So the parent
 reaches its point of no return through batches too, and past it knows every target a failed batch
 left applied (a human repairs them: nothing is undone).
+
+An operator's stop reaches a batch as a cancellation from its parent (``STOP_CANCELS_BATCHES_PATCH``
+in :mod:`workflows.wave_apply`): the batch's mutations in flight are cancelled, the batch waits
+until they have really stopped, and it fails ``BatchStopped`` with its ``BatchResult`` so far, so
+the parent learns what it applied (and any irreversible step) before it unwinds.
 """
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
 from pydantic import ValidationError
@@ -35,6 +41,10 @@ with workflow.unsafe.imports_passed_through():
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga
     from workflows.unwind import failure_of
+
+BATCH_STOP_PATCH = "batch-reports-stop"
+"""``workflow.patched`` id: a cancelled apply batch fails ``BatchStopped`` with what it applied
+(before, a cancelled batch ended cancelled and its parent learned nothing of it)."""
 
 
 @workflow.defn(name="TargetBatch", failure_exception_types=[ValidationError])
@@ -88,6 +98,16 @@ class TargetBatchWorkflow:
                 on_result=lambda r: _note_result(result, r),
                 on_error=note_error,
             )
+        except asyncio.CancelledError:  # the change's stop: its mutations in flight have stopped
+            if not workflow.patched(BATCH_STOP_PATCH):
+                raise
+            raise ApplicationError(
+                f"stopped by the change's stop after {len(result.done)} of "
+                f"{len(inp.targets)} target(s)",
+                result.model_dump(mode="json"),
+                type=errors.BATCH_STOPPED,
+                non_retryable=True,
+            ) from None
         except (ActivityError, ApplicationError) as exc:
             if is_cancelled_exception(exc):
                 raise

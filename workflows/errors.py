@@ -15,7 +15,8 @@ The tree::
     │   ├── ContractViolation       a plug-in returned something its contract forbids
     │   ├── NothingApplied          a mutation reported that it changed nothing (not a success)
     │   ├── IrreversibleStep        a revert reached a step that cannot be undone (needs a human)
-    │   └── Refused                 an update's validator refused it (approval, abort, rollback…)
+    │   ├── Refused                 an update's validator refused it (approval, abort, rollback…)
+    │   └── BatchStopped            a TargetBatch ended early: the change's stop cancelled it
     └── transient failures — retried with jittered backoff
         ├── TargetUnavailable       the target API is unreachable or answered 5xx
         ├── CircuitOpen             the worker's breaker for that API is open; retry after a delay
@@ -36,6 +37,7 @@ CONTRACT_VIOLATION = "ContractViolation"
 NOTHING_APPLIED = "NothingApplied"
 IRREVERSIBLE_STEP = "IrreversibleStep"
 REFUSED = "Refused"
+BATCH_STOPPED = "BatchStopped"
 
 TARGET_UNAVAILABLE = "TargetUnavailable"
 CIRCUIT_OPEN = "CircuitOpen"
@@ -54,5 +56,6 @@ NON_RETRYABLE: tuple[str, ...] = (
     NOTHING_APPLIED,
     IRREVERSIBLE_STEP,
     REFUSED,
+    BATCH_STOPPED,
 )
 """Error types no retry policy retries; used as ``non_retryable_error_types``."""

@@ -8,12 +8,14 @@ about irreversible steps, and starts no mutation once an operator has stopped th
 
 from __future__ import annotations
 
+import asyncio
 import functools
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError, ChildWorkflowError
+from temporalio.exceptions import ApplicationError, ChildWorkflowError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
+    import workflows.errors as errors
     import workflows.ids as ids
     from workflows.batch import TargetBatchWorkflow
     from workflows.change_run import ChangeRun
@@ -27,6 +29,22 @@ with workflow.unsafe.imports_passed_through():
 
 BATCH_SIZE = 100
 """Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
+
+STOP_CANCELS_BATCHES_PATCH = "stop-cancels-batches"
+"""``workflow.patched`` id: an operator's stop cancels a large wave's ``TargetBatch`` children in
+flight, as it cancels a small wave's mutations (``STOP_CANCELS_PATCH``). Before, every batch in
+flight applied the rest of its targets first: with 50 one-wide lanes of 100 targets, up to 5,000
+mutations after the abort. Each cancelled batch cancels its own mutations, waits until they have
+stopped, and reports what it applied (``BatchStopped``); then the unwind reverts every batch that
+started, through the revert batch registered before it."""
+
+
+def _stopped(exc: ChildWorkflowError) -> bool:
+    """Whether a batch ended because the stop cancelled it (not by a failure of its own)."""
+    cause = exc.cause
+    return is_cancelled_exception(exc) or (
+        isinstance(cause, ApplicationError) and cause.type == errors.BATCH_STOPPED
+    )
 
 
 class WaveApplier:
@@ -67,14 +85,21 @@ class WaveApplier:
                 on_error=self._past.note_error,
             )
         elif workflow.patched(WAVE_WINDOW_PATCH):  # batches in lanes sharing max_parallel
+            running: dict[str, asyncio.Task[BatchResult]] = {}
+            stopping = False  # a stop cancelled the batches in flight (STOP_CANCELS_BATCHES_PATCH)
+            finished = False
 
             async def lane_batch(batch: list[Target], width: int) -> None:
-                try:
-                    result = await self._saga.run(
+                step = asyncio.ensure_future(
+                    self._saga.run(
                         f"batch {batch[0].id}..{batch[-1].id}",
                         functools.partial(self._batch, request, batch, "apply", width),
                         functools.partial(self._batch, request, batch, "revert"),
                     )
+                )
+                running[batch[0].id] = step
+                try:
+                    result = await step
                 except ChildWorkflowError as exc:
                     # Batches still in flight may yet reach the point of no return: keep what
                     # this one applied (in order, once) for the repair list, as small waves do.
@@ -83,17 +108,39 @@ class WaveApplier:
                         seen.update(status.applied)
                         for target_id in BatchResult.model_validate(cause.details[0]).done:
                             applied(target_id)
+                    if stopping and _stopped(exc):
+                        return  # cancelled by the stop; its revert batch is registered
                     raise
+                except asyncio.CancelledError:  # cancelled before its child had started
+                    if stopping:
+                        return
+                    raise
+                finally:
+                    running.pop(batch[0].id, None)
                 for target_id in result.done:
                     applied(target_id)
 
+            async def cancel_on_stop() -> None:
+                nonlocal stopping
+                await workflow.wait_condition(lambda: finished or change.stop is not None)
+                if finished or not running or not workflow.patched(STOP_CANCELS_BATCHES_PATCH):
+                    return
+                stopping = True
+                for step in list(running.values()):
+                    step.cancel()
+
+            watch = asyncio.ensure_future(cancel_on_stop())
             batches = [targets[i : i + BATCH_SIZE] for i in range(0, len(targets), BATCH_SIZE)]
-            await run_in_lanes(
-                batches,
-                request.rollout.max_parallel,
-                lane_batch,
-                should_stop=lambda: change.stop is not None,
-            )
+            try:
+                await run_in_lanes(
+                    batches,
+                    request.rollout.max_parallel,
+                    lane_batch,
+                    should_stop=lambda: change.stop is not None,
+                )
+            finally:
+                finished = True
+            await watch
         else:
             for start in range(0, len(targets), BATCH_SIZE):
                 if change.stop is not None:

@@ -7,6 +7,10 @@
   ``bench/concurrent_changes.py`` found, made certain.
 - ``stop_cancels``: a rollback while two mutations hang; behind
   ``patched("stop-cancels-mutations")`` they are cancelled and the change unwinds at once.
+- ``stop_cancels_batches``: an abort while a large wave's three ``TargetBatch`` children each
+  hang in a mutation; behind ``patched("stop-cancels-batches")`` the parent cancels them, each
+  fails ``BatchStopped`` with what it applied (``patched("batch-reports-stop")``), and the revert
+  batches undo the three targets applied.
 """
 
 from __future__ import annotations
@@ -74,5 +78,24 @@ async def stop_cancels(cap: Capture, branch: Branch) -> None:
             "rollback", OperatorAction(operator="capture", reason="stop"), result_type=None
         )
         await asyncio.wait_for(cap.expect(handle, Outcome.ROLLED_BACK), timeout=60)
+    finally:
+        RecordingKind.ledger.gate(branch.name).set()
+
+
+async def stop_cancels_batches(cap: Capture, branch: Branch) -> None:
+    """250 targets in three batches; the first of each applies, the rest hang; an abort."""
+    ids = [f"{branch.name}.t{i}" for i in range(1, branch.targets + 1)]
+    firsts = [ids[0], ids[100], ids[200]]
+    req = cap.request(branch, params={"hold": branch.name, "hold_except": firsts})
+    handle = await cap.start(req)
+    try:
+        for _ in range(600):
+            if set(firsts) <= set(RecordingKind.ledger.applied):
+                break
+            await asyncio.sleep(0.05)
+        await handle.execute_update(
+            "abort", OperatorAction(operator="capture", reason="stop"), result_type=None
+        )
+        await asyncio.wait_for(cap.expect(handle, Outcome.ABORTED), timeout=60)
     finally:
         RecordingKind.ledger.gate(branch.name).set()
