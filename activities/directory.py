@@ -36,6 +36,7 @@ from guardrails.problems import ProblemsError
 from guardrails.yamlfile import YamlError, read_yaml
 from workflows.identity_models import OidcIdentity, OperatorKeys
 from workflows.models import Directory
+from workflows.problems import problems as pydantic_problems
 
 DEFAULT_DIRECTORY = "yaml:.changeguard/operators.yaml"
 DIRECTORY_GROUP = "changeguard.directories"
@@ -135,9 +136,7 @@ class YamlDirectory:
         try:
             parsed = _DirectoryFile.model_validate(raw or {})
         except PydanticValidationError as exc:
-            raise DirectoryError(
-                [f"{_where(e['loc'])}: {e['msg']}" for e in exc.errors()], source=label
-            ) from None
+            raise DirectoryError(pydantic_problems(exc, where=_where), source=label) from None
         operators: dict[str, list[str]] = {}
         identities: dict[str, OperatorKeys] = {}
         problems: list[str] = []

@@ -27,6 +27,8 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from workflows.problems import problems
+
 T = TypeVar("T")
 P = TypeVar("P", bound=BaseModel)
 
@@ -104,24 +106,7 @@ def subclass_contract(base: type[Plugin[Any]], path: str) -> Callable[[type[Any]
 
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:
     """One line per pydantic error, located by its dotted path (``params.url: ...``)."""
-    out = []
-    for e in exc.errors():
-        loc = ".".join(str(p) for p in e["loc"])
-        where = ".".join(x for x in (prefix, loc) if x)
-        message = _text_length(e) or e["msg"]
-        out.append(f"{where}: {message}" if where else message)
-    return out
-
-
-def _text_length(error: Any) -> str:
-    """A length bound on a string said as text: pydantic says "1 item" when a validator ran first."""
-    if error["type"] not in ("too_short", "too_long") or not isinstance(error.get("input"), str):
-        return ""
-    ctx = error.get("ctx") or {}
-    if error["type"] == "too_short":
-        least = ctx.get("min_length", 1)
-        return "must not be empty" if least == 1 else f"must be at least {least} characters"
-    return f"must be at most {ctx.get('max_length')} characters (got {len(error['input'])})"
+    return problems(exc, prefix=prefix)
 
 
 def params_errors(plugin: HasParams, raw: dict[str, Any]) -> list[str]:

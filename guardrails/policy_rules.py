@@ -14,13 +14,13 @@ import re
 from typing import Any, Literal
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
 
 from guardrails.base import Guardrail, params_errors
 from guardrails.plugins import PluginRegistry
 from guardrails.policy_models import GuardrailRule, PolicyFile
 from guardrails.problems import ProblemsError
 from workflows.models import Mode, OptOut, OptOutRule
+from workflows.problems import problems
 
 __all__ = [
     "GuardrailRegistry",
@@ -61,22 +61,9 @@ def _location(loc: tuple[int | str, ...]) -> str:
     return out
 
 
-def _message(err: ErrorDetails) -> str:
-    ctx = err.get("ctx") or {}
-    if err["type"] == "value_error" and "error" in ctx:
-        return str(ctx["error"])  # our own message, without pydantic's "Value error, " prefix
-    if err["type"] == "extra_forbidden":
-        return "unknown field"
-    return err["msg"]
-
-
 def pydantic_problems(exc: ValidationError) -> list[str]:
     """One ``path: message`` line per pydantic error, in the policy's own spelling of paths."""
-    problems = []
-    for err in exc.errors():
-        where = _location(err["loc"])
-        problems.append(f"{where}: {_message(err)}" if where else _message(err))
-    return problems
+    return problems(exc, where=_location)
 
 
 def problem_order(problem: str) -> list[tuple[int, int | str]]:

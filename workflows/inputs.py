@@ -19,6 +19,7 @@ from typing import Any, TypeVar
 from pydantic import BaseModel, ValidationError
 from temporalio.common import RawValue
 
+from workflows.problems import problems
 from workflows.types import excerpt
 
 M = TypeVar("M", bound=BaseModel)
@@ -40,21 +41,7 @@ class Refusal:
 
 def problems_of(exc: ValidationError, *, limit: int = MAX_PROBLEMS) -> list[str]:
     """One plain line per pydantic error, located by its dotted path (``targets.0.id: ...``)."""
-    out = []
-    errors = exc.errors(include_url=False, include_input=False)
-    for err in errors[:limit]:
-        where = ".".join(str(p) for p in err["loc"])
-        message = err["msg"]
-        ctx = err.get("ctx") or {}
-        if err["type"] == "value_error" and "error" in ctx:
-            message = str(ctx["error"])
-        elif err["type"] == "extra_forbidden":
-            message = "unknown field"
-        message = excerpt(message, 300)
-        out.append(f"{excerpt(where, 120)}: {message}" if where else message)
-    if len(errors) > limit:
-        out.append(f"… and {len(errors) - limit} more problem(s)")
-    return out
+    return problems(exc, limit=limit)
 
 
 def _known_fields(value: Any, names: Sequence[str]) -> dict[str, Any]:

@@ -444,7 +444,7 @@ def test_bad_params_are_reported() -> None:
         "params.threshold: Input should be a finite number",
         "params.comparison: Input should be '<', '<=', '>', '>=', '==' or '!='",
         "params.no_data_retry: the duration must be positive, e.g. '10s'",
-        "params.step: Extra inputs are not permitted",
+        "params.step: unknown field",
     ]
     assert params_errors(
         NoFiringAlerts(), {"url": "http://am:9093", "matchers": ["severity critical"]}
