@@ -29,6 +29,8 @@ from workflows.models import (
 
 WINDOW_LEAD = timedelta(seconds=8)
 """Step 3's window opens at the first whole minute at least this far ahead (windows are minutes)."""
+WINDOW_LENGTH = timedelta(hours=2)
+"""How long step 3's window stays open (longer than the wave and its bake)."""
 DAYS = ("Mon", "Tue", "Wed", "Thu", "Fri", "Sat", "Sun")
 
 
@@ -220,13 +222,23 @@ async def step_approval(d: Demo, r: StepResult) -> None:
     await d.audit(d.stack.settings, r.change_id)
 
 
+def maintenance_window(now: datetime) -> tuple[datetime, str]:
+    """Step 3's window: its opening (a whole minute, soon after ``now``) and its rule text.
+
+    It lasts :data:`WINDOW_LENGTH`, across midnight when midnight comes first: the wave's timing
+    check wants the wave and its bake to fit, and a window cut at 24:00 rejected the change when
+    the demo ran after 23:44 UTC.
+    """
+    opening = (now + WINDOW_LEAD).replace(second=0, microsecond=0) + timedelta(minutes=1)
+    return opening, f"{DAYS[opening.weekday()]} {opening:%H:%M}-{opening + WINDOW_LENGTH:%H:%M}"
+
+
 async def step_window(d: Demo, r: StepResult) -> None:
     """Step 3: the freeze is lifted; a change before its window waits on a timer, then proceeds."""
     say("The incident is over. The platform team lifts the freeze by deleting its file:")
     await d.lift_freeze()
     now = datetime.now(UTC)
-    opening = (now + WINDOW_LEAD).replace(second=0, microsecond=0) + timedelta(minutes=1)
-    window = f"{DAYS[opening.weekday()]} {opening:%H:%M}-24:00"
+    opening, window = maintenance_window(now)
 
     def open_soon(policy: dict[str, Any]) -> None:
         _rule(policy, "maintenance-window")["params"]["allow"] = [window]
