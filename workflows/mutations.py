@@ -14,7 +14,7 @@ options (histories of older workers, callers that pass none) the historical 5 mi
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from datetime import timedelta
 from typing import Any
 
@@ -162,12 +162,9 @@ async def apply_targets(
 
     async def cancel_on_stop() -> None:
         nonlocal stopped
-        await workflow.wait_condition(lambda: finished or should_stop())
-        if finished or not running or not workflow.patched(STOP_CANCELS_PATCH):
-            return
-        stopped = True
-        for mutation in list(running.values()):
-            mutation.cancel()
+        stopped = await cancel_when_stopped(
+            running, should_stop, lambda: finished, STOP_CANCELS_PATCH
+        )
 
     watch = asyncio.ensure_future(cancel_on_stop())
     await asyncio.gather(*(one(t) for t in targets), return_exceptions=True)
@@ -175,6 +172,26 @@ async def apply_targets(
     await watch
     if failed:
         raise failed[0]
+
+
+async def cancel_when_stopped(
+    running: Mapping[str, asyncio.Future[Any]],
+    should_stop: Callable[[], bool],
+    finished: Callable[[], bool],
+    patch: str,
+) -> bool:
+    """Wait until ``should_stop()`` (or ``finished()``); then cancel everything ``running``.
+
+    Only behind ``workflow.patched(patch)``, asked only when a stop meets work in flight (so
+    histories without such a stop replay as they were). True when it cancelled: the caller marks
+    itself stopped before any cancelled task runs (nothing is awaited after the cancellations).
+    """
+    await workflow.wait_condition(lambda: finished() or should_stop())
+    if finished() or not running or not workflow.patched(patch):
+        return False
+    for work in list(running.values()):
+        work.cancel()
+    return True
 
 
 def irreversible_in(exc: BaseException) -> list[str]:

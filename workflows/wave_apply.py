@@ -21,7 +21,7 @@ with workflow.unsafe.imports_passed_through():
     from workflows.change_run import ChangeRun
     from workflows.compensation import PointOfNoReturn
     from workflows.models import BatchInput, BatchResult, ChangeRequest, Target, WaveProgress
-    from workflows.mutations import apply_targets
+    from workflows.mutations import apply_targets, cancel_when_stopped
     from workflows.progress_models import MutationOptions
     from workflows.saga import Saga
     from workflows.summaries import line
@@ -122,12 +122,12 @@ class WaveApplier:
 
             async def cancel_on_stop() -> None:
                 nonlocal stopping
-                await workflow.wait_condition(lambda: finished or change.stop is not None)
-                if finished or not running or not workflow.patched(STOP_CANCELS_BATCHES_PATCH):
-                    return
-                stopping = True
-                for step in list(running.values()):
-                    step.cancel()
+                stopping = await cancel_when_stopped(
+                    running,
+                    lambda: change.stop is not None,
+                    lambda: finished,
+                    STOP_CANCELS_BATCHES_PATCH,
+                )
 
             watch = asyncio.ensure_future(cancel_on_stop())
             batches = [targets[i : i + BATCH_SIZE] for i in range(0, len(targets), BATCH_SIZE)]
