@@ -17,7 +17,8 @@ BLOCKED = 3
 """Blocked, awaiting approval, or rejected by the gate (a change waiting for its window is running
 fine: ``status`` exits 0 for it, ``checks`` exits 3 because the gate would not proceed now)."""
 UNREACHABLE = 4
-"""Temporal could not be reached."""
+"""Temporal could not be reached (or the audit store), or the change cannot answer now: the server
+refuses it while its workflow task is being retried (:func:`changeguard.client.not_ready`)."""
 
 
 def for_outcome(outcome: Outcome) -> int:
