@@ -64,6 +64,7 @@ CHECKS_DEADLINE = timedelta(hours=24)
 NOT_READY_WAIT = 10.0
 """Seconds a query or an update waits out the server's "Workflow Task in failed state" refusal."""
 NOT_READY_DETAIL = "temporal.api.errordetails.v1.WorkflowNotReadyFailure"
+"""The detail type in the server's not-ready refusal (:func:`not_ready`)."""
 
 
 class ChangeExists(Exception):

@@ -11,15 +11,17 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from temporalio.client import WorkflowHandle
 from temporalio.testing import WorkflowEnvironment
 
+from changeguard.client import OperatorUpdate
 from tests import fakes
 from tests.builders import change_request, target_list
 from tests.fakes import Ledger, RecordingKind
 from tests.helpers import until_status
 from worker.main import build_worker
 from workflows.guarded_change import GuardedChangeWorkflow
-from workflows.models import OperatorAction, Outcome, Phase
+from workflows.models import ChangeResult, OperatorAction, OperatorActionResult, Outcome, Phase
 from workflows.wave_apply import BATCH_SIZE
 
 
@@ -27,6 +29,25 @@ from workflows.wave_apply import BATCH_SIZE
 def ledger() -> Ledger:
     RecordingKind.ledger = Ledger()
     return RecordingKind.ledger
+
+
+async def stop_and_end(
+    handle: WorkflowHandle[GuardedChangeWorkflow, ChangeResult],
+    stop: OperatorUpdate,
+    ledger: Ledger,
+    *,
+    within: float,
+    reason: str = "stop",
+) -> tuple[OperatorActionResult, ChangeResult]:
+    """Send ``stop`` (abort or rollback) and wait ``within`` seconds for the change's end.
+
+    The hanging mutations' gate opens afterwards whatever happened, so no activity outlives the test.
+    """
+    try:
+        answer = await handle.execute_update(stop, OperatorAction(operator="oscar", reason=reason))
+        return answer, await asyncio.wait_for(handle.result(), timeout=within)
+    finally:
+        ledger.gate("stuck").set()
 
 
 async def test_an_abort_cancels_the_mutations_in_flight_and_unwinds_at_once(
@@ -45,13 +66,9 @@ async def test_an_abort_cancels_the_mutations_in_flight_and_unwinds_at_once(
             GuardedChangeWorkflow.run, req, id=req.change_id or "", task_queue=task_queue
         )
         await until_status(handle, lambda s: s.applied == ["t1"] and s.phase is Phase.EXECUTING)
-        try:
-            answer = await handle.execute_update(
-                GuardedChangeWorkflow.rollback, OperatorAction(operator="oscar", reason="bad")
-            )
-            result = await asyncio.wait_for(handle.result(), timeout=30)
-        finally:
-            ledger.gate("stuck").set()  # let a hanging activity end, whatever happened
+        answer, result = await stop_and_end(
+            handle, GuardedChangeWorkflow.rollback, ledger, within=30, reason="bad"
+        )
     assert answer.message == "rollback requested; unwinding"
     assert (result.outcome, result.applied, result.reverted) == (
         Outcome.ROLLED_BACK,
@@ -91,13 +108,7 @@ async def test_an_abort_cancels_a_large_waves_batches_in_flight(
                 break
             await asyncio.sleep(0.05)
         assert set(first_of_batches) <= set(ledger.applied), ledger.applied
-        try:
-            answer = await handle.execute_update(
-                GuardedChangeWorkflow.abort, OperatorAction(operator="oscar", reason="stop")
-            )
-            result = await asyncio.wait_for(handle.result(), timeout=60)
-        finally:
-            ledger.gate("stuck").set()  # let a hanging activity end, whatever happened
+        answer, result = await stop_and_end(handle, GuardedChangeWorkflow.abort, ledger, within=60)
     applied = ids[:10] + first_of_batches
     assert answer.accepted
     assert result.outcome is Outcome.ABORTED, result
