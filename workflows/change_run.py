@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from temporalio import workflow
 from temporalio.exceptions import ActivityError
@@ -50,7 +50,9 @@ class ChangeRun:
         self.request = request
         self.status = ChangeStatus(change_id=change_id, kind=request.kind)
         self.stop: Unwind | None = None  # set by the abort / rollback updates
-        self.completing = False  # the rollout is over: abort and rollback are refused from here
+        # What the change is ending with, once abort and rollback are refused: "" (not ending),
+        # "rollout" (its last wave is over) or "rejected" (its gate did not pass in time).
+        self.completing: Literal["", "rollout", "rejected"] = ""
         self.resumed = False  # set by the resume update while paused
         self.recheck = False  # set by the recheck signal
         self.directory: Directory | None = None  # the operators, loaded when approvals are due

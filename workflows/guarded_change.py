@@ -253,7 +253,9 @@ class GuardedChangeWorkflow:
             await self._timing.until_not_before(request)
             report = await self._gate.until_proceed(ctx, deadline, categories=None)
             if report is None:
-                return await self._finish(Outcome.REJECTED, self._status.message)
+                why = self._status.message
+                await self._desk.settle_rejected()  # an abort accepted just now still counts
+                return await self._finish(Outcome.REJECTED, why)
             await self._rollout.execute(request, ctx, deadline)
             await self._desk.settle()  # an abort or rollback accepted just now still counts
         except BaseException as exc:

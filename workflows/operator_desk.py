@@ -63,6 +63,11 @@ def operator_action(args: tuple[Any, ...]) -> OperatorAction:
 LATE_STOP_PATCH = "late-stop-honoured"
 """``workflow.patched`` id: an abort or rollback accepted as the last wave ended is honoured."""
 
+REJECTED_STOP_PATCH = "rejected-stop-honoured"
+"""``workflow.patched`` id: an abort accepted as the gate's deadline passed is honoured (lazy: the
+marker is written only when an operator's action was still being handled, or had stopped the
+change, at that moment)."""
+
 
 class OperatorDesk:
     """Judge, verify, accept or refuse approvals and operator actions; record every refusal."""
@@ -277,11 +282,16 @@ class OperatorDesk:
         phase = change.status.phase
         if change.stop is not None or phase in TERMINAL_PHASES or phase is Phase.ROLLING_BACK:
             raise refused(f"the change is already {phase.value}; {consequence}")
-        if change.completing:
+        if change.completing == "rollout":
             raise refused(
                 f"the change has finished its rollout (applied to {len(change.status.applied)} "
                 f"target(s)) and is recording its outcome; {consequence}: to undo it, start a "
                 "new change"
+            )
+        if change.completing == "rejected":
+            raise refused(
+                "the change did not pass its gate before its deadline and is ending rejected; "
+                f"{consequence}: nothing was applied"
             )
 
     async def settle(self) -> None:
@@ -297,16 +307,39 @@ class OperatorDesk:
         if not workflow.patched(LATE_STOP_PATCH):
             return
         change = self._change
-        change.completing = True
+        change.completing = "rollout"
+        await self._honour_accepted(
+            f"the rollout is over (applied to {len(change.status.applied)} target(s))"
+        )
+
+    async def settle_rejected(self) -> None:
+        """The gate did not pass in time: honour an abort already accepted; refuse later ones.
+
+        An abort accepted while the deadline was being recorded is still auditing when the gate
+        loop gives up; without this the change ended ``rejected`` and the accepted, audited abort
+        (its caller told "unwinding") was lost. It now ends ``aborted``, as an abort a moment
+        earlier did. Behind a lazy patch: a history where no handler was running is unchanged.
+        """
+        change = self._change
+        change.completing = "rejected"  # validators only: no command, the same on replay
+        if workflow.all_handlers_finished() and change.stop is None:
+            return
+        if workflow.patched(REJECTED_STOP_PATCH):
+            await self._honour_accepted(
+                f"the gate did not pass in time ({change.status.message}); nothing was applied"
+            )
+
+    async def _honour_accepted(self, what: str) -> None:
+        """Let every accepted handler finish; raise the stop one of them set, if any."""
+        change = self._change
         if not workflow.all_handlers_finished():
             change.status.message = (
-                f"the rollout is over (applied to {len(change.status.applied)} target(s)); an "
-                "operator's action accepted before it ended is being recorded, and decides how "
-                "the change ends"
+                f"{what}; an operator's action accepted before it ended is being recorded, and "
+                "decides how the change ends"
             )
             await workflow.wait_condition(workflow.all_handlers_finished)
         if change.stop is not None:
-            change.completing = False
+            change.completing = ""
             raise change.stop
 
     def refuse_unsigned(self, name: str, action: OperatorAction) -> None:

@@ -54,7 +54,12 @@ from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
 from tests.helpers import OPEN_BUNDLE
 from tests.replay.identity_branch import signed_approval
-from tests.replay.stop_branches import late_stop, stop_cancels, stop_cancels_batches
+from tests.replay.stop_branches import (
+    late_stop,
+    rejected_stop,
+    stop_cancels,
+    stop_cancels_batches,
+)
 from tests.servers import EventReceiver
 from worker.converter import data_converter
 from worker.devserver import STARTUP_TIMEOUT, temporal_binary
@@ -780,6 +785,13 @@ BRANCHES: list[Branch] = [
         params={"fail_apply": ["wave_window_failure_reverts.t150"]},
     ),
     Branch("late_stop", None, max_parallel=1, drive=late_stop),
+    Branch(
+        "rejected_stop",
+        None,
+        rules=[{"use": "fake-state", "params": {"outcome": "fail"}, "opt_out": "forbidden"}],
+        deadline_in=3,
+        drive=rejected_stop,
+    ),
     Branch("ending_without_locks", Outcome.COMPLETED, targets=3),
     Branch("stop_cancels", None, targets=4, max_parallel=2, drive=stop_cancels),
     Branch("stop_cancels_batches", None, targets=250, max_parallel=4, drive=stop_cancels_batches),

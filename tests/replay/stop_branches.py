@@ -5,6 +5,9 @@
   record until the last target is applied, so the change settles
   (``patched("late-stop-honoured")``) with the handler in flight and then unwinds: the race
   ``bench/concurrent_changes.py`` found, made certain.
+- ``rejected_stop``: an abort still being audited when the gate loop gives up at the deadline
+  (its ``deadline`` record held, then the operator's ``abort`` record): behind
+  ``patched("rejected-stop-honoured")`` the change waits for the handler and ends ``aborted``.
 - ``stop_cancels``: a rollback while two mutations hang; behind
   ``patched("stop-cancels-mutations")`` they are cancelled and the change unwinds at once.
 - ``stop_cancels_batches``: an abort while a large wave's three ``TargetBatch`` children each
@@ -16,7 +19,7 @@
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from activities.audit import AuditActivities
 from tests import fakes
@@ -30,28 +33,35 @@ if TYPE_CHECKING:
     from tests.replay.capture import Branch, Capture
 
 
-async def late_stop(cap: Capture, branch: Branch) -> None:
-    """t1 applied, a rollback accepted and held in its audit, t2 applied, the rollback lands."""
+def _holding_worker(cap: Capture, branch: Branch, store: HoldingAuditStore) -> Any:
+    """A worker of the branch's own (own task queue) whose audit store is ``store``."""
     from tests.replay.capture import guardrails  # capture.py imports this module
 
-    last = f"{branch.name}.t2"
-    req = cap.request(branch, params={"hold": branch.name, "hold_only": [last]})
-    cid = req.change_id or ""
-    queue = f"{cap.task_queue}-{branch.name}"
-    store = HoldingAuditStore(str(cap.state / f"{branch.name}-audit.db"))
-    store.hold(cid, AuditAction.ROLLBACK)
     directory = f"yaml:{cap.state / 'operators.yaml'}"
-    worker = build_worker(
+    return build_worker(
         cap.client,
-        Settings.from_env(env={"CHANGEGUARD_DIRECTORY": directory}, task_queue=queue),
+        Settings.from_env(env={"CHANGEGUARD_DIRECTORY": directory}, task_queue=_queue(cap, branch)),
         guardrails=guardrails(),
         kinds=fakes.kinds(many=True),
         bundle=OPEN_BUNDLE,
         audit=AuditActivities(store, directory),
     )
-    async with worker:
+
+
+def _queue(cap: Capture, branch: Branch) -> str:
+    return f"{cap.task_queue}-{branch.name}"
+
+
+async def late_stop(cap: Capture, branch: Branch) -> None:
+    """t1 applied, a rollback accepted and held in its audit, t2 applied, the rollback lands."""
+    last = f"{branch.name}.t2"
+    req = cap.request(branch, params={"hold": branch.name, "hold_only": [last]})
+    cid = req.change_id or ""
+    store = HoldingAuditStore(str(cap.state / f"{branch.name}-audit.db"))
+    store.hold(cid, AuditAction.ROLLBACK)
+    async with _holding_worker(cap, branch, store):
         handle = await cap.client.start_workflow(
-            "GuardedChange", req, id=cid, task_queue=queue, result_type=ChangeResult
+            "GuardedChange", req, id=cid, task_queue=_queue(cap, branch), result_type=ChangeResult
         )
         await cap.until(handle, lambda s: s.applied == [f"{branch.name}.t1"])
         stop = asyncio.create_task(
@@ -65,6 +75,31 @@ async def late_stop(cap: Capture, branch: Branch) -> None:
         store.let_in(cid, AuditAction.ROLLBACK)
         await stop
         await cap.expect(handle, Outcome.ROLLED_BACK)
+
+
+async def rejected_stop(cap: Capture, branch: Branch) -> None:
+    """Blocked until the deadline; an abort accepted while the deadline is recorded lands."""
+    req = cap.request(branch)
+    cid = req.change_id or ""
+    store = HoldingAuditStore(str(cap.state / f"{branch.name}-audit.db"))
+    store.hold(cid, AuditAction.DEADLINE)
+    store.hold(cid, AuditAction.ABORT)
+    async with _holding_worker(cap, branch, store):
+        handle = await cap.client.start_workflow(
+            "GuardedChange", req, id=cid, task_queue=_queue(cap, branch), result_type=ChangeResult
+        )
+        await store.arrived(cid, AuditAction.DEADLINE, within=60)
+        stop = asyncio.create_task(
+            handle.execute_update(
+                "abort", OperatorAction(operator="capture", reason="too late"), result_type=None
+            )
+        )
+        await store.arrived(cid, AuditAction.ABORT)
+        store.let_in(cid, AuditAction.DEADLINE)
+        await cap.until(handle, lambda s: "is being recorded" in s.message)
+        store.let_in(cid, AuditAction.ABORT)
+        await stop
+        await cap.expect(handle, Outcome.ABORTED)
 
 
 async def stop_cancels(cap: Capture, branch: Branch) -> None:

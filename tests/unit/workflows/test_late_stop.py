@@ -9,6 +9,7 @@ nothing reverted. The audit store here holds the operator's record, so the race 
 from __future__ import annotations
 
 import asyncio
+from datetime import timedelta
 from typing import Any
 
 import pytest
@@ -29,6 +30,7 @@ from workflows.models import (
     ChangeRequest,
     OperatorAction,
     Outcome,
+    Phase,
 )
 
 
@@ -129,3 +131,58 @@ async def test_a_second_stop_after_the_rollout_is_refused_while_the_first_decide
     assert (result.outcome, sorted(result.reverted)) == (Outcome.ROLLED_BACK, ["t1", "t2"])
     recorded = [r.action for r in store.list(AuditQuery(change_id=cid))]
     assert (recorded.count(AuditAction.ROLLBACK), recorded.count(AuditAction.ABORT)) == (1, 0)
+
+
+async def test_an_abort_still_auditing_when_the_gate_gives_up_ends_the_change_aborted(
+    env: WorkflowEnvironment, task_queue: str, ledger: Ledger
+) -> None:
+    """An abort accepted while the deadline is recorded ends the change ``aborted``, not rejected.
+
+    The change is blocked by a check that never passes; its deadline passes while its `deadline`
+    record is held, an abort is accepted then (its own record held too), and the gate loop gives
+    up. Without the fix the change ended ``rejected`` with the abort's caller told "unwinding".
+    A second abort while the first decides is refused, saying why.
+    """
+    fakes.Switch.outcome = "fail"
+    # A deadline a few real seconds away: skipping time would wait for the held record's activity.
+    req = change_request(
+        targets=target_list(2),
+        policy={"guardrails": [{"use": "switch", "opt_out": "forbidden"}]},
+        deadline=await env.get_current_time() + timedelta(seconds=3),
+    )
+    cid = req.change_id or ""
+    store = HoldingAuditStore()
+    store.hold(cid, AuditAction.DEADLINE)
+    store.hold(cid, AuditAction.ABORT)
+    async with _worker(env, task_queue, store):
+        handle = await env.client.start_workflow(
+            GuardedChangeWorkflow.run, req, id=cid, task_queue=task_queue
+        )
+        await until_status(handle, lambda s: s.phase is Phase.BLOCKED)
+        await store.arrived(cid, AuditAction.DEADLINE)  # the deadline passed; being recorded
+        stop = asyncio.create_task(handle.execute_update(GuardedChangeWorkflow.abort, OSCAR))
+        await store.arrived(cid, AuditAction.ABORT)  # accepted; its handler is auditing
+        store.let_in(cid, AuditAction.DEADLINE)  # the gate loop gives up
+        settling = await until_status(handle, lambda s: "is being recorded" in s.message)
+        with pytest.raises(WorkflowUpdateFailedError) as refused:
+            await handle.execute_update(
+                GuardedChangeWorkflow.abort, OperatorAction(operator="bob", reason="me too")
+            )
+        store.let_in(cid, AuditAction.ABORT)
+        answer = await stop
+        result = await handle.result()
+    assert settling.message.startswith("the gate did not pass in time (the gate did not pass")
+    cause = refused.value.cause
+    assert isinstance(cause, ApplicationError)
+    assert cause.message == (
+        "the change did not pass its gate before its deadline and is ending rejected; there is "
+        "nothing to abort: nothing was applied"
+    )
+    assert answer.message == "abort requested; unwinding"
+    assert (result.outcome, result.message) == (
+        Outcome.ABORTED,
+        "abort by oscar: the error rate doubled",
+    )
+    assert (result.applied, ledger.applied) == ([], [])
+    recorded = [r.action for r in store.list(AuditQuery(change_id=cid))]
+    assert (recorded.count(AuditAction.ABORT), recorded.count(AuditAction.DEADLINE)) == (1, 1)
