@@ -14,7 +14,9 @@ from typing import Any
 
 from temporalio import activity
 
-__all__ = ["Heartbeat"]
+from workflows.progress_models import HEARTBEAT_THROTTLE
+
+__all__ = ["Heartbeat", "send_window"]
 
 
 _current_heartbeat: contextvars.ContextVar[Heartbeat | None] = contextvars.ContextVar(
@@ -28,6 +30,14 @@ class Heartbeat:
     Outside an activity (plain unit tests, scripts) it does nothing. The interval is a third of the
     activity's heartbeat timeout (the SDK throttles heartbeats further), else ``default_interval``.
     Details are resume hints only: a retried attempt must re-read the real state.
+
+    Beats are handed to the SDK as the SDK sends them to the server: the first at once, then at
+    most one per :func:`send_window` (the SDK's own throttle), carrying the details as they are
+    when it goes. Details updated several times within one window (a stage per HTTP call, a
+    checkpoint per target) are encoded once, not once per update: the SDK would send only the
+    last of them anyway, after encoding each (12 % of a worker's CPU in a 2,000-target rollout).
+    Leaving the block hands the latest details over at once, so an attempt's last heartbeat (the
+    one a retry or a resumed attempt reads) carries its last checkpoint.
 
     Heartbeats nest: inside another active ``Heartbeat`` (an activity heartbeating around a change
     kind that heartbeats too) a new one starts no task of its own; its details are merged into the
@@ -62,6 +72,9 @@ class Heartbeat:
         self._outer: Heartbeat | None = None
         self._outer_details: dict[str, Any] = {}
         self._token: contextvars.Token[Heartbeat | None] | None = None
+        self._window = 0.0
+        self._sent_at: float | None = None
+        self._flush: asyncio.TimerHandle | None = None
 
     def update(self, **details: Any) -> None:
         """Change the progress details and heartbeat them at once."""
@@ -72,8 +85,24 @@ class Heartbeat:
             self._beat()
 
     def _beat(self) -> None:
+        """Beat now, or once the window since the last beat ends (with the details by then)."""
+        if not self._active or self._flush is not None:
+            return  # a beat is due at the window's end: it carries these details too
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        if self._sent_at is None or now - self._sent_at >= self._window:
+            self._send(now)
+        else:
+            self._flush = loop.call_at(self._sent_at + self._window, self._send_due)
+
+    def _send(self, now: float) -> None:
+        self._sent_at = now
+        activity.heartbeat(dict(self.details))
+
+    def _send_due(self) -> None:
+        self._flush = None
         if self._active:
-            activity.heartbeat(dict(self.details))
+            self._send(asyncio.get_running_loop().time())
 
     def _interval(self) -> float:
         timeout = activity.info().heartbeat_timeout
@@ -95,6 +124,7 @@ class Heartbeat:
             outer.update(**self.details)
         elif activity.in_activity():
             self._active = True
+            self._window = send_window()
             self._token = _current_heartbeat.set(self)
             self._beat()
             self._task = asyncio.create_task(self._run(self._interval()), name="heartbeat")
@@ -110,6 +140,10 @@ class Heartbeat:
             self._outer.details = self._outer_details
             self._outer = None
             return
+        flush, self._flush = self._flush, None
+        if flush is not None:  # details not handed over yet: the attempt's latest count
+            flush.cancel()
+            self._send(asyncio.get_running_loop().time())
         self._active = False
         if self._token is not None:
             _current_heartbeat.reset(self._token)
@@ -119,3 +153,17 @@ class Heartbeat:
             task.cancel()
             # asyncio.wait neither raises the task's CancelledError nor swallows our own.
             await asyncio.wait({task})
+
+
+def send_window() -> float:
+    """Seconds between two beats the SDK sends this activity's server: ``min(0.8 x timeout, 1 s)``.
+
+    The worker caps the SDK's throttle at :data:`~workflows.progress_models.HEARTBEAT_THROTTLE`
+    (``max_heartbeat_throttle_interval``); without a heartbeat timeout the SDK throttles at its
+    default (30 s), and the cap is used here all the same.
+    """
+    cap = HEARTBEAT_THROTTLE.total_seconds()
+    timeout = activity.info().heartbeat_timeout
+    if timeout is None or timeout <= timedelta(0):
+        return cap
+    return min(cap, 0.8 * timeout.total_seconds())

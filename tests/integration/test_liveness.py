@@ -214,7 +214,7 @@ async def test_status_marks_a_stuck_mutation_stalled_and_a_silent_one_suspicious
             "step 1",
             {"n": 1, "resumed_from": None},
         )
-        assert stalled["unchanged_for_s"] > STALL_S
+        assert stalled["unchanged_for_s"] >= STALL_S  # over it, rounded to 0.1 s (3.04 -> 3.0)
         assert stalled["last_heartbeat_s_ago"] <= 2 * INTERVAL_S, "it still beats"
         assert stalled["note"].startswith(
             "stalled: heartbeats continue but progress has not changed for "
