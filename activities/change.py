@@ -213,6 +213,7 @@ class ChangeActivities:
             stage=f"apply_many 0/{len(inp.items)}",
         )
         done = dict(progress.resumed_from.done) if progress.resumed_from is not None else {}
+        dumped = {key: result.model_dump(mode="json") for key, result in done.items()}
         todo = [i for i in inp.items if i.idempotency_key not in done]
         by_key = {i.idempotency_key: i for i in todo}
         failed: ApplyManyFailure | None = None
@@ -228,9 +229,11 @@ class ChangeActivities:
                         await self._finish_apply(kind.name, item, result)  # NothingApplied
                         by_key.pop(item.idempotency_key, None)
                         done[item.idempotency_key] = result
+                        dumped[item.idempotency_key] = result.model_dump(mode="json")
                         progress.checkpoint(
                             ApplyManyCheckpoint(done=done),
                             stage=f"apply_many {len(done)}/{len(inp.items)}",
+                            dumped={"done": dict(dumped)},  # each result dumped once
                         )
             except asyncio.CancelledError:
                 if progress.stopping() == "paused":

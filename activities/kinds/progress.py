@@ -157,15 +157,27 @@ class Progress(Generic[C]):
         return self._envelope.model_copy(update=update)
 
     def _details(self) -> dict[str, Any]:
-        return self.envelope.model_dump(mode="json")
+        # The checkpoint is JSON already (dumped once when it was recorded): not dumped again.
+        envelope = self.envelope
+        details = envelope.model_dump(mode="json", exclude={"checkpoint"})
+        details["checkpoint"] = envelope.checkpoint
+        return details
 
     def _live(self) -> dict[str, Any]:
         """The fields a background beat refreshes (the rest may carry a nested kind's stage)."""
         return {k: v for k, v in self._details().items() if k in ("beat_at", "stalled", "note")}
 
-    def checkpoint(self, details: C, *, stage: str | None = None) -> None:
-        """Record progress and heartbeat it now (``changed_at`` moves only when it changed)."""
-        dumped = details.model_dump(mode="json")
+    def checkpoint(
+        self, details: C, *, stage: str | None = None, dumped: dict[str, Any] | None = None
+    ) -> None:
+        """Record progress and heartbeat it now (``changed_at`` moves only when it changed).
+
+        ``dumped``: ``details.model_dump(mode="json")`` when the caller has it already (a caller
+        that checkpoints a growing collection dumps each new item once instead of all of them
+        again); a new dict each time, never changed afterwards (the heartbeat sends it later).
+        """
+        if dumped is None:
+            dumped = details.model_dump(mode="json")
         update: dict[str, Any] = {}
         if dumped != self._envelope.checkpoint:
             self._seq += 1

@@ -20,7 +20,7 @@ from tests.fakes import Ledger, RecordingKind, RecordingParams
 from worker.main import build_worker
 from workflows import errors
 from workflows.apply_many import chunks, rounds
-from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
+from workflows.apply_many_models import ApplyManyCheckpoint, ApplyManyInput, ApplyManyResult
 from workflows.models import (
     ApplyInput,
     ApplyResult,
@@ -106,6 +106,10 @@ async def test_a_retried_attempt_skips_the_targets_its_checkpoint_shows_done(
     assert sorted(last["checkpoint"]["done"]) == [
         idempotency_key("c1", "apply", t) for t in ids[:3]
     ]
+    # Each result is dumped once as it is done; the checkpoint is what the model itself dumps.
+    resumed = ApplyManyCheckpoint.model_validate(last["checkpoint"])
+    assert last["checkpoint"] == resumed.model_dump(mode="json")
+    assert [r.target_id for r in resumed.done.values()] == ids[:3]
 
     env2, _ = _env(attempt=2, details=[last])
     out: ApplyManyResult = await env2.run(acts.apply_change_many, inp)
