@@ -35,7 +35,7 @@ from temporalio.worker import Worker, WorkerDeploymentConfig
 from guardrails.base import Guardrail, Services
 from guardrails.bundle import Bundle, BundleError, BundleHolder
 from guardrails.plugins import PluginRegistry
-from worker import registry, sdk_shims, telemetry, waiting
+from worker import gctune, registry, sdk_shims, telemetry, waiting
 from worker.settings import Settings
 from workflows.progress_models import HEARTBEAT_THROTTLE
 
@@ -359,6 +359,12 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    tuning = gctune.tune(settings.gc_tuning)  # start-up is over: freeze what it made
+    log.info(
+        "garbage collector " + ("tuned" if settings.gc_tuning else "left at CPython's defaults"),
+        frozen_objects=tuning.frozen,
+        thresholds=list(tuning.thresholds),
+    )
     try:
         async with waiting.sampling(client, telemetry.runtime(settings.metrics_bind), interval):
             await run_worker(client, settings, stop, bundle=holder, plugins=plugins)

@@ -58,6 +58,8 @@ class Settings:
             :func:`default_build_id`, from the package version and the workflow code).
         set_current: once the worker polls, make its version the deployment's current one
             (``CHANGEGUARD_SET_CURRENT=1``; ``changeguard worker --set-current``).
+        gc_tuning: once start-up is over, freeze the start-up objects and collect garbage less
+            often (:mod:`worker.gctune`); ``CHANGEGUARD_GC_TUNING=0`` leaves CPython's defaults.
         change_events_url, change_events_routing_key, change_events_source: the change-event
             sink (``CHANGEGUARD_CHANGE_EVENTS_URL``, ``…_ROUTING_KEY``, ``…_SOURCE``; no URL: no
             events; docs/change-events.md).
@@ -79,6 +81,7 @@ class Settings:
     deployment: str | None = None
     build_id: str | None = None
     set_current: bool = False
+    gc_tuning: bool = True
     change_events_url: str = ""
     change_events_routing_key: str = ""
     change_events_source: str = "changeguard"
@@ -144,6 +147,9 @@ class Settings:
             "deployment": env.get("CHANGEGUARD_DEPLOYMENT", "").strip() or None,
             "build_id": env.get("CHANGEGUARD_BUILD_ID", "").strip() or None,
             "set_current": _flag("CHANGEGUARD_SET_CURRENT", env.get("CHANGEGUARD_SET_CURRENT", "")),
+            "gc_tuning": _flag(
+                "CHANGEGUARD_GC_TUNING", env.get("CHANGEGUARD_GC_TUNING", "").strip() or "1"
+            ),
             "change_events_url": env.get("CHANGEGUARD_CHANGE_EVENTS_URL", "").strip(),
             "change_events_routing_key": env.get(
                 "CHANGEGUARD_CHANGE_EVENTS_ROUTING_KEY", ""

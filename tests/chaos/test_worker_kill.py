@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import os
 import time
 import uuid
@@ -31,6 +32,7 @@ from temporalio.testing import WorkflowEnvironment
 from demo.fleet import FleetServer
 from tests.chaos.processes import WorkerProcess
 from tests.helpers import OPEN_BUNDLE
+from worker import gctune
 from workflows.models import ChangeRequest, ChangeResult, ChangeStatus, Outcome, Phase
 
 HOSTS = 8
@@ -241,3 +243,21 @@ async def test_sigkilled_worker_mid_wave_deploys_each_target_exactly_once(
         f"it; retried on worker-2: {sorted(retried)}, {found_late} of them found already applied "
         f"in the ledger; finished {recovery:.1f}s after the kill"
     )
+
+
+@pytest.mark.timeout(60)
+async def test_worker_process_tunes_its_garbage_collector_once_started(
+    spawn: Callable[[str], WorkerProcess],
+) -> None:
+    """`changeguard worker` freezes its start-up objects and raises the GC thresholds (gctune)."""
+    worker = spawn("worker-gc")
+    await worker.ready()
+    lines = [
+        json.loads(line) for line in worker.log.read_text().splitlines() if line.startswith("{")
+    ]
+    tuned = [line for line in lines if line.get("event") == "garbage collector tuned"]
+    assert len(tuned) == 1, worker.tail()
+    # Start-up leaves well over 10,000 long-lived objects (modules, the SDK, pydantic schemas).
+    assert tuned[0]["frozen_objects"] > 10_000, tuned[0]
+    expected = [gctune.YOUNG_THRESHOLD, gctune.OLDER_THRESHOLD, gctune.OLDER_THRESHOLD]
+    assert tuned[0]["thresholds"] == expected, tuned[0]
