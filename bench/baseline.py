@@ -124,7 +124,8 @@ def guarded_and_bare_workers(
     GuardedChange runs on the worker changeguard builds. The baseline's worker is built by hand
     with the same workflows, activities, interceptors and slot counts, plus its own workflow.
     Neither writes an audit trail, and the open bundle lets every change through: the benches
-    measure, they do not judge.
+    measure, they do not judge. Once both are built, the process's garbage collector is tuned as
+    ``changeguard worker`` tunes its own (:mod:`worker.gctune`).
     """
     from datetime import timedelta
 
@@ -133,6 +134,7 @@ def guarded_and_bare_workers(
     from activities.audit import AuditActivities, SqliteAuditStore
     from guardrails.base import Services
     from guardrails.bundle import BundleHolder
+    from worker import gctune
     from worker import registry as worker_registry
     from worker.main import build_worker
 
@@ -158,4 +160,5 @@ def guarded_and_bare_workers(
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+    gctune.tune(settings.gc_tuning)
     return guarded, bare

@@ -227,6 +227,7 @@ async def measure(
     from activities.audit import AuditActivities, SqliteAuditStore
     from guardrails.base import Services
     from guardrails.bundle import BundleHolder
+    from worker import gctune
     from worker import registry as worker_registry
     from worker.main import build_worker
     from worker.settings import Settings
@@ -268,6 +269,7 @@ async def measure(
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
     )
+    gctune.tune(settings.gc_tuning)  # as `changeguard worker` does once its workers are built
 
     all_policy = policy(names, latency_ms)
     one_policy = policy(names[:1], latency_ms)

@@ -33,6 +33,34 @@ server.stop()
 """
 
 
+FLEET_CLIENT_SCRIPT = """
+import asyncio, json, sys, time
+import httpx
+from worker import gctune
+from workflows.models import idempotency_key
+
+async def main(url, change_id, version, parallel, hosts):
+    limit = asyncio.Semaphore(parallel)
+    async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
+        async def one(host):
+            async with limit:
+                (await http.get(f"/hosts/{host}")).raise_for_status()
+                response = await http.post(
+                    f"/hosts/{host}/deploy",
+                    json={"version": version},
+                    headers={"Idempotency-Key": idempotency_key(change_id, "apply", host)},
+                )
+                response.raise_for_status()
+        t0 = time.perf_counter()
+        await asyncio.gather(*(one(h) for h in hosts))
+        return time.perf_counter() - t0
+
+job = json.loads(sys.stdin.read())
+gctune.tune()  # the worker's process settings, so that they are not what the comparison measures
+print(asyncio.run(main(**job)), flush=True)
+"""
+
+
 def progress(message: str) -> None:
     """One progress line, flushed at once."""
     print(message, flush=True)
@@ -72,6 +100,35 @@ async def start_fleet(db: Path, hosts: int) -> tuple[asyncio.subprocess.Process,
         await proc.wait()
         raise RuntimeError("the fleet did not start (see its output above)")
     return proc, url
+
+
+async def fleet_client(
+    url: str, change_id: str, version: str, parallel: int, hosts: list[str]
+) -> float:
+    """Deploy ``version`` to ``hosts`` straight through the fleet's HTTP API; the seconds it took.
+
+    The same ``GET /hosts/{id}`` and ``POST /hosts/{id}/deploy`` (with the idempotency key of
+    ``change_id``) that ``http-deploy`` sends, ``parallel`` at a time, from one ``httpx`` client in a
+    plain Python process of its own: what a team's own script would cost, sharing neither the
+    bench's heap nor its interpreter lock with the workers. It tunes its garbage collector as the
+    worker does (:mod:`worker.gctune`), so the comparison does not measure that. The time is taken
+    in that process, around the calls only (not its start-up).
+    """
+    import json
+
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-c",
+        FLEET_CLIENT_SCRIPT,
+        cwd=ROOT,
+        stdin=asyncio.subprocess.PIPE,
+        stdout=asyncio.subprocess.PIPE,
+    )
+    job = {"url": url, "change_id": change_id, "version": version, "parallel": parallel}
+    out, _ = await proc.communicate(json.dumps({**job, "hosts": hosts}).encode())
+    if proc.returncode != 0:
+        raise RuntimeError(f"the fleet client exited {proc.returncode} (see its output above)")
+    return float(out.decode().strip())
 
 
 async def stop_fleet(proc: asyncio.subprocess.Process) -> None:

@@ -53,9 +53,17 @@ if not workflow.unsafe.in_sandbox():
 
 with workflow.unsafe.imports_passed_through():
     from baseline import POLICY, BareInput, BareRolloutWorkflow, guarded_and_bare_workers
-    from harness import check_ledger, dev_server, fleet, ledger_keys, progress, quiet_logs
+    from harness import (
+        check_ledger,
+        dev_server,
+        fleet,
+        fleet_client,
+        ledger_keys,
+        progress,
+        quiet_logs,
+    )
 
-    from workflows.models import Target, idempotency_key
+    from workflows.models import Target
 
 if TYPE_CHECKING:
     from temporalio.client import Client
@@ -147,7 +155,6 @@ async def measure(
     client: Client, url: str, args: argparse.Namespace
 ) -> dict[int, dict[str, Series]]:
     """Warm up, then time R interleaved runs of each series."""
-    import httpx
     from temporalio.common import WorkflowIDReusePolicy
 
     from worker.settings import Settings
@@ -225,23 +232,7 @@ async def measure(
 
     async def direct(n: int, parallel: int) -> Run:
         change_id = f"bench-fleet-{uuid.uuid4().hex[:10]}"
-        version = params()["version"]
-        limit = asyncio.Semaphore(parallel)
-        async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
-
-            async def one(host: str) -> None:
-                async with limit:
-                    (await http.get(f"/hosts/{host}")).raise_for_status()
-                    response = await http.post(
-                        f"/hosts/{host}/deploy",
-                        json={"version": version},
-                        headers={"Idempotency-Key": idempotency_key(change_id, "apply", host)},
-                    )
-                    response.raise_for_status()
-
-            t0 = time.perf_counter()
-            await asyncio.gather(*(one(h) for h in hosts[:n]))
-            elapsed = time.perf_counter() - t0
+        elapsed = await fleet_client(url, change_id, params()["version"], parallel, hosts[:n])
         check_ledger(await ledger_keys(url, f"{change_id}:"), change_id, hosts[:n], "fleet")
         return Run(seconds=elapsed)
 
@@ -253,6 +244,7 @@ async def measure(
                 Series("bare", "bare-SDK workflow: the same apply_change calls", bare),
                 Series("fleet", "no Temporal: the same HTTP calls to the fleet", direct),
             )
+            if s.label in args.series
         }
 
     by_size = {n: new_series() for n in args.sizes}
@@ -280,10 +272,18 @@ async def measure(
     return by_size
 
 
+def _events(series: Series) -> float:
+    """Median history events of a series' runs."""
+    return statistics.median(r.events for r in series.runs)
+
+
 def table(
     series: dict[str, Series], n: int, args: argparse.Namespace, runtime: float
-) -> tuple[float, int]:
-    """Print the figures; return (guarded / bare of the medians, the largest guarded history)."""
+) -> tuple[float | None, int]:
+    """Print the figures; return guarded / bare of the medians and the largest guarded history.
+
+    Without the ``bare`` series the ratio is ``None``.
+    """
     print()
     print(
         f"Rollout bench: N={n} targets, waves {','.join(args.waves)}, max_parallel "
@@ -308,32 +308,33 @@ def table(
             f"{s.label:<9}{s.median():>9.2f}{min(secs):>8.2f}{max(secs):>8.2f}"
             f"{n / s.median():>10.1f}{counts}   {s.what}"
         )
-    guarded, bare, fleet = series["guarded"], series["bare"], series["fleet"]
-    ratio = guarded.median() / bare.median()
+    guarded, bare, fleet = series["guarded"], series.get("bare"), series.get("fleet")
     largest = max(r.largest for r in guarded.runs)
-    per_target = {
-        label: statistics.median(r.events for r in series[label].runs) / n
-        for label in ("guarded", "bare")
-    }
-    print()
-    print(f"guarded / bare   = {ratio:6.2f}   (what the gate, waves, saga and batches cost)")
-    print(f"bare / fleet     = {bare.median() / fleet.median():6.2f}   (what Temporal costs)")
-    print(f"guarded / fleet  = {guarded.median() / fleet.median():6.2f}")
-    print(
-        f"history events per target: guarded {per_target['guarded']:.2f}, "
-        f"bare {per_target['bare']:.2f}; largest history: guarded {largest}, "
-        f"bare {max(r.largest for r in bare.runs)}"
-    )
     payload = max(r.payload for r in guarded.runs)
-    print(
-        f"largest payload: guarded {payload / 1000:.1f} KB, "
-        f"bare {max(r.payload for r in bare.runs) / 1000:.1f} KB (history event, status, result)"
-    )
+    print()
+    ratio = None
+    if bare is not None:
+        ratio = guarded.median() / bare.median()
+        print(f"guarded / bare   = {ratio:6.2f}   (what the gate, waves, saga and batches cost)")
+    if bare is not None and fleet is not None:
+        print(f"bare / fleet     = {bare.median() / fleet.median():6.2f}   (what Temporal costs)")
+    if fleet is not None:
+        print(f"guarded / fleet  = {guarded.median() / fleet.median():6.2f}")
+    line = f"history events per target: guarded {_events(guarded) / n:.2f}"
+    sizes = f"largest payload: guarded {payload / 1000:.1f} KB"
+    if bare is not None:
+        line += f", bare {_events(bare) / n:.2f}"
+        sizes += f", bare {max(r.payload for r in bare.runs) / 1000:.1f} KB"
+    line += f"; largest history: guarded {largest}"
+    if bare is not None:
+        line += f", bare {max(r.largest for r in bare.runs)}"
+    print(line)
+    print(f"{sizes} (history event, status, result)")
     print(f"runtime          = {runtime:6.1f} s")
-    print(f"guarded_targets_per_s={n / guarded.median():.1f}")
-    print(f"bare_targets_per_s={n / bare.median():.1f}")
-    print(f"fleet_targets_per_s={n / fleet.median():.1f}")
-    print(f"rollout_vs_fleet_ratio={guarded.median() / fleet.median():.2f}")
+    for label, s in series.items():
+        print(f"{label}_targets_per_s={n / s.median():.1f}")
+    if fleet is not None:
+        print(f"rollout_vs_fleet_ratio={guarded.median() / fleet.median():.2f}")
     print(f"max_payload_bytes={payload}")
     return ratio, largest
 
@@ -357,7 +358,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="M",
         help="also run every series on M targets, interleaved, and print throughput(N)/(M)",
     )
+    parser.add_argument(
+        "--series",
+        default="guarded,bare,fleet",
+        help="which series to run, comma-separated; guarded is always one (default all three)",
+    )
     args = parser.parse_args(argv)
+    args.series = {x.strip() for x in args.series.split(",") if x.strip()}
+    if "guarded" not in args.series or not args.series <= {"guarded", "bare", "fleet"}:
+        parser.error("--series takes guarded plus any of bare, fleet")
     args.sizes = sorted({args.targets, *([args.scale_from] if args.scale_from else [])})
     args.waves = [w.strip() for w in args.waves.split(",") if w.strip()]
     if args.targets < WARM_UP_TARGETS or args.repeats < 1 or args.deploy_delay_ms < 0:
@@ -388,7 +397,8 @@ def main() -> int:
         scale = (args.targets / guarded[0]) / (args.scale_from / guarded[1])
         print(f"guarded_scale_ratio={scale:.2f}")
     print(f"max_history_events={largest}")
-    print(f"rollout_vs_bare_sdk_ratio={ratio:.2f}")
+    if ratio is not None:
+        print(f"rollout_vs_bare_sdk_ratio={ratio:.2f}")
     return 0
 
 
