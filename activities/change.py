@@ -190,6 +190,11 @@ class ChangeActivities:
         rest. A target that fails for good (a non-retryable error) ends the attempt's work: the
         results so far and the failure are returned, the targets after it are not attempted. A
         retryable failure fails the attempt (retried, resuming after the done targets).
+
+        The ledger records (``effect:<key>``) of the targets that took effect are written together,
+        in one hop to the store's thread, as the attempt ends, however it ends. A retried attempt
+        writes those of the targets its checkpoint names done again first (the store keeps what
+        it has), so an attempt that died between a checkpoint and the write leaves them to it.
         """
         if not inp.items:
             return ApplyManyResult()
@@ -216,6 +221,10 @@ class ChangeActivities:
         dumped = {key: result.model_dump(mode="json") for key, result in done.items()}
         todo = [i for i in inp.items if i.idempotency_key not in done]
         by_key = {i.idempotency_key: i for i in todo}
+        # The ledger records of a chunk are written together, when the chunk ends; a checkpoint
+        # may name a target done before its record is written, so a retried attempt first writes
+        # the records of the targets its checkpoint names (idempotent: what is there is kept).
+        unrecorded = [(i, done[i.idempotency_key]) for i in inp.items if i.idempotency_key in done]
         failed: ApplyManyFailure | None = None
         async with progress:
             pending = iter(todo)
@@ -226,7 +235,8 @@ class ChangeActivities:
                 ) as applied:
                     async for result in applied:
                         item = next(pending)
-                        await self._finish_apply(kind.name, item, result)  # NothingApplied
+                        unrecorded.append((item, result))
+                        self._check_applied(kind.name, item, result)  # NothingApplied
                         by_key.pop(item.idempotency_key, None)
                         done[item.idempotency_key] = result
                         dumped[item.idempotency_key] = result.model_dump(mode="json")
@@ -247,12 +257,20 @@ class ChangeActivities:
                 failed = ApplyManyFailure(
                     target_id=target, message=exc.message, type=exc.type or "", details=details
                 )
+            finally:  # however the attempt ends: what took effect is recorded before it does
+                await self.effects.record_many(AuditAction.MUTATION, unrecorded)
         results = [done[i.idempotency_key] for i in inp.items if i.idempotency_key in done]
         return ApplyManyResult(results=results, failed=failed)
 
     async def _finish_apply(
         self, kind_name: str, inp: ApplyInput, result: ApplyResult, *, run_id: str | None = None
     ) -> ApplyResult:
+        self._check_applied(kind_name, inp, result)
+        await self.effects.record(AuditAction.MUTATION, inp, result, run_id=run_id)
+        return result
+
+    def _check_applied(self, kind_name: str, inp: ApplyInput, result: ApplyResult) -> None:
+        """Log what one target's attempt did; fail (``NothingApplied``) if nothing was applied."""
         log.info(
             "applied",
             target=inp.target.id,
@@ -264,8 +282,6 @@ class ChangeActivities:
             detail=result.detail,
         )
         self._nothing_applied(kind_name, inp.target.id, result)
-        await self.effects.record(AuditAction.MUTATION, inp, result, run_id=run_id)
-        return result
 
     async def finish_handoff(self, ticket: HandoffTicket, result: ApplyResult) -> ApplyResult:
         """Finish a handed-off mutation or compensation from its callback (no activity context).

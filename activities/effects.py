@@ -56,44 +56,57 @@ class EffectLedger:
         run_id: str | None = None,
     ) -> None:
         """Write the effect to the ledger, idempotently by its key (a retry adds nothing)."""
-        if self.store is None or not result.took_effect:
+        await self.record_many(action, [(inp, result)], run_id=run_id)
+
+    async def record_many(
+        self,
+        action: AuditAction,
+        effects: list[tuple[ApplyInput, ApplyResult]],
+        *,
+        run_id: str | None = None,
+    ) -> None:
+        """Write several effects of one activity with one hop to the store's thread.
+
+        Each is its own record (``effect:<key>``) and its own append, as :meth:`record`; the
+        results that did not take effect are skipped.
+        """
+        if self.store is None:
+            return
+        effects = [(inp, result) for inp, result in effects if result.took_effect]
+        if not effects:
             return
         if run_id is None:
             run_id = activity.info().workflow_run_id or ""
-        record = AuditRecord(
-            record_id=f"effect:{inp.idempotency_key}",
-            action=action,
-            actor="changeguard",
-            at=event_time(),
-            change_id=inp.change_id,
-            run_id=run_id,
-            reason=excerpt(result.detail, 2000),
-            detail={
-                "target": inp.target.id,
-                "idempotency_key": inp.idempotency_key,
-                "applied_key": inp.applied_key or "",
-                "by_earlier_attempt": result.replayed and not result.applied,
-                "before": {k: excerpt(v, 200) for k, v in list(result.before.items())[:10]},
-                "after": {k: excerpt(v, 200) for k, v in list(result.after.items())[:10]},
-                **({"irreversible": result.irreversible[:50]} if result.irreversible else {}),
-            },
+        at = event_time()
+        await self._append(
+            [_effect_record(action, inp, result, run_id, at) for inp, result in effects]
         )
-        await self.append(record)
 
     async def append(self, record: AuditRecord) -> None:
-        """Append to the ledger, riding out a short outage: the effect has already happened.
+        """Append to the ledger, riding out a short outage (see :meth:`_append`)."""
+        await self._append([record])
+
+    async def _append(self, records: list[AuditRecord]) -> None:
+        """Append in order, riding out a short outage: the effects have already happened.
 
         An attempt that failed here after its effect landed would leave the effect unrecorded if no
         later attempt came (the chaos campaign saw it), so the write is retried for up to a minute,
         heartbeating, before the attempt fails (retryably: the next attempt finds the effect made
-        and records it).
+        and records it). A retry after a partial write appends only what is missing (the store
+        refuses a second record of the same id).
         """
-        assert self.store is not None
+        store = self.store
+        assert store is not None
+
+        def write() -> None:
+            for record in records:
+                store.append(record)
+
         delay = 0.5
         deadline = asyncio.get_running_loop().time() + LEDGER_PATIENCE_S
         while True:
             try:
-                await asyncio.to_thread(self.store.append, record)
+                await asyncio.to_thread(write)
                 return
             except AuditStoreError as exc:
                 if not exc.retryable or asyncio.get_running_loop().time() + delay > deadline:
@@ -129,3 +142,27 @@ class EffectLedger:
                 },
             )
         )
+
+
+def _effect_record(
+    action: AuditAction, inp: ApplyInput, result: ApplyResult, run_id: str, at: datetime
+) -> AuditRecord:
+    """The ledger record of one effect that took place, under its idempotency key."""
+    return AuditRecord(
+        record_id=f"effect:{inp.idempotency_key}",
+        action=action,
+        actor="changeguard",
+        at=at,
+        change_id=inp.change_id,
+        run_id=run_id,
+        reason=excerpt(result.detail, 2000),
+        detail={
+            "target": inp.target.id,
+            "idempotency_key": inp.idempotency_key,
+            "applied_key": inp.applied_key or "",
+            "by_earlier_attempt": result.replayed and not result.applied,
+            "before": {k: excerpt(v, 200) for k, v in list(result.before.items())[:10]},
+            "after": {k: excerpt(v, 200) for k, v in list(result.after.items())[:10]},
+            **({"irreversible": result.irreversible[:50]} if result.irreversible else {}),
+        },
+    )

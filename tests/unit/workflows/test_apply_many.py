@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any, ClassVar
 
@@ -10,6 +11,7 @@ from temporalio.api.enums.v1 import EventType
 from temporalio.exceptions import ApplicationError
 from temporalio.testing import ActivityEnvironment, WorkflowEnvironment
 
+from activities import effects
 from activities.audit import SqliteAuditStore
 from activities.change import ChangeActivities
 from activities.kinds.base import ChangeKind, new_registry
@@ -121,15 +123,83 @@ async def test_a_retried_attempt_skips_the_targets_its_checkpoint_shows_done(
     assert effects == sorted(f"effect:{idempotency_key('c1', 'apply', t)}" for t in ids)
 
 
+def _effects(store: SqliteAuditStore, change_id: str) -> list[str]:
+    records = store.list(AuditQuery(change_id=change_id))
+    return sorted(r.record_id for r in records if r.record_id.startswith("effect:"))
+
+
+def _effect_ids(change_id: str, ids: list[str]) -> list[str]:
+    return sorted(f"effect:{idempotency_key(change_id, 'apply', t)}" for t in ids)
+
+
+async def test_a_chunk_writes_its_records_in_one_hop_to_the_store(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Five targets, five effect records, one thread hop (was one per target)."""
+    hops: list[Any] = []
+    to_thread = asyncio.to_thread
+
+    async def counting(fn: Any, *args: Any) -> Any:
+        hops.append(fn)
+        return await to_thread(fn, *args)
+
+    monkeypatch.setattr(effects.asyncio, "to_thread", counting)
+    store = SqliteAuditStore(":memory:")
+    acts = ChangeActivities(_kinds(), ledger=store)
+    ids = ["t1", "t2", "t3", "t4", "t5"]
+    env, _ = _env()
+    out = await env.run(acts.apply_change_many, _items("c5", ids))
+    assert [r.target_id for r in out.results] == ids
+    assert _effects(store, "c5") == _effect_ids("c5", ids)
+    assert len(hops) == 1
+
+
+async def test_a_retried_attempt_records_what_its_checkpoint_names_done(
+    ledger: Ledger,
+) -> None:
+    """An attempt that died between checkpoint and write: the next one writes those records."""
+    ids = ["t1", "t2", "t3", "t4"]
+    inp = _items("c6", ids)
+    ManyKind.unavailable_once = {"t3"}
+    env, beats = _env()
+    with pytest.raises(ApplicationError, match="t3 unavailable"):
+        # no ledger: as if the attempt had died before its records were written
+        await env.run(ChangeActivities(_kinds(), ledger=None).apply_change_many, inp)
+    store = SqliteAuditStore(":memory:")
+    env2, _ = _env(attempt=2, details=[beats[-1][0]])
+    out = await env2.run(ChangeActivities(_kinds(), ledger=store).apply_change_many, inp)
+    assert ManyKind.calls == ["t1", "t2", "t3", "t3", "t4"]  # t1, t2 not applied again
+    assert [r.target_id for r in out.results] == ids
+    assert _effects(store, "c6") == _effect_ids("c6", ids)
+
+
+async def test_a_cancelled_chunk_records_the_targets_it_applied(ledger: Ledger) -> None:
+    """Cancelled while a target is in flight: the targets done before it are in the ledger."""
+    store = SqliteAuditStore(":memory:")
+    acts = ChangeActivities(_kinds(), ledger=store)
+    env, _ = _env()
+    inp = _items("c7", ["a", "b", "c", "d"], {"hold": "c7", "hold_only": ["c"]})
+    running = asyncio.create_task(env.run(acts.apply_change_many, inp))
+    while "c" not in ManyKind.calls:  # noqa: ASYNC110  (polls the kind's calls)
+        await asyncio.sleep(0.01)
+    env.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    assert ledger.applied == ["a", "b"]
+    assert _effects(store, "c7") == _effect_ids("c7", ["a", "b"])
+
+
 async def test_a_target_that_fails_for_good_ends_the_chunk_with_the_results_before_it(
     ledger: Ledger,
 ) -> None:
-    acts = ChangeActivities(_kinds())
+    store = SqliteAuditStore(":memory:")
+    acts = ChangeActivities(_kinds(), ledger=store)
     env, _ = _env()
     out = await env.run(
         acts.apply_change_many, _items("c2", ["a", "b", "c"], {"fail_apply": ["b"]})
     )
     assert [r.target_id for r in out.results] == ["a"]
+    assert _effects(store, "c2") == _effect_ids("c2", ["a"])  # recorded, though the chunk failed
     assert out.failed is not None
     assert (out.failed.target_id, out.failed.type) == ("b", errors.TARGET_REJECTED)
     assert ManyKind.calls == ["a", "b"]  # c never attempted
