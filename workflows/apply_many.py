@@ -17,20 +17,23 @@ flight end and the first failure is raised, as in ``apply_targets``.
 from __future__ import annotations
 
 import asyncio
+import functools
 import math
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from temporalio import workflow
-from temporalio.exceptions import ApplicationError
+from temporalio.exceptions import ApplicationError, is_cancelled_exception
 
 with workflow.unsafe.imports_passed_through():
     import workflows.calls as calls
     import workflows.observe as observe
-    from workflows.apply_many_models import ApplyManyInput
-    from workflows.models import ApplyResult, Target
-    from workflows.mutation_keys import apply_input
+    from workflows.apply_many_models import ApplyManyInput, ApplyManyResult
+    from workflows.models import ApplyInput, ApplyResult, Target
+    from workflows.mutation_keys import apply_input, revert_input
+    from workflows.mutations import STOP_CANCELS_PATCH, cancel_when_stopped, revert_one
     from workflows.progress_models import MutationOptions
+    from workflows.saga import Saga
     from workflows.summaries import line
 
 APPLY_MANY_PATCH = "apply-many"
@@ -81,33 +84,76 @@ async def apply_chunks(
     on_applied: Callable[[str], None],
     on_result: Callable[[ApplyResult], None],
     on_error: Callable[[str, BaseException], None],
+    saga: Saga | None = None,
+    on_reverted: Callable[[str], None] = lambda _: None,
+    should_stop: Callable[[], bool] = lambda: False,
 ) -> None:
-    """Apply ``targets`` in chunks of ``options.apply_many``; raise the first failure at the end."""
+    """Apply ``targets`` in chunks of ``options.apply_many``; raise the first failure at the end.
+
+    Without ``saga`` (a ``TargetBatch``: its parent registered a revert batch for all of them) the
+    chunks are only applied. With one (a small wave in ``GuardedChange``, ``WAVE_APPLY_MANY_PATCH``)
+    each target of a chunk gets its own compensation (``revert_change``) registered before the chunk
+    starts, as :func:`~workflows.mutations.apply_targets` registers one per mutation; once the chunk
+    reports, the targets it never attempted (after its failed one) are left alone, and a chunk that
+    never reports (cancelled, or failed as a whole) has every target reverted, which
+    ``revert_if_applied`` makes safe. ``should_stop`` (an operator's stop) starts no further chunk
+    and cancels the ones in flight (``STOP_CANCELS_PATCH``), as ``apply_targets`` does.
+    """
     limit = asyncio.Semaphore(max_parallel)
     failed: list[BaseException] = []
+    running: dict[str, asyncio.Future[ApplyManyResult]] = {}
+    stopped = False  # a stop cancelled the chunks in flight
+    finished = False
+
+    def call(chunk: list[Target], items: list[ApplyInput]) -> Awaitable[ApplyManyResult]:
+        return observe.traced(
+            "mutations",
+            observe.many_attributes(items),
+            calls.apply_change_many(
+                ApplyManyInput(items=items),
+                start_to_close=options.start_to_close * len(chunk),
+                heartbeat=options.heartbeat_timeout,
+                summary=line(f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"),
+            ),
+        )
+
+    async def compensate(item: ApplyInput, reported: list[set[str]]) -> None:
+        if reported and item.target.id not in reported[0]:
+            return  # its chunk reported and stopped before this target: nothing to undo
+        result = await revert_one(revert_input(item), options)
+        if result.took_effect:
+            if not reported:  # its chunk never reported (cancelled): it was applied all the same
+                on_applied(item.target.id)
+            on_reverted(item.target.id)
 
     async def one(chunk: list[Target]) -> None:
+        reported: list[set[str]] = []  # what the chunk attempted, once it reports
         async with limit:
-            if failed:
+            if failed or should_stop():
                 return
             items = [apply_input(change_id, kind, params, t) for t in chunk]
             try:
-                out = await observe.traced(
-                    "mutations",
-                    observe.many_attributes(items),
-                    calls.apply_change_many(
-                        ApplyManyInput(items=items),
-                        start_to_close=options.start_to_close * len(chunk),
-                        heartbeat=options.heartbeat_timeout,
-                        summary=line(
-                            f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"
-                        ),
-                    ),
-                )
+                if saga is None:
+                    out = await call(chunk, items)
+                else:
+                    for item in items:
+                        saga.add(item.target.id, functools.partial(compensate, item, reported))
+                    work = asyncio.ensure_future(call(chunk, items))
+                    running[chunk[0].id] = work
+                    try:
+                        out = await work
+                    finally:
+                        running.pop(chunk[0].id, None)
             except BaseException as exc:
+                if stopped and is_cancelled_exception(exc):
+                    return  # cancelled by the stop; every target's compensation is registered
                 failed.append(exc)
                 on_error(chunk[0].id, exc)
                 raise
+            reported.append(
+                {r.target_id for r in out.results}
+                | ({out.failed.target_id} if out.failed is not None else set())
+            )
             for result in out.results:
                 on_result(result)
                 on_applied(result.target_id)
@@ -122,10 +168,20 @@ async def apply_chunks(
                 on_error(out.failed.target_id, refused)
                 raise refused
 
+    async def cancel_on_stop() -> None:
+        nonlocal stopped
+        stopped = await cancel_when_stopped(
+            running, should_stop, lambda: finished, STOP_CANCELS_PATCH
+        )
+
     cut = rounds if workflow.patched(APPLY_MANY_ROUNDS_PATCH) else chunks
+    watch = asyncio.ensure_future(cancel_on_stop()) if saga is not None else None
     await asyncio.gather(
         *(one(c) for c in cut(targets, options.apply_many, max_parallel)),
         return_exceptions=True,
     )
+    finished = True
+    if watch is not None:
+        await watch
     if failed:
         raise failed[0]

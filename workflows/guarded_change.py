@@ -155,10 +155,12 @@ class GuardedChangeWorkflow:
 
     @rollback.validator
     def validate_rollback(self, *args: Any) -> None:
-        """Refuse a malformed payload, before any mutation (use abort), or when ending."""
+        """Refuse a malformed payload, before any wave applies (use abort), or when ending."""
         self._desk.refuse_unsigned("rollback", operator_action(args))
         self._desk.refuse_if_ending("there is nothing to roll back")
-        if not self._status.applied:
+        # Mutations have begun once a wave applies, though a chunk or a batch in flight reports
+        # its targets only when it ends (status.applied lags behind what the targets hold).
+        if not self._status.applied and not any(w.state == "applying" for w in self._status.waves):
             raise refused("nothing has been applied yet; use abort to stop this change")
 
     @workflow.update

@@ -63,8 +63,16 @@ class Saga:
         The compensation stays registered if ``forward`` fails: it may have taken effect before
         failing, and compensations are written to be safe either way.
         """
-        self._compensations.append(_Compensation(step, compensation))
+        self.add(step, compensation)
         return await forward()
+
+    def add(self, step: str, compensation: Callable[[], Awaitable[object]]) -> None:
+        """Register ``compensation`` for ``step`` whose forward work runs elsewhere.
+
+        For several steps one forward call makes (a chunk of ``apply_change_many``: one
+        compensation per target, registered before the chunk runs).
+        """
+        self._compensations.append(_Compensation(step, compensation))
 
     async def unwind(self) -> tuple[list[str], list[CompensationFailure]]:
         """Run every compensation in reverse order, shielded from cancellation.

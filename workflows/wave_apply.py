@@ -17,6 +17,7 @@ from temporalio.exceptions import ApplicationError, ChildWorkflowError, is_cance
 with workflow.unsafe.imports_passed_through():
     import workflows.errors as errors
     import workflows.ids as ids
+    from workflows.apply_many import apply_chunks
     from workflows.batch import TargetBatchWorkflow
     from workflows.change_run import ChangeRun
     from workflows.compensation import PointOfNoReturn
@@ -29,6 +30,14 @@ with workflow.unsafe.imports_passed_through():
 
 BATCH_SIZE = 100
 """Waves larger than this run in ``TargetBatch`` children, keeping every history small."""
+
+WAVE_APPLY_MANY_PATCH = "wave-apply-many"
+"""``workflow.patched`` id: a small wave of a kind that declares ``apply_many_size`` applies its
+targets in ``apply_change_many`` chunks too, each target with its own compensation registered
+before its chunk starts (:func:`workflows.apply_many.apply_chunks` with the change's saga). Before,
+only ``TargetBatch`` children used chunks, and a wave of up to ``BATCH_SIZE`` targets made one
+``apply_change`` per target: a 20-target change five at a time made 20 mutation activities instead
+of 5 (``bench/concurrent_changes.py``)."""
 
 STOP_CANCELS_BATCHES_PATCH = "stop-cancels-batches"
 """``workflow.patched`` id: an operator's stop cancels a large wave's ``TargetBatch`` children in
@@ -69,7 +78,28 @@ class WaveApplier:
                 seen.add(target_id)
                 status.applied.append(target_id)
 
-        if len(targets) <= BATCH_SIZE:
+        options = self.options
+        if (
+            len(targets) <= BATCH_SIZE
+            and options is not None
+            and options.apply_many > 1
+            and workflow.patched(WAVE_APPLY_MANY_PATCH)
+        ):
+            await apply_chunks(
+                change_id=change.change_id,
+                kind=request.kind,
+                params=request.params,
+                targets=targets,
+                max_parallel=request.rollout.max_parallel,
+                options=options,
+                on_applied=applied,
+                on_result=self._past.note_result,
+                on_error=self._past.note_error,
+                saga=self._saga,
+                on_reverted=status.reverted.append,
+                should_stop=lambda: change.stop is not None,
+            )
+        elif len(targets) <= BATCH_SIZE:
             await apply_targets(
                 self._saga,
                 change_id=change.change_id,

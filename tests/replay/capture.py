@@ -59,6 +59,7 @@ from tests.replay.stop_branches import (
     rejected_stop,
     stop_cancels,
     stop_cancels_batches,
+    stop_cancels_chunks,
 )
 from tests.servers import EventReceiver
 from worker.converter import data_converter
@@ -795,6 +796,23 @@ BRANCHES: list[Branch] = [
     Branch("ending_without_locks", Outcome.COMPLETED, targets=3),
     Branch("stop_cancels", None, targets=4, max_parallel=2, drive=stop_cancels),
     Branch("stop_cancels_batches", None, targets=250, max_parallel=4, drive=stop_cancels_batches),
+    Branch("wave_apply_many", Outcome.COMPLETED, kind="recording-many", targets=20, max_parallel=5),
+    Branch(
+        "wave_apply_many_failure",
+        Outcome.ROLLED_BACK,
+        kind="recording-many",
+        targets=20,
+        max_parallel=5,
+        params={"fail_apply": ["wave_apply_many_failure.t6"]},
+    ),
+    Branch(
+        "stop_cancels_chunks",
+        None,
+        kind="recording-many",
+        targets=4,
+        max_parallel=2,
+        drive=stop_cancels_chunks,
+    ),
 ]
 """Every branch that exists in the workflow code today (one real run each)."""
 

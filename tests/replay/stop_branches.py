@@ -117,6 +117,25 @@ async def stop_cancels(cap: Capture, branch: Branch) -> None:
         RecordingKind.ledger.gate(branch.name).set()
 
 
+async def stop_cancels_chunks(cap: Capture, branch: Branch) -> None:
+    """Two chunks of a small wave (t1-t2, t3-t4): t1 and t3 apply, t2 and t4 hang; a rollback."""
+    hung = [f"{branch.name}.t2", f"{branch.name}.t4"]
+    req = cap.request(branch, params={"hold": branch.name, "hold_only": hung})
+    handle = await cap.start(req)
+    try:
+        applied = {f"{branch.name}.t1", f"{branch.name}.t3"}
+        for _ in range(600):  # the chunks report only when they end: watch the kind
+            if applied <= set(RecordingKind.ledger.applied):
+                break
+            await asyncio.sleep(0.05)
+        await handle.execute_update(
+            "rollback", OperatorAction(operator="capture", reason="stop"), result_type=None
+        )
+        await asyncio.wait_for(cap.expect(handle, Outcome.ROLLED_BACK), timeout=60)
+    finally:
+        RecordingKind.ledger.gate(branch.name).set()
+
+
 async def stop_cancels_batches(cap: Capture, branch: Branch) -> None:
     """250 targets in three batches; the first of each applies, the rest hang; an abort."""
     ids = [f"{branch.name}.t{i}" for i in range(1, branch.targets + 1)]
