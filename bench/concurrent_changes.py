@@ -14,7 +14,9 @@ its own (no target-lock waits). Three measurements, interleaved R times after a 
    no bake, an always-open change window): wall time from the first start to the last result;
 2. ``bare``: C ``BenchBareRollout`` runs of the same ``apply_change`` calls started at once;
 3. ``rollback``: C ``GuardedChange`` runs again; K of them (spread over the C) get a ``rollback``
-   update as soon as their first target is applied, while the others keep deploying. For each,
+   update as soon as their first target is applied (its host runs the new version on the fleet:
+   an ``apply_change_many`` chunk reports its targets only when it ends), while the others keep
+   deploying. For each,
    the time from sending the update to the start of its first ``revert_change`` (the history's
    ``ActivityTaskStarted``; one clock, the machine's) is recorded.
 
@@ -66,10 +68,10 @@ def p95(values: list[float]) -> float:
 
 async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[str, Any]:
     """Warm up, then R interleaved repeats of guarded, bare and rollback."""
+    import httpx
     from temporalio.api.enums.v1 import EventType
     from temporalio.client import WorkflowUpdateFailedError
     from temporalio.common import WorkflowIDReusePolicy
-    from temporalio.service import RPCError
 
     from worker.settings import Settings
     from workflows import names
@@ -77,6 +79,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     from workflows.models import ChangeRequest, ChangeResult, OperatorAction, Outcome
 
     tag = uuid.uuid4().hex[:6]
+    started: dict[str, str] = {}  # a workflow id of each kind of run, for its shape
     guarded_queue, bare_queue = f"bench-cc-guarded-{tag}", f"bench-cc-bare-{tag}"
     settings = Settings.from_env(env={})
     seq = iter(range(1, 1_000_000))
@@ -101,6 +104,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
     async def guarded(changes: int, n: int, rollbacks: int = 0) -> tuple[float, list[float]]:
         version = f"9.{tag}.{next(seq)}"
         reqs = [request(i, n, version) for i in range(changes)]
+        started["guarded"] = reqs[0].change_id or ""
         stride = changes // rollbacks if rollbacks else 0
         chosen = {reqs[i].change_id for i in range(0, changes, stride)} if stride else set()
         latencies: list[float] = []
@@ -118,18 +122,17 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
             )
         )
 
+        first_host = {r.change_id: r.targets[0].id for r in reqs}
+
         async def roll_back(handle: Any) -> None:
-            while True:
-                try:
-                    status = await handle.query(GuardedChangeWorkflow.status)
-                except RPCError:  # a workflow task timed out on a starved worker: ask again
-                    await asyncio.sleep(0.2)
-                    continue
-                if status.applied:
-                    break
-                if status.outcome is not None:
-                    raise RuntimeError(f"{handle.id} ended before any target was applied")
-                await asyncio.sleep(0.05)
+            # The fleet, not the status: a chunk of apply_change_many (or a batch) reports its
+            # targets when it ends, and the first target is applied well before that.
+            async with httpx.AsyncClient(base_url=url, trust_env=False, timeout=60) as http:
+                while True:
+                    host = (await http.get(f"/hosts/{first_host[handle.id]}")).json()
+                    if host.get("version") == version:
+                        break
+                    await asyncio.sleep(0.05)
             sent = time.time()
             try:
                 await handle.execute_update(
@@ -190,6 +193,7 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
             )
             for i in range(changes)
         ]
+        started["bare"] = inputs[0].change_id
         t0 = time.perf_counter()
         handles = await asyncio.gather(
             *(
@@ -206,11 +210,31 @@ async def measure(client: Client, url: str, args: argparse.Namespace) -> dict[st
                 raise RuntimeError(f"bare {inp.change_id}: {len(res)} results for {n} targets")
         return elapsed
 
+    async def shape(workflow_id: str) -> dict[str, int]:
+        """Activities, workflow tasks and workflows of one run, its children's included."""
+        counts = {"activities": 0, "workflow tasks": 0, "workflows": 1}
+        history = await client.get_workflow_handle(workflow_id).fetch_history()
+        for event in history.events:
+            if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
+                counts["activities"] += 1
+            elif event.event_type == EventType.EVENT_TYPE_WORKFLOW_TASK_COMPLETED:
+                counts["workflow tasks"] += 1
+            elif event.event_type == EventType.EVENT_TYPE_CHILD_WORKFLOW_EXECUTION_STARTED:
+                child = await shape(
+                    event.child_workflow_execution_started_event_attributes.workflow_execution.workflow_id
+                )
+                counts = {k: counts[k] + child[k] for k in counts}
+        return counts
+
     figures: dict[str, Any] = {"guarded": [], "bare": [], "rollback": [], "latencies": []}
     async with guarded_worker, bare_worker:
         progress("warm-up (2 changes each, discarded)…")
         await guarded(2, args.targets)
         await bare(2, args.targets)
+        for label, workflow_id in started.items():
+            one = await shape(workflow_id)
+            figures[f"shape {label}"] = one
+            progress(f"  one {label} change: " + ", ".join(f"{v} {k}" for k, v in one.items()))
         for r in range(1, args.repeats + 1):
             g, _ = await guarded(args.changes, args.targets)
             figures["guarded"].append(g)
@@ -261,6 +285,9 @@ def report(figures: dict[str, Any], args: argparse.Namespace) -> None:
         f"first compensation after a rollback request: median {statistics.median(lat):.2f} s, "
         f"p95 {p95(lat):.2f} s, max {max(lat):.2f} s over {len(lat)} rollbacks"
     )
+    for label in ("guarded", "bare"):
+        one = figures[f"shape {label}"]
+        print(f"one {label} change: " + ", ".join(f"{v} {k}" for k, v in one.items()))
     print(f"rollback run / guarded run = {rb / g:.2f}")
     print(f"concurrent_vs_bare_ratio={g / b:.2f}")
     print(f"rollback_to_first_compensation_p95_s={p95(lat):.2f}")

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from typing import Any
 
 from temporalio import workflow
@@ -105,17 +105,18 @@ async def apply_chunks(
     stopped = False  # a stop cancelled the chunks in flight
     finished = False
 
-    def call(chunk: list[Target], items: list[ApplyInput]) -> Awaitable[ApplyManyResult]:
-        return observe.traced(
-            "mutations",
-            observe.many_attributes(items),
-            calls.apply_change_many(
-                ApplyManyInput(items=items),
-                start_to_close=options.start_to_close * len(chunk),
-                heartbeat=options.heartbeat_timeout,
-                summary=line(f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"),
-            ),
-        )
+    async def call(chunk: list[Target], items: list[ApplyInput]) -> ApplyManyResult:
+        with observe.span("mutations", observe.many_attributes(items)) as current:
+            out = await observe.chunk_outcome_of(
+                current,
+                calls.apply_change_many(
+                    ApplyManyInput(items=items),
+                    start_to_close=options.start_to_close * len(chunk),
+                    heartbeat=options.heartbeat_timeout,
+                    summary=line(f"{kind} {chunk[0].id}..{chunk[-1].id} ({len(chunk)} targets)"),
+                ),
+            )
+        return out
 
     async def compensate(item: ApplyInput, reported: list[set[str]]) -> None:
         if reported and item.target.id not in reported[0]:

@@ -195,9 +195,37 @@ async def outcome_of(current: Span, step: Awaitable[T]) -> T:
     except BaseException:
         current.set_attribute("mutation.result", "failed")
         raise
-    outcome = "applied" if result.applied else "replayed" if result.replayed else "unchanged"
-    current.set_attribute("mutation.result", outcome)
+    current.set_attribute("mutation.result", _result_of(result))
     return cast(T, result)
+
+
+def _result_of(result: Any) -> str:
+    return "applied" if result.applied else "replayed" if result.replayed else "unchanged"
+
+
+async def chunk_outcome_of(current: Span, step: Awaitable[T]) -> T:
+    """Await an ``apply_change_many`` chunk; set each target's result and the chunk's.
+
+    ``mutation.results`` lines up with ``target.ids`` (applied, replayed or unchanged per target
+    done); a target that failed for good is ``mutation.failed_target``, and ``mutation.result`` is
+    ``failed`` then, else ``applied`` when any target was.
+    """
+    try:
+        out: Any = await step
+    except BaseException:
+        current.set_attribute("mutation.result", "failed")
+        raise
+    results = [_result_of(r) for r in out.results]
+    current.set_attribute("mutation.results", ",".join(results[:50]))  # as target.ids
+    if out.failed is not None:
+        current.set_attribute("mutation.failed_target", out.failed.target_id)
+        current.set_attribute("mutation.result", "failed")
+        fail(current, f"{out.failed.target_id}: {out.failed.type}: {out.failed.message}")
+    else:
+        current.set_attribute(
+            "mutation.result", "applied" if "applied" in results else results[0] if results else ""
+        )
+    return cast(T, out)
 
 
 def bake_attributes(wave: Any, rollout: Any) -> dict[str, Any]:
@@ -242,12 +270,6 @@ def many_attributes(items: list[Any]) -> dict[str, Any]:
         "target.ids": [i.target.id for i in items][:50],
         "idempotency.keys": [i.idempotency_key for i in items][:50],
     }
-
-
-async def traced(name: str, attributes: Mapping[str, Any], step: Awaitable[T]) -> T:
-    """Await ``step`` (an activity call, scheduled on first await) inside a span."""
-    with span(name, attributes):
-        return await step
 
 
 # ------------------------------------------------------------------ what changeguard counts

@@ -122,13 +122,17 @@ async def _until(
     raise AssertionError(f"{what} did not happen within {within}s\n{context()}")
 
 
+MUTATIONS = {"apply_change", "apply_change_many"}
+"""A mutation's activity: http-deploy applies a wave in chunks (``apply_change_many``)."""
+
+
 async def _apply_in_flight(handle: WorkflowHandle[Any, Any]) -> int | None:
-    """How many apply_change activities a worker is running now (None if none)."""
+    """How many mutation activities a worker is running now (None if none)."""
     description = await handle.describe()
     running = [
         a
         for a in description.raw_description.pending_activities
-        if a.activity_type.name == "apply_change"
+        if a.activity_type.name in MUTATIONS
         and a.state == PendingActivityState.PENDING_ACTIVITY_STATE_STARTED
     ]
     return len(running) or None
@@ -144,13 +148,13 @@ async def _get(fleet: FleetServer, path: str) -> list[dict[str, Any]]:
 
 
 async def _retried_applies(handle: WorkflowHandle[Any, Any]) -> dict[str, str]:
-    """Activity id → worker identity of apply_change activities whose final attempt was not the first."""
+    """Activity id → worker identity of mutations whose final attempt was not the first."""
     scheduled: dict[int, str] = {}
     retried = {}
     async for event in handle.fetch_history_events():
         if event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_SCHEDULED:
             attrs = event.activity_task_scheduled_event_attributes
-            if attrs.activity_type.name == "apply_change":
+            if attrs.activity_type.name in MUTATIONS:
                 scheduled[event.event_id] = attrs.activity_id
         elif event.event_type == EventType.EVENT_TYPE_ACTIVITY_TASK_STARTED:
             attrs_started = event.activity_task_started_event_attributes
@@ -234,7 +238,7 @@ async def test_sigkilled_worker_mid_wave_deploys_each_target_exactly_once(
     assert {h["id"]: h["version"] for h in hosts} == {t: NEW_VERSION for t in targets}
     # The kill really hit running mutations: the server retried them on the second worker.
     retried = await _retried_applies(handle)
-    assert retried, f"no apply_change was retried after the kill ({in_flight} were in flight)"
+    assert retried, f"no mutation was retried after the kill ({in_flight} were in flight)"
     on_second = {activity: f"{second.proc.pid}@" for activity in retried}
     assert {a: who[: len(on_second[a])] for a, who in retried.items()} == on_second
     found_late = second.log.read_text(errors="replace").count("already applied by an earlier")

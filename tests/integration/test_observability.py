@@ -156,15 +156,15 @@ async def test_a_change_exports_its_tree_of_spans_over_otlp(
     assert _under(receiver, health, "gate") and _under(receiver, health, "change")
     assert {s.trace_id for s in ours} == {change.trace_id}
 
-    [mutation] = [s for s in ours if s.name == "mutation"]  # wave 1: one host, then rolled back
-    assert mutation.attributes["target.id"] == "web-01"
-    assert mutation.attributes["idempotency.key"] == idempotency_key(change_id, "apply", "web-01")
-    assert mutation.attributes["mutation.result"] == "applied"
-    assert _under(receiver, mutation, "wave") and _under(receiver, mutation, "change")
-    [attempt] = [s for s in ours if s.name == "apply.attempt"]
-    assert attempt.attributes["mutation.attempt"] == 1
-    assert re.fullmatch(r"[0-9a-f]{16}", attempt.attributes["mutation.input_sha256"])
-    assert _under(receiver, attempt, "mutation")
+    # Wave 1, one host, then rolled back; http-deploy applies in chunks (apply_change_many).
+    [chunk] = [s for s in ours if s.name == "mutations"]
+    assert chunk.attributes["target.ids"] == "web-01"  # lists are comma-separated
+    assert chunk.attributes["idempotency.keys"] == idempotency_key(change_id, "apply", "web-01")
+    assert chunk.attributes["mutation.results"] == "applied"
+    assert chunk.attributes["mutation.result"] == "applied"
+    assert _under(receiver, chunk, "wave") and _under(receiver, chunk, "change")
+    [run] = [s for s in receiver.spans if s.name == "RunActivity:apply_change_many"]
+    assert _under(receiver, run, "mutations")
     [compensation] = [s for s in ours if s.name == "compensation"]
     assert compensation.attributes["idempotency.key"] == idempotency_key(
         change_id, "revert", "web-01"
@@ -179,7 +179,7 @@ async def test_a_change_exports_its_tree_of_spans_over_otlp(
     assert {
         "RunWorkflow:GuardedChange",
         "RunWorkflow:GuardrailGate",
-        "RunActivity:apply_change",
+        "RunActivity:apply_change_many",
     } <= names
 
 

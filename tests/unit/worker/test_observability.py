@@ -230,3 +230,43 @@ async def test_apply_many_chunks_each_get_a_mutations_span(
     assert {a["change.id"] for a in attrs} == {result.change_id}
     first = next(a for a in attrs if str(a["target.ids"]).startswith("h001,"))
     assert str(first["idempotency.keys"]).startswith(f"{result.change_id}:apply:h001,")
+    assert all(a["mutation.result"] == "applied" for a in attrs)
+    assert all(
+        str(a["mutation.results"]).split(",") == ["applied"] * int(a["mutation.targets"])
+        for a in attrs
+    )
+
+
+async def test_a_chunk_with_a_refused_target_names_it_on_its_span(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """The chunk whose target failed for good: the targets done before it, then the failed one."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+    from opentelemetry.trace import StatusCode
+
+    from tests.unit.workflows.test_apply_many import ManyKind, _request, _run
+
+    RecordingKind.ledger = Ledger()
+    ManyKind.unavailable_once, ManyKind.calls = set(), []
+    exporter = InMemorySpanExporter()
+    telemetry.tracer_provider()
+    key = ("test-apply-many-refused",)
+    telemetry._FANOUT.processors[key] = [SimpleSpanProcessor(exporter)]
+    try:
+        result, _ = await _run(env, task_queue, _request({"fail_apply": ["h150"]}))
+    finally:
+        del telemetry._FANOUT.processors[key]
+    assert result.outcome.value == "rolled_back"
+    [failed] = [
+        s
+        for s in exporter.get_finished_spans()
+        if s.name == "mutations" and (s.attributes or {}).get("mutation.failed_target") == "h150"
+    ]
+    attrs = dict(failed.attributes or {})
+    ids = str(attrs["target.ids"]).split(",")
+    done = ids[: ids.index("h150")]
+    assert attrs["mutation.result"] == "failed"
+    assert attrs["mutation.results"] == ",".join(["applied"] * len(done))
+    assert failed.status.status_code is StatusCode.ERROR
+    assert "h150" in (failed.status.description or "")
