@@ -8,7 +8,7 @@ one ``started`` record per change, each row chained to the last), so both databa
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Protocol, TypeVar
@@ -104,6 +104,14 @@ class AuditStore(Protocol):
         """Append a record; False when one with its ``record_id`` exists (nothing is written)."""
         ...
 
+    def append_many(self, records: Sequence[AuditRecord]) -> list[bool]:
+        """Append records in order in one transaction (all or none); per record as :meth:`append`.
+
+        For a chunk's effect records (``apply_change_many``): one commit, where one per record
+        cost a round trip and a commit each (``bench/ledger.py``).
+        """
+        ...
+
     def claim(self, inp: ClaimChangeInput, *, bundle_hash: str = "") -> ClaimChangeResult:
         """Write the change's ``started`` record unless its id is claimed; who holds the id."""
         ...
@@ -185,6 +193,11 @@ def append_in(tx: Tx, record: AuditRecord) -> bool:
     prev = tx.last_hash()
     tx.insert(record, prev, chain_hash(content_of(record), prev))
     return True
+
+
+def append_all_in(tx: Tx, records: Sequence[AuditRecord]) -> list[bool]:
+    """:func:`append_in` for each checked record, in order, in the caller's one transaction."""
+    return [append_in(tx, record) for record in records]
 
 
 def claim_in(tx: Tx, inp: ClaimChangeInput, bundle_hash: str) -> ClaimChangeResult:

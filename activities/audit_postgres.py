@@ -9,7 +9,7 @@ table's owner to run).
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -25,6 +25,7 @@ from activities.audit_base import (
     Entries,
     Records,
     T,
+    append_all_in,
     append_in,
     checked,
     claim_in,
@@ -220,6 +221,11 @@ class PostgresAuditStore:
         """Append a record; False when its ``record_id`` is already stored."""
         stored = checked(record)
         return self._serialised(lambda tx: append_in(tx, stored), "write to")
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[bool]:
+        """Append records in order in one transaction; False for each ``record_id`` stored."""
+        stored = [checked(r) for r in records]
+        return self._serialised(lambda tx: append_all_in(tx, stored), "write to")
 
     def claim(self, inp: ClaimChangeInput, *, bundle_hash: str = "") -> ClaimChangeResult:
         """Claim a change id for a run chain (see :func:`_claim_in`)."""

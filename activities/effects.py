@@ -92,15 +92,14 @@ class EffectLedger:
         An attempt that failed here after its effect landed would leave the effect unrecorded if no
         later attempt came (the chaos campaign saw it), so the write is retried for up to a minute,
         heartbeating, before the attempt fails (retryably: the next attempt finds the effect made
-        and records it). A retry after a partial write appends only what is missing (the store
-        refuses a second record of the same id).
+        and records it). Several records (a chunk's) are one transaction, all or none; a retry
+        appends only what is missing (the store refuses a second record of the same id).
         """
         store = self.store
         assert store is not None
 
         def write() -> None:
-            for record in records:
-                store.append(record)
+            store.append_many(records)  # a chunk's records: one transaction, one commit
 
         delay = 0.5
         deadline = asyncio.get_running_loop().time() + LEDGER_PATIENCE_S

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any, ClassVar
@@ -233,10 +234,18 @@ class HoldingAuditStore(SqliteAuditStore):
     def let_in(self, change_id: str, action: AuditAction) -> None:
         self._held[(change_id, action)][1].set()
 
-    def append(self, record: AuditRecord) -> bool:
+    def _wait_if_held(self, record: AuditRecord) -> None:
         held = self._held.get((record.change_id, record.action))
         if held is not None:
             came, go = held
             came.set()
             go.wait(60)
+
+    def append(self, record: AuditRecord) -> bool:
+        self._wait_if_held(record)
         return super().append(record)
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[bool]:
+        for record in records:
+            self._wait_if_held(record)
+        return super().append_many(records)

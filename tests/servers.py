@@ -428,6 +428,7 @@ class PostgresServer(_BinaryServer):
     Args:
         tmp_dir: where the log (and, when not root, the cluster) goes.
         start_timeout: seconds :meth:`start` waits for the server to accept connections.
+        fsync: whether commits reach the disk (``bench/ledger.py``); off for tests.
 
     """
 
@@ -435,8 +436,9 @@ class PostgresServer(_BinaryServer):
     stop_signal = signal.SIGINT  # "fast" shutdown: SIGTERM would wait for every client to leave
     superuser = "postgres"
 
-    def __init__(self, tmp_dir: Path, *, start_timeout: float = 30.0) -> None:
+    def __init__(self, tmp_dir: Path, *, start_timeout: float = 30.0, fsync: bool = False) -> None:
         super().__init__(tmp_dir, start_timeout=start_timeout)
+        self.fsync = fsync  # off for a throw-away test cluster; on to measure as in production
         self.data_dir = self.dir / "data"
         self._own_dir: Path | None = None
         self._run_as: pwd.struct_passwd | None = None
@@ -530,7 +532,7 @@ class PostgresServer(_BinaryServer):
             "-c",
             "unix_socket_directories=",  # TCP on loopback only
             "-c",
-            "fsync=off",  # a throw-away test cluster: speed over crash safety
+            f"fsync={'on' if self.fsync else 'off'}",  # tests: speed over crash safety
             "-c",
             "max_connections=50",
         ]

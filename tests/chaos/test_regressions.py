@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import random
 import uuid
+from collections.abc import Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import ClassVar
@@ -58,6 +59,9 @@ class _UnreachableStore(SqliteAuditStore):
     def append(self, record: AuditRecord) -> bool:
         raise AuditStoreError(UNREACHABLE, retryable=True)
 
+    def append_many(self, records: Sequence[AuditRecord]) -> list[bool]:
+        raise AuditStoreError(UNREACHABLE, retryable=True)
+
 
 def _record() -> AuditRecord:
     return AuditRecord(
@@ -104,6 +108,13 @@ class _LedgerDownForMutations(SqliteAuditStore):
             self.refusals -= 1
             raise AuditStoreError(UNREACHABLE, retryable=True)
         return super().append(record)
+
+    def append_many(self, records: Sequence[AuditRecord]) -> list[bool]:
+        """Effect records come in one transaction: refused as a whole, as one append was."""
+        if any(r.action is AuditAction.MUTATION for r in records) and self.refusals > 0:
+            self.refusals -= 1
+            raise AuditStoreError(UNREACHABLE, retryable=True)
+        return super().append_many(records)
 
 
 @pytest.mark.integration

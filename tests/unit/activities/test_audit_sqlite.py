@@ -21,11 +21,13 @@ from temporalio.testing import ActivityEnvironment
 from activities.audit import (
     DEFAULT_DIRECTORY,
     AuditActivities,
+    AuditRecordInvalid,
     AuditStore,
     AuditUrlError,
     SqliteAuditStore,
     open_audit_store,
 )
+from activities.audit_chain import verify_chain
 from cli.audit import add_parser, cmd_audit
 from worker.settings import Settings
 from workflows.models import AuditAction, AuditQuery, AuditRecord
@@ -84,6 +86,27 @@ class AuditStoreContract:
         first = record("approve-1")
         assert [store.append(first), store.append(first)] == [True, False]
         assert store.list(AuditQuery()) == [first]
+
+    def test_append_many_writes_in_order_chained_and_skips_stored_ids(
+        self, store: AuditStore
+    ) -> None:
+        """A chunk's records in one call: in order, each chained, a stored id left alone."""
+        chunk = [record(f"effect-{i}", minutes=i) for i in range(1, 6)]
+        assert store.append(chunk[0])
+        assert store.append_many(chunk) == [False, True, True, True, True]
+        assert store.list(AuditQuery()) == chunk
+        assert store.append_many(chunk) == [False] * 5
+        assert store.append_many([]) == []
+        assert store.count() == 5
+        report = verify_chain(store.chain())
+        assert report.intact and report.checked == 5
+
+    def test_append_many_writes_none_when_one_record_is_invalid(self, store: AuditStore) -> None:
+        """All or none: a bad record in the middle refuses the chunk before anything is written."""
+        chunk = [record("effect-1"), record("effect-2", reason="nul \x00 here"), record("e-3")]
+        with pytest.raises(AuditRecordInvalid, match="NUL"):
+            store.append_many(chunk)
+        assert store.count() == 0
 
     async def test_retried_activity_never_duplicates(self, store: AuditStore) -> None:
         """Running record_audit twice with one record (a retry) stores it once."""
