@@ -42,6 +42,27 @@ def _request(targets: int, max_parallel: int, params: dict[str, Any]) -> ChangeR
     )
 
 
+def _worker(env: WorkflowEnvironment, task_queue: str) -> Any:
+    """A worker with the recording kinds, ``recording-many`` among them."""
+    return build_worker(
+        env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(many=True),
+    )
+
+
+async def _finished(
+    env: WorkflowEnvironment, task_queue: str, req: ChangeRequest
+) -> tuple[Any, WorkflowHandle[Any, Any]]:
+    """Run ``req`` to its end; its result and handle."""
+    async with _worker(env, task_queue):
+        handle = await env.client.start_workflow(
+            GuardedChangeWorkflow.run, req, id=req.change_id or "", task_queue=task_queue
+        )
+        return await handle.result(), handle
+
+
 async def _activities(handle: WorkflowHandle[Any, Any]) -> list[str]:
     """The activity types the change scheduled, in order."""
     return [
@@ -63,18 +84,9 @@ async def test_a_small_wave_applies_in_chunks_with_a_key_per_target(
     env: WorkflowEnvironment, task_queue: str, ledger: Ledger
 ) -> None:
     req = _request(20, 5, {})
-    async with build_worker(
-        env.client,
-        task_queue=task_queue,
-        guardrails=fakes.guardrails(),
-        kinds=fakes.kinds(many=True),
-    ):
-        handle = await env.client.start_workflow(
-            GuardedChangeWorkflow.run, req, id=req.change_id or "", task_queue=task_queue
-        )
-        result = await handle.result()
-        scheduled = await _activities(handle)
-        markers = await _markers(handle)
+    result, handle = await _finished(env, task_queue, req)
+    scheduled = await _activities(handle)
+    markers = await _markers(handle)
     assert result.outcome is Outcome.COMPLETED, result.message
     assert sorted(result.applied) == sorted(f"t{i}" for i in range(1, 21))
     assert sorted(ledger.keys) == sorted(
@@ -91,16 +103,7 @@ async def test_a_failed_chunk_undoes_what_every_chunk_reached_and_nothing_more(
 ) -> None:
     # Chunks t1-t4, t5-t8, ... all five at once; t6 is refused, so t7 and t8 are never attempted.
     req = _request(20, 5, {"fail_apply": ["t6"]})
-    async with build_worker(
-        env.client,
-        task_queue=task_queue,
-        guardrails=fakes.guardrails(),
-        kinds=fakes.kinds(many=True),
-    ):
-        handle = await env.client.start_workflow(
-            GuardedChangeWorkflow.run, req, id=req.change_id or "", task_queue=task_queue
-        )
-        result = await handle.result()
+    result, _ = await _finished(env, task_queue, req)
     assert result.outcome is Outcome.ROLLED_BACK, result.message
     assert "t6 refused" in result.message
     reached = [f"t{i}" for i in range(1, 21) if i not in (6, 7, 8)]
@@ -116,12 +119,7 @@ async def test_a_rollback_cancels_chunks_in_flight_and_reverts_what_they_reached
 ) -> None:
     # Two chunks, t1-t2 and t3-t4: t1 and t3 apply, then t2 and t4 hang until the gate opens.
     req = _request(4, 2, {"hold": "stuck", "hold_only": ["t2", "t4"]})
-    async with build_worker(
-        env.client,
-        task_queue=task_queue,
-        guardrails=fakes.guardrails(),
-        kinds=fakes.kinds(many=True),
-    ):
+    async with _worker(env, task_queue):
         handle = await env.client.start_workflow(
             GuardedChangeWorkflow.run, req, id=req.change_id or "", task_queue=task_queue
         )
@@ -139,7 +137,7 @@ async def test_a_rollback_cancels_chunks_in_flight_and_reverts_what_they_reached
             ledger.gate("stuck").set()
     assert answer.message == "rollback requested; unwinding"
     assert result.outcome is Outcome.ROLLED_BACK, result.message
-    assert ledger.applied == ["t1", "t3"]  # t2 and t4 were cancelled before they applied
+    assert sorted(ledger.applied) == ["t1", "t3"]  # t2 and t4 were cancelled before they applied
     # Neither chunk reported, so each of their targets is reverted if applied, last first.
     assert ledger.revert_calls == ["t4", "t3", "t2", "t1"]
     assert sorted(ledger.reverted) == ["t1", "t3"]
