@@ -136,7 +136,7 @@ def guarded_and_bare_workers(
     from guardrails.bundle import BundleHolder
     from worker import gctune
     from worker import registry as worker_registry
-    from worker.main import build_worker
+    from worker.main import build_worker, eager_options
 
     def audit() -> AuditActivities:
         return AuditActivities(SqliteAuditStore(":memory:"))
@@ -159,6 +159,7 @@ def guarded_and_bare_workers(
         max_cached_workflows=1000,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        **eager_options(settings),
     )
     gctune.tune(settings.gc_tuning)
     return guarded, bare

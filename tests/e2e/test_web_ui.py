@@ -31,11 +31,8 @@ from temporalio.testing import WorkflowEnvironment
 from activities.audit import AuditActivities, SqliteAuditStore
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind, Switch
-from tests.helpers import until_phase
-from worker.converter import data_converter
-from worker.devserver import STARTUP_TIMEOUT, temporal_binary
+from tests.helpers import start_dev_server, until_phase
 from worker.main import build_worker
-from workflows import search_attributes as sa
 from workflows.models import (
     AuditAction,
     AuditQuery,
@@ -101,15 +98,7 @@ async def _wait_until_serving(url: str, limit: float = 20.0) -> None:
 async def ui_server() -> AsyncIterator[UiServer]:
     """A dev server with the Web UI on a free loopback port (changeguard's search attributes)."""
     port = _free_port()
-    env = await WorkflowEnvironment.start_local(
-        dev_server_startup_timeout=STARTUP_TIMEOUT,
-        data_converter=data_converter,
-        dev_server_existing_path=temporal_binary("temporal"),
-        search_attributes=list(sa.ALL),
-        dev_server_log_level="error",
-        ui=True,
-        ui_port=port,
-    )
+    env = await start_dev_server(ui_port=port)
     try:
         url = f"http://127.0.0.1:{port}"
         await _wait_until_serving(url)

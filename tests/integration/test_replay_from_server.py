@@ -22,16 +22,13 @@ from activities.audit import AuditActivities
 from cli import replay as cli_replay
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
-from tests.helpers import OPEN_BUNDLE, until_phase
+from tests.helpers import OPEN_BUNDLE, start_dev_server, until_phase
 from tests.replay import capture
 from tests.replay.broken_workflow import BrokenGuardedChangeWorkflow
 from worker import registry
-from worker.converter import data_converter
-from worker.devserver import STARTUP_TIMEOUT, temporal_binary
 from worker.main import build_worker
 from worker.replay import SAVED_PREFIX, history_files, load_history, shape_signature
 from worker.settings import Settings
-from workflows import search_attributes as sa
 from workflows.models import ChangeRequest, ChangeResult, Outcome, Phase
 
 pytestmark = pytest.mark.integration
@@ -43,14 +40,7 @@ FIRST_MISMATCH = (
 
 
 async def _server() -> WorkflowEnvironment:
-    return await WorkflowEnvironment.start_local(
-        dev_server_startup_timeout=STARTUP_TIMEOUT,
-        data_converter=data_converter,
-        dev_server_existing_path=temporal_binary("temporal"),
-        search_attributes=list(sa.ALL),
-        dev_server_log_level="error",
-        ui=False,
-    )
+    return await start_dev_server()
 
 
 def _settings(client: Client) -> Settings:

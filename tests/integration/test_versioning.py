@@ -1,6 +1,6 @@
 """Worker Deployment Versioning on the dev server: two builds side by side, pinned changes stay put.
 
-The server is this module's own (``worker.devserver.VERSIONING_DYNAMIC_CONFIG``: an old version
+The server is this module's own (``worker.devserver.DEV_DYNAMIC_CONFIG``: an old version
 reports drained within seconds instead of minutes). Both builds run the same code under different
 build ids, which is all the server looks at: which build ran a task is read from the history
 (``WorkflowTaskCompleted.deployment_version``), never from the code.
@@ -23,12 +23,9 @@ from temporalio.testing import WorkflowEnvironment
 from activities.audit import AuditActivities
 from tests import fakes
 from tests.fakes import Ledger, RecordingKind
-from tests.helpers import OPEN_BUNDLE, until_phase
-from worker.converter import data_converter
-from worker.devserver import STARTUP_TIMEOUT, dynamic_config_flags, temporal_binary
+from tests.helpers import OPEN_BUNDLE, start_dev_server, until_phase
 from worker.main import describe_deployment, run_worker
 from worker.settings import Settings
-from workflows import search_attributes as sa
 from workflows.models import Approval, ApprovalResult, ChangeRequest, ChangeResult, Outcome, Phase
 
 pytestmark = pytest.mark.integration
@@ -45,15 +42,7 @@ def operators() -> str:
 @pytest.fixture(scope="module")
 async def versioned_env() -> AsyncIterator[WorkflowEnvironment]:
     """A dev server with the dynamic config ``changeguard dev`` passes (fast drainage status)."""
-    env = await WorkflowEnvironment.start_local(
-        dev_server_startup_timeout=STARTUP_TIMEOUT,
-        data_converter=data_converter,
-        dev_server_existing_path=temporal_binary("temporal"),
-        search_attributes=list(sa.ALL),
-        dev_server_log_level="error",
-        dev_server_extra_args=dynamic_config_flags(),
-        ui=False,
-    )
+    env = await start_dev_server()
     yield env
     await env.shutdown()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import io
 import json
@@ -203,25 +204,32 @@ def test_refusal_reasons_are_bounded_labels(problem: str, reason: str) -> None:
     assert refusal_reason(problem) == reason
 
 
+@contextlib.contextmanager
+def _captured_spans() -> Iterator[Any]:
+    """An in-memory exporter receiving every span the worker's tracer provider ends in the block."""
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    telemetry.tracer_provider()
+    key = (f"test-{id(exporter)}",)
+    telemetry._FANOUT.processors[key] = [SimpleSpanProcessor(exporter)]
+    try:
+        yield exporter
+    finally:
+        del telemetry._FANOUT.processors[key]
+
+
 async def test_apply_many_chunks_each_get_a_mutations_span(
     env: WorkflowEnvironment, task_queue: str
 ) -> None:
     """A TargetBatch chunk (one apply_change_many) is one span naming its targets and keys."""
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-
     from tests.unit.workflows.test_apply_many import ManyKind, _request, _run
 
     RecordingKind.ledger = Ledger()
     ManyKind.unavailable_once, ManyKind.calls = set(), []
-    exporter = InMemorySpanExporter()
-    telemetry.tracer_provider()
-    key = ("test-apply-many",)
-    telemetry._FANOUT.processors[key] = [SimpleSpanProcessor(exporter)]
-    try:
+    with _captured_spans() as exporter:
         result, chunked = await _run(env, task_queue, _request({}))
-    finally:
-        del telemetry._FANOUT.processors[key]
     chunks = [s for s in exporter.get_finished_spans() if s.name == "mutations"]
     assert result.outcome.value == "completed"
     assert len(chunks) == chunked
@@ -241,22 +249,14 @@ async def test_a_chunk_with_a_refused_target_names_it_on_its_span(
     env: WorkflowEnvironment, task_queue: str
 ) -> None:
     """The chunk whose target failed for good: the targets done before it, then the failed one."""
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
-    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
     from opentelemetry.trace import StatusCode
 
     from tests.unit.workflows.test_apply_many import ManyKind, _request, _run
 
     RecordingKind.ledger = Ledger()
     ManyKind.unavailable_once, ManyKind.calls = set(), []
-    exporter = InMemorySpanExporter()
-    telemetry.tracer_provider()
-    key = ("test-apply-many-refused",)
-    telemetry._FANOUT.processors[key] = [SimpleSpanProcessor(exporter)]
-    try:
+    with _captured_spans() as exporter:
         result, _ = await _run(env, task_queue, _request({"fail_apply": ["h150"]}))
-    finally:
-        del telemetry._FANOUT.processors[key]
     assert result.outcome.value == "rolled_back"
     [failed] = [
         s

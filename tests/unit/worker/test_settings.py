@@ -1,16 +1,21 @@
-"""Versioning settings: off by default, a deployment turns it on, the build id follows the code."""
+"""Worker settings: versioning, activity slots and eager dispatch.
+
+Versioning is off by default, a deployment turns it on, and the build id follows the code.
+"""
 
 from __future__ import annotations
 
 import argparse
 
 import pytest
-from temporalio.common import VersioningBehavior, WorkerDeploymentVersion
+from temporalio.common import Priority, VersioningBehavior, WorkerDeploymentVersion
 
 from cli.main import parser, with_versioning
 from worker.devserver import DevServer
-from worker.main import deployment_config
+from worker.eager import may_run_eagerly
+from worker.main import deployment_config, eager_options
 from worker.settings import Settings, SettingsError, default_build_id, workflow_code_hash
+from workflows.priorities import COMPENSATION, GATE, MUTATION
 
 
 def test_unversioned_by_default() -> None:
@@ -114,3 +119,52 @@ def test_change_event_sink_settings() -> None:
     assert Settings.from_env(env={}).change_events_url == ""
     with pytest.raises(SettingsError, match="CHANGEGUARD_CHANGE_EVENTS_ROUTING_KEY is not"):
         Settings.from_env(env={"CHANGEGUARD_CHANGE_EVENTS_URL": "http://events.test/"})
+
+
+def test_activity_slot_settings() -> None:
+    """Slots and eager reservations come from the environment; eager 0 turns eager dispatch off."""
+    settings = Settings.from_env(
+        env={"CHANGEGUARD_MAX_ACTIVITIES": "40", "CHANGEGUARD_EAGER_ACTIVITIES": "8"}
+    )
+    assert (settings.max_concurrent_activities, settings.eager_activities) == (40, 8)
+    assert eager_options(settings) == {"max_eager_activity_reservations_per_workflow_task": 8}
+    defaults = Settings.from_env(env={})
+    assert (defaults.max_concurrent_activities, defaults.eager_activities) == (100, 50)
+    off = Settings.from_env(env={"CHANGEGUARD_EAGER_ACTIVITIES": "0"})
+    assert eager_options(off) == {"disable_eager_activity_execution": True}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value"),
+    [
+        ("CHANGEGUARD_MAX_ACTIVITIES", "0"),
+        ("CHANGEGUARD_MAX_ACTIVITIES", "lots"),
+        ("CHANGEGUARD_EAGER_ACTIVITIES", "-1"),
+        ("CHANGEGUARD_EAGER_ACTIVITIES", "2.5"),
+    ],
+)
+def test_bad_slot_settings_name_the_variable(variable: str, value: str) -> None:
+    """A count that is not a whole number, or below its minimum, names the variable and the fix."""
+    with pytest.raises(SettingsError, match=f"{variable}=.*whole number of at least"):
+        Settings.from_env(env={variable: value})
+
+
+def test_dev_server_allows_eager_activities() -> None:
+    """'changeguard dev' (and the tests' and benches' servers) let gate checks run eagerly."""
+    command = " ".join(DevServer().command())
+    assert "--dynamic-config-value system.enableActivityEagerExecution=true" in command
+
+
+@pytest.mark.parametrize(
+    ("priority", "eager"),
+    [
+        (COMPENSATION, True),
+        (GATE, True),
+        (MUTATION, False),
+        (Priority(), False),
+        (Priority(fairness_key="payments"), False),
+    ],
+)
+def test_only_urgent_activities_may_run_eagerly(priority: Priority, eager: bool) -> None:
+    """Compensations and gate work may skip the queue; mutations and unprioritised work never."""
+    assert may_run_eagerly(priority) is eager
