@@ -8,10 +8,12 @@ from __future__ import annotations
 import argparse
 
 import pytest
+import yaml
 from temporalio.common import Priority, VersioningBehavior, WorkerDeploymentVersion
 
 from cli.main import parser, with_versioning
-from worker.devserver import DevServer
+from tests.helpers import REPO_ROOT
+from worker.devserver import DEV_DYNAMIC_CONFIG, DevServer
 from worker.eager import may_run_eagerly
 from worker.main import deployment_config, eager_options
 from worker.settings import Settings, SettingsError, default_build_id, workflow_code_hash
@@ -153,6 +155,14 @@ def test_dev_server_allows_eager_activities() -> None:
     """'changeguard dev' (and the tests' and benches' servers) let gate checks run eagerly."""
     command = " ".join(DevServer().command())
     assert "--dynamic-config-value system.enableActivityEagerExecution=true" in command
+
+
+def test_compose_server_allows_eager_activities_as_the_dev_server_does() -> None:
+    """infra/compose.yaml's Temporal server gets the eager-dispatch setting `changeguard dev` uses."""
+    config = yaml.safe_load((REPO_ROOT / "infra" / "temporal" / "dynamicconfig.yaml").read_text())
+    key = "system.enableActivityEagerExecution"
+    assert DEV_DYNAMIC_CONFIG[key] == "true"
+    assert config[key] == [{"value": True, "constraints": {}}]
 
 
 @pytest.mark.parametrize(
