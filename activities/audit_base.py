@@ -188,16 +188,27 @@ class Tx(Protocol):
 
 def append_in(tx: Tx, record: AuditRecord) -> bool:
     """Append a checked record, chained to the last; False when its ``record_id`` is stored."""
-    if tx.exists(record.record_id):
-        return False
-    prev = tx.last_hash()
-    tx.insert(record, prev, chain_hash(content_of(record), prev))
-    return True
+    return append_all_in(tx, [record])[0]
 
 
 def append_all_in(tx: Tx, records: Sequence[AuditRecord]) -> list[bool]:
-    """:func:`append_in` for each checked record, in order, in the caller's one transaction."""
-    return [append_in(tx, record) for record in records]
+    """:func:`append_in` for each checked record, in order, in the caller's one transaction.
+
+    The chain's last hash is read once: the transaction is serialised (each store holds its lock
+    for the whole of it), so nothing else can append in between, and each record chains to the
+    one inserted before it.
+    """
+    written: list[bool] = []
+    prev = tx.last_hash() if records else ""
+    for record in records:
+        if tx.exists(record.record_id):
+            written.append(False)
+            continue
+        record_hash = chain_hash(content_of(record), prev)
+        tx.insert(record, prev, record_hash)
+        prev = record_hash
+        written.append(True)
+    return written
 
 
 def claim_in(tx: Tx, inp: ClaimChangeInput, bundle_hash: str) -> ClaimChangeResult:
