@@ -210,6 +210,7 @@ def _spec(rule: GuardrailRule, guardrail: Guardrail[Any], origin: Origin) -> Che
         mode=rule.mode,
         opt_out=opt_out,
         opt_out_rule=opt_out_rule,
+        dispatch=rule.dispatch,
     )
 
 

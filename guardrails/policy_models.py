@@ -12,7 +12,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Discriminator, Field, Tag, field_validator, model_validator
 
-from workflows.models import ChangeContext, Duration, Mode, OptOutRule, Strict
+from workflows.models import ChangeContext, Dispatch, Duration, Mode, OptOutRule, Strict
 from workflows.rollout_models import ResponseRule, SignalSpec
 
 __all__ = [
@@ -111,6 +111,11 @@ class GuardrailRule(Strict):
         min_length=1,
         max_length=500,
         description="why the platform relaxes a floor guardrail (shadow or an opt_out rule)",
+    )
+    dispatch: Dispatch = Field(
+        default="activity",
+        exclude_if=lambda v: v == "activity",  # bundles that do not set it keep their hashes
+        description="'local' runs the check as a local activity in the gate's worker (platform only)",
     )
 
     @property

@@ -11,6 +11,7 @@ or opened to approval only by the platform bundle, and then only with a ``reason
 from __future__ import annotations
 
 import re
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import ValidationError
@@ -19,13 +20,14 @@ from guardrails.base import Guardrail, params_errors
 from guardrails.plugins import PluginRegistry
 from guardrails.policy_models import GuardrailRule, PolicyFile
 from guardrails.problems import ProblemsError
-from workflows.models import Mode, OptOut, OptOutRule
+from workflows.models import LOCAL_CHECK_LONGEST, Mode, OptOut, OptOutRule, format_duration
 from workflows.problems import problems
 
 __all__ = [
     "GuardrailRegistry",
     "Origin",
     "PolicyError",
+    "dispatch_problems",
     "floor_problems",
     "problem_order",
     "pydantic_problems",
@@ -115,6 +117,39 @@ def floor_problems(
     return []
 
 
+def dispatch_problems(
+    where: str, rule: GuardrailRule, guardrail: Guardrail[Any], origin: Origin
+) -> list[str]:
+    """Problems of a rule's ``dispatch``: only the platform sets it, and a local check is short.
+
+    A local check runs inside the worker that runs the gate, holding that workflow task's worker
+    busy and outside the task queue's priorities, so it must answer within
+    :data:`LOCAL_CHECK_LONGEST`.
+    """
+    if rule.dispatch == "activity":
+        return []
+    if origin == "request":
+        return [
+            f"{where}.dispatch: only the platform bundle decides how a check runs (local checks "
+            "run inside the worker that runs the gate); remove it"
+        ]
+    timeout = rule.timeout or guardrail.default_timeout
+    if timeout <= LOCAL_CHECK_LONGEST:
+        return []
+    whose = "its timeout" if rule.timeout else f"the default timeout of {guardrail.name}"
+    longest = format_duration(LOCAL_CHECK_LONGEST)
+    return [
+        f"{where}.dispatch: a local check must answer within {longest}, {whose} is "
+        f"{_seconds(timeout)}: set timeout: {longest} or less, or remove dispatch: local"
+    ]
+
+
+def _seconds(value: timedelta) -> str:
+    """``1m``, ``30s``; a fraction of a second as ``10.5s`` (never rounded into the limit)."""
+    whole = value.total_seconds()
+    return format_duration(value) if whole == int(whole) else f"{whole:g}s"
+
+
 def rule_problems(
     rules: list[tuple[int, Any]],
     registry: GuardrailRegistry | None,
@@ -161,6 +196,7 @@ def rule_problems(
             problems.extend(f"{where}.{p}" for p in params_errors(guardrail, params))
         if isinstance(rule, GuardrailRule):
             problems.extend(floor_problems(where, rule, guardrail, origin))
+            problems.extend(dispatch_problems(where, rule, guardrail, origin))
             if origin == "request" and rule.reason is not None:
                 problems.append(
                     f"{where}.reason: only the platform bundle gives reasons (for relaxing a "

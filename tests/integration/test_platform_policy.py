@@ -211,6 +211,15 @@ async def test_without_a_policy_the_platform_rules_still_block_a_cross_environme
             "policy.unmatched: a request cannot set 'unmatched'",
             id="set-unmatched",
         ),
+        pytest.param(
+            {
+                "guardrails": [
+                    {"id": "eb-local", "use": "environment-boundary", "dispatch": "local"}
+                ]
+            },
+            "policy.guardrails[0].dispatch: only the platform bundle decides how a check runs",
+            id="run-a-check-locally",
+        ),
     ],
 )
 async def test_a_request_that_tries_to_weaken_the_platform_is_rejected(

@@ -37,8 +37,10 @@ from workflows.models.enums import (
     Phase,
 )
 from workflows.models.gate import (
+    LOCAL_CHECK_LONGEST,
     CheckResult,
     CheckSpec,
+    Dispatch,
     GateInput,
     GuardrailReport,
     OptOutRule,
@@ -91,6 +93,7 @@ from workflows.waves import plan_waves
 
 __all__ = [
     "ID_RULE",
+    "LOCAL_CHECK_LONGEST",
     "LOCK_PREFIX",
     "REQUEST_MAX_BYTES",
     "TARGET_IDS_MAX_CHARS",
@@ -118,6 +121,7 @@ __all__ = [
     "Decision",
     "DescribeInput",
     "Directory",
+    "Dispatch",
     "Duration",
     "GateInput",
     "GrantedApproval",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime, timedelta
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -37,6 +37,13 @@ class OptOutRule(Strict):
     )
 
 
+Dispatch = Literal["activity", "local"]
+"""How a check runs: an activity on the task queue, or a local activity in the gate's worker."""
+
+LOCAL_CHECK_LONGEST = timedelta(seconds=10)
+"""The longest timeout a local check may have (docs/policy.md, "How a check runs")."""
+
+
 class CheckSpec(BaseModel):
     """One applicable check, fully resolved from the policy and the guardrail's defaults."""
 
@@ -53,6 +60,11 @@ class CheckSpec(BaseModel):
     mode: Mode = Mode.ENFORCE
     opt_out: OptOut = OptOut.APPROVABLE
     opt_out_rule: OptOutRule | None = None
+    dispatch: Dispatch = Field(
+        default="activity",
+        exclude_if=lambda v: v == "activity",  # checks that run as activities dump as before
+        description="'activity' (the task queue) or 'local' (a local activity in the gate's worker)",
+    )
 
 
 class ResolvePolicyInput(BaseModel):

@@ -22,6 +22,7 @@ from guardrails.policy import (
     load_policy,
     merge_additions,
     parse_additions,
+    policy_hash,
     resolve_checks,
     validate_against,
 )
@@ -627,3 +628,57 @@ def test_the_bundle_defaults_fail_closed() -> None:
         "required",
         "optional",
     )
+
+
+def test_only_the_platform_runs_a_check_locally_and_only_a_short_one(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """``dispatch: local``: a request may not set it; the platform only within 10 s."""
+    problems = refused(
+        {"guardrails": [{"id": "mine", "use": "target-lock", "dispatch": "local"}]},
+        floor_registry,
+        platform(),
+    )
+    assert problems == [
+        "policy.guardrails[0].dispatch: only the platform bundle decides how a check runs (local "
+        "checks run inside the worker that runs the gate); remove it"
+    ]
+    rules: list[dict[str, Any]] = [
+        {"use": "target-lock", "dispatch": "local"},
+        {"id": "slow", "use": "target-lock", "dispatch": "local", "timeout": "15s"},
+        {"id": "quick", "use": "target-lock", "dispatch": "local", "timeout": "10s"},
+        {"id": "just-over", "use": "target-lock", "dispatch": "local", "timeout": "10500ms"},
+    ]
+    with pytest.raises(PolicyError) as caught:
+        validate_against(PlatformBundle.model_validate({"guardrails": rules}), floor_registry)
+    assert caught.value.problems == [
+        "guardrails[0].dispatch: a local check must answer within 10s, the default timeout of "
+        "target-lock is 30s: set timeout: 10s or less, or remove dispatch: local",
+        "guardrails[1].dispatch: a local check must answer within 10s, its timeout is 15s: set "
+        "timeout: 10s or less, or remove dispatch: local",
+        "guardrails[3].dispatch: a local check must answer within 10s, its timeout is 10.5s: set "
+        "timeout: 10s or less, or remove dispatch: local",
+    ]
+    assert problems_of({"guardrails": [{"use": "x", "dispatch": "remote"}]}) == [
+        "guardrails[0].dispatch: Input should be 'activity' or 'local'"
+    ]
+
+
+def test_a_local_rule_reaches_its_spec_and_others_keep_their_hashes(
+    floor_registry: PluginRegistry[Guardrail[Any]],
+) -> None:
+    """A rule without ``dispatch`` dumps (and hashes) as before; a local one says so in its spec."""
+    plain = PlatformBundle.model_validate({"guardrails": [{"use": "target-lock"}]})
+    spelled = PlatformBundle.model_validate(
+        {"guardrails": [{"use": "target-lock", "dispatch": "activity"}]}
+    )
+    local = PlatformBundle.model_validate(
+        {"guardrails": [{"use": "target-lock", "dispatch": "local", "timeout": "5s"}]}
+    )
+    assert "dispatch" not in plain.model_dump()["guardrails"][0]
+    assert policy_hash(plain) == policy_hash(spelled) != policy_hash(local)
+    [activity_spec] = resolve_checks(plain, "h", change(), floor_registry).checks
+    assert "dispatch" not in activity_spec.model_dump(mode="json")
+    [local_spec] = resolve_checks(local, "h", change(), floor_registry).checks
+    assert (local_spec.dispatch, local_spec.timeout) == ("local", timedelta(seconds=5))
+    assert CheckSpec.model_validate(local_spec.model_dump(mode="json")) == local_spec
