@@ -157,9 +157,31 @@ async def resolve_policy(inp: ResolvePolicyInput) -> ResolvedPolicy:
 
 
 async def run_check(
-    inp: RunCheckInput, *, activity_id: str, check_timeout: timedelta, summary: str
+    inp: RunCheckInput,
+    *,
+    activity_id: str,
+    check_timeout: timedelta,
+    summary: str,
+    local: bool = False,
 ) -> CheckResult:
-    """Run one guardrail check; ``check_timeout`` is the check's own, doubled for all attempts."""
+    """Run one guardrail check; ``check_timeout`` is the check's own, doubled for all attempts.
+
+    ``local`` runs it as a local activity in this worker (the gate decides: every check of the
+    gate is ``dispatch: local``): no task-queue round trip and no priority, a marker in the
+    history instead of three activity events (docs/policy.md, "How a check runs").
+    """
+    if local:
+        result: CheckResult = await workflow.execute_local_activity(
+            names.RUN_CHECK,
+            inp,
+            result_type=CheckResult,
+            activity_id=activity_id,
+            start_to_close_timeout=check_timeout,
+            schedule_to_close_timeout=check_timeout * 2,
+            retry_policy=CHECK_RETRY,
+            summary=summary,
+        )
+        return result
     return await _call(
         names.RUN_CHECK,
         inp,

@@ -2,8 +2,10 @@
 
 The effective policy (the platform bundle the worker holds, plus the request's additions) is
 resolved in an activity; each rule's check then runs as its own activity (id ``check-<rule id>``)
-with its own timeout. Nothing fails fast: a check that raises or times out becomes an ``error``
-result carrying its owner (fail-closed), and every result lands in the report in policy order.
+with its own timeout, or, where every rule of the gate says ``dispatch: local`` (the platform's
+choice), as a local activity in this worker (a marker in the history, no task-queue round trip).
+Nothing fails fast: a check that raises or times out becomes an ``error`` result carrying its owner
+(fail-closed), and every result lands in the report in policy order.
 
 Any client may start a gate: its input is decoded here, and a missing or malformed one fails the
 gate (non-retryable ``InvalidInput``, every problem named), never a workflow task.
@@ -55,7 +57,9 @@ def error_result(
     must see *what* failed ("RPCError: consistent query buffer is full"), not a hunt for a slow
     dependency that was never slow.
     """
-    cause = exc.cause if isinstance(exc, ActivityError) else None
+    # A local check's timeout is an ActivityError when it happens and the bare TimeoutError when
+    # its marker is replayed: both are the same result, or a replay would take another path.
+    cause = exc.cause if isinstance(exc, ActivityError) else exc
     last = cause.cause if isinstance(cause, TimeoutError) else None
     if isinstance(cause, TimeoutError) and last is not None and not isinstance(last, TimeoutError):
         message, kind = failure_of(last)
@@ -120,7 +124,7 @@ class GuardrailGateWorkflow:
         )
         now = workflow.now()
         workflow.set_current_details(f"Running {len(resolved.checks)} checks in parallel…")
-        results = await asyncio.gather(*(self._check(spec, inp, now) for spec in resolved.checks))
+        results = await self._run_checks(resolved.checks, inp, now)
         self._report = aggregate(
             list(results),
             policy_hash=resolved.policy_hash,
@@ -137,13 +141,31 @@ class GuardrailGateWorkflow:
         """The report, once every check has answered."""
         return self._report
 
-    async def _check(self, spec: CheckSpec, inp: GateInput, now: datetime) -> CheckResult:
+    async def _run_checks(
+        self, checks: list[CheckSpec], inp: GateInput, now: datetime
+    ) -> list[CheckResult]:
+        """Every check at once, results in policy order.
+
+        Local dispatch holds only when every check of the gate says ``dispatch: local``: a
+        workflow task with local activities in flight is answered only when they end, and any
+        activity it schedules would leave with that answer, after them. A gate that also has an
+        activity check (a request's addition, a rule without ``dispatch``) runs them all as
+        activities, in parallel as ever.
+        """
+        local = bool(checks) and all(spec.dispatch == "local" for spec in checks)
+        return list(await asyncio.gather(*(self._check(spec, inp, now, local) for spec in checks)))
+
+    async def _check(
+        self, spec: CheckSpec, inp: GateInput, now: datetime, local: bool
+    ) -> CheckResult:
         with observe.span("check", observe.spec_attributes(spec)) as current:
-            result = await self._run_check(spec, inp, now)
+            result = await self._run_check(spec, inp, now, local)
             observe.check_finished(current, result)
         return result
 
-    async def _run_check(self, spec: CheckSpec, inp: GateInput, now: datetime) -> CheckResult:
+    async def _run_check(
+        self, spec: CheckSpec, inp: GateInput, now: datetime, local: bool
+    ) -> CheckResult:
         started = workflow.now()
         try:
             result = await calls.run_check(
@@ -151,8 +173,12 @@ class GuardrailGateWorkflow:
                 activity_id=f"check-{spec.rule or spec.guardrail}",
                 check_timeout=spec.timeout,
                 summary=check_summary(spec.rule or spec.guardrail),
+                local=local,
             )
-        except ActivityError as exc:
+        except (ActivityError, ApplicationError, TimeoutError) as exc:
+            # A local check's failure comes as the ApplicationError itself, its timeout as an
+            # ActivityError (a TimeoutError on replay), never with a last failure: each becomes
+            # the same fail-closed result an activity's would.
             elapsed = workflow.now() - started
             result = error_result(spec, exc, elapsed)
             result.duration_ms = int(elapsed.total_seconds() * 1000)

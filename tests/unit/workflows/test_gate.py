@@ -17,6 +17,7 @@ from guardrails.base import CheckContext, EmptyParams, Guardrail
 from guardrails.plugins import PluginRegistry
 from tests import builders, fakes
 from worker.main import build_worker
+from worker.replayer import build_replayer
 from workflows.models import (
     Category,
     ChangeContext,
@@ -244,3 +245,110 @@ async def test_a_raw_start_without_input_fails_the_gate_with_the_reason(
             assert isinstance(cause, ApplicationError)
             assert (cause.type, cause.non_retryable) == ("InvalidInput", True)
             assert cause.message.startswith(why)
+
+
+def _local_bundle(**extra_rules: Any) -> dict[str, Any]:
+    """Five platform rules, every one ``dispatch: local``; health hangs past its 2 s timeout."""
+
+    def rule(use: str, outcome: str, timeout: str = "5s") -> dict[str, Any]:
+        params = {"outcome": outcome, "reason": f"{use} says no"}
+        return {"use": use, "params": params, "dispatch": "local", "timeout": timeout}
+
+    return {
+        "unmatched": "allow",
+        "guardrails": [
+            rule("fake-timing", "fail"),
+            rule("fake-lock", "pass"),
+            rule("fake-health", "hang", timeout="2s"),
+            rule("fake-state", "raise"),
+            rule("fake-inflight", "pass"),
+        ],
+    }
+
+
+async def _gate_history(
+    env: WorkflowEnvironment, task_queue: str, bundle: dict[str, Any], gate: GateInput
+) -> tuple[GuardrailReport, Any]:
+    """Run one gate under ``bundle``; its report and its history."""
+    gate_id = f"gate-{uuid.uuid4().hex[:8]}"
+    async with build_worker(
+        env.client,
+        task_queue=task_queue,
+        guardrails=fakes.guardrails(),
+        kinds=fakes.kinds(),
+        bundle=bundle,
+    ):
+        report = await env.client.execute_workflow(
+            "GuardrailGate", gate, id=gate_id, task_queue=task_queue, result_type=GuardrailReport
+        )
+    return report, await env.client.get_workflow_handle(gate_id).fetch_history()
+
+
+def _dispatches(history: Any) -> tuple[list[str], int]:
+    """The activity ids a gate scheduled on the task queue, and how many local activities ran."""
+    scheduled = [
+        e.activity_task_scheduled_event_attributes.activity_id
+        for e in history.events
+        if e.HasField("activity_task_scheduled_event_attributes")
+    ]
+    local = sum(
+        1
+        for e in history.events
+        if e.HasField("marker_recorded_event_attributes")
+        and e.marker_recorded_event_attributes.marker_name == "core_local_activity"
+    )
+    return scheduled, local
+
+
+async def test_local_checks_report_as_activity_checks_do_and_replay(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A gate whose rules are all ``dispatch: local``: same results, owners and reasons.
+
+    Only ``resolve_policy`` is scheduled on the task queue; each check is one local-activity
+    marker; the history replays, the timed-out check included (its replay raises another
+    exception type than its first run did, and must still take the same path).
+    """
+    report, history = await _gate_history(
+        env, task_queue, _local_bundle(), GateInput(change=_change())
+    )
+    assert report.decision is Decision.BLOCK
+    assert [(c.guardrail, c.status, c.owner) for c in report.checks] == [
+        ("fake-timing", CheckStatus.FAIL, "release-eng"),
+        ("fake-lock", CheckStatus.PASS, "platform"),
+        ("fake-health", CheckStatus.ERROR, "service-owners"),
+        ("fake-state", CheckStatus.ERROR, "infra"),
+        ("fake-inflight", CheckStatus.PASS, "sre"),
+    ]
+    assert report.checks[0].reason == "fake-timing says no"
+    assert report.checks[2].reason == "the check did not answer within 2s"
+    assert report.checks[3].reason.endswith("RuntimeError: fake-state exploded")
+    assert report.checks[3].remedy.startswith("fix the cause reported by fake-state")
+    scheduled, local = _dispatches(history)
+    assert (len(scheduled), local) == (1, 5)
+    replayed = await build_replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, str(replayed.replay_failure)
+
+
+async def test_a_request_check_runs_every_check_of_its_gate_as_an_activity(
+    env: WorkflowEnvironment, task_queue: str
+) -> None:
+    """A request may add a check, never choose local; its gate then runs all checks as activities.
+
+    (Local activities in flight hold back the activities their workflow task schedules, so a
+    gate of both kinds would run its activity checks only after the local ones.)
+    """
+    added = {"guardrails": [{"use": "always-pass"}]}
+    report, history = await _gate_history(
+        env, task_queue, _local_bundle(), GateInput(change=_change(), policy=added)
+    )
+    assert [(c.guardrail, c.status) for c in report.checks][-1] == (
+        "always-pass",
+        CheckStatus.PASS,
+    )
+    assert report.checks[2].reason == "the check did not answer within 2s"
+    scheduled, local = _dispatches(history)
+    assert local == 0
+    assert scheduled[1:] == [f"check-{c.rule}" for c in report.checks]
+    replayed = await build_replayer().replay_workflow(history, raise_on_replay_failure=False)
+    assert replayed.replay_failure is None, str(replayed.replay_failure)
