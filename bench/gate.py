@@ -14,14 +14,19 @@ to its result of:
    ``run_check`` activities one after another;
 4. ``bare`` and ``bare-1``: a bench-only workflow that only starts N (or 1) activities which sleep L
    ms, all at once, and waits for them: what Temporal itself charges for the same fan-out on this
-   machine (no policy, no guardrail, no report).
+   machine (no policy, no guardrail, no report);
+5. ``local`` and ``local-1``: ``GuardrailGate`` on a worker whose platform bundle lists the same N
+   guardrails (or, for the change of another team, only the first) with ``dispatch: local`` and
+   ``timeout: 10s``: every check a local activity of the gate's worker (docs/policy.md, "How a
+   check runs"). Measured when L is at most 5,000 ms (a local check answers within 10 s).
 
 Each is run once to warm up (discarded), then R times, interleaved (gate, single, sequential, gate,
-…) so drift hits all three alike; the medians are compared. Only ratios between figures of the same
-run mean anything: absolute milliseconds depend on the machine. The last two lines are
+…) so drift hits every series alike; the medians are compared. Only ratios between figures of the
+same run mean anything: absolute milliseconds depend on the machine. The last lines are
+``bare_fanout_ratio=<b>`` (bare / bare-1: the same ratio for Temporal's fan-out alone, the floor of
+x on this machine), ``local_gate_vs_slowest_check_ratio=<l>`` (local / local-1),
 ``gate_vs_sequential_ratio=<y>`` and ``gate_vs_slowest_check_ratio=<x>`` (x = gate / single; the
-ideal is 1.00, with y ideally about 1/N); before them ``bare_fanout_ratio=<b>`` (bare / bare-1: the
-same ratio for Temporal's fan-out alone, the floor of x on this machine).
+ideal is 1.00, with y ideally about 1/N).
 """
 
 from __future__ import annotations
@@ -178,7 +183,30 @@ def policy(names: list[str], latency_ms: int) -> dict[str, Any]:
     return {"guardrails": [{"use": name, "params": {"ms": latency_ms}} for name in names]}
 
 
-def change() -> Any:
+LOCAL_MAX_LATENCY_MS = 5000
+"""The ``local`` series runs only for checks this short: a local check answers within 10 s."""
+SINGLE_TEAM = "bench-single"
+"""The team whose changes only the first local rule applies to (the ``local-1`` series)."""
+
+
+def local_bundle(names: list[str], latency_ms: int) -> dict[str, Any]:
+    """A platform bundle of the guardrails as local checks; only the first one for SINGLE_TEAM."""
+    return {
+        "unmatched": "allow",
+        "guardrails": [
+            {
+                "use": name,
+                "params": {"ms": latency_ms},
+                "dispatch": "local",
+                "timeout": "10s",
+                "applies_to": {"teams": ["bench", SINGLE_TEAM] if i == 0 else ["bench"]},
+            }
+            for i, name in enumerate(names)
+        ],
+    }
+
+
+def change(team: str = "bench") -> Any:
     """A minimal change for the gate to judge (the sleeping guardrails ignore it)."""
     from workflows.models import ChangeContext, Target
 
@@ -187,7 +215,7 @@ def change() -> Any:
         kind="bench",
         summary="gate bench",
         requester="bench",
-        team="bench",
+        team=team,
         environment="bench",
         targets=[Target(id="bench-01")],
         deadline=datetime.now(UTC) + timedelta(hours=1),
@@ -199,8 +227,17 @@ def ms(seconds: float) -> float:
     return seconds * 1000.0
 
 
-async def bench(n: int, latency_ms: int, repeats: int) -> tuple[float, float, float]:
-    """Run the five series; print the table; return (gate/single, gate/sequential, bare/bare-1)."""
+class Ratios(BaseModel):
+    """The run's ratios of medians (``local`` is None when the local series did not run)."""
+
+    gate: float = Field(description="gate / single")
+    sequential: float = Field(description="gate / sequential")
+    bare: float = Field(description="bare / bare-1")
+    local: float | None = Field(default=None, description="local / local-1")
+
+
+async def bench(n: int, latency_ms: int, repeats: int) -> Ratios:
+    """Run the series; print the table; return their ratios."""
     from activities.kinds.base import new_registry as new_kind_registry
     from guardrails.base import new_registry
 
@@ -244,12 +281,22 @@ async def measure(
     run_id = uuid.uuid4().hex[:8]
     gate_queue = f"bench-gate-{run_id}"
     seq_queue = f"bench-seq-{run_id}"
+    local_queue = f"bench-local-{run_id}"
 
     # The gate runs on the worker changeguard itself builds. Its platform bundle adds nothing and
     # says `unmatched: allow`, so every rule measured is the request's.
     bundle = BundleHolder.fixed({"unmatched": "allow"})
     gate_worker = build_worker(
         client, task_queue=gate_queue, guardrails=guardrails, kinds=kinds, bundle=bundle
+    )
+    # The local series: the same guardrails as the platform's rules, each dispatch: local.
+    local = latency_ms <= LOCAL_MAX_LATENCY_MS
+    local_worker = build_worker(
+        client,
+        task_queue=local_queue,
+        guardrails=guardrails,
+        kinds=kinds,
+        bundle=BundleHolder.fixed(local_bundle(names, latency_ms)),
     )
     # The baseline needs its own workflow registered, so this worker is built by hand with the
     # same workflows, activities (bound to the same registries), interceptors and slot counts as
@@ -279,13 +326,15 @@ async def measure(
     all_policy = policy(names, latency_ms)
     one_policy = policy(names[:1], latency_ms)
 
-    async def run_gate(pol: dict[str, Any], expected: int) -> float:
+    async def run_gate(
+        pol: dict[str, Any] | None, expected: int, queue: str = gate_queue, team: str = "bench"
+    ) -> float:
         t0 = time.perf_counter()
         report = await client.execute_workflow(
             GuardrailGateWorkflow.run,
-            GateInput(change=change(), policy=pol),
+            GateInput(change=change(team), policy=pol),
             id=f"bench-gate-{uuid.uuid4().hex[:10]}",
-            task_queue=gate_queue,
+            task_queue=queue,
         )
         elapsed = time.perf_counter() - t0
         statuses = {c.status for c in report.checks}
@@ -334,8 +383,13 @@ async def measure(
         "bare": (lambda: run_bare(n), []),
         "bare-1": (lambda: run_bare(1), []),
     }
+    if local:
+        series["local"] = (lambda: run_gate(None, n, local_queue), [])
+        series["local-1"] = (lambda: run_gate(None, 1, local_queue, SINGLE_TEAM), [])
+    else:
+        progress(f"  no local series: checks of {latency_ms} ms are over {LOCAL_MAX_LATENCY_MS} ms")
 
-    async with gate_worker, seq_worker:
+    async with gate_worker, seq_worker, local_worker:
         progress("warm-up (one of each, discarded)…")
         for label, (run, _) in series.items():
             progress(f"  warm-up {label:<10} {ms(await run()):8.1f} ms")
@@ -349,12 +403,13 @@ async def measure(
 
 def table(
     samples: dict[str, list[float]], n: int, latency_ms: int, repeats: int, runtime: float
-) -> tuple[float, float, float]:
-    """Print the figures; return (gate / single, gate / sequential, bare / bare-1) of the medians."""
+) -> Ratios:
+    """Print the figures; return the ratios of the medians."""
     med = {label: statistics.median(values) for label, values in samples.items()}
     gate_vs_single = med["gate"] / med["single"]
     gate_vs_seq = med["gate"] / med["sequential"]
     bare_ratio = med["bare"] / med["bare-1"]
+    local_ratio = med["local"] / med["local-1"] if "local" in med else None
     print()
     print(f"GuardrailGate bench: N={n} checks of L={latency_ms} ms each, R={repeats} timed runs")
     print(f"{'':<12}{'median ms':>11}{'min ms':>10}{'max ms':>10}   what")
@@ -364,8 +419,10 @@ def table(
         ("sequential", f"the same {n} checks one after another"),
         ("bare", f"Temporal alone: {n} activities sleeping {latency_ms} ms at once"),
         ("bare-1", "Temporal alone: 1 such activity"),
+        ("local", f"GuardrailGate, {n} platform checks, dispatch: local"),
+        ("local-1", "GuardrailGate, 1 platform check, dispatch: local"),
     ]
-    for label, what in rows:
+    for label, what in (row for row in rows if row[0] in samples):
         values = samples[label]
         print(
             f"{label:<12}{ms(med[label]):>11.1f}{ms(min(values)):>10.1f}"
@@ -386,8 +443,17 @@ def table(
         f"bare / bare-1       = {bare_ratio:7.2f}   (the same fan-out in Temporal alone: the floor "
         "of gate / single here)"
     )
+    if local_ratio is not None:
+        print(
+            f"local / local-1     = {local_ratio:7.2f}   (the same fan-out as local activities: no "
+            "task-queue round trip)"
+        )
+        print(
+            f"local / single      = {med['local'] / med['single']:7.2f}   (the local gate against "
+            "the activity gate's floor)"
+        )
     print(f"runtime             = {runtime:7.1f} s")
-    return gate_vs_single, gate_vs_seq, bare_ratio
+    return Ratios(gate=gate_vs_single, sequential=gate_vs_seq, bare=bare_ratio, local=local_ratio)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -409,12 +475,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 def main() -> int:
     """Run the bench; the last line is ``gate_vs_slowest_check_ratio=<x>``."""
     args = parse_args()
-    gate_vs_single, gate_vs_seq, bare = asyncio.run(
-        bench(args.checks, args.latency_ms, args.repeats)
-    )
-    print(f"bare_fanout_ratio={bare:.2f}")
-    print(f"gate_vs_sequential_ratio={gate_vs_seq:.2f}")
-    print(f"gate_vs_slowest_check_ratio={gate_vs_single:.2f}")
+    ratios = asyncio.run(bench(args.checks, args.latency_ms, args.repeats))
+    print(f"bare_fanout_ratio={ratios.bare:.2f}")
+    if ratios.local is not None:
+        print(f"local_gate_vs_slowest_check_ratio={ratios.local:.2f}")
+    print(f"gate_vs_sequential_ratio={ratios.sequential:.2f}")
+    print(f"gate_vs_slowest_check_ratio={ratios.gate:.2f}")
     return 0
 
 
