@@ -170,28 +170,20 @@ async def run_check(
     gate is ``dispatch: local``): no task-queue round trip and no priority, a marker in the
     history instead of three activity events (docs/policy.md, "How a check runs").
     """
+    options: dict[str, Any] = {
+        "activity_id": activity_id,
+        "start_to_close_timeout": check_timeout,
+        "schedule_to_close_timeout": check_timeout * 2,
+        "retry_policy": CHECK_RETRY,
+        "summary": summary,
+    }
     if local:
         result: CheckResult = await workflow.execute_local_activity(
-            names.RUN_CHECK,
-            inp,
-            result_type=CheckResult,
-            activity_id=activity_id,
-            start_to_close_timeout=check_timeout,
-            schedule_to_close_timeout=check_timeout * 2,
-            retry_policy=CHECK_RETRY,
-            summary=summary,
+            names.RUN_CHECK, inp, result_type=CheckResult, **options
         )
         return result
     return await _call(
-        names.RUN_CHECK,
-        inp,
-        result_type=CheckResult,
-        activity_id=activity_id,
-        start_to_close_timeout=check_timeout,
-        schedule_to_close_timeout=check_timeout * 2,
-        retry_policy=CHECK_RETRY,
-        summary=summary,
-        priority=priorities.GATE,
+        names.RUN_CHECK, inp, result_type=CheckResult, priority=priorities.GATE, **options
     )
 
 

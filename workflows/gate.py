@@ -153,7 +153,7 @@ class GuardrailGateWorkflow:
         activities, in parallel as ever.
         """
         local = bool(checks) and all(spec.dispatch == "local" for spec in checks)
-        return list(await asyncio.gather(*(self._check(spec, inp, now, local) for spec in checks)))
+        return await asyncio.gather(*(self._check(spec, inp, now, local) for spec in checks))
 
     async def _check(
         self, spec: CheckSpec, inp: GateInput, now: datetime, local: bool

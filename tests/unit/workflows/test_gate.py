@@ -247,7 +247,7 @@ async def test_a_raw_start_without_input_fails_the_gate_with_the_reason(
             assert cause.message.startswith(why)
 
 
-def _local_bundle(**extra_rules: Any) -> dict[str, Any]:
+def _local_bundle() -> dict[str, Any]:
     """Five platform rules, every one ``dispatch: local``; health hangs past its 2 s timeout."""
 
     def rule(use: str, outcome: str, timeout: str = "5s") -> dict[str, Any]:
